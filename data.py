@@ -276,6 +276,319 @@ def load_rows(spec, min_languages=2):
     return rows
 
 
+def require_languages(rows, languages, spec):
+    """Stage 2 draws any language for any row: every row must hold all of them."""
+    for row in rows:
+        lacking = [lang for lang in languages if lang not in row["query"]]
+        if lacking:
+            raise BadInput(f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; every row needs all of --languages {' '.join(languages)}")
+
+
+def language_pairs(n, languages, seed, epoch, same_language=False):
+    """The (query language, passage language) of each of an epoch's n examples.
+
+    Cross-lingual (MIMO, XLCO, LaKDA): the P = L(L-1) ordered pairs X != Y are
+    shuffled with (seed, epoch) and cycled round-robin, so each pair occurs
+    floor(n/P) or ceil(n/P) times. same_language=True (the monolingual InfoNCE
+    baseline): X = Y, drawn uniformly.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch + 7)
+    if same_language:
+        return [(lang, lang) for lang in (rng.choice(languages) for _ in range(n))]
+    ordered = [(x, y) for x in languages for y in languages if x != y]
+    rng.shuffle(ordered)
+    return [ordered[k % len(ordered)] for k in range(n)]
+
+
+def prepare_mmarco(triples, queries, collections, out, max_rows=None):
+    """Translated MS MARCO (mMARCO) files -> aligned rows (id, query_<lang>, passage_<lang>).
+
+    triples: the tab-separated training triples of ids (qid, positive pid, negative
+    pid); the first positive of each query is kept. queries, collections: {lang:
+    path} of the `id<TAB>text` files, one per language. Only the passages the rows
+    need are kept in memory, one language at a time. Writes .jsonl or .parquet.
+    """
+    positives = {}
+    for where, record in read_tsv_columns(triples, 3):
+        positives.setdefault(record[0], record[1])
+        if max_rows and len(positives) >= max_rows:
+            break
+    needed = set(positives.values())
+    rows = {qid: {"id": qid} for qid in positives}
+    for lang in sorted(queries):
+        for _, (qid, text) in read_tsv_columns(queries[lang], 2):
+            if qid in rows:
+                rows[qid][f"query_{lang}"] = text
+        passages = {pid: text for _, (pid, text) in read_tsv_columns(collections[lang], 2) if pid in needed}
+        for qid, pid in positives.items():
+            if pid in passages:
+                rows[qid][f"passage_{lang}"] = passages[pid]
+    complete = [row for row in rows.values() if len(row) == 1 + 2 * len(queries)]
+    if not complete:
+        raise BadInput(f"no query in {triples} has a query and a passage in every language of {sorted(queries)}")
+    out = Path(out)
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(complete), out)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in complete)
+    return len(complete), len(rows) - len(complete)
+
+
+def read_tsv_columns(path, columns):
+    """Yield (where, list of `columns` fields) from a plain tab-separated file (ids and text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"file '{path}' does not exist")
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < columns:
+                raise BadInput(f"{path}:{number}: expected {columns} tab-separated columns, found {len(fields)}")
+            yield f"{path}:{number}", fields[:columns]
+
+
+# ---------------------------------------------------------------------------
+# Retrieval benchmarks (evaluation)
+#
+# A benchmark is held in memory as plain dicts:
+#   corpus        {doc id: (text, lang or None)}
+#   queries       {query id: (text, lang or None)}, only the queries that have judgements
+#   qrels         {query id: {doc id: grade}}, grades as in the qrels file (> 0 is relevant)
+#   query_groups  {key: [query ids]}: parallel versions (translations) of one query
+#   doc_groups    {key: [doc ids]}: parallel versions of one document
+#   stats         counts of what was skipped or could not be matched
+# Groups hold at least two members, each in a different language.
+
+Benchmark = namedtuple("Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats"])
+
+BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
+BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
+BEIR_QRELS = ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
+LANGUAGE_METRICS_HINT = "the language metrics (own-language share, MRC, PEER, per-language alignment, --monolingual) need it; add it, or run evaluate.py with --no-language-metrics"
+
+
+def load_benchmark(spec, need_lang=True):
+    """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
+
+    - directory: corpus.jsonl, queries.jsonl and qrels/test.tsv (or qrels.tsv, qrels.jsonl);
+    - .jsonl/.tsv/.parquet file of aligned rows (query_<lang>, passage_<lang>), like
+      data/demo/test.jsonl: turned into an MLIR benchmark by rows_to_benchmark();
+    - hub dataset id, optionally with a folder: `owner/name/MMLIR/xx`, read from the
+      Hugging Face cache (or downloaded when online) and then read as a directory.
+    need_lang: every document and query must carry a `lang` (only checked for directories).
+    """
+    if Path(spec).is_dir():
+        return read_beir_dir(Path(spec), spec, need_lang)
+    if is_local(spec):
+        return rows_to_benchmark(load_rows(spec), spec)
+    return read_beir_dir(download_benchmark(spec), spec, need_lang)
+
+
+def rows_to_benchmark(rows, name="rows"):
+    """Aligned rows -> the MLIR benchmark (the MIMO paper's protocol).
+
+    Every language version of every passage goes into one corpus (doc id
+    "<row id>/<lang>"), every language version of every query is a query (query id
+    "<row id>/<lang>"), and all versions of a row's passage are relevant (grade 1)
+    to all versions of its query: a perfect language-agnostic model ranks the L
+    versions of the gold passage first, in any order. The versions of a row's query
+    (and of its passage) form one parallel group.
+    """
+    corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
+    for row in rows:
+        doc_ids = [f"{row['id']}/{lang}" for lang in row["passage"]]
+        for lang, text in row["passage"].items():
+            corpus[f"{row['id']}/{lang}"] = (text, lang)
+        for lang, text in row["query"].items():
+            queries[f"{row['id']}/{lang}"] = (text, lang)
+            qrels[f"{row['id']}/{lang}"] = {doc_id: 1 for doc_id in doc_ids}
+        query_groups[row["id"]] = [f"{row['id']}/{lang}" for lang in row["query"]]
+        doc_groups[row["id"]] = doc_ids
+    if len(corpus) != sum(len(row["passage"]) for row in rows):
+        raise BadInput(f"'{name}': row ids are not unique, so documents '<row id>/<lang>' collide")
+    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups)
+
+
+def download_benchmark(spec):
+    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot.
+
+    Offline (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a
+    benchmark fetched once keeps working without a network.
+    """
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise BadInput(f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name or owner/name/folder)")
+    repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+
+    try:
+        # fnmatch's '*' also matches '/', so "folder/*" takes the folder's qrels/ too
+        root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{folder}/*"] if folder else None)
+    except Exception as error:  # offline and not cached, unknown repo, no access: one message
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BadInput(
+            f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
+            f"loaded (the hub needs a network or a cached copy): {first_line}"
+        ) from None
+    path = Path(root) / folder
+    if not path.is_dir():
+        raise BadInput(f"hub dataset '{repo_id}' has no folder '{folder}'")
+    return path
+
+
+def read_beir_dir(folder, name, need_lang=True):
+    """A BEIR-style folder -> Benchmark; see load_benchmark()."""
+
+    def find(candidates, what):
+        for candidate in candidates:
+            if (folder / candidate).is_file():
+                return folder / candidate
+        raise BadInput(f"benchmark '{name}' has no {what}: expected {' or '.join(candidates)} in {folder}")
+
+    corpus, doc_keys = read_beir_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
+    queries, query_keys = read_beir_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
+    qrels = read_qrels(find(BEIR_QRELS, "relevance judgements"))
+    return finish_benchmark(name, corpus, queries, qrels, group_by(query_keys, queries), group_by(doc_keys, corpus))
+
+
+def read_beir_texts(path, kind, need_lang):
+    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}).
+
+    Records: `_id` (or `id`), `text`, optional `title`, `lang`, `group`.
+    subtle: a title is joined to the text with a space, as BEIR's SentenceBERT
+    encoder and MTEB do, so scores stay comparable with published BEIR numbers.
+    The group key (parallel versions of one text) is `group` when given, else the
+    id without a "/<lang>", "-<lang>" or "_<lang>" suffix naming its own language
+    ("q17/de" and "q17/fr" are one group); an id without such a suffix is alone.
+    """
+    texts, keys = {}, {}
+    for where, record in read_records(str(path)):
+        text_id = record.get("_id", record.get("id"))
+        if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
+            raise BadInput(f"{where}: expected a string field '_id'")
+        text_id = str(text_id)
+        text, title, lang = record.get("text"), record.get("title"), record.get("lang")
+        if not isinstance(text, str):
+            raise BadInput(f"{where}: {kind} '{text_id}' needs a string field 'text'")
+        if isinstance(title, str) and title.strip():
+            text = f"{title.strip()} {text}".strip()
+        if not (isinstance(lang, str) and lang):
+            if need_lang:
+                raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; {LANGUAGE_METRICS_HINT}")
+            lang = None
+        if text_id in texts:
+            raise BadInput(f"{where}: {kind} id '{text_id}' appears twice")
+        texts[text_id] = (text, lang)
+        key = record.get("group")
+        if key is None:
+            key = text_id
+            for separator in "/-_":
+                if lang and text_id.endswith(separator + lang):
+                    key = text_id[: -len(separator + lang)]
+                    break
+        keys[text_id] = str(key)
+    if not texts:
+        raise BadInput(f"{path} holds no {kind} records")
+    return texts, keys
+
+
+def read_qrels(path):
+    """Judgements -> {query id: {doc id: grade}}.
+
+    .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
+    TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
+    .jsonl: records with `query-id`, `corpus-id`, `score`. Grades are integers.
+    """
+    qrels = {}
+
+    def add(where, query_id, doc_id, grade):
+        try:
+            grade = int(grade)
+        except (TypeError, ValueError):
+            raise BadInput(f"{where}: the relevance grade must be an integer, found {grade!r}") from None
+        qrels.setdefault(str(query_id), {})[str(doc_id)] = grade
+
+    if path.suffix == ".jsonl":
+        for where, record in read_records(str(path)):
+            if not {"query-id", "corpus-id", "score"} <= set(record):
+                raise BadInput(f"{where}: expected fields 'query-id', 'corpus-id', 'score'; found {sorted(record)}")
+            add(where, record["query-id"], record["corpus-id"], record["score"])
+        return qrels
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            where, fields = f"{path}:{number}", line.split("\t") if "\t" in line else line.split()
+            fields = [field.strip() for field in fields]
+            if not any(fields):
+                continue
+            if number == 1 and not fields[-1].lstrip("-").isdigit():
+                continue  # the header line, e.g. query-id corpus-id score
+            if len(fields) == 3:
+                add(where, fields[0], fields[1], fields[2])
+            elif len(fields) == 4:
+                add(where, fields[0], fields[2], fields[3])
+            else:
+                raise BadInput(f"{where}: expected 3 columns (query-id, corpus-id, score) or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}")
+    return qrels
+
+
+def group_by(keys, texts):
+    """{id: key} -> {key: [ids]}, keeping groups of at least 2 members in distinct languages."""
+    groups = {}
+    for text_id, key in keys.items():
+        groups.setdefault(key, []).append(text_id)
+    out = {}
+    for key, ids in groups.items():
+        langs = [texts[text_id][1] for text_id in ids]
+        if len(ids) >= 2 and None not in langs and len(set(langs)) == len(langs):
+            out[key] = ids
+    return out
+
+
+def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups):
+    """Match judgements to queries and documents, count what does not match.
+
+    As trec_eval does: a query without any judgement is not evaluated (skipped and
+    counted); a judgement naming an unknown query is dropped (counted); one naming
+    a document that is not in the corpus is kept (counted): it still counts as
+    relevant, and no model can retrieve it.
+    """
+    if not corpus:
+        raise BadInput(f"benchmark '{name}' has an empty corpus")
+    stats = Counter()
+    stats["unknown_query_judgements"] = sum(len(judged) for query_id, judged in qrels.items() if query_id not in queries)
+    stats["unknown_document_judgements"] = sum(doc_id not in corpus for query_id, judged in qrels.items() if query_id in queries for doc_id in judged)
+    qrels = {query_id: judged for query_id, judged in qrels.items() if query_id in queries}
+    stats["skipped_queries"] = sum(query_id not in qrels for query_id in queries)
+    stats["queries_without_relevant"] = sum(not any(grade > 0 for grade in judged.values()) for judged in qrels.values())
+    queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
+    if not queries:
+        raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
+    kept_groups = {}
+    for key, ids in query_groups.items():  # a skipped query leaves its group
+        kept = [query_id for query_id in ids if query_id in queries]
+        if len(kept) >= 2:
+            kept_groups[key] = kept
+    return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, dict(stats))
+
+
+def parallel_groups(spec, max_groups=None, seed=0):
+    """Parallel texts for alignment/uniformity -> list of {lang: text}, at most max_groups (seeded sample).
+
+    spec: any parallel source distill.py reads (LANG=FILE, hub-id:en-de, aligned
+    rows). Each (English, X) pair is one group of two translations.
+    """
+    groups = [{"en": pair.english, pair.lang: pair.text} for pair in read_parallel_source(spec) if pair.lang != "en"]
+    if not groups:
+        raise BadInput(f"--parallel '{spec}' holds no (English, other language) pairs")
+    if max_groups and len(groups) > max_groups:
+        groups = random.Random(seed).sample(groups, max_groups)
+    return groups
+
+
 # ---------------------------------------------------------------------------
 # Command line: inspect a source
 
@@ -285,11 +598,30 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     stats_parser = commands.add_parser("stats", help="count the parallel pairs a source yields after the paper's filters")
     stats_parser.add_argument("sources", nargs="+", help="parallel sources, as for distill.py --data")
+    mmarco = commands.add_parser("prepare-mmarco", help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py")
+    mmarco.add_argument("--triples", required=True, help="training triples of ids: qid<TAB>positive pid<TAB>negative pid")
+    mmarco.add_argument("--queries", nargs="+", required=True, help="LANG=FILE of qid<TAB>query, one per language (e.g. de=german_queries.train.tsv)")
+    mmarco.add_argument("--collection", nargs="+", required=True, help="LANG=FILE of pid<TAB>passage, one per language")
+    mmarco.add_argument("--out", required=True, help="output .jsonl or .parquet of aligned rows")
+    mmarco.add_argument("--max-rows", type=int, default=None, help="keep at most this many queries (the first in the triples file)")
     args = parser.parse_args(argv)
     if args.command == "stats":
         pairs, stats = load_parallel(args.sources)
         print(json.dumps(dict(stats), indent=2))
         print(f"{len(pairs)} pairs")
+    elif args.command == "prepare-mmarco":
+        def by_language(specs, flag):
+            if not all("=" in spec for spec in specs):
+                raise BadInput(f"{flag} takes LANG=FILE items, e.g. {flag} de=german_file.tsv; got {' '.join(specs)}")
+            return dict(spec.split("=", 1) for spec in specs)
+
+        queries, collections = by_language(args.queries, "--queries"), by_language(args.collection, "--collection")
+        if sorted(queries) != sorted(collections):
+            raise BadInput(f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; give both for each language")
+        if Path(args.out).exists():
+            raise BadInput(f"--out '{args.out}' exists; choose another name or remove it")
+        kept, incomplete = prepare_mmarco(args.triples, queries, collections, args.out, args.max_rows)
+        print(f"wrote {kept} rows in {len(queries)} languages to {args.out} ({incomplete} queries lacked a language and were left out)")
 
 
 if __name__ == "__main__":

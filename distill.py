@@ -20,9 +20,7 @@ AutoModel, projection.pt (W), args.json, log.jsonl and trainer_state.pt.
 
 import argparse
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import checkpoint
 import data
+from checkpoint import log_line
 from data import BadInput
 from losses import DISTILL_LOSSES, cosine_distill_loss
 from model import Encoder, TeacherCache, freeze, teacher_embed
@@ -101,43 +101,11 @@ def get_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint, with its saved arguments (flags given now override them)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
-    return parse_with_presets(parser, argv)
-
-
-def parse_with_presets(parser, argv):
-    """Parse twice: once to find the preset and which flags were given, then with the
-    preset's values as defaults. With --resume the saved arguments are the defaults."""
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    given = explicit_flags(parser, argv)
-    defaults = dict(PRESETS[args.preset])
-    if args.resume:
-        saved = Path(args.out_dir) / "args.json"
-        if not saved.is_file():
-            raise BadInput(f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one")
-        defaults = json.loads(saved.read_text())
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    args.resume = "resume" in given
-    args.overwrite = "overwrite" in given
-    return args
-
-
-def explicit_flags(parser, argv):
-    """Names of the options given on the command line (not their defaults)."""
-    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            kwargs = {"dest": action.dest, "nargs": action.nargs} if action.nargs not in (None, 0) else {"dest": action.dest}
-            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-                shadow.add_argument(*action.option_strings, dest=action.dest, action="store_true")
-            else:
-                shadow.add_argument(*action.option_strings, **kwargs)
-    return set(vars(shadow.parse_known_args(argv)[0]))
+    return checkpoint.parse_args(parser, PRESETS, argv)
 
 
 # ---------------------------------------------------------------------------
-# Dev evaluation and checkpoints
+# Dev evaluation
 
 
 @torch.no_grad()
@@ -163,65 +131,6 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
     return {"distance": distance, "accuracy": hits[crosslingual].float().mean().item(), "accuracy_per_language": per_language}
 
 
-def save_checkpoint(out_dir, student, W, args, state):
-    """Write the whole run directory under a temporary name, then swap it in.
-
-    Directory renames are atomic, so a crash leaves either the previous checkpoint
-    or the new one (recover_out_dir() picks it up), never half of one.
-    """
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save(tmp)
-    projection = {"weight": W.weight.detach().cpu(), "student_dim": W.in_features, "teacher_dim": W.out_features, "identity": args.no_projection}
-    torch.save(projection, tmp / "projection.pt")
-    (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))
-    if (out_dir / "log.jsonl").exists():
-        shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
-    torch.save(state, tmp / "trainer_state.pt")  # written last: its presence marks a complete checkpoint
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_out_dir(out_dir):
-    """Finish a swap that a crash interrupted between its two renames."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    if not out_dir.exists() and (tmp / "trainer_state.pt").exists():
-        os.replace(tmp, out_dir)
-    elif not out_dir.exists() and old.exists():
-        os.replace(old, out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def rng_state():
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def log_line(out_dir, record):
-    """One greppable line on the console and one JSON line in log.jsonl."""
-    text = " | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items())
-    tqdm.write(text)
-    with open(out_dir / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 # ---------------------------------------------------------------------------
 
 
@@ -230,13 +139,7 @@ def main(argv=None):
     print("arguments: " + json.dumps(vars(args)))
     out_dir = Path(args.out_dir)
 
-    # --- the output directory: never clobber a run unless asked to
-    recover_out_dir(out_dir)
-    has_run = out_dir.exists() and any(out_dir.iterdir())
-    if has_run and not (args.resume or args.overwrite):
-        raise BadInput(f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if args.resume and not (out_dir / "trainer_state.pt").exists():
-        raise BadInput(f"--resume: '{out_dir}' has no checkpoint yet (no trainer_state.pt); start again with --overwrite")
+    checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
 
     # --- seed, device, precision
     random.seed(args.seed)
@@ -285,38 +188,31 @@ def main(argv=None):
     warmup_steps = int(args.warmup * max_steps)
     params = [p for p in list(student.parameters()) + list(W.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    schedule = lambda step: min((step + 1) / max(warmup_steps, 1), max(0.0, (max_steps - step) / max(max_steps - warmup_steps, 1)))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, checkpoint.linear_schedule(warmup_steps, max_steps))
 
     # --- start or resume
     dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)  # (N, Dt)
     step, history = 0, {"epochs": []}
     if args.resume:
-        state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
+        state = checkpoint.load_state(out_dir)
         student.load_state_dict(Encoder(str(out_dir)).state_dict())
         W.weight.data.copy_(torch.load(out_dir / "projection.pt")["weight"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         step, history = state["step"], state["history"]
-        # drop log lines of steps after the checkpoint: they are about to be redone
-        lines = [line for line in (out_dir / "log.jsonl").read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-        (out_dir / "log.jsonl").write_text("".join(line + "\n" for line in lines))
         print(f"resumed from step {step} of {max_steps}")
     else:
-        if args.overwrite:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+        checkpoint.start(out_dir, args)
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         log_line(out_dir, {"step": 0, "dev_distance": history["before"]["distance"], "dev_accuracy": history["before"]["accuracy"]})
 
-    def checkpoint():
+    def save():
         state = {"step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": rng_state(), "history": history}
-        save_checkpoint(out_dir, student, W, args, state)
+                 "rng": checkpoint.rng_state(), "history": history}
+        checkpoint.save(out_dir, student, W, args, state)
 
     # --- the loop
     bar = tqdm(total=max_steps, initial=step, desc="distill", dynamic_ncols=True)
@@ -365,13 +261,13 @@ def main(argv=None):
             log_line(out_dir, {"step": step, **history["epochs"][-1]})
             epoch_start, teacher_seconds = time.time(), 0.0
         if step % args.save_every == 0 and step < max_steps:
-            checkpoint()
+            save()
     bar.close()
 
     # --- final evaluation and save
     history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
     log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})
-    checkpoint()
+    save()
     before, after = history.get("before"), history["after"]
     print(f"\nstage 1 done: {step} steps, saved to {out_dir}")
     if before:

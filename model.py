@@ -123,9 +123,10 @@ class Encoder(nn.Module):
         self.prompts = st_config.get("prompts", {})
         self.dim = self.backbone.config.hidden_size
 
-    def tokenize(self, texts):
-        """texts -> dict of CPU tensors input_ids, attention_mask: (B, L), L <= max_length."""
-        texts = [self.prompt + text for text in texts]
+    def tokenize(self, texts, prompt=None):
+        """texts -> dict of CPU tensors input_ids, attention_mask: (B, L), L <= max_length.
+        prompt=None uses the encoder's own prompt."""
+        texts = [(self.prompt if prompt is None else prompt) + text for text in texts]
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -134,14 +135,14 @@ class Encoder(nn.Module):
         hidden = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return pool(hidden, batch["attention_mask"], self.pooling)
 
-    def embed(self, texts):
+    def embed(self, texts, prompt=None):
         """Tokenise, move to the model's device, forward: texts -> (B, D) with the graph kept."""
         device = next(self.parameters()).device
-        batch = {key: value.to(device) for key, value in self.tokenize(texts).items()}
+        batch = {key: value.to(device) for key, value in self.tokenize(texts, prompt).items()}
         return self(batch)
 
     @torch.no_grad()
-    def encode(self, texts, batch_size=64, progress=False, autocast_dtype=None):
+    def encode(self, texts, batch_size=64, progress=False, autocast_dtype=None, prompt=None):
         """texts -> (N, D) float32 CPU tensor, L2-normalised, in the input order.
 
         Texts are embedded longest first, so each batch pads to a similar length
@@ -156,7 +157,7 @@ class Encoder(nn.Module):
         for start in tqdm(starts, desc=f"encode {Path(self.name).name}", disable=not progress, leave=False):
             index = order[start : start + batch_size]
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                vectors = self.embed([texts[i] for i in index])
+                vectors = self.embed([texts[i] for i in index], prompt)
             out[index] = nn.functional.normalize(vectors.float(), dim=-1).cpu()
         self.train(was_training)
         return out
@@ -226,6 +227,7 @@ class TeacherCache:
         if not meta.exists():
             meta.write_text(json.dumps(identity, indent=2))
         self.dim = dim
+        self.prompt = prompt
         self.writer = writer
         self.rows = {}  # text hash -> (shard index, row)
         self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer file
@@ -293,7 +295,8 @@ class TeacherCache:
 
 
 def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
-    """Teacher embeddings of texts, (N, D) float32 CPU, normalised, via the cache.
+    """Teacher embeddings of texts, (N, D) float32 CPU, normalised, via the cache;
+    the teacher sees the cache's prompt, so a cache never mixes prompts.
 
     subtle: freshly computed vectors are rounded to fp16 before use, exactly as the
     cache stores them, so a run that finds its targets cached and one that computes
@@ -301,5 +304,5 @@ def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
     """
     todo = cache.missing(texts)
     if todo:
-        cache.add(todo, teacher.encode(todo, batch_size=batch_size, autocast_dtype=autocast_dtype))
+        cache.add(todo, teacher.encode(todo, batch_size=batch_size, autocast_dtype=autocast_dtype, prompt=cache.prompt))
     return cache.get(texts)
