@@ -1,0 +1,213 @@
+"""The memory-bounded InfoNCE implementations (issue 6) against losses.info_nce.
+
+info_nce_chunked and info_nce_triton must give info_nce's loss and both input
+gradients for awkward shapes (B = 1, 7, 129, 1000; D = 3, 64, 384, 1000; more
+passages than queries), scales 20 and 100, one-way and symmetric, fp32 and bf16.
+
+Tolerances, and why:
+- Loss, every dtype: |got - want| <= 1e-6 * (scale + |want|). All three compute
+  the scores in fp32 (bf16 inputs are upcast exactly, and bf16 x bf16 products
+  are exact in fp32), so they differ by summation order only: a few 2^-24 of
+  the largest possible score, scale, and of the loss itself.
+- Gradients: |got - want| <= rtol * max|want| + 2e-7 * scale * scale / (B ||x_i||)
+  per entry of row i. scale / (B ||x_i||) is the size of row i's gradient when
+  its softmax is spread out. Two correct fp32 computations of a score (at most
+  scale) can differ by a few 2^-24 * scale; softmax turns that into the same
+  relative error in P_ij, an absolute one in P_ii - 1, which is all that is
+  left of the gradient when the positive takes almost all the mass: there
+  neither side has correct digits beyond this floor. rtol per dtype:
+  fp32 2e-5: summation order only (measured up to 5e-6 on CPU; margin for
+  the GPU's summation orders, not measured here);
+  bf16 2^-6: both gradients end rounded to bf16 (8 significant bits) from fp32
+  values that differ slightly, so they can land one bf16 step apart, 2^-7 of
+  the entry; the Triton backward also rounds dL/dS to bf16 for its tensor-core
+  dots, 2^-9 of each term, and the positive's term can be most of the sum.
+  Measured up to 3.7e-3 (chunked) and 1.0e-2 (Triton, interpreter).
+  fp16 2^-8: the same with 11 significant bits (measured up to 8e-4).
+
+The Triton kernels run on CUDA when there is a GPU (all shapes) and, on every
+machine with Triton, through Triton's CPU interpreter in a subprocess (the
+smaller shapes): TRITON_INTERPRET=1 must be set before triton is imported,
+and another test module may have imported losses already in this process.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import losses
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (B, N, D): every B in {1, 7, 129, 1000} with every D in {3, 64, 384, 1000}, N = B
+# or more passages than queries. B = 1 always has extra passages: with N = 1 the
+# loss and both gradients are exactly 0, which would test nothing.
+SHAPES = [
+    (1, 6, 3), (1, 9, 64), (1, 2, 384), (1, 17, 1000),
+    (7, 7, 3), (7, 20, 64), (7, 7, 384), (7, 50, 1000),
+    (129, 129, 3), (129, 300, 64), (129, 129, 384), (129, 200, 1000),
+    (1000, 1000, 3), (1000, 1100, 64), (1000, 1000, 384), (1000, 1300, 1000),
+]  # fmt: skip
+# (B, N, D, dtype, scale, symmetric): every shape with fp32 and bf16, scales 20 and 100,
+# one-way and symmetric.
+CASES = [
+    (B, N, D, dtype, scale, symmetric)
+    for B, N, D in SHAPES
+    for dtype in (torch.float32, torch.bfloat16)
+    for scale in (20.0, 100.0)
+    for symmetric in (False, True)
+]
+# Triton's interpreter is slow: the shapes up to B = 129 and D = 384, plus one fp16 case.
+INTERPRETER_CASES = [case for case in CASES if case[0] <= 129 and case[2] <= 384]
+INTERPRETER_CASES.append((129, 300, 64, torch.float16, 20.0, True))
+GRAD_RTOL = {torch.float32: 2e-5, torch.bfloat16: 2**-6, torch.float16: 2**-8}
+
+
+def _case_id(case):
+    B, N, D, dtype, scale, symmetric = case
+    return f"B{B}-N{N}-D{D}-{str(dtype).removeprefix('torch.')}-scale{scale:g}-{'sym' if symmetric else 'oneway'}"
+
+
+def _random_pair(B, N, D, dtype, device):
+    """Fresh q (B, D) and p (N, D) with norms from 0.5 to 3.5 (so the norm's gradient
+    matters) and positives p[i] somewhat closer to q[i] than the negatives (mean
+    cosine about 0.3): a loss of order 1, as early in training, not 0."""
+    q = torch.randn(B, D, device=device) * (0.5 + 3 * torch.rand(B, 1, device=device))
+    p = torch.randn(N, D, device=device) * (0.5 + 3 * torch.rand(N, 1, device=device))
+    p[:B] += 0.25 * q
+    return q.to(dtype), p.to(dtype)
+
+
+def _loss_and_grads(fn, q, p, **kwargs):
+    q, p = q.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    loss = fn(q, p, **kwargs)
+    dq, dp = torch.autograd.grad(loss, (q, p))
+    return loss.detach(), dq, dp
+
+
+def _assert_grad_close(name, got, want, x, scale, B):
+    """got vs want within the module docstring's tolerance; x is the input they belong to."""
+    assert got.dtype == x.dtype and got.shape == x.shape, f"{name}: {got.dtype} {tuple(got.shape)}"
+    got, want = got.float(), want.float()
+    unit = scale / (B * x.float().norm(dim=-1, keepdim=True))  # (R, 1) natural gradient size
+    allowed = GRAD_RTOL[x.dtype] * want.abs().max() + 2e-7 * scale * unit
+    excess = ((got - want).abs() / allowed).max().item()
+    assert torch.isfinite(got).all() and excess <= 1, f"{name}: error {excess:.2f}x the tolerance"
+
+
+def check_against_reference(fn, B, N, D, dtype, scale, symmetric, device="cpu", **kwargs):
+    """Assert fn(q, p) equals losses.info_nce(q, p) in value and in both gradients."""
+    q, p = _random_pair(B, N, D, dtype, device)
+    want_loss, want_dq, want_dp = _loss_and_grads(losses.info_nce, q, p, scale=scale, symmetric=symmetric)
+    loss, dq, dp = _loss_and_grads(fn, q, p, scale=scale, symmetric=symmetric, **kwargs)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert abs(loss - want_loss) <= 1e-6 * (scale + abs(want_loss)), f"loss {loss} != {want_loss}"
+    _assert_grad_close("dq", dq, want_dq, q, scale, B)
+    _assert_grad_close("dp", dp, want_dp, p, scale, B)
+
+
+# ---------------------------------------------------------------------------
+# info_nce_chunked, on CPU
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_chunked_matches_info_nce(case):
+    B, N, D, dtype, scale, symmetric = case
+    # About two thirds of B: it divides neither B nor N here, and for symmetric a
+    # chunk straddles the end of the positives (columns B-1 and B).
+    chunk_size = 2 * B // 3 + 1 if B > 1 else 4
+    assert B % chunk_size or B == 1
+    check_against_reference(losses.info_nce_chunked, B, N, D, dtype, scale, symmetric, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 64, 10_000])
+def test_chunked_any_chunk_size(chunk_size):
+    """One passage per chunk up to one chunk for all: the chunking must not matter."""
+    check_against_reference(losses.info_nce_chunked, 9, 25, 16, torch.float32, 20.0, True, chunk_size=chunk_size)
+
+
+def test_chunked_saves_only_inputs_and_statistics():
+    """The memory claim: nothing (B, N)-sized is kept for the backward."""
+    B, N, D = 40, 50, 8
+    q, p = _random_pair(B, N, D, torch.float32, "cpu")
+    q.requires_grad_(True)
+    loss = losses.info_nce_chunked(q, p, symmetric=True, chunk_size=16)
+    saved = loss.grad_fn.saved_tensors
+    assert any(t.shape == q.shape for t in saved) and any(t.shape == p.shape for t in saved)
+    assert all(t.shape in (q.shape, p.shape) or t.numel() <= B + N for t in saved), [t.shape for t in saved]
+
+
+# ---------------------------------------------------------------------------
+# info_nce_triton: CUDA when present, Triton's interpreter on CPU otherwise
+
+
+# One skip, not one per case, on machines without a GPU.
+NO_CUDA = pytest.param(
+    None, id="no-cuda", marks=pytest.mark.skip(reason="no CUDA device; test_triton_interpreter covers the kernels")
+)
+
+
+@pytest.mark.parametrize("case", CASES if torch.cuda.is_available() else [NO_CUDA], ids=_case_id)
+def test_triton_matches_info_nce_on_cuda(case):
+    pytest.importorskip("triton")
+    B, N, D, dtype, scale, symmetric = case
+    check_against_reference(losses.info_nce_triton, B, N, D, dtype, scale, symmetric, device="cuda")
+
+
+def run_interpreter_cases():
+    """Entry point of test_triton_interpreter's subprocess: every INTERPRETER_CASE,
+    one line each, stopping at the first mismatch with its case in the message."""
+    assert losses._INTERPRETED, "run with TRITON_INTERPRET=1 set before Python starts"
+    for index, (B, N, D, dtype, scale, symmetric) in enumerate(INTERPRETER_CASES):
+        torch.manual_seed(index)
+        case = _case_id((B, N, D, dtype, scale, symmetric))
+        try:
+            check_against_reference(losses.info_nce_triton, B, N, D, dtype, scale, symmetric)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {error}") from error
+        print(f"ok {case}", flush=True)
+
+
+def test_triton_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    command = "import test_kernels; test_kernels.run_interpreter_cases()"
+    result = subprocess.run([sys.executable, "-c", command], env=env, cwd=ROOT, capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    print(report)
+    assert result.returncode == 0, f"Triton kernels under TRITON_INTERPRET=1 failed:\n{report[-4000:]}"
+    assert result.stdout.count("ok ") == len(INTERPRETER_CASES), report
+
+
+# ---------------------------------------------------------------------------
+# Choosing the implementation (--loss-impl)
+
+
+def test_pick_info_nce(monkeypatch):
+    assert set(losses.INFO_NCE_IMPLS) == {"torch", "chunked", "triton"}
+    assert losses.pick_info_nce("auto", "cpu") is losses.info_nce_chunked
+    assert losses.pick_info_nce("torch", "cpu") is losses.info_nce
+    assert losses.pick_info_nce("chunked", torch.device("cpu")) is losses.info_nce_chunked
+    with pytest.raises(ValueError, match="unknown InfoNCE implementation"):
+        losses.pick_info_nce("flash", "cpu")
+    # Without Triton: auto falls back even on a GPU, and asking for triton says why.
+    monkeypatch.setattr(losses, "triton", None)
+    assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_chunked
+    with pytest.raises(ValueError, match="pip install triton"):
+        losses.pick_info_nce("triton", "cuda")
+    with pytest.raises(ValueError, match="pip install triton"):
+        losses.info_nce_triton(torch.randn(2, 4), torch.randn(2, 4))
+
+
+def test_pick_triton_on_cpu_without_interpreter():
+    pytest.importorskip("triton")
+    if losses._INTERPRETED:
+        pytest.skip("this process runs Triton's interpreter, under which CPU tensors are allowed")
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        losses.pick_info_nce("triton", "cpu")
+    if torch.cuda.is_available():
+        assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_triton
