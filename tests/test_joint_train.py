@@ -1,0 +1,178 @@
+"""joint_train.py: gradient caching equals the full batch, the pair sampler is
+balanced, and every objective trains for a few steps on tiny models."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+import data
+import distill
+import joint_train
+from conftest import write_rows
+from data import BadInput
+from losses import cosine_distill_loss, info_nce
+from model import Encoder
+
+TEXTS_Q = ["what is water", "why is the sky blue", "stone age tools", "a river in spain", "green paper", "light and glass", "metal bread"]
+TEXTS_P = ["water is a liquid", "light scatters in air", "early people used stone", "the ebro flows east", "paper can be green", "glass lets light through", "nobody bakes metal"]
+
+
+def loss_of(q, p, W, t_q, t_p):
+    """The MIMO objective at lam 0.2, as joint_train.py combines it."""
+    return 0.2 * info_nce(q, p, 20.0) + 0.8 * (cosine_distill_loss(W(q), t_q) + cosine_distill_loss(W(p), t_p)) / 2
+
+
+@pytest.mark.parametrize("mini_batch_size", [1, 3, 7])
+def test_gradient_cache_equals_full_batch(tiny_models, mini_batch_size):
+    """Parameter gradients through the cache (pass 1 without graph, loss gradient
+    w.r.t. the embeddings, pass 2 per mini-batch) equal plain back-propagation
+    through the whole batch. float64 and no dropout, so they agree to ~1e-12;
+    mini-batches of 3 leave a ragged last one."""
+    torch.manual_seed(0)
+    student = Encoder(tiny_models["student"]).double().eval()
+    W = torch.nn.Linear(student.dim, 32, bias=False).double()
+    t_q, t_p = torch.randn(7, 32, dtype=torch.float64), torch.randn(7, 32, dtype=torch.float64)
+    no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+
+    loss_of(student.embed(TEXTS_Q), student.embed(TEXTS_P), W, t_q, t_p).backward()
+    plain = {name: param.grad.clone() for name, param in student.named_parameters() if param.grad is not None}
+    plain["W"] = W.weight.grad.clone()
+    student.zero_grad()
+    W.zero_grad()
+
+    q, q_states = joint_train.embed_without_graph(student, TEXTS_Q, mini_batch_size, no_autocast)
+    p, p_states = joint_train.embed_without_graph(student, TEXTS_P, mini_batch_size, no_autocast)
+    q, p = q.requires_grad_(True), p.requires_grad_(True)
+    loss_of(q, p, W, t_q, t_p).backward()
+    joint_train.backward_through_cache(student, TEXTS_Q, q.grad, q_states, mini_batch_size, no_autocast)
+    joint_train.backward_through_cache(student, TEXTS_P, p.grad, p_states, mini_batch_size, no_autocast)
+    cached = {name: param.grad for name, param in student.named_parameters() if param.grad is not None}
+    cached["W"] = W.weight.grad
+
+    assert plain.keys() == cached.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-7, atol=1e-10, msg=name)
+
+
+def test_gradient_cache_replays_dropout(tiny_models):
+    """In training mode (dropout on), pass 2 re-encodes under pass 1's RNG states, so
+    it sees the same dropout masks and reproduces pass 1's embeddings exactly."""
+    student = Encoder(tiny_models["student"]).train()
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    first, states = joint_train.embed_without_graph(student, TEXTS_Q, 3, autocast)
+
+    seen, embed = [], student.embed
+    def recording_embed(texts, prompt=None):
+        out = embed(texts, prompt)
+        seen.append(out.detach().float())
+        return out
+    student.embed = recording_embed
+    joint_train.backward_through_cache(student, TEXTS_Q, torch.ones_like(first), states, 3, autocast)
+    torch.testing.assert_close(torch.cat(seen), first, rtol=0, atol=0)
+
+    with torch.no_grad():
+        student.eval()
+        without_dropout = embed(TEXTS_Q)
+    assert not torch.allclose(first, without_dropout)  # dropout really was on: the check above is not vacuous
+
+
+def test_language_pairs_cycle_every_ordered_pair_evenly():
+    """4 languages give P = 12 ordered pairs X != Y; over n = 100 examples each occurs
+    floor(100/12) = 8 or ceil = 9 times."""
+    languages = ["en", "de", "ru", "zh"]
+    pairs = data.language_pairs(100, languages, seed=0, epoch=0)
+    counts = Counter(pairs)
+    assert len(counts) == 12 and all(x != y for x, y in counts)
+    assert set(counts.values()) <= {8, 9} and sum(counts.values()) == 100
+    assert pairs == data.language_pairs(100, languages, seed=0, epoch=0)  # seeded
+    assert pairs != data.language_pairs(100, languages, seed=0, epoch=1)  # another order next epoch
+
+
+def test_same_language_pairs_for_the_infonce_baseline():
+    pairs = data.language_pairs(400, ["en", "de", "ru", "zh"], seed=1, epoch=0, same_language=True)
+    assert all(x == y for x, y in pairs)
+    assert all(70 < count < 130 for count in Counter(x for x, _ in pairs).values())  # uniform: 100 expected each
+
+
+# ---------------------------------------------------------------------------
+# The script, end to end
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    rows = write_rows(root / "rows.jsonl", n=24)
+    distill.main(["--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", rows,
+                  "--out-dir", str(root / "stage1"), "--cache-dir", str(root / "cache"), "--dev-size", "4",
+                  "--batch-size", "16", "--max-length", "32", "--max-steps", "2"])
+    return {"rows": rows, "stage1": str(root / "stage1"), "cache": str(root / "cache")}
+
+
+def joint_args(tiny_models, stage1, out_dir, *extra):
+    return ["--stage1", stage1["stage1"], "--student", tiny_models["student"], "--data", stage1["rows"],
+            "--cache-dir", stage1["cache"], "--out-dir", str(out_dir), "--dev-size", "4", "--batch-size", "8",
+            "--mini-batch-size", "4", "--max-length", "32", "--max-steps", "4", "--save-every", "2", "--log-every", "2", *extra]
+
+
+@pytest.mark.parametrize("objective", ["mimo", "xlco", "infonce", "lakda"])
+def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models, stage1, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    history = joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--objective", objective))
+    out = tmp_path / "run"
+    assert SentenceTransformer(str(out), device="cpu").encode(["a query"]).shape == (1, 24)
+    assert (out / "projection.pt").exists() == (objective == "mimo")  # only MIMO has W
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    terms = {"mimo": {"xlco", "distill"}, "xlco": {"xlco"}, "infonce": {"infonce"}, "lakda": {"lakda"}}[objective]
+    assert all(terms <= set(record) for record in log if "loss" in record)
+    if objective == "mimo":
+        record = [r for r in log if "loss" in r][-1]
+        assert record["loss"] == pytest.approx(0.2 * record["xlco"] + 0.8 * record["distill"], rel=1e-5)
+        assert "distance" in history["after"]
+
+
+def test_mimo_resume_matches_uninterrupted_run(tiny_models, stage1, tmp_path, monkeypatch):
+    joint_train.main(joint_args(tiny_models, stage1, tmp_path / "a"))
+    calls = {"n": 0}
+    real = joint_train.backward_through_cache
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two calls a step (queries, passages): this is step 3, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(joint_train, "backward_through_cache", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "b"))
+    monkeypatch.setattr(joint_train, "backward_through_cache", real)
+    joint_train.main(joint_args(tiny_models, stage1, tmp_path / "b", "--resume"))
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_missing_stage1_says_how_to_make_it(tiny_models, stage1, tmp_path):
+    args = joint_args(tiny_models, stage1, tmp_path / "run")
+    args[args.index("--stage1") + 1] = str(tmp_path / "nowhere")
+    with pytest.raises(BadInput, match=r"run `python distill.py` first, or use --objective xlco"):
+        joint_train.main(args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_mini_batch_larger_than_batch(tiny_models, stage1, tmp_path):
+    with pytest.raises(BadInput, match="--mini-batch-size 16 is larger than --batch-size 8"):
+        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--mini-batch-size", "16"))
+
+
+def test_rows_with_one_language(tiny_models, stage1, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"id": "a", "query_en": "what is it", "passage_en": "it is a thing"}) + "\n")
+    args = joint_args(tiny_models, stage1, tmp_path / "run")
+    args[args.index("--data") + 1] = str(path)
+    with pytest.raises(BadInput, match="at least 2 languages"):
+        joint_train.main(args)
