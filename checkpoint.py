@@ -110,12 +110,12 @@ def recover(out_dir):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(out_dir):
-    """The saved trainer state; log lines after its step are dropped, since the
-    resumed run is about to redo those steps."""
+def load_state(out_dir, main_rank=True):
+    """The saved trainer state; log lines after its step are dropped (by rank 0),
+    since the resumed run is about to redo those steps."""
     state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
     log = out_dir / "log.jsonl"
-    if log.exists():
+    if main_rank and log.exists():
         lines = [line for line in log.read_text().splitlines() if json.loads(line).get("step", 0) <= state["step"]]
         log.write_text("".join(line + "\n" for line in lines))
     return state
@@ -130,7 +130,11 @@ def rng_state():
     }
 
 
-def set_rng_state(state):
+def set_rng_state(states, rank=0, world=1):
+    """Restore this rank's generators from the list of every rank's states."""
+    if len(states) != world:
+        raise BadInput(f"the checkpoint was written by {len(states)} process(es); resume it with the same number, not {world}")
+    state = states[rank]
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

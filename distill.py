@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import checkpoint
 import data
+import distributed
 from checkpoint import log_line
 from data import BadInput
 from losses import DISTILL_LOSSES, cosine_distill_loss
@@ -136,24 +137,28 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
 
 def main(argv=None):
     args = get_args(argv)
-    print("arguments: " + json.dumps(vars(args)))
+    rank, world, device = distributed.setup()  # (0, 1, cuda or cpu) without torchrun
+    main_rank = rank == 0  # only rank 0 prints, evaluates and saves
+    if main_rank:
+        print("arguments: " + json.dumps(vars(args)))
     out_dir = Path(args.out_dir)
-
-    checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+    if main_rank:
+        checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+    if args.batch_size % world:
+        raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
 
     # --- seed, device, precision
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + rank)  # ranks draw different dropout masks; weights are broadcast below
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)  # noqa: E731
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # only fp16 needs loss scaling
 
-    # --- data
+    # --- data: every rank reads the same pairs and takes its slice of each batch
     pairs, stats = data.load_parallel(
         args.data, args.min_chars, args.max_chars, args.max_length_ratio, args.max_per_language, not args.no_identity_pairs, args.seed
     )
@@ -161,8 +166,9 @@ def main(argv=None):
     if len(train) < args.batch_size:
         raise BadInput(f"--batch-size {args.batch_size} is larger than the {len(train)} training pairs")
     kept = {key[5:]: value for key, value in stats.items() if key.startswith("lang_")}
-    print(f"data: {len(train)} training and {len(dev)} dev pairs; per language {kept}; read {stats['read']}, dropped "
-          + ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_")))
+    if main_rank:
+        print(f"data: {len(train)} training and {len(dev)} dev pairs; per language {kept}; read {stats['read']}, dropped "
+              + ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_")))
 
     # --- models: frozen teacher, trainable student and projection W
     teacher = freeze(Encoder(args.teacher, args.teacher_pooling, args.max_length, args.teacher_prompt, dtype=amp_dtype if device.type == "cuda" else None))
@@ -177,10 +183,13 @@ def main(argv=None):
         # else semi-orthogonal: W then preserves the student's angles at the start.
         torch.nn.init.eye_(W.weight) if student.dim == teacher.dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
-    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim)
+    # each rank appends to its own cache files (writer=rank), so no locks are needed
+    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim, writer=rank)
     distill_loss = DISTILL_LOSSES[args.distill_loss]
-    print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} ({student.dim}-d, {student.pooling} pooling), "
-          f"W {'fixed identity' if args.no_projection else 'trainable'}, {args.distill_loss} loss, {device} {precision}, cache {cache.folder} ({len(cache)} texts)")
+    if main_rank:
+        print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} ({student.dim}-d, {student.pooling} pooling), "
+              f"W {'fixed identity' if args.no_projection else 'trainable'}, {args.distill_loss} loss, {device} {precision}, {world} process(es), "
+              f"cache {cache.folder} ({len(cache)} texts)")
 
     # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
     steps_per_epoch = len(train) // args.batch_size
@@ -191,31 +200,38 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, checkpoint.linear_schedule(warmup_steps, max_steps))
 
     # --- start or resume
-    dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)  # (N, Dt)
+    dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype) if main_rank else None  # (N, Dt)
     step, history = 0, {"epochs": []}
     if args.resume:
-        state = checkpoint.load_state(out_dir)
+        state = checkpoint.load_state(out_dir, main_rank)
         student.load_state_dict(Encoder(str(out_dir)).state_dict())
         W.weight.data.copy_(torch.load(out_dir / "projection.pt")["weight"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"], rank, world)
         step, history = state["step"], state["history"]
-        print(f"resumed from step {step} of {max_steps}")
-    else:
+        if main_rank:
+            print(f"resumed from step {step} of {max_steps}")
+    elif main_rank:
         checkpoint.start(out_dir, args)
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         log_line(out_dir, {"step": 0, "dev_distance": history["before"]["distance"], "dev_accuracy": history["before"]["accuracy"]})
+    distributed.broadcast_parameters(params)
+    distributed.barrier()
 
     def save():
-        state = {"step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": checkpoint.rng_state(), "history": history}
-        checkpoint.save(out_dir, student, W, args, state)
+        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
+        rng = distributed.gather_objects(checkpoint.rng_state())
+        if main_rank:
+            state = {"step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": rng, "history": history}
+            checkpoint.save(out_dir, student, W, args, state)
+        distributed.barrier()
 
     # --- the loop
-    bar = tqdm(total=max_steps, initial=step, desc="distill", dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=step, desc="distill", dynamic_ncols=True, disable=not main_rank)
     epoch_start, teacher_seconds, examples, last_log = time.time(), 0.0, 0, time.time()
     order_epoch, order = None, None
     while step < max_steps:
@@ -224,7 +240,8 @@ def main(argv=None):
             # subtle: the batch comes from (seed, epoch, position) alone, so a resumed run
             # picks up exactly where the checkpoint was taken, without replaying a loader
             order_epoch, order = epoch, data.batches(data.epoch_order(len(train), args.seed, epoch), args.batch_size)
-        batch = [train[i] for i in order[position]]
+        per_rank = args.batch_size // world
+        batch = [train[i] for i in order[position][rank * per_rank : (rank + 1) * per_rank]]  # this rank's slice
 
         tick = time.time()
         targets = teacher_embed(teacher, cache, [pair.english for pair in batch], args.teacher_batch_size, amp_dtype).to(device)  # (B, Dt)
@@ -233,6 +250,7 @@ def main(argv=None):
             s = student.embed([pair.text for pair in batch])  # (B, Ds)
             loss = distill_loss(W(s), targets)
         scaler.scale(loss).backward()
+        distributed.average_gradients(params)  # the mean over ranks: the global batch's gradient
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
         scaler.step(optimizer)
@@ -240,34 +258,42 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        examples += len(batch)
+        examples += args.batch_size
         bar.update(1)
 
-        if step % args.log_every == 0 or step == max_steps:
-            loss_value = loss.item()  # .item() only here: it waits for the device
+        saving = step % args.save_every == 0 and step < max_steps
+        if step % args.log_every == 0 or step == max_steps or saving:
+            # .item() only on log and save steps (it waits for the device); checking before
+            # every save means a non-finite loss never reaches a checkpoint
+            loss_value = distributed.mean_over_ranks(loss.detach()).item()
             if not np.isfinite(loss_value):
                 raise SystemExit(f"error: the loss is {loss_value} at step {step}; the last checkpoint in {out_dir} is intact: "
                                  f"continue with `python distill.py --resume --out-dir {out_dir} --lr {args.lr / 4:g}`")
-            rate = examples / (time.time() - last_log)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            log_line(out_dir, {"step": step, "loss": loss_value, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "ex/s": round(rate, 1)})
+            if main_rank:
+                rate = examples / (time.time() - last_log)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                log_line(out_dir, {"step": step, "loss": loss_value, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "ex/s": round(rate, 1)})
             examples, last_log = 0, time.time()
-        if args.eval_every and step % args.eval_every == 0 and step < max_steps:
+        if main_rank and args.eval_every and step % args.eval_every == 0 and step < max_steps:
             result = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
             log_line(out_dir, {"step": step, "dev_distance": result["distance"], "dev_accuracy": result["accuracy"]})
-        if step % steps_per_epoch == 0:
+        if main_rank and step % steps_per_epoch == 0:
             seconds = time.time() - epoch_start
             history["epochs"].append({"epoch": step // steps_per_epoch, "seconds": round(seconds, 1), "teacher_seconds": round(teacher_seconds, 1)})
             log_line(out_dir, {"step": step, **history["epochs"][-1]})
             epoch_start, teacher_seconds = time.time(), 0.0
-        if step % args.save_every == 0 and step < max_steps:
+        if saving:
             save()
     bar.close()
 
     # --- final evaluation and save
-    history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
-    log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})
+    if main_rank:
+        history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
+        log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})
     save()
+    distributed.shutdown()
+    if not main_rank:
+        return history
     before, after = history.get("before"), history["after"]
     print(f"\nstage 1 done: {step} steps, saved to {out_dir}")
     if before:

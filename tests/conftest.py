@@ -42,7 +42,7 @@ def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0)
     if arch == "bert":
         config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                             intermediate_size=2 * hidden, max_position_embeddings=128)
-        model = BertModel(config, add_pooling_layer=False)
+        model = BertModel(config)
     else:
         config = Qwen3Config(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=hidden // 4, intermediate_size=2 * hidden, max_position_embeddings=128)

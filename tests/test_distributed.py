@@ -1,0 +1,59 @@
+"""Two processes under torchrun (gloo, CPU) against one process on the whole batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, write_rows
+
+sys.path.insert(0, str(ROOT / "tests"))
+import ddp_worker  # noqa: E402
+
+
+def torchrun(*args, timeout=240):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_gathered_loss_and_gradients_equal_one_process(tiny_models, tmp_path):
+    """Each rank: its 4 queries against all 8 passages (its own first), loss averaged
+    over ranks, gradients averaged over ranks. One process: 8 queries against 8
+    passages. Same loss, same gradients (float64, so to ~1e-10)."""
+    torchrun(str(ROOT / "tests" / "ddp_worker.py"), tiny_models["student"], str(tmp_path / "ranks.pt"))
+    ranks = torch.load(tmp_path / "ranks.pt")
+
+    student, W, t_q, t_p = ddp_worker.setup(tiny_models["student"])
+    q, p = student.embed(ddp_worker.QUERIES), student.embed(ddp_worker.PASSAGES)
+    loss = ddp_worker.mimo_loss(q, p, p, W, t_q, t_p)
+    loss.backward()
+    torch.testing.assert_close(ranks["loss"], loss.detach(), rtol=1e-10, atol=1e-12)
+    single = dict(student.named_parameters(), W=W.weight)
+    assert ranks["grads"].keys() == single.keys()
+    for name, param in single.items():
+        if param.grad is None:
+            assert ranks["grads"][name] is None
+            continue
+        torch.testing.assert_close(ranks["grads"][name], param.grad, rtol=1e-7, atol=1e-10, msg=name)
+
+
+def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tmp_path):
+    """Stage 1 then stage 2 with --gather-negatives on 2 CPU processes: rank 0 alone
+    writes the run directory, and each rank keeps its own teacher-cache files."""
+    rows = write_rows(tmp_path / "rows.jsonl", n=24)
+    common = ["--data", rows, "--cache-dir", str(tmp_path / "cache"), "--dev-size", "4", "--max-length", "32", "--log-every", "1"]
+    torchrun("distill.py", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--out-dir", str(tmp_path / "s1"),
+             "--batch-size", "16", "--max-steps", "2", *common)
+    result = torchrun("joint_train.py", "--stage1", str(tmp_path / "s1"), "--out-dir", str(tmp_path / "s2"), "--gather-negatives",
+                      "--batch-size", "8", "--mini-batch-size", "2", "--max-steps", "2", "--save-every", "1", *common)
+    assert "2 process(es), negatives gathered over all ranks" in result.stdout
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if "loss" in record] == [1, 2]  # logged once, by rank 0
+    state = torch.load(tmp_path / "s2" / "trainer_state.pt", weights_only=False)
+    assert len(state["rng"]) == 2  # both ranks' generators, for an exact resume
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*/keys-*.txt")) >= ["keys-0.txt", "keys-1.txt"]
