@@ -1,0 +1,421 @@
+"""evaluate.py: trec_eval's metrics by hand (ties included), exact chunked retrieval,
+PEER, MRC, alignment/uniformity, benchmark reading, and the script end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import evaluate
+from conftest import ROOT, write_rows
+from data import BadInput
+
+
+# ---------------------------------------------------------------------------
+# Ranking metrics, by hand
+
+# Ranking d1 d2 d3 d4; judged d1: 0 (judged non-relevant), d2: 2, d3: 1, d5: 1 (never
+# retrieved). Relevant (grade >= 1): d2, d3, d5, so 3 in all.
+RANKING = ["d1", "d2", "d3", "d4"]
+JUDGED = {"d1": 0, "d2": 2, "d3": 1, "d5": 1}
+
+
+def test_ndcg_by_hand():
+    """DCG@3 = 0/log2(2) + 2/log2(3) + 1/log2(4); the ideal order of all judged grades
+    is 2, 1, 1, so IDCG@3 = 2/log2(2) + 1/log2(3) + 1/log2(4). At k = 1 the ranking
+    holds only the non-relevant d1: 0. Nothing relevant at all: 0."""
+    expected = (2 / math.log2(3) + 1 / 2) / (2 + 1 / math.log2(3) + 1 / 2)
+    assert evaluate.ndcg(RANKING, JUDGED, 3) == pytest.approx(expected)
+    assert evaluate.ndcg(RANKING, JUDGED, 1) == 0.0
+    assert evaluate.ndcg(RANKING, {"d1": 0}, 10) == 0.0
+    # k = 10, past the ranking's end: the ideal already held all three grades at k = 3, so nothing changes
+    assert evaluate.ndcg(RANKING, JUDGED, 10) == pytest.approx(expected)
+
+
+def test_recall_mrr_and_map_by_hand():
+    """Recall@3 = |{d2, d3}| / 3; Recall@1 = 0. MRR@10 = 1/2 (d2 at rank 2), MRR@1 = 0.
+    MAP@100 = (P@2 + P@3) / 3 = (1/2 + 2/3) / 3; MAP@2 = (1/2) / 3: the relevant d3 at
+    rank 3 and the never-retrieved d5 still count in the denominator."""
+    assert evaluate.recall(RANKING, JUDGED, 3) == pytest.approx(2 / 3)
+    assert evaluate.recall(RANKING, JUDGED, 1) == 0.0
+    assert evaluate.mrr(RANKING, JUDGED, 10) == 0.5
+    assert evaluate.mrr(RANKING, JUDGED, 1) == 0.0
+    assert evaluate.average_precision(RANKING, JUDGED, 100) == pytest.approx((1 / 2 + 2 / 3) / 3)
+    assert evaluate.average_precision(RANKING, JUDGED, 2) == pytest.approx((1 / 2) / 3)
+
+
+def test_ties_are_broken_by_document_id_descending():
+    """trec_eval sorts by score descending, then by document id descending (strcmp):
+    among the three docs scoring 0.5, "c" > "b10" > "b" ("b10" > "b": longer with the same prefix)."""
+    scores = {"a": 0.9, "b": 0.5, "c": 0.5, "b10": 0.5, "z": 0.1}
+    assert evaluate.trec_rank(scores) == ["a", "c", "b10", "b", "z"]
+
+
+def test_ties_change_the_metrics_as_in_trec_eval():
+    """Two docs tie at the top score. If the relevant one has the smaller id it comes
+    second: MRR@10 = 1/2 and nDCG@1 = 0; with the larger id, first: 1 and 1."""
+    judged = {"doc-a": 1}
+    ranking = evaluate.trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
+    assert ranking == ["doc-b", "doc-a", "doc-c"]
+    assert evaluate.mrr(ranking, judged, 10) == 0.5 and evaluate.ndcg(ranking, judged, 1) == 0.0
+    ranking = evaluate.trec_rank({"doc-z": 0.7, "doc-b": 0.7})
+    assert evaluate.mrr(ranking, {"doc-z": 1}, 10) == 1.0 and evaluate.ndcg(ranking, {"doc-z": 1}, 1) == 1.0
+
+
+def test_own_language_share():
+    """Top 4 langs en en de fr for an English query: 2/4 at k=4, 1 at k=2; fewer retrieved than k: share of those."""
+    langs = ["en", "en", "de", "fr"]
+    assert evaluate.own_language_share(langs, "en", 4) == 0.5
+    assert evaluate.own_language_share(langs, "en", 2) == 1.0
+    assert evaluate.own_language_share(langs, "de", 10) == 0.25
+
+
+# ---------------------------------------------------------------------------
+# Exact retrieval in chunks
+
+
+def brute_force(q, d, ids, k):
+    """Every score, then Python's sort on (score, id) descending: trec_eval's order by definition."""
+    scores = q @ d.T  # (Q, N)
+    out = []
+    for row in scores.tolist():
+        order = sorted(range(len(ids)), key=lambda j: (row[j], ids[j]), reverse=True)[:k]
+        out.append(order)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("query_chunk,doc_chunk", [(4, 7), (5, 50), (17, 103), (1, 1)])
+def test_chunked_retrieval_equals_the_full_matrix_with_ties(query_chunk, doc_chunk):
+    """Vectors of -1/0/1 in 5 dims give exact integer scores and very many ties (only
+    11 possible values for 103 documents), the hardest case for chunked top-k: each
+    block must pick, among equal scores at its boundary, the largest ids. Chunk sizes
+    do not divide Q = 17 or N = 103; ids are shuffled so that id order != index order."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randint(-1, 2, (17, 5), generator=generator).float()
+    d = torch.randint(-1, 2, (103, 5), generator=generator).float()
+    ids = [f"doc{j}" for j in torch.randperm(103, generator=generator).tolist()]
+    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 10, query_chunk, doc_chunk)
+    expected = brute_force(q, d, ids, 10)
+    assert torch.equal(index, expected)
+    assert torch.equal(scores, (q @ d.T).gather(1, expected))
+
+
+def test_chunked_retrieval_on_random_embeddings_and_k_beyond_n():
+    """Random normalised embeddings (no ties): the same top 20 as torch.topk on the
+    full (Q, N) matrix. Asking for more than N documents returns all N, sorted."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.nn.functional.normalize(torch.randn(33, 24, generator=generator), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(257, 24, generator=generator), dim=-1)
+    ids = [f"{j:04d}" for j in range(257)]
+    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 20, query_chunk=10, doc_chunk=60)
+    full_scores, full_index = (q @ d.T).topk(20, dim=1)
+    assert torch.equal(index, full_index)
+    torch.testing.assert_close(scores, full_scores)
+    scores, index = evaluate.retrieve(q, d[:30], evaluate.id_ranks(ids[:30]), 100, query_chunk=8, doc_chunk=7)
+    assert index.shape == (33, 30) and torch.equal(index.sort(1).values, torch.arange(30).expand(33, 30))
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+# ---------------------------------------------------------------------------
+# PEER, MRC, alignment, uniformity
+
+
+def test_kruskal_wallis_without_ties():
+    """Three groups of one value, 1, 2, 3: N = 3, rank sums 1, 2, 3, so
+    H = 12 / (3 * 4) * (1 + 4 + 9) - 3 * 4 = 2. With g - 1 = 2 degrees of freedom the
+    chi-square tail is exp(-H / 2), so p = exp(-1)."""
+    h, p = evaluate.kruskal_wallis([[1], [2], [3]])
+    assert h == pytest.approx(2.0)
+    assert p == pytest.approx(math.exp(-1))
+
+
+def test_kruskal_wallis_with_ties_at_k_plus_one():
+    """PEER's case: k = 3, ranks past k count as 4. Groups A = [1, 4], B = [2, 4].
+    Pooled 1, 2, 4, 4 get mid-ranks 1, 2, 3.5, 3.5; R_A = 4.5, R_B = 5.5, N = 4:
+    H = 12 / 20 * (4.5^2 / 2 + 5.5^2 / 2) - 15 = 0.15, tie correction
+    C = 1 - (2^3 - 2) / (4^3 - 4) = 0.9, H = 0.15 / 0.9 = 1/6. One degree of freedom:
+    P(chi^2_1 > H) = erfc(sqrt(H / 2)). All values equal: p = 1."""
+    h, p = evaluate.kruskal_wallis([[1, 4], [2, 4]])
+    assert h == pytest.approx(1 / 6)
+    assert p == pytest.approx(math.erfc(math.sqrt(1 / 12)))
+    assert evaluate.kruskal_wallis([[4, 4], [4]]) == (0.0, 1.0)
+
+
+def test_kruskal_wallis_matches_scipy_when_available():
+    stats = pytest.importorskip("scipy.stats")
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        groups = [torch.randint(1, 12, (int(n),), generator=generator).tolist() for n in torch.randint(1, 6, (4,), generator=generator)]
+        if len({v for g in groups for v in g}) < 2:
+            continue
+        h, p = evaluate.kruskal_wallis(groups)
+        expected = stats.kruskal(*groups)
+        assert h == pytest.approx(expected.statistic) and p == pytest.approx(expected.pvalue)
+
+
+def test_peer_groups_set_ranks_past_k_to_k_plus_one():
+    """Relevant d2 (de) at rank 2, d3 (fr) at 3, d5 (de) not retrieved -> k + 1 = 4 with k = 3;
+    d1 is judged non-relevant, d9 is not in the corpus (no language): both left out."""
+    doc_lang = {"d1": "en", "d2": "de", "d3": "fr", "d4": "en", "d5": "de"}
+    groups = evaluate.peer_groups(RANKING, {**JUDGED, "d9": 1}, doc_lang, 3)
+    assert groups == {"de": [2, 4], "fr": [3]}
+
+
+def test_spearman():
+    """Monotone: 1; reversed: -1; ranks (3, 2, 1) against (1, 3, 2): centred (1, 0, -1), (-1, 1, 0),
+    so rho = -1 / sqrt(2 * 2) = -0.5. A constant vector has no rank correlation: nan."""
+    x = torch.tensor([0.9, 0.8, 0.1])
+    assert evaluate.spearman(x, x * 2) == pytest.approx(1.0)
+    assert evaluate.spearman(x, -x) == pytest.approx(-1.0)
+    assert evaluate.spearman(x, torch.tensor([0.1, 0.9, 0.8])) == pytest.approx(-0.5)
+    assert math.isnan(evaluate.spearman(x, torch.ones(3)))
+
+
+def test_mrc_by_hand():
+    """Documents are the 4 unit vectors, so a query's score for document j is its j-th
+    coordinate. k = 2. Tops: en {0, 1}, de {1, 2}, fr {0, 1}.
+    en-de: U = {0, 1, 2}, scores (.9, .8, .1) vs (.1, .9, .8): rho = -0.5 (test_spearman).
+    en-fr: U = {0, 1}, (.9, .8) vs (.9, .8): rho = 1.
+    de-fr: U = {0, 1, 2}, (.1, .9, .8) vs (.9, .8, 0): ranks (1, 3, 2) vs (3, 2, 1): rho = -0.5.
+    Per language (pairs that involve it): en (-0.5 + 1) / 2 = 0.25, de -0.5, fr 0.25;
+    MRC = 100 * mean(0.25, -0.5, 0.25) = 0."""
+    doc_emb = torch.eye(4)
+    query_emb = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.1, 0.9, 0.8, 0.0], [0.9, 0.8, 0.0, 0.1]])
+    top = (query_emb @ doc_emb.T).topk(2, dim=1).indices
+    value, per_lang, pairs = evaluate.mrc(query_emb, doc_emb, top, [[0, 1, 2]], ["en", "de", "fr"])
+    assert pairs == 3
+    assert per_lang == pytest.approx({"de": -50.0, "en": 25.0, "fr": 25.0})
+    assert value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_alignment_and_uniformity_known_answers():
+    """Identical translations: alignment 0. Two antipodal unit vectors: one pair at
+    squared distance 4, uniformity = log exp(-2 * 4) = -8. Three unit vectors 120 degrees
+    apart: every squared distance is 2 - 2 cos 120 = 3, uniformity = -6. One point
+    repeated: distance 0, uniformity = log 1 = 0."""
+    x = torch.nn.functional.normalize(torch.randn(5, 7), dim=-1)
+    assert evaluate.alignment(x, x.clone()) == 0.0
+    assert evaluate.alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])) == pytest.approx(2.0)
+    assert evaluate.uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    assert evaluate.uniformity(torch.stack([angles.cos(), angles.sin()], 1)) == pytest.approx(-6.0)
+    assert evaluate.uniformity(torch.ones(3, 4) / 2) == pytest.approx(0.0)
+
+
+def test_alignment_uniformity_per_language():
+    """Groups {0 en, 1 de} and {2 en, 3 fr}: pairs (0, 1) at squared distance 2 (orthogonal)
+    and (2, 3) at 0 (identical). Overall 1; en (both pairs) 1; de 2; fr 0."""
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.6, 0.8]])
+    out = evaluate.alignment_uniformity(emb, ["en", "de", "en", "fr"], [[0, 1], [2, 3]], seed=0)
+    assert out["alignment"] == pytest.approx(1.0)
+    assert out["alignment_per_language"] == pytest.approx({"de": 2.0, "en": 1.0, "fr": 0.0})
+    assert out["uniformity_per_language"]["de"] is None  # one text: no pair
+    assert out["alignment_pairs"] == 2
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks: BEIR directories and aligned rows
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+
+
+def make_beir_dir(root, qrels="tsv", lang=True):
+    """6 documents (3 topics in en and de), 4 queries (q1 and q2 in en and de) and a
+    query q9 without judgements; qrels add one judgement for an unknown query and one for an
+    unknown document."""
+    topics = {"t1": "river water flows", "t2": "bread from the oven", "t3": "glass and light"}
+    corpus = [{"_id": f"{t}/{l}", "title": f"{t} title", "text": f"{text} {l}", **({"lang": l} if lang else {})}
+              for t, text in topics.items() for l in ("en", "de")]
+    queries = [{"_id": f"q{i}-{l}", "text": f"about {topics[f't{i}']} {l}", **({"lang": l} if lang else {})} for i in (1, 2) for l in ("en", "de")]
+    queries.append({"_id": "q9", "text": "unjudged", "lang": "en"})
+    write_jsonl(root / "corpus.jsonl", corpus)
+    write_jsonl(root / "queries.jsonl", queries)
+    judgements = [(f"q{i}-{l}", f"t{i}/{m}", 1) for i in (1, 2) for l in ("en", "de") for m in ("en", "de")]
+    judgements += [("q7-en", "t1/en", 1), ("q1-en", "t8/en", 2)]
+    if qrels == "tsv":
+        (root / "qrels").mkdir(parents=True, exist_ok=True)
+        (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in judgements))
+    else:
+        write_jsonl(root / "qrels.jsonl", [{"query-id": q, "corpus-id": d, "score": g} for q, d, g in judgements])
+    return root
+
+
+@pytest.mark.parametrize("qrels", ["tsv", "jsonl"])
+def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
+    """q9 has no judgement: skipped and counted; q7-en is unknown: its 1 judgement is
+    dropped and counted; t8/en is not in the corpus: kept (trec_eval counts it as
+    relevant) and counted. Titles are joined to the text with a space. Ids "q1-en",
+    "q1-de" form the parallel group "q1"; "t1/en", "t1/de" the document group "t1"."""
+    bench = data.load_benchmark(str(make_beir_dir(tmp_path / "b", qrels)))
+    assert len(bench.corpus) == 6 and sorted(bench.queries) == ["q1-de", "q1-en", "q2-de", "q2-en"]
+    assert bench.corpus["t2/de"] == ("t2 title bread from the oven de", "de")
+    assert bench.stats == {"unknown_query_judgements": 1, "unknown_document_judgements": 1, "skipped_queries": 1, "queries_without_relevant": 0}
+    assert bench.qrels["q1-en"] == {"t1/en": 1, "t1/de": 1, "t8/en": 2}
+    assert bench.query_groups == {"q1": ["q1-en", "q1-de"], "q2": ["q2-en", "q2-de"]}
+    assert bench.doc_groups == {t: [f"{t}/en", f"{t}/de"] for t in ("t1", "t2", "t3")}
+
+
+def test_rows_become_the_mlir_benchmark(tmp_path):
+    """3 rows x 4 languages: 12 documents and 12 queries; each query's relevant set is the 4
+    versions of its row's passage; one query group and one document group per row."""
+    bench = data.load_benchmark(write_rows(tmp_path / "rows.jsonl", n=3))
+    assert len(bench.corpus) == 12 and len(bench.queries) == 12
+    assert bench.qrels["r1/de"] == {"r1/en": 1, "r1/de": 1, "r1/ru": 1, "r1/zh": 1}
+    assert bench.corpus["r2/zh"][1] == "zh" and bench.queries["r0/ru"][1] == "ru"
+    assert bench.query_groups["r0"] == ["r0/de", "r0/en", "r0/ru", "r0/zh"]  # languages in sorted order
+    assert bench.stats["skipped_queries"] == 0
+
+
+def test_hub_benchmark_is_read_from_the_hugging_face_cache(tmp_path):
+    """A dataset repo `someone/mlir-bench` with the BEIR layout in MMLIR/xx, laid out as
+    huggingface_hub caches it (refs/main names the snapshot), read offline. Runs in a
+    child process: huggingface_hub reads HF_HUB_CACHE when it is imported."""
+    repo = tmp_path / "hub" / "datasets--someone--mlir-bench"
+    make_beir_dir(repo / "snapshots" / "abc123" / "MMLIR" / "xx")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    code = "import data; b = data.load_benchmark('someone/mlir-bench/MMLIR/xx'); print(len(b.corpus), len(b.queries))"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["6", "4"], result.stderr
+
+
+def test_bad_benchmarks_are_one_clear_sentence(tmp_path):
+    root = make_beir_dir(tmp_path / "b")
+    (root / "corpus.jsonl").unlink()
+    with pytest.raises(BadInput, match="has no corpus: expected corpus.jsonl"):
+        data.load_benchmark(str(root))
+    root = make_beir_dir(tmp_path / "c", lang=False)
+    with pytest.raises(BadInput, match=r"corpus.jsonl:1: document 't1/en' has no 'lang' field"):
+        data.load_benchmark(str(root))
+    bench = data.load_benchmark(str(root), need_lang=False)  # fine when no language metric is asked for
+    assert bench.corpus["t1/en"][1] is None and bench.query_groups == {}
+    with pytest.raises(BadInput, match="not a directory or file here"):
+        data.load_benchmark("nobody/no-such-benchmark")
+
+
+# ---------------------------------------------------------------------------
+# The script end to end, on tiny models
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return write_rows(tmp_path_factory.mktemp("eval") / "rows.jsonl", n=8)
+
+
+def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
+    """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
+    in range, the table printed, results.json written; a second run embeds nothing
+    (cache hits) and reproduces the numbers exactly."""
+    args = ["--model", tiny_models["teacher"], "--model", tiny_models["student"], "--benchmark", rows,
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out"), "--doc-chunk", "7", "--query-chunk", "5"]
+    evaluate.main(args)
+    printed = capsys.readouterr().out
+    assert "nDCG@10" in printed and "PEER@100" in printed and tiny_models["student"] in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    bench = results["benchmarks"][rows]
+    assert bench["queries"] == 32 and bench["documents"] == 32 and bench["languages"] == ["de", "en", "ru", "zh"]
+    for name in (tiny_models["teacher"], tiny_models["student"]):
+        result = bench["models"][name]
+        for key in ("ndcg@10", "ndcg@20", "recall@20", "mrr@10", "map@100", "own@10", "peer@100"):
+            assert 0.0 <= result[key] <= 1.0, key
+        assert -100 <= result["mrc@10"] <= 100 and result["mrc_pairs"] == 8 * 6
+        assert 0.0 <= result["alignment"] <= 4.0 and -8.0 <= result["uniformity"] <= 0.0
+        assert sorted(result["per_language"]) == ["de", "en", "ru", "zh"]
+        assert result["peer_queries"] == 32
+    evaluate.main(args)
+    printed = capsys.readouterr().out
+    assert printed.count("cache hit") == 4  # 2 models x (documents, queries)
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"][rows]["models"]
+    for name, result in again.items():
+        for key, value in result.items():
+            if key != "seconds":
+                assert value == bench["models"][name][key], key
+
+
+def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
+    """--monolingual: each language's queries search its 3 documents; the row metrics
+    are the mean of the per-language values, and the language-bias columns are n/a."""
+    root = make_beir_dir(tmp_path / "b")
+    report = evaluate.main(["--model", tiny_models["teacher"], "--benchmark", str(root), "--monolingual", "--no-cache", "--out-dir", str(tmp_path / "out")])
+    result = report[str(root)]["models"][tiny_models["teacher"]]
+    per_language = result["per_language"]
+    assert sorted(per_language) == ["de", "en"]
+    assert result["ndcg@10"] == pytest.approx((per_language["de"]["ndcg@10"] + per_language["en"]["ndcg@10"]) / 2)
+    assert result.get("own@10") is None and result.get("mrc@10") is None and result.get("peer@100") is None
+    assert "1 queries without judgements skipped" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+
+
+def test_parallel_data_and_no_language_metrics(tiny_models, rows, tmp_path, capsys):
+    """--parallel rows: 8 rows x 3 non-English languages x (query, passage) = 48 (English, X)
+    pairs for alignment. --no-language-metrics on a corpus without `lang`: the ranking
+    columns are filled, the language columns print n/a."""
+    common = ["--model", tiny_models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
+    report = evaluate.main(common + ["--benchmark", rows, "--parallel", rows])
+    result = report[rows]["models"][tiny_models["teacher"]]
+    assert result["alignment_source"] == "--parallel" and result["alignment_pairs"] == 48
+    assert sorted(result["alignment_per_language"]) == ["de", "en", "ru", "zh"]
+    root = make_beir_dir(tmp_path / "b", lang=False)
+    capsys.readouterr()
+    report = evaluate.main(common + ["--benchmark", str(root), "--no-language-metrics"])
+    result = report[str(root)]["models"][tiny_models["teacher"]]
+    assert 0 <= result["ndcg@10"] <= 1 and result.get("own@10") is None and result.get("alignment") is None
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tiny_models["teacher"])][-1]
+    assert row.split()[-5:] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif
+
+
+def test_default_models_are_the_trained_stages_and_the_teacher(tmp_path, monkeypatch, capsys):
+    """runs/stage1 with a checkpoint is evaluated; runs/stage2 with only args.json (training
+    has not saved yet) is not, with a note; the teacher is always the last row."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "stage1").mkdir(parents=True)
+    (tmp_path / "runs" / "stage1" / "config.json").write_text("{}")
+    (tmp_path / "runs" / "stage2").mkdir()
+    (tmp_path / "runs" / "stage2" / "args.json").write_text("{}")
+    assert evaluate.default_models() == ["runs/stage1", evaluate.TEACHER]
+    assert "runs/stage2 holds no model yet" in capsys.readouterr().out
+
+
+def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    report = {"b": {"models": {"m": {"alignment": 1.0, "uniformity": -2.0}}}}
+    assert evaluate.plot_alignment_uniformity(report, tmp_path / "au.png") is None
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "au.png").exists()
+
+
+def test_plot_is_written_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = {"b": {"models": {"m1": {"alignment": 1.0, "uniformity": -2.0}, "m2": {"alignment": 0.5, "uniformity": -3.0}}}}
+    assert evaluate.plot_alignment_uniformity(report, tmp_path / "au.png") == tmp_path / "au.png"
+    assert (tmp_path / "au.png").stat().st_size > 1000
+
+
+def run_script(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["unloadable_model", "no_queries", "no_lang"])
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, tmp_path):
+    root = make_beir_dir(tmp_path / "b", lang=case != "no_lang")
+    if case == "no_queries":
+        (root / "queries.jsonl").unlink()
+    model = "nobody/no-such-model" if case == "unloadable_model" else tiny_models["teacher"]
+    result = run_script("--model", model, "--benchmark", str(root), "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    expected = {"unloadable_model": "cannot load model 'nobody/no-such-model'", "no_queries": "has no queries: expected queries.jsonl",
+                "no_lang": "has no 'lang' field"}[case]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the input is known good
