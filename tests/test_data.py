@@ -176,3 +176,24 @@ def test_rows_with_one_language(tmp_path):
     path.write_text(json.dumps({"id": "a", "query_en": "what is it", "passage_en": "it is a thing"}) + "\n")
     with pytest.raises(BadInput, match="at least 2 languages"):
         data.load_rows(str(path))
+
+
+def test_prepare_mmarco_builds_aligned_rows(tmp_path):
+    """Triples of ids plus per-language query and passage files -> one row per query
+    with its first positive passage in every language; a query missing in one
+    language is left out."""
+    (tmp_path / "triples.tsv").write_text("q1\tp1\tp9\nq1\tp2\tp9\nq2\tp3\tp9\nq3\tp1\tp9\n")
+    for lang, word in (("en", "what"), ("de", "was")):
+        queries = f"q1\t{word} one\nq2\t{word} two\n" + ("q3\twhat three\n" if lang == "en" else "")
+        (tmp_path / f"q_{lang}.tsv").write_text(queries)
+        (tmp_path / f"c_{lang}.tsv").write_text(f"p1\t{lang} passage one\np2\t{lang} passage two\np3\t{lang} passage three\n")
+    data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"),
+               "--queries", f"en={tmp_path / 'q_en.tsv'}", f"de={tmp_path / 'q_de.tsv'}",
+               "--collection", f"en={tmp_path / 'c_en.tsv'}", f"de={tmp_path / 'c_de.tsv'}", "--out", str(tmp_path / "rows.jsonl")])
+    rows = data.load_rows(str(tmp_path / "rows.jsonl"))
+    assert [row["id"] for row in rows] == ["q1", "q2"]  # q3 has no German query
+    assert rows[0]["passage"] == {"en": "en passage one", "de": "de passage one"}  # the first positive, p1
+    assert rows[1]["query"]["de"] == "was two"
+    with pytest.raises(BadInput, match="exists"):  # never overwrites
+        data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"), "--queries", f"en={tmp_path / 'q_en.tsv'}",
+                   "--collection", f"en={tmp_path / 'c_en.tsv'}", "--out", str(tmp_path / "rows.jsonl")])

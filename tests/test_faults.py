@@ -115,3 +115,22 @@ def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
     (broken / "config.json").write_text((Path(tiny_models["student"]) / "config.json").read_text())  # no weights, no tokenizer
     with pytest.raises(BadInput, match=r"cannot load model '.*broken' \(local directory\)"):
         Encoder(str(broken))
+
+
+def test_a_crash_between_the_two_renames_is_recovered(tmp_path):
+    """save() renames run -> run.old, then run.tmp -> run. Killed in between, only
+    run.old and a complete run.tmp exist: the next start finishes the swap."""
+    out_dir = tmp_path / "run"
+    (tmp_path / "run.old").mkdir()
+    (tmp_path / "run.old" / "trainer_state.pt").write_text("old")
+    (tmp_path / "run.tmp").mkdir()
+    (tmp_path / "run.tmp" / "trainer_state.pt").write_text("new")
+    checkpoint.recover(out_dir)
+    assert (out_dir / "trainer_state.pt").read_text() == "new"
+    assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
+
+    # killed while run.tmp was still being written (no trainer_state.pt yet): the old one comes back
+    (tmp_path / "run").rename(tmp_path / "run.old")
+    (tmp_path / "run.tmp").mkdir()
+    checkpoint.recover(out_dir)
+    assert (out_dir / "trainer_state.pt").read_text() == "new"
