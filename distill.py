@@ -291,18 +291,17 @@ def main(argv=None):
         history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})
     save()
-    distributed.shutdown()
-    if not main_rank:
-        return history
-    before, after = history.get("before"), history["after"]
-    print(f"\nstage 1 done: {step} steps, saved to {out_dir}")
-    if before:
-        print(f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)")
-        print(f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}  (X -> English, student space)")
-        for lang in after["accuracy_per_language"]:
-            print(f"    {lang}: {before['accuracy_per_language'][lang]:.3f} -> {after['accuracy_per_language'][lang]:.3f}")
-    for record in history["epochs"]:
-        print(f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher {record['teacher_seconds']:.1f} s")
+    if main_rank:
+        before, after = history.get("before"), history["after"]
+        print(f"\nstage 1 done: {step} steps, saved to {out_dir}")
+        if before:
+            print(f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)")
+            print(f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}  (X -> English, student space)")
+            for lang in after["accuracy_per_language"]:
+                print(f"    {lang}: {before['accuracy_per_language'][lang]:.3f} -> {after['accuracy_per_language'][lang]:.3f}")
+        for record in history["epochs"]:
+            print(f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher {record['teacher_seconds']:.1f} s")
+    distributed.shutdown()  # under torchrun the process ends here
     return history
 
 

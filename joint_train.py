@@ -270,10 +270,10 @@ def main(argv=None):
         return teacher_embed(teacher, caches[view], texts, args.teacher_batch_size, amp_dtype)
 
     if main_rank:
-            print(f"objective {args.objective}, student from {stage1 if init == 'stage1' else args.student} ({student.dim}-d), "
-              f"{'teacher ' + teacher.name if teacher else 'no teacher'}, InfoNCE {info_nce.__name__}, {device} {precision}, "
-              f"{'gradient caching in mini-batches of ' + str(args.mini_batch_size) if args.mini_batch_size < per_rank else 'no gradient caching'}, "
-              f"{world} process(es){', negatives gathered over all ranks' if args.gather_negatives and world > 1 else ''}")
+        print(f"objective {args.objective}, student from {stage1 if init == 'stage1' else args.student} ({student.dim}-d), "
+          f"{'teacher ' + teacher.name if teacher else 'no teacher'}, InfoNCE {info_nce.__name__}, {device} {precision}, "
+          f"{'gradient caching in mini-batches of ' + str(args.mini_batch_size) if args.mini_batch_size < per_rank else 'no gradient caching'}, "
+          f"{world} process(es){', negatives gathered over all ranks' if args.gather_negatives and world > 1 else ''}")
 
     # --- optimizer and schedule
     steps_per_epoch = len(train_rows) // args.batch_size
@@ -390,16 +390,15 @@ def main(argv=None):
         history["after"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
         log_line(out_dir, {"step": step, **{f"dev_{key}": value for key, value in history["after"].items()}})
     save()
-    distributed.shutdown()
-    if not main_rank:
-        return history
-    before, after = history.get("before"), history["after"]
-    print(f"\nstage 2 ({args.objective}) done: {step} steps, saved to {out_dir}")
-    if before:
-        kind = "same-language" if args.objective == "infonce" else "cross-lingual"
-        print(f"  dev in-batch accuracy ({kind}, {len(dev_rows)} candidates)  {before['accuracy']:.3f} -> {after['accuracy']:.3f}")
-        if "distance" in after:
-            print(f"  dev distillation distance to the teacher           {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)")
+    if main_rank:
+        before, after = history.get("before"), history["after"]
+        print(f"\nstage 2 ({args.objective}) done: {step} steps, saved to {out_dir}")
+        if before:
+            kind = "same-language" if args.objective == "infonce" else "cross-lingual"
+            print(f"  dev in-batch accuracy ({kind}, {len(dev_rows)} candidates)  {before['accuracy']:.3f} -> {after['accuracy']:.3f}")
+            if "distance" in after:
+                print(f"  dev distillation distance to the teacher           {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)")
+    distributed.shutdown()  # under torchrun the process ends here
     return history
 
 
