@@ -47,17 +47,37 @@ def resolve_model(name_or_path):
     return name_or_path
 
 
-def read_sentence_transformers_config(path):
-    """Pooling mode, max length, prompts and normalisation from a sentence-transformers
-    checkpoint directory; {} for a plain Hugging Face model or a hub id."""
-    path = Path(path)
-    if not (path / "modules.json").is_file():
+def config_file(source, filename):
+    """Local path of `filename` in a model directory or hub repository, or None when it
+    has no such file (a plain Hugging Face model) or the hub cannot be reached and has
+    no cached copy. Hub files come through the Hugging Face cache, as weights do."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, filename))
+    except Exception:  # missing file, offline without a cached copy, malformed id: all "no such file"
+        return None
+
+
+def read_sentence_transformers_config(source):
+    """Pooling mode, max length, prompts and normalisation of a sentence-transformers
+    checkpoint (local directory or hub id); {} for a plain Hugging Face model.
+
+    subtle: read for hub ids too, since that is where the paper's teacher
+    (Qwen/Qwen3-Embedding-8B) says it pools the last token and holds its prompts.
+    """
+    modules_file = config_file(source, "modules.json")
+    if modules_file is None:
         return {}
     config = {"normalize": False}
-    for module in json.loads((path / "modules.json").read_text()):
+    for module in json.loads(modules_file.read_text()):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
-            pooling = json.loads((path / module["path"] / "config.json").read_text())
+            pooling_file = config_file(source, f"{module['path']}/config.json" if module["path"] else "config.json")
+            pooling = json.loads(pooling_file.read_text()) if pooling_file else {}
             if pooling.get("pooling_mode_cls_token") or pooling.get("pooling_mode") == "cls":
                 config["pooling"] = "cls"
             elif pooling.get("pooling_mode_lasttoken") or pooling.get("pooling_mode") == "lasttoken":
@@ -66,12 +86,14 @@ def read_sentence_transformers_config(path):
                 config["pooling"] = "mean"
         elif kind == "Normalize":
             config["normalize"] = True
-    if (path / "sentence_bert_config.json").is_file():
-        st_config = json.loads((path / "sentence_bert_config.json").read_text())
+    st_config_file = config_file(source, "sentence_bert_config.json")
+    if st_config_file is not None:
+        st_config = json.loads(st_config_file.read_text())
         if st_config.get("max_seq_length"):
             config["max_length"] = st_config["max_seq_length"]
-    if (path / "config_sentence_transformers.json").is_file():
-        config["prompts"] = json.loads((path / "config_sentence_transformers.json").read_text()).get("prompts", {})
+    prompts_file = config_file(source, "config_sentence_transformers.json")
+    if prompts_file is not None:
+        config["prompts"] = json.loads(prompts_file.read_text()).get("prompts", {})
     return config
 
 

@@ -1,10 +1,15 @@
-"""model.py: pooling, save/load round trips, the teacher cache."""
+"""model.py: pooling, save/load round trips, hub ids, the teacher cache."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
+from conftest import ROOT
 from data import BadInput
 from model import Encoder, TeacherCache, pool, teacher_embed
 
@@ -69,6 +74,28 @@ def test_cls_and_last_pooling_round_trip(tiny_models, tmp_path):
     for mode in ("cls", "last"):
         Encoder(tiny_models["student"], pooling=mode).save(tmp_path / mode)
         assert Encoder(str(tmp_path / mode)).pooling == mode
+
+
+def test_hub_id_reads_its_sentence_transformers_config(tiny_models, tmp_path):
+    """A hub id resolves through the Hugging Face cache, weights and sentence-transformers
+    files alike: a left-padded decoder saved with last-token pooling and a query prompt
+    (as Qwen/Qwen3-Embedding-8B is) is read back with both, offline, from a cache we lay
+    out by hand. Run in a subprocess, since huggingface_hub reads HF_HUB_CACHE at import."""
+    snapshot = tmp_path / "hub" / "models--tiny--decoder" / "snapshots" / ("0" * 40)
+    encoder = Encoder(tiny_models["decoder"], pooling="last", max_length=48)
+    encoder.prompts = {"query": "Query: "}
+    encoder.save(snapshot)
+    (tmp_path / "hub" / "models--tiny--decoder" / "refs").mkdir()
+    (tmp_path / "hub" / "models--tiny--decoder" / "refs" / "main").write_text("0" * 40)
+    script = (
+        "from model import Encoder\n"
+        "e = Encoder('tiny/decoder')\n"
+        "print(e.pooling, e.max_length, repr(e.prompts['query']), e.tokenizer.padding_side)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "last 48 'Query: ' left"
 
 
 def test_unreachable_model_is_one_sentence():
