@@ -35,7 +35,7 @@ import data
 import distributed
 from checkpoint import log_line
 from data import BadInput
-from losses import DISTILL_LOSSES, cosine_distill_loss, lakda_loss, pick_info_nce
+from losses import DISTILL_LOSSES, cosine_distill_loss, info_nce_triton, lakda_loss, pick_info_nce
 from model import Encoder, TeacherCache, freeze, teacher_embed
 
 QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
@@ -223,6 +223,11 @@ def main(argv=None):
         info_nce = pick_info_nce(args.loss_impl, device)
     except ValueError as error:
         raise BadInput(str(error)) from None
+    # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send
+    # it down its exact-fp32 path, without them. So under autocast the contrastive term
+    # gets the embeddings rounded to the autocast dtype (as a bf16 similarity matmul
+    # would round them); the distillation term, and every other path, keeps fp32.
+    contrastive_dtype = amp_dtype if info_nce is info_nce_triton else None
 
     # --- data: aligned rows, a dev split, every row in every language
     rows = data.load_rows(args.data)
@@ -340,15 +345,19 @@ def main(argv=None):
         q, p = e["q"], e["p"]  # (B, Ds) each, B = this rank's share
         # the contrastive terms' passages: this rank's, or with --gather-negatives all ranks' ((world * B, Ds), own first)
         p_all = distributed.gather_passages(p) if args.gather_negatives else p
+        if contrastive_dtype is not None:  # the cast is differentiable: its gradient comes back in fp32
+            q_c, p_c = q.to(contrastive_dtype), p_all.to(contrastive_dtype)
+        else:
+            q_c, p_c = q, p_all
 
         # the objective, term by term
         terms = {}
         if args.objective == "mimo":
-            terms["xlco"] = info_nce(q, p_all, args.scale, args.symmetric)
+            terms["xlco"] = info_nce(q_c, p_c, args.scale, args.symmetric)
             terms["distill"] = (distill_loss(W(q), t["q_en"]) + distill_loss(W(p), t["p_en"])) / 2
             loss = args.lam * terms["xlco"] + (1 - args.lam) * terms["distill"]
         elif args.objective in ("xlco", "infonce"):  # the pairs are cross- or same-language
-            loss = terms[args.objective] = info_nce(q, p_all, args.scale, args.symmetric)
+            loss = terms[args.objective] = info_nce(q_c, p_c, args.scale, args.symmetric)
         else:  # lakda: the query in X learns to rank the batch's passages as its Y version does
             loss = terms["lakda"] = lakda_loss(q, e["q_b"], p_all, args.scale, args.lakda_alpha)
 

@@ -2,6 +2,9 @@
 balanced, and every objective trains for a few steps on tiny models."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 import data
 import distill
 import joint_train
-from conftest import write_rows
+from conftest import ROOT, write_rows
 from data import BadInput
 from losses import cosine_distill_loss, info_nce
 from model import Encoder
@@ -131,6 +134,33 @@ def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models
         record = [r for r in log if "loss" in r][-1]
         assert record["loss"] == pytest.approx(0.2 * record["xlco"] + 0.8 * record["distill"], rel=1e-5)
         assert "distance" in history["after"]
+
+
+def test_fused_kernel_gets_the_autocast_dtype(tiny_models, stage1, tmp_path):
+    """With --loss-impl triton under bf16 autocast, the kernel receives bf16 operands (its
+    tensor-core path), and MIMO trains through it with finite loss terms. On CPU through
+    Triton's interpreter, in a subprocess: TRITON_INTERPRET=1 must precede the import."""
+    driver = (
+        "import sys, losses, joint_train\n"
+        "seen = set()\n"
+        "real = losses._TritonInfoNCE.apply\n"
+        "def apply(q, p, *rest):\n"
+        "    seen.add((str(q.dtype), str(p.dtype)))\n"
+        "    return real(q, p, *rest)\n"
+        "losses._TritonInfoNCE.apply = apply\n"
+        "joint_train.main(sys.argv[1:])\n"
+        "print('kernel inputs', sorted(seen))\n"
+    )
+    args = joint_args(tiny_models, stage1, tmp_path / "run", "--loss-impl", "triton", "--precision", "bf16", "--max-steps", "2")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", driver, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "InfoNCE info_nce_triton" in result.stdout
+    assert "kernel inputs [('torch.bfloat16', 'torch.bfloat16')]" in result.stdout
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    trained = [record for record in log if "loss" in record]
+    assert [record["step"] for record in trained] == [2]
+    assert all(0 < trained[0][term] < 10 for term in ("xlco", "distill"))
 
 
 def test_mimo_resume_matches_uninterrupted_run(tiny_models, stage1, tmp_path, monkeypatch):
