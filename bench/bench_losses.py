@@ -17,7 +17,9 @@ backward's recomputes included: info_nce 3 (scores, dq, dp), info_nce_chunked 4
 (scores, recomputed scores, dq, dp), info_nce_triton 4, plus B/N for the
 symmetric loss's column pass. info_nce and info_nce_chunked upcast to fp32 and
 use fp32 matmuls (TF32 with --tf32), so their fraction of the bf16 peak is low
-by design; the kernel uses bf16 tensor cores. This is also the benchmark that
+by design; the kernel uses bf16 tensor cores. torch-lowp is the fair unfused
+rival: plain PyTorch (normalise, matmul, cross-entropy) with bf16 operands and
+bf16 scores, as most training code runs it. This is also the benchmark that
 tunes the kernel's block sizes (BLOCK_M, BLOCK_N, BLOCK_D, warps and stages at
 the top of losses.py's Triton section): edit them and rerun.
 """
@@ -28,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: losses.py is one level up
 import losses  # noqa: E402
@@ -42,7 +45,23 @@ PEAK_BF16_TFLOPS = [
     ("GH200", 989.0),
     ("A100", 312.0),
 ]
-MATMULS = {"torch": 3, "chunked": 4, "triton": 4}  # B x N x D matmuls per step, one-way loss
+MATMULS = {"torch": 3, "torch-lowp": 3, "chunked": 4, "triton": 4}  # B x N x D matmuls per step, one-way loss
+
+
+def info_nce_lowp(q, p, scale=20.0, symmetric=False):
+    """Plain PyTorch as most training code writes it in bf16: normalise and multiply in
+    the input dtype (the (B, N) scores come out in bf16), cross-entropy on fp32 logits.
+    The fastest unfused baseline, and less exact than losses.info_nce, which computes
+    the scores in fp32; benchmarked only, never trained with."""
+    scores = (F.normalize(q, dim=-1) @ F.normalize(p, dim=-1).T).float() * scale  # (B, N)
+    target = torch.arange(q.shape[0], device=q.device)
+    loss = F.cross_entropy(scores, target)
+    if symmetric:
+        loss = (loss + F.cross_entropy(scores[:, : q.shape[0]].T, target)) / 2
+    return loss
+
+
+IMPLS = {**losses.INFO_NCE_IMPLS, "torch-lowp": info_nce_lowp}
 
 # ---------------------------------------------------------------------------
 # arguments
@@ -50,7 +69,7 @@ MATMULS = {"torch": 3, "chunked": 4, "triton": 4}  # B x N x D matmuls per step,
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="B, the number of queries; N = B passages")
 parser.add_argument("--dims", type=int, nargs="+", default=[384, 768, 1024], help="D, the embedding width")
-parser.add_argument("--impls", nargs="+", default=["torch", "chunked", "triton"], choices=sorted(losses.INFO_NCE_IMPLS), help="implementations to time")
+parser.add_argument("--impls", nargs="+", default=["torch", "torch-lowp", "chunked", "triton"], choices=sorted(IMPLS), help="implementations to time (torch-lowp: plain PyTorch with scores in the input dtype)")
 parser.add_argument("--symmetric", action="store_true", help="time the symmetric (query->passage and passage->query) loss")
 parser.add_argument("--scale", type=float, default=20.0, help="1 / tau, the InfoNCE scale")
 parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of q and p")
@@ -131,7 +150,7 @@ print(f"\n{'impl':>8} {'B':>6} {'D':>5} {'ms':>10} {'TFLOP/s':>8} {'of peak':>8}
 for D in args.dims:
     for B in args.batch_sizes:
         for impl in args.impls:
-            result = measure(losses.INFO_NCE_IMPLS[impl], B, D)
+            result = measure(IMPLS[impl], B, D)
             if result is None:
                 print(f"{impl:>8} {B:>6} {D:>5} {'OOM':>10}")
                 continue
