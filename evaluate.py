@@ -567,10 +567,15 @@ def plot_alignment_uniformity(report, path):
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (name, models) in zip(axes[0], panels):
-        for model_name, result in models.items():
-            if result.get("alignment") is not None and result.get("uniformity") is not None:
-                axis.scatter(result["alignment"], result["uniformity"])
-                axis.annotate(model_name, (result["alignment"], result["uniformity"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        points = {model_name: (r["alignment"], r["uniformity"]) for model_name, r in models.items()
+                  if r.get("alignment") is not None and r.get("uniformity") is not None}
+        middle = (min(x for x, _ in points.values()) + max(x for x, _ in points.values())) / 2
+        for model_name, (x, y) in points.items():
+            axis.scatter(x, y)
+            # labels point inwards, so a long model name at the right edge stays inside the figure
+            right_half = x > middle
+            axis.annotate(model_name, (x, y), textcoords="offset points", xytext=(-4 if right_half else 4, 4),
+                          ha="right" if right_half else "left", fontsize=8)
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         axis.margins(0.3)  # room for the labels of the outermost points
     figure.tight_layout()
