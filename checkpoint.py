@@ -30,7 +30,9 @@ def parse_args(parser, presets, argv=None):
     given = explicit_flags(parser, argv)
     defaults = dict(presets[args.preset])
     if args.resume:
-        saved = Path(args.out_dir) / "args.json"
+        # subtle: a crash between save()'s two renames leaves the run as out_dir.tmp or
+        # .old until check_out_dir() recovers it (on rank 0, later); read it from there
+        saved = after_recovery(Path(args.out_dir)) / "args.json"
         if not saved.is_file():
             raise BadInput(f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one")
         defaults = json.loads(saved.read_text())
@@ -54,9 +56,19 @@ def explicit_flags(parser, argv):
     return set(vars(shadow.parse_known_args(argv)[0]))
 
 
+def ours(path):
+    """Whether path is missing, empty, or a run directory of ours (it holds args.json):
+    the only directories this module ever deletes or replaces."""
+    return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or (path / "args.json").is_file()))
+
+
 def check_out_dir(out_dir, resume, overwrite):
-    """Refuse to touch an existing run unless asked; finish an interrupted swap first."""
+    """Refuse to touch an existing run unless asked, and anything that is not a run
+    at all; finish an interrupted swap first."""
     recover(out_dir)
+    if not ours(out_dir):
+        raise BadInput(f"--out-dir '{out_dir}' holds files that are not a run of this repository (no args.json); "
+                       "it is never overwritten: choose another --out-dir")
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise BadInput(f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it")
     if resume and not (out_dir / "trainer_state.pt").exists():
@@ -65,7 +77,7 @@ def check_out_dir(out_dir, resume, overwrite):
 
 def start(out_dir, args):
     """A fresh run directory holding only args.json (called once all input is checked)."""
-    if args.overwrite:
+    if args.overwrite and ours(out_dir):
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
@@ -80,34 +92,53 @@ def save(out_dir, student, W, args, state):
     """
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in (tmp, old):
+        if not ours(leftover):
+            raise SystemExit(f"error: '{leftover}' is in the way of the checkpoint and is not a run of this repository; "
+                             f"move it, then continue with --resume (the checkpoint in {out_dir} is intact)")
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
+        tmp.mkdir(parents=True)
+        (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))  # first: it marks the folder as ours
         student.save(tmp)
         if W is not None:
             torch.save({"weight": W.weight.detach().cpu(), "student_dim": W.in_features, "teacher_dim": W.out_features}, tmp / "projection.pt")
-        (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))
         if (out_dir / "log.jsonl").exists():
             shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
         torch.save(state, tmp / "trainer_state.pt")  # last: its presence marks a complete checkpoint
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch.save's
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SystemExit(f"error: could not write a checkpoint to {tmp} ({error}); the previous checkpoint in {out_dir} is intact") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SystemExit(f"error: could not write a checkpoint to {tmp} ({reason}); the previous checkpoint in {out_dir} is intact") from None
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def recover(out_dir):
-    """Finish a swap that a crash interrupted between its two renames."""
+def after_recovery(out_dir):
+    """Where the run is: out_dir, or after a crash between save()'s two renames the
+    complete new checkpoint (out_dir.tmp) or else the previous one (out_dir.old)."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     old = out_dir.with_name(out_dir.name + ".old")
-    if not out_dir.exists() and (tmp / "trainer_state.pt").exists():
-        os.replace(tmp, out_dir)
-    elif not out_dir.exists() and old.exists():
-        os.replace(old, out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    if not out_dir.exists() and (tmp / "trainer_state.pt").exists() and (tmp / "args.json").exists():
+        return tmp
+    if not out_dir.exists() and (old / "args.json").exists():
+        return old
+    return out_dir
+
+
+def recover(out_dir):
+    """Finish a swap that a crash interrupted between its two renames; folders named
+    like ours that are not runs (no args.json) are left alone."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    old = out_dir.with_name(out_dir.name + ".old")
+    found = after_recovery(out_dir)
+    if found != out_dir:
+        os.replace(found, out_dir)
+    for leftover in (tmp, old):
+        if leftover.exists() and ours(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_state(out_dir, main_rank=True):
@@ -119,6 +150,35 @@ def load_state(out_dir, main_rank=True):
         lines = [line for line in log.read_text().splitlines() if json.loads(line).get("step", 0) <= state["step"]]
         log.write_text("".join(line + "\n" for line in lines))
     return state
+
+
+def set_learning_rate(optimizer, scheduler, lr):
+    """After loading a checkpoint: peak learning rate lr (e.g. a lower one given with
+    --resume --lr after a non-finite loss), at the schedule's current point.
+
+    subtle: the optimizer's and scheduler's saved states both carry the old peak
+    (initial_lr, base_lrs), and would silently keep it."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def stop_not_finite(what, step, out_dir, script, lr):
+    """End a run whose loss, gradients or weights stopped being finite: say at which
+    step, and how to go on with a quarter of the learning rate."""
+    if (out_dir / "trainer_state.pt").exists():
+        advice = f"the last checkpoint in {out_dir} is intact: continue with `python {script} --resume --out-dir {out_dir} --lr {lr / 4:g}`"
+    else:
+        advice = f"no checkpoint was written yet: start again with your flags and `--overwrite --lr {lr / 4:g}`"
+    raise SystemExit(f"error: {what} at step {step}; {advice}")
+
+
+def all_finite(params):
+    """Whether every parameter is finite (one device sync; called before each save)."""
+    return bool(torch.stack([torch.isfinite(param).all() for param in params]).all())
 
 
 def rng_state():

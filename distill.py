@@ -144,6 +144,9 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     if main_rank:
         checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+    for flag in ("batch_size", "dev_size", "max_length", "log_every", "save_every"):
+        if getattr(args, flag) < 1:
+            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.batch_size % world:
         raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
 
@@ -183,8 +186,8 @@ def main(argv=None):
         # else semi-orthogonal: W then preserves the student's angles at the start.
         torch.nn.init.eye_(W.weight) if student.dim == teacher.dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
-    # each rank appends to its own cache files (writer=rank), so no locks are needed
-    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim, writer=rank)
+    # each rank appends to cache files of its own, so no locks are needed
+    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim, teacher.pooling)
     distill_loss = DISTILL_LOSSES[args.distill_loss]
     if main_rank:
         print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} ({student.dim}-d, {student.pooling} pooling), "
@@ -209,6 +212,7 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        checkpoint.set_learning_rate(optimizer, scheduler, args.lr)  # --resume --lr X takes effect
         checkpoint.set_rng_state(state["rng"], rank, world)
         step, history = state["step"], state["history"]
         if main_rank:
@@ -267,8 +271,9 @@ def main(argv=None):
             # every save means a non-finite loss never reaches a checkpoint
             loss_value = distributed.mean_over_ranks(loss.detach()).item()
             if not np.isfinite(loss_value):
-                raise SystemExit(f"error: the loss is {loss_value} at step {step}; the last checkpoint in {out_dir} is intact: "
-                                 f"continue with `python distill.py --resume --out-dir {out_dir} --lr {args.lr / 4:g}`")
+                checkpoint.stop_not_finite(f"the loss is {loss_value}", step, out_dir, "distill.py", args.lr)
+            if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps by design
+                checkpoint.stop_not_finite(f"the gradient norm is {grad_norm.item()}", step, out_dir, "distill.py", args.lr)
             if main_rank:
                 rate = examples / (time.time() - last_log)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -283,10 +288,14 @@ def main(argv=None):
             log_line(out_dir, {"step": step, **history["epochs"][-1]})
             epoch_start, teacher_seconds = time.time(), 0.0
         if saving:
+            if not checkpoint.all_finite(params):  # a non-finite update between log steps: never saved
+                checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
             save()
     bar.close()
 
     # --- final evaluation and save
+    if not checkpoint.all_finite(params):
+        checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
     if main_rank:
         history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})

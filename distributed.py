@@ -110,14 +110,15 @@ class _GatherWithGradient(torch.autograd.Function):
         return grad[rank * rows : (rank + 1) * rows]
 
 
-def gather_passages(p):
-    """Passages of all ranks as extra in-batch negatives, this rank's own first.
+def gather_own_first(p):
+    """Rows of all ranks (passages as extra in-batch negatives), this rank's own first.
 
     p: (B, D) this rank's passages, row i the positive of this rank's query i.
     Returns (world * B, D) with rows 0..B-1 = p, so losses.info_nce(q, all_p)
     needs no index offset; gradients flow back to every row's owner. Each rank's
     loss is then the mean over its own queries, and averaging the ranks'
     gradients gives the gradient of one process on the concatenated batch.
+    The same serves queries for the symmetric loss's passage-to-query term.
     """
     if not active():
         return p

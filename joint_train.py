@@ -173,6 +173,31 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
         torch.cuda.set_rng_state(after[1], device)
 
 
+def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
+    """The (cross-lingual) InfoNCE term for this rank's queries q and passages p, (B, Ds) each.
+
+    gather=False: negatives are this rank's other passages (the paper's setting).
+    gather=True (--gather-negatives under torchrun): each query also sees every other
+    rank's passages, and for the symmetric loss each passage every rank's queries, so
+    the mean over ranks equals the loss of one process on the whole global batch:
+
+        L = InfoNCE(q, P_all)                                  (query -> passage)
+        L = (InfoNCE(q, P_all) + InfoNCE(p, Q_all)) / 2        (--symmetric)
+
+    with P_all, Q_all every rank's rows, this rank's first (row i stays the positive).
+    dtype: the fused kernel's operand dtype (bf16 under autocast), or None for as-is.
+    """
+    if dtype is not None:  # the cast is differentiable: its gradient comes back in fp32
+        q, p = q.to(dtype), p.to(dtype)
+    if not gather:
+        return info_nce(q, p, scale, symmetric)
+    forward = info_nce(q, distributed.gather_own_first(p), scale)
+    if not symmetric:
+        return forward
+    # passage-to-query is the same loss with the roles swapped: passage j against all queries
+    return (forward + info_nce(p, distributed.gather_own_first(q), scale)) / 2
+
+
 @torch.no_grad()
 def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, autocast_dtype):
     """In-batch accuracy over the whole dev set (each query in X finds its passage in
@@ -200,6 +225,9 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     if main_rank:
         checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+    for flag in ("batch_size", "mini_batch_size", "dev_size", "max_length", "log_every", "save_every"):
+        if getattr(args, flag) < 1:
+            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.mini_batch_size > args.batch_size:
         raise BadInput(f"--mini-batch-size {args.mini_batch_size} is larger than --batch-size {args.batch_size}; it must be at most the batch")
     if args.batch_size % world:
@@ -232,6 +260,8 @@ def main(argv=None):
     # --- data: aligned rows, a dev split, every row in every language
     rows = data.load_rows(args.data)
     languages = args.languages or sorted(set.intersection(*(set(row["query"]) for row in rows)))
+    if len(set(languages)) != len(languages):
+        raise BadInput(f"--languages names a language twice ({' '.join(languages)}); give each once")
     data.require_languages(rows, languages, args.data)
     if len(languages) < 2:
         raise BadInput(f"'{args.data}' holds fewer than two languages common to all rows ({languages}); cross-lingual pairs need two")
@@ -257,8 +287,14 @@ def main(argv=None):
     student.to(device).train()
     teacher, W, caches = None, None, None
     if args.objective == "mimo":
-        teacher_name = args.teacher or json.loads((stage1 / "args.json").read_text())["teacher"]
-        teacher = freeze(Encoder(teacher_name, args.teacher_pooling, args.max_length, dtype=amp_dtype if device.type == "cuda" else None)).to(device)
+        if not (stage1 / "args.json").is_file():
+            raise BadInput(f"--stage1 '{stage1}' lacks args.json, which names the teacher W was trained against; "
+                           "point --stage1 at a run directory written by distill.py")
+        stage1_args = json.loads((stage1 / "args.json").read_text())
+        # the teacher, and how it pools, as in stage 1: W maps into that space
+        teacher_name = args.teacher or stage1_args["teacher"]
+        teacher_pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")
+        teacher = freeze(Encoder(teacher_name, teacher_pooling, args.max_length, dtype=amp_dtype if device.type == "cuda" else None)).to(device)
         projection = torch.load(stage1 / "projection.pt")
         if projection["weight"].shape != (teacher.dim, student.dim):
             raise BadInput(f"{stage1}/projection.pt maps {projection['student_dim']} to {projection['teacher_dim']} dimensions, "
@@ -267,8 +303,8 @@ def main(argv=None):
         W.weight.data.copy_(projection["weight"])
         # queries and passages differ in prompt, so they have one cache each; with an
         # empty prompt the query cache is stage 1's and its English texts are reused
-        caches = {"q_en": TeacherCache(args.cache_dir, teacher_name, args.teacher_query_prompt, teacher.max_length, teacher.dim, writer=rank),
-                  "p_en": TeacherCache(args.cache_dir, teacher_name, "", teacher.max_length, teacher.dim, writer=rank)}
+        caches = {"q_en": TeacherCache(args.cache_dir, teacher_name, args.teacher_query_prompt, teacher.max_length, teacher.dim, teacher.pooling),
+                  "p_en": TeacherCache(args.cache_dir, teacher_name, "", teacher.max_length, teacher.dim, teacher.pooling)}
     distill_loss = DISTILL_LOSSES[args.distill_loss]
 
     def targets(view, texts):  # the cache carries its prompt: the query instruction, or none for passages
@@ -300,6 +336,7 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        checkpoint.set_learning_rate(optimizer, scheduler, args.lr)  # --resume --lr X takes effect
         checkpoint.set_rng_state(state["rng"], rank, world)
         step, history = state["step"], state["history"]
         if main_rank:
@@ -343,22 +380,17 @@ def main(argv=None):
             with autocast():
                 e = {view: at_least_fp32(student.embed(views[view])) for view in ("q", "p", "q_b") if view in views}
         q, p = e["q"], e["p"]  # (B, Ds) each, B = this rank's share
-        # the contrastive terms' passages: this rank's, or with --gather-negatives all ranks' ((world * B, Ds), own first)
-        p_all = distributed.gather_passages(p) if args.gather_negatives else p
-        if contrastive_dtype is not None:  # the cast is differentiable: its gradient comes back in fp32
-            q_c, p_c = q.to(contrastive_dtype), p_all.to(contrastive_dtype)
-        else:
-            q_c, p_c = q, p_all
 
         # the objective, term by term
         terms = {}
         if args.objective == "mimo":
-            terms["xlco"] = info_nce(q_c, p_c, args.scale, args.symmetric)
+            terms["xlco"] = contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype)
             terms["distill"] = (distill_loss(W(q), t["q_en"]) + distill_loss(W(p), t["p_en"])) / 2
             loss = args.lam * terms["xlco"] + (1 - args.lam) * terms["distill"]
         elif args.objective in ("xlco", "infonce"):  # the pairs are cross- or same-language
-            loss = terms[args.objective] = info_nce(q_c, p_c, args.scale, args.symmetric)
+            loss = terms[args.objective] = contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype)
         else:  # lakda: the query in X learns to rank the batch's passages as its Y version does
+            p_all = distributed.gather_own_first(p) if args.gather_negatives else p
             loss = terms["lakda"] = lakda_loss(q, e["q_b"], p_all, args.scale, args.lakda_alpha)
 
         scaler.scale(loss).backward()  # into the parameters, or, when caching, into the embeddings
@@ -383,18 +415,23 @@ def main(argv=None):
             values = {name: distributed.mean_over_ranks(term.detach()).item() for name, term in terms.items()}
             loss_value = distributed.mean_over_ranks(loss.detach()).item()
             if not np.isfinite(loss_value):
-                raise SystemExit(f"error: the loss is {loss_value} at step {step}; the last checkpoint in {out_dir} is intact: "
-                                 f"continue with `python joint_train.py --resume --out-dir {out_dir} --lr {args.lr / 4:g}`")
+                checkpoint.stop_not_finite(f"the loss is {loss_value}", step, out_dir, "joint_train.py", args.lr)
+            if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps by design
+                checkpoint.stop_not_finite(f"the gradient norm is {grad_norm.item()}", step, out_dir, "joint_train.py", args.lr)
             if main_rank:
                 bar.set_postfix({name: f"{value:.4f}" for name, value in values.items()})
                 rate = examples / (time.time() - last_log)
                 log_line(out_dir, {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "ex/s": round(rate, 1)})
             examples, last_log = 0, time.time()
         if saving:
+            if not checkpoint.all_finite(params):  # a non-finite update between log steps: never saved
+                checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "joint_train.py", args.lr)
             save()
     bar.close()
 
     # --- final evaluation and save
+    if not checkpoint.all_finite(params):
+        checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "joint_train.py", args.lr)
     if main_rank:
         history["after"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
         log_line(out_dir, {"step": step, **{f"dev_{key}": value for key, value in history["after"].items()}})

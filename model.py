@@ -14,6 +14,8 @@ The encoder code that distill.py, joint_train.py and evaluate.py share.
 import hashlib
 import json
 import os
+import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,13 @@ def config_file(source, filename):
         return None
 
 
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{path}: not a readable JSON file ({error})") from None
+
+
 def read_sentence_transformers_config(source):
     """Pooling mode, max length, prompts and normalisation of a sentence-transformers
     checkpoint (local directory or hub id); {} for a plain Hugging Face model.
@@ -73,11 +82,11 @@ def read_sentence_transformers_config(source):
     if modules_file is None:
         return {}
     config = {"normalize": False}
-    for module in json.loads(modules_file.read_text()):
+    for module in read_json(modules_file):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
             pooling_file = config_file(source, f"{module['path']}/config.json" if module["path"] else "config.json")
-            pooling = json.loads(pooling_file.read_text()) if pooling_file else {}
+            pooling = read_json(pooling_file) if pooling_file else {}
             if pooling.get("pooling_mode_cls_token") or pooling.get("pooling_mode") == "cls":
                 config["pooling"] = "cls"
             elif pooling.get("pooling_mode_lasttoken") or pooling.get("pooling_mode") == "lasttoken":
@@ -88,12 +97,12 @@ def read_sentence_transformers_config(source):
             config["normalize"] = True
     st_config_file = config_file(source, "sentence_bert_config.json")
     if st_config_file is not None:
-        st_config = json.loads(st_config_file.read_text())
+        st_config = read_json(st_config_file)
         if st_config.get("max_seq_length"):
             config["max_length"] = st_config["max_seq_length"]
     prompts_file = config_file(source, "config_sentence_transformers.json")
     if prompts_file is not None:
-        config["prompts"] = json.loads(prompts_file.read_text()).get("prompts", {})
+        config["prompts"] = read_json(prompts_file).get("prompts", {})
     return config
 
 
@@ -233,15 +242,19 @@ def freeze(model):
 class TeacherCache:
     """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
 
-    One folder per (teacher, prompt, max length): `meta.json` names them, and each
-    writer w appends to its own `emb-w.f16` (rows of D fp16 values) and `keys-w.txt`
-    (one SHA-1 of the text per row). Separate files per writer (one per rank under
-    torchrun) mean no locks: readers take the union. A row is written before its
-    key, so a crash leaves at worst an unindexed row, never a key without a row.
+    One folder per (teacher, prompt, max length, dim, pooling): `meta.json` names
+    them. Each cache object that adds texts appends to files of its own,
+    `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (one SHA-1
+    of the text per line, line i naming row i), with a writer name unique to it
+    (host, process, random suffix). So ranks under torchrun and runs side by side
+    need no locks, and no one ever appends to a file a crashed writer left: readers
+    take the union of all files, each cut to its whole rows that have whole key
+    lines. A row is written (and synced) before its key, so a kill leaves at worst
+    an unindexed row or half a line, never a key without its row.
     """
 
-    def __init__(self, root, teacher_name, prompt, max_length, dim, writer=0):
-        identity = {"teacher": teacher_name, "prompt": prompt, "max_length": max_length, "dim": dim}
+    def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean"):
+        identity = {"teacher": teacher_name, "prompt": prompt, "max_length": max_length, "dim": dim, "pooling": pooling}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = Path(root) / digest
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -250,26 +263,28 @@ class TeacherCache:
             meta.write_text(json.dumps(identity, indent=2))
         self.dim = dim
         self.prompt = prompt
-        self.writer = writer
+        writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.emb_file, self.keys_file = self.folder / f"emb-{writer}.f16", self.folder / f"keys-{writer}.txt"
         self.rows = {}  # text hash -> (shard index, row)
-        self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer file
-        self.fresh = {}  # text hash -> (D,) fp16 tensor added by this process
-        self.reload()
-
-    def reload(self):
-        """Map every writer's file; called at start and when other ranks have written."""
-        self.rows.clear()
-        self.shards.clear()
+        self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer's file
+        self.own = None  # index of this object's own shard, once it has added texts
         for keys_file in sorted(self.folder.glob("keys-*.txt")):
-            emb_file = keys_file.with_name(keys_file.name.replace("keys-", "emb-").replace(".txt", ".f16"))
-            row_bytes = 2 * self.dim
-            n_rows = emb_file.stat().st_size // row_bytes if emb_file.exists() else 0
-            keys = keys_file.read_text().split()[:n_rows]
-            if not keys:
-                continue
-            self.shards.append(np.memmap(emb_file, dtype=np.float16, mode="r", shape=(len(keys), self.dim)))
-            for row, key in enumerate(keys):
-                self.rows[key] = (len(self.shards) - 1, row)
+            emb_file = keys_file.with_name("emb-" + keys_file.name[len("keys-") : -len(".txt")] + ".f16")
+            keys = keys_file.read_text().split("\n")[:-1]  # whole lines: a line cut short has no newline
+            keys = keys[: emb_file.stat().st_size // (2 * dim) if emb_file.exists() else 0]  # whole rows
+            if keys:
+                self.map_shard(len(self.shards), emb_file, keys, 0)
+
+    def map_shard(self, index, emb_file, new_keys, first_row):
+        """(Re)map a writer's file as shard `index` and index its rows first_row.. by new_keys."""
+        rows = first_row + len(new_keys)
+        shard = np.memmap(emb_file, dtype=np.float16, mode="r", shape=(rows, self.dim))
+        if index == len(self.shards):
+            self.shards.append(shard)
+        else:
+            self.shards[index] = shard
+        for row, key in enumerate(new_keys, first_row):
+            self.rows[key] = (index, row)
 
     @staticmethod
     def key(text):
@@ -280,40 +295,40 @@ class TeacherCache:
         seen, out = set(), []
         for text in texts:
             key = self.key(text)
-            if key not in self.rows and key not in self.fresh and key not in seen:
+            if key not in self.rows and key not in seen:
                 seen.add(key)
                 out.append(text)
         return out
 
     def add(self, texts, embeddings):
-        """Append (N, D) embeddings of texts; returns them rounded to fp16 as stored."""
+        """Append (N, D) embeddings of texts; returns them rounded to fp16 as stored.
+
+        Nothing stays in memory but the index: the rows are read back through the
+        map, so a paper-scale cache (millions of 4096-d rows) costs disk, not RAM."""
         stored = embeddings.detach().to("cpu", torch.float16)
-        emb_file = self.folder / f"emb-{self.writer}.f16"
-        keys_file = self.folder / f"keys-{self.writer}.txt"
-        with open(emb_file, "ab") as f:
+        with open(self.emb_file, "ab") as f:
             f.write(stored.numpy().tobytes())
             f.flush()
             os.fsync(f.fileno())
-        with open(keys_file, "a") as f:
+        with open(self.keys_file, "a") as f:
             f.write("".join(self.key(text) + "\n" for text in texts))
-        for text, vector in zip(texts, stored):
-            self.fresh[self.key(text)] = vector
+        if self.own is None:
+            self.own, first_row = len(self.shards), 0
+        else:
+            first_row = self.shards[self.own].shape[0]
+        self.map_shard(self.own, self.emb_file, [self.key(text) for text in texts], first_row)
         return stored
 
     def get(self, texts):
         """(N, D) float32 CPU tensor for texts that are all cached."""
         out = torch.empty(len(texts), self.dim, dtype=torch.float16)
         for i, text in enumerate(texts):
-            key = self.key(text)
-            if key in self.fresh:
-                out[i] = self.fresh[key]
-            else:
-                shard, row = self.rows[key]
-                out[i] = torch.from_numpy(np.array(self.shards[shard][row]))  # a copy: the map is read-only
+            shard, row = self.rows[self.key(text)]
+            out[i] = torch.from_numpy(np.array(self.shards[shard][row]))  # a copy: the map is read-only
         return out.float()
 
     def __len__(self):
-        return len(self.rows) + len(self.fresh)
+        return len(self.rows)
 
 
 def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):

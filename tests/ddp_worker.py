@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
 
 Each rank takes its half of a fixed batch, computes the MIMO loss with passages
-gathered from both ranks and gradient caching, averages gradients across ranks,
+(and, for the symmetric loss, queries) gathered from both ranks and gradient caching, averages gradients across ranks,
 and rank 0 saves the mean loss and the gradients for the test to compare with one
 process on the whole batch.
 """
@@ -31,12 +31,12 @@ def setup(model_path):
     return student, W, t_q, t_p
 
 
-def mimo_loss(q, p_all, p, W, t_q, t_p):
-    return 0.2 * info_nce(q, p_all, 20.0) + 0.8 * (cosine_distill_loss(W(q), t_q) + cosine_distill_loss(W(p), t_p)) / 2
+def mimo_loss(xlco, q, p, W, t_q, t_p):
+    return 0.2 * xlco + 0.8 * (cosine_distill_loss(W(q), t_q) + cosine_distill_loss(W(p), t_p)) / 2
 
 
 def main():
-    model_path, out_file = sys.argv[1], sys.argv[2]
+    model_path, out_file, symmetric = sys.argv[1], sys.argv[2], sys.argv[3] == "symmetric"
     rank, world, _ = distributed.setup()
     student, W, t_q, t_p = setup(model_path)
     mine = slice(rank * 4, rank * 4 + 4)
@@ -44,7 +44,8 @@ def main():
     q, q_states = joint_train.embed_without_graph(student, QUERIES[mine], 2, no_autocast)
     p, p_states = joint_train.embed_without_graph(student, PASSAGES[mine], 2, no_autocast)
     q, p = q.requires_grad_(True), p.requires_grad_(True)
-    loss = mimo_loss(q, distributed.gather_passages(p), p, W, t_q[mine], t_p[mine])
+    xlco = joint_train.contrastive(info_nce, q, p, 20.0, symmetric, gather=True)  # the script's own term
+    loss = mimo_loss(xlco, q, p, W, t_q[mine], t_p[mine])
     loss.backward()
     joint_train.backward_through_cache(student, QUERIES[mine], q.grad, q_states, 2, no_autocast)
     joint_train.backward_through_cache(student, PASSAGES[mine], p.grad, p_states, 2, no_autocast)

@@ -2,6 +2,7 @@
 fed systematically to every loader."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,20 +118,51 @@ def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
         Encoder(str(broken))
 
 
-def test_a_crash_between_the_two_renames_is_recovered(tmp_path):
+def test_a_crash_between_the_two_renames_is_recovered_by_resume(tiny_models, rows, tmp_path):
     """save() renames run -> run.old, then run.tmp -> run. Killed in between, only
-    run.old and a complete run.tmp exist: the next start finishes the swap."""
-    out_dir = tmp_path / "run"
-    (tmp_path / "run.old").mkdir()
-    (tmp_path / "run.old" / "trainer_state.pt").write_text("old")
-    (tmp_path / "run.tmp").mkdir()
-    (tmp_path / "run.tmp" / "trainer_state.pt").write_text("new")
-    checkpoint.recover(out_dir)
-    assert (out_dir / "trainer_state.pt").read_text() == "new"
+    run.old and a complete run.tmp exist: --resume finds the run there, finishes the
+    swap and goes on. Killed while run.tmp was still being written (no
+    trainer_state.pt yet), the previous checkpoint comes back."""
+    distill.main(args_for(tiny_models, rows, tmp_path, "--max-steps", "2"))
+    run = tmp_path / "run"
+    shutil.copytree(run, tmp_path / "run.tmp")
+    run.rename(tmp_path / "run.old")
+    distill.main(args_for(tiny_models, rows, tmp_path, "--resume"))
+    assert torch.load(run / "trainer_state.pt", weights_only=False)["step"] == 6
     assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
 
-    # killed while run.tmp was still being written (no trainer_state.pt yet): the old one comes back
-    (tmp_path / "run").rename(tmp_path / "run.old")
+    run.rename(tmp_path / "run.old")
     (tmp_path / "run.tmp").mkdir()
-    checkpoint.recover(out_dir)
-    assert (out_dir / "trainer_state.pt").read_text() == "new"
+    (tmp_path / "run.tmp" / "args.json").write_text("{}")  # save() writes args.json first
+    checkpoint.recover(run)
+    assert torch.load(run / "trainer_state.pt", weights_only=False)["step"] == 6
+    assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
+
+
+def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path):
+    """--overwrite replaces a run, never a folder of someone else's files; nor does the
+    crash recovery touch a user's own `<out-dir>.old` or `.tmp` folder."""
+    mine = tmp_path / "run"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(BadInput, match="not a run of this repository .* never overwritten"):
+        distill.main(args_for(tiny_models, rows, tmp_path, "--overwrite"))
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+    (tmp_path / "other.old").mkdir()
+    (tmp_path / "other.old" / "notes.txt").write_text("keep")
+    checkpoint.check_out_dir(tmp_path / "other", resume=False, overwrite=False)
+    assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
+
+
+def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
+    """The advice after a non-finite loss is `--resume --lr X`: the resumed steps must
+    run at X's schedule, not at the saved optimizer's peak."""
+    distill.main(args_for(tiny_models, rows, tmp_path, "--max-steps", "6", "--save-every", "2", "--log-every", "1", "--lr", "1e-3"))
+    full = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    shutil.rmtree(tmp_path / "run")
+    distill.main(args_for(tiny_models, rows, tmp_path, "--max-steps", "2", "--log-every", "1", "--lr", "1e-3"))
+    distill.main(args_for(tiny_models, rows, tmp_path, "--resume", "--max-steps", "6", "--log-every", "1", "--lr", "2.5e-4"))
+    resumed = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    for step in (3, 4, 5):
+        assert resumed[step] == pytest.approx(full[step] / 4)

@@ -125,11 +125,27 @@ def test_teacher_cache_round_trip_and_reuse(tiny_models, tmp_path):
     assert TeacherCache(tmp_path, "t", "a prompt", 32, teacher.dim).missing(TEXTS) == TEXTS  # another prompt, another cache
 
 
-def test_teacher_cache_ignores_a_row_written_without_its_key(tmp_path):
-    """A crash between writing a row and its key leaves an unindexed row: ignored."""
+@pytest.mark.parametrize("leftover", ["row without key", "half a row", "half a key line"])
+def test_teacher_cache_survives_a_kill_mid_write(tmp_path, leftover):
+    """A kill between writing rows and their keys leaves a row without its key, half
+    a row, or half a key line. Reopened, the cache ignores the leftover, and texts
+    added afterwards get their own vectors back, never the leftover's row."""
     cache = TeacherCache(tmp_path, "t", "", 8, 4)
-    cache.add(["a", "b"], torch.randn(2, 4))
-    with open(cache.folder / "emb-0.f16", "ab") as f:
-        f.write(np.zeros(4, dtype=np.float16).tobytes())  # a row with no key
+    first = cache.add(["a", "b"], torch.randn(2, 4))
+    with open(cache.emb_file, "ab") as f:  # the killed writer's last, unfinished write
+        f.write(np.full(3 if leftover == "half a row" else 4, 9, dtype=np.float16).tobytes())
+    if leftover == "half a key line":
+        with open(cache.keys_file, "a") as f:
+            f.write(TeacherCache.key("x")[:20])
     reopened = TeacherCache(tmp_path, "t", "", 8, 4)
     assert len(reopened) == 2 and reopened.missing(["a", "b", "c"]) == ["c"]
+    added = reopened.add(["c", "d"], torch.randn(2, 4))
+    torch.testing.assert_close(reopened.get(["a", "b", "c", "d"]), torch.cat([first, added]).float())
+    again = TeacherCache(tmp_path, "t", "", 8, 4)
+    torch.testing.assert_close(again.get(["a", "b", "c", "d"]), torch.cat([first, added]).float())
+
+
+def test_teacher_cache_of_another_pooling_is_another_cache(tmp_path):
+    TeacherCache(tmp_path, "t", "", 8, 4, pooling="mean").add(["a"], torch.randn(1, 4))
+    assert TeacherCache(tmp_path, "t", "", 8, 4, pooling="cls").missing(["a"]) == ["a"]
+    assert TeacherCache(tmp_path, "t", "", 8, 4, pooling="mean").missing(["a"]) == []

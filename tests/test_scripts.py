@@ -91,10 +91,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_models, row
 def test_refuses_to_touch_an_existing_run(tiny_models, rows, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "args.json").write_text("{}")  # a run of ours
     (out / "precious.txt").write_text("mine")
     with pytest.raises(BadInput, match="already holds a run; pass --resume"):
         distill.main(distill_args(tiny_models, rows, out, tmp_path / "cache"))
-    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "precious.txt"]
+    assert (out / "args.json").read_text() == "{}"
 
 
 def test_dimension_mismatch_without_projection(tiny_models, rows, tmp_path):
