@@ -21,6 +21,7 @@ Run `python data.py stats SOURCE...` to see what a source yields after filtering
 import argparse
 import gzip
 import json
+import os
 import random
 import re
 import sys
@@ -327,14 +328,16 @@ def prepare_mmarco(triples, queries, collections, out, max_rows=None):
     if not complete:
         raise BadInput(f"no query in {triples} has a query and a passage in every language of {sorted(queries)}")
     out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never half a file under --out
     if out.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(complete), out)
+        pq.write_table(pa.Table.from_pylist(complete), tmp)
     else:
-        with open(out, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in complete)
+    os.replace(tmp, out)
     return len(complete), len(rows) - len(complete)
 
 
@@ -343,9 +346,13 @@ def read_tsv_columns(path, columns):
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"file '{path}' does not exist")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInput(f"{path}:{number}: not UTF-8 text") from None
+            fields = line.rstrip("\r\n").split("\t")
             if len(fields) < columns:
                 raise BadInput(f"{path}:{number}: expected {columns} tab-separated columns, found {len(fields)}")
             yield f"{path}:{number}", fields[:columns]

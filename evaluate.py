@@ -96,6 +96,11 @@ def get_args(argv=None):
     parser.add_argument("--out-dir", default="runs/eval", help="where results.json and au.png are written (replacing earlier ones)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the uniformity and --parallel samples")
     args = parser.parse_args(argv)
+    for flag in ("batch_size", "query_chunk", "doc_chunk", "max_parallel"):
+        if getattr(args, flag) < 1:
+            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.max_length is not None and args.max_length < 1:
+        raise BadInput(f"--max-length must be at least 1, got {args.max_length}")
     if args.monolingual and args.no_language_metrics:
         raise BadInput("--monolingual needs every document's and query's language; drop --no-language-metrics")
     return args
@@ -235,9 +240,17 @@ def mrc(query_emb, doc_emb, top, groups, query_langs):
     return sum(per_lang.values()) / len(per_lang), per_lang, pairs
 
 
-def alignment(x, y):
-    """Wang and Isola (2020), alpha = 2: mean_i ||x_i - y_i||^2 for normalised translations x, y: (P, D)."""
-    return (x - y).pow(2).sum(1).mean().item()
+def alignment(emb, left, right, chunk=65536):
+    """Wang and Isola (2020), alpha = 2: mean_i ||x_i - y_i||^2 over translation pairs
+    x_i = emb[left[i]], y_i = emb[right[i]] of normalised embeddings emb: (N, D).
+
+    Summed chunk by chunk: a million passages in 14 languages make 6.5M pairs, whose
+    gathered (P, D) copies alone would take tens of GB."""
+    total = 0.0
+    for start in range(0, len(left), chunk):
+        x, y = emb[left[start : start + chunk]], emb[right[start : start + chunk]]  # (c, D) each
+        total += (x - y).pow(2).sum(1).double().sum().item()
+    return total / len(left)
 
 
 def uniformity(x, t=2.0):
@@ -265,11 +278,11 @@ def alignment_uniformity(emb, langs, groups, seed):
             indices = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()]
         return uniformity(emb[indices])
 
-    out = {"alignment": alignment(emb[left], emb[right]), "uniformity": sampled_uniformity(members),
+    out = {"alignment": alignment(emb, left, right), "uniformity": sampled_uniformity(members),
            "alignment_per_language": {}, "uniformity_per_language": {}, "alignment_pairs": len(pairs)}
     for lang in sorted({langs[index] for index in members}):
         mask = torch.tensor([langs[a] == lang or langs[b] == lang for a, b in pairs])
-        out["alignment_per_language"][lang] = alignment(emb[left[mask]], emb[right[mask]])
+        out["alignment_per_language"][lang] = alignment(emb, left[mask], right[mask])
         out["uniformity_per_language"][lang] = sampled_uniformity([index for index in members if langs[index] == lang])
     return out
 
@@ -401,12 +414,18 @@ def texts_digest(texts):
 def embed(lazy_encoder, name, texts, prompt, what, args, amp_dtype):
     """(N, D) float32 CPU normalised embeddings of texts, from the cache when the model's
     files, the prompt, pooling, max length and texts are unchanged."""
-    identity = [model_fingerprint(name), prompt, args.pooling, args.max_length, texts_digest(texts)]
+    identity = [model_fingerprint(name), prompt, args.pooling, args.max_length, str(amp_dtype), texts_digest(texts)]
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     path = Path(args.cache_dir) / f"{key}.npy"
     if not args.no_cache and path.is_file():
-        print(f"  cache hit: {what} ({len(texts)} texts) from {path}")
-        return torch.from_numpy(np.load(path))
+        try:
+            cached = np.load(path)
+        except (OSError, ValueError) as error:  # a damaged file is embedded afresh, not trusted
+            print(f"  cache file {path} is unreadable ({error}); embedding again")
+        else:
+            if cached.shape[0] == len(texts):
+                print(f"  cache hit: {what} ({len(texts)} texts) from {path}")
+                return torch.from_numpy(cached)
     emb = lazy_encoder().encode(texts, batch_size=args.batch_size, progress=True, autocast_dtype=amp_dtype, prompt=prompt)  # (N, D)
     if not args.no_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,12 @@ def test_filters_drop_short_long_and_unbalanced_pairs(tmp_path):
     rows = GOOD + [
         ("too short", "zu kurz"),  # 9 and 7 characters: under 10
         ("x" * 513, "y" * 400),  # English side over 512
-        ("a sentence of a reasonable length here", "kurz, ja"),  # ratio 38/8 > 3
+        ("a sentence of quite a reasonable length, written here", "kurz, aber"),  # 53 / 10 characters: ratio over 3
     ]
     source = write_tsv(tmp_path / "en-de.tsv", rows)
     pairs, stats = data.load_parallel([source], identity_pairs=False)
     assert sorted(pair.english for pair in pairs) == sorted(a for a, _ in GOOD)
-    assert stats["dropped_length"] == 3 and stats["dropped_ratio"] == 0 or stats["dropped_ratio"] == 1
-    assert stats["dropped_length"] + stats["dropped_ratio"] == 3
+    assert stats["dropped_length"] == 2 and stats["dropped_ratio"] == 1
     assert all(pair.lang == "de" for pair in pairs)  # read from the file name en-de
 
 
@@ -197,3 +196,11 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
     with pytest.raises(BadInput, match="exists"):  # never overwrites
         data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"), "--queries", f"en={tmp_path / 'q_en.tsv'}",
                    "--collection", f"en={tmp_path / 'c_en.tsv'}", "--out", str(tmp_path / "rows.jsonl")])
+    # a collection line that is not UTF-8 is named by file and line, and leaves no output behind
+    with open(tmp_path / "c_de.tsv", "ab") as f:
+        f.write(b"p4\t\xff\xfe broken\n")
+    with pytest.raises(BadInput, match=r"c_de.tsv:4: not UTF-8 text"):
+        data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"),
+                   "--queries", f"en={tmp_path / 'q_en.tsv'}", f"de={tmp_path / 'q_de.tsv'}",
+                   "--collection", f"en={tmp_path / 'c_en.tsv'}", f"de={tmp_path / 'c_de.tsv'}", "--out", str(tmp_path / "new.jsonl")])
+    assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "new.jsonl.tmp").exists()

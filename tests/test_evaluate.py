@@ -199,8 +199,14 @@ def test_alignment_and_uniformity_known_answers():
     apart: every squared distance is 2 - 2 cos 120 = 3, uniformity = -6. One point
     repeated: distance 0, uniformity = log 1 = 0."""
     x = torch.nn.functional.normalize(torch.randn(5, 7), dim=-1)
-    assert evaluate.alignment(x, x.clone()) == 0.0
-    assert evaluate.alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])) == pytest.approx(2.0)
+    same = torch.arange(5)
+    assert evaluate.alignment(x, same, same) == 0.0
+    assert evaluate.alignment(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0]), torch.tensor([1])) == pytest.approx(2.0)
+    # chunked sums equal the one-shot mean, whatever the chunk size
+    left, right = torch.tensor([0, 1, 2, 3, 4, 0, 2]), torch.tensor([1, 2, 3, 4, 0, 3, 4])
+    expected = (x[left] - x[right]).pow(2).sum(1).mean().item()
+    for chunk in (1, 3, 7, 100):
+        assert evaluate.alignment(x, left, right, chunk=chunk) == pytest.approx(expected, rel=1e-6)
     assert evaluate.uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)
     angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
     assert evaluate.uniformity(torch.stack([angles.cos(), angles.sin()], 1)) == pytest.approx(-6.0)
