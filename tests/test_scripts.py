@@ -2,14 +2,17 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import distill
 from conftest import ROOT, write_rows
 from data import BadInput
@@ -129,3 +132,36 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, t
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tiny_models, rows, tmp_path):
+    """A real `kill -9` of a running distill.py, its own cache and all, once it has
+    logged step 7 (after the step-5 checkpoint): --resume goes on from step 5, logs
+    every step once, and ends with the weights of an uninterrupted run."""
+    def command(out_dir, *extra):
+        args = distill_args(tiny_models, rows, out_dir, tmp_path / f"cache-{out_dir.name}", "--max-steps", "30",
+                            "--save-every", "5", "--log-every", "1", *extra)
+        return [sys.executable, "distill.py", *args]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "a"), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    log = tmp_path / "b" / "log.jsonl"
+    process = subprocess.Popen(command(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        logged = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line] if log.exists() else []
+        if logged and logged[-1] >= 7:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    state = torch.load(checkpoint.after_recovery(tmp_path / "b") / "trainer_state.pt", weights_only=False)
+    assert 5 <= state["step"] < 30
+
+    subprocess.run(command(tmp_path / "b", "--resume"), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line]
+    assert steps == list(range(1, 31))  # none trained twice, none skipped
