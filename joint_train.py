@@ -233,6 +233,8 @@ def main(argv=None):
     if args.batch_size % world:
         raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
     per_rank = args.batch_size // world  # each rank's share of the global batch
+    if args.objective == "lakda" and args.symmetric:
+        raise BadInput("--symmetric is for the InfoNCE objectives; LaKDA (query-to-passage InfoNCE plus its KL) has no passage-to-query term")
     init = args.init if args.init != "auto" else ("stage1" if args.objective == "mimo" else "backbone")
     if args.objective == "mimo" and init != "stage1":
         raise BadInput("--objective mimo continues from stage 1 and needs --init stage1 (or auto)")
