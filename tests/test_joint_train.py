@@ -206,3 +206,9 @@ def test_rows_with_one_language(tiny_models, stage1, tmp_path):
     args[args.index("--data") + 1] = str(path)
     with pytest.raises(BadInput, match="at least 2 languages"):
         joint_train.main(args)
+
+
+def test_lakda_refuses_symmetric(tiny_models, stage1, tmp_path):
+    with pytest.raises(BadInput, match="LaKDA .* has no passage-to-query term"):
+        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--objective", "lakda", "--symmetric"))
+    assert not (tmp_path / "run").exists()
