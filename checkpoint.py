@@ -163,7 +163,6 @@ def set_learning_rate(optimizer, scheduler, lr):
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
         group["lr"] = lr * factor
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def stop_not_finite(what, step, out_dir, script, lr):
