@@ -225,7 +225,10 @@ def main(argv=None):
     distributed.barrier()
 
     def save():
-        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
+        """Every rank calls this (their RNG states are gathered); rank 0 writes.
+        Non-finite weights (an update gone wrong between log steps) are never saved."""
+        if not checkpoint.all_finite(params):
+            checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
         rng = distributed.gather_objects(checkpoint.rng_state())
         if main_rank:
             state = {"step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
@@ -288,14 +291,10 @@ def main(argv=None):
             log_line(out_dir, {"step": step, **history["epochs"][-1]})
             epoch_start, teacher_seconds = time.time(), 0.0
         if saving:
-            if not checkpoint.all_finite(params):  # a non-finite update between log steps: never saved
-                checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
             save()
     bar.close()
 
     # --- final evaluation and save
-    if not checkpoint.all_finite(params):
-        checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
     if main_rank:
         history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         log_line(out_dir, {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]})

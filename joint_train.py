@@ -351,7 +351,10 @@ def main(argv=None):
     distributed.barrier()
 
     def save():
-        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
+        """Every rank calls this (their RNG states are gathered); rank 0 writes.
+        Non-finite weights (an update gone wrong between log steps) are never saved."""
+        if not checkpoint.all_finite(params):
+            checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "joint_train.py", args.lr)
         rng = distributed.gather_objects(checkpoint.rng_state())
         if main_rank:
             state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -426,14 +429,10 @@ def main(argv=None):
                 log_line(out_dir, {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "ex/s": round(rate, 1)})
             examples, last_log = 0, time.time()
         if saving:
-            if not checkpoint.all_finite(params):  # a non-finite update between log steps: never saved
-                checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "joint_train.py", args.lr)
             save()
     bar.close()
 
     # --- final evaluation and save
-    if not checkpoint.all_finite(params):
-        checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "joint_train.py", args.lr)
     if main_rank:
         history["after"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
         log_line(out_dir, {"step": step, **{f"dev_{key}": value for key, value in history["after"].items()}})
