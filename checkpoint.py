@@ -34,7 +34,9 @@ def parse_args(parser, presets, argv=None):
         # .old until check_out_dir() recovers it (on rank 0, later); read it from there
         saved = after_recovery(Path(args.out_dir)) / "args.json"
         if not saved.is_file():
-            raise BadInput(f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one")
+            raise BadInput(
+                f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
+            )
         defaults = json.loads(saved.read_text())
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
@@ -67,12 +69,18 @@ def check_out_dir(out_dir, resume, overwrite):
     at all; finish an interrupted swap first."""
     recover(out_dir)
     if not ours(out_dir):
-        raise BadInput(f"--out-dir '{out_dir}' holds files that are not a run of this repository (no args.json); "
-                       "it is never overwritten: choose another --out-dir")
+        raise BadInput(
+            f"--out-dir '{out_dir}' holds files that are not a run of this repository (no args.json); "
+            "it is never overwritten: choose another --out-dir"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
-        raise BadInput(f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it")
+        raise BadInput(
+            f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
     if resume and not (out_dir / "trainer_state.pt").exists():
-        raise BadInput(f"--resume: '{out_dir}' has no checkpoint yet (no trainer_state.pt); start again with --overwrite")
+        raise BadInput(
+            f"--resume: '{out_dir}' has no checkpoint yet (no trainer_state.pt); start again with --overwrite"
+        )
 
 
 def start(out_dir, args):
@@ -94,22 +102,32 @@ def save(out_dir, student, W, args, state):
     old = out_dir.with_name(out_dir.name + ".old")
     for leftover in (tmp, old):
         if not ours(leftover):
-            raise SystemExit(f"error: '{leftover}' is in the way of the checkpoint and is not a run of this repository; "
-                             f"move it, then continue with --resume (the checkpoint in {out_dir} is intact)")
+            raise SystemExit(
+                f"error: '{leftover}' is in the way of the checkpoint and is not a run of this repository; "
+                f"move it, then continue with --resume (the checkpoint in {out_dir} is intact)"
+            )
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))  # first: it marks the folder as ours
         student.save(tmp)
         if W is not None:
-            torch.save({"weight": W.weight.detach().cpu(), "student_dim": W.in_features, "teacher_dim": W.out_features}, tmp / "projection.pt")
+            torch.save(
+                {"weight": W.weight.detach().cpu(), "student_dim": W.in_features, "teacher_dim": W.out_features},
+                tmp / "projection.pt",
+            )
         if (out_dir / "log.jsonl").exists():
             shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
         torch.save(state, tmp / "trainer_state.pt")  # last: its presence marks a complete checkpoint
-    except (OSError, RuntimeError) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch.save's
+    except (
+        OSError,
+        RuntimeError,
+    ) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch.save's
         shutil.rmtree(tmp, ignore_errors=True)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SystemExit(f"error: could not write a checkpoint to {tmp} ({reason}); the previous checkpoint in {out_dir} is intact") from None
+        raise SystemExit(
+            f"error: could not write a checkpoint to {tmp} ({reason}); the previous checkpoint in {out_dir} is intact"
+        ) from None
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
@@ -192,7 +210,9 @@ def rng_state():
 def set_rng_state(states, rank=0, world=1):
     """Restore this rank's generators from the list of every rank's states."""
     if len(states) != world:
-        raise BadInput(f"the checkpoint was written by {len(states)} process(es); resume it with the same number, not {world}")
+        raise BadInput(
+            f"the checkpoint was written by {len(states)} process(es); resume it with the same number, not {world}"
+        )
     state = states[rank]
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -203,16 +223,20 @@ def set_rng_state(states, rank=0, world=1):
 
 def linear_schedule(warmup_steps, max_steps):
     """LR multiplier: linear warm-up from 0 to 1 over warmup_steps, then linear decay to 0."""
+
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return max(0.0, (max_steps - step) / max(max_steps - warmup_steps, 1))
+
     return factor
 
 
 def log_line(out_dir, record):
     """One greppable line on the console (`step 120 | loss 0.4121 | ...`) and one JSON line in log.jsonl."""
-    text = " | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items())
+    text = " | ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items()
+    )
     tqdm.write(text)
     with open(out_dir / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -57,7 +57,9 @@ def read_records(location, config=None):
         return
     path = Path(location)
     if not path.is_file():
-        raise BadInput(f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)")
+        raise BadInput(
+            f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
+        )
     if path.name.endswith(".parquet"):
         yield from read_parquet(path)
         return
@@ -81,7 +83,9 @@ def read_records(location, config=None):
                         header = columns
                         continue
                     if len(columns) != 2:
-                        raise BadInput(f"{where}: expected 2 tab-separated columns (english, non_english), found {len(columns)}")
+                        raise BadInput(
+                            f"{where}: expected 2 tab-separated columns (english, non_english), found {len(columns)}"
+                        )
                     yield where, dict(zip(header or ["english", "non_english"], columns))
                     continue
                 try:
@@ -179,7 +183,9 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
     return None
 
 
-def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True, seed=0):
+def load_parallel(
+    sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True, seed=0
+):
     """Read, filter, de-duplicate and cap parallel sentences from several sources.
 
     Returns (pairs, stats): pairs is a list of Pair, shuffled with the seed; stats
@@ -215,7 +221,9 @@ def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_l
         stats[f"lang_{lang}"] = len(pairs)
         out.extend(pairs)
     if not out:
-        raise BadInput(f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); check the files and --min-chars/--max-chars/--max-length-ratio")
+        raise BadInput(
+            f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); check the files and --min-chars/--max-chars/--max-length-ratio"
+        )
     rng.shuffle(out)
     return out, stats
 
@@ -265,7 +273,9 @@ def load_rows(spec, min_languages=2):
     for where, record in read_records(location, config):
         langs = row_languages(record)
         if len(langs) < min_languages:
-            raise BadInput(f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, found {langs or 'none'}")
+            raise BadInput(
+                f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, found {langs or 'none'}"
+            )
         texts = {side: {lang: record[f"{side}_{lang}"] for lang in langs} for side in ("query", "passage")}
         for side, by_lang in texts.items():
             for lang, text in by_lang.items():
@@ -282,7 +292,9 @@ def require_languages(rows, languages, spec):
     for row in rows:
         lacking = [lang for lang in languages if lang not in row["query"]]
         if lacking:
-            raise BadInput(f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; every row needs all of --languages {' '.join(languages)}")
+            raise BadInput(
+                f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; every row needs all of --languages {' '.join(languages)}"
+            )
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):
@@ -310,7 +322,7 @@ def prepare_mmarco(triples, queries, collections, out, max_rows=None):
     need are kept in memory, one language at a time. Writes .jsonl or .parquet.
     """
     positives = {}
-    for where, record in read_tsv_columns(triples, 3):
+    for _, record in read_tsv_columns(triples, 3):
         positives.setdefault(record[0], record[1])
         if max_rows and len(positives) >= max_rows:
             break
@@ -428,7 +440,9 @@ def download_benchmark(spec):
     """
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
-        raise BadInput(f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name or owner/name/folder)")
+        raise BadInput(
+            f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name or owner/name/folder)"
+        )
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import snapshot_download
 
@@ -538,7 +552,9 @@ def read_qrels(path):
             elif len(fields) == 4:
                 add(where, fields[0], fields[2], fields[3])
             else:
-                raise BadInput(f"{where}: expected 3 columns (query-id, corpus-id, score) or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}")
+                raise BadInput(
+                    f"{where}: expected 3 columns (query-id, corpus-id, score) or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
+                )
     return qrels
 
 
@@ -566,11 +582,17 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups):
     if not corpus:
         raise BadInput(f"benchmark '{name}' has an empty corpus")
     stats = Counter()
-    stats["unknown_query_judgements"] = sum(len(judged) for query_id, judged in qrels.items() if query_id not in queries)
-    stats["unknown_document_judgements"] = sum(doc_id not in corpus for query_id, judged in qrels.items() if query_id in queries for doc_id in judged)
+    stats["unknown_query_judgements"] = sum(
+        len(judged) for query_id, judged in qrels.items() if query_id not in queries
+    )
+    stats["unknown_document_judgements"] = sum(
+        doc_id not in corpus for query_id, judged in qrels.items() if query_id in queries for doc_id in judged
+    )
     qrels = {query_id: judged for query_id, judged in qrels.items() if query_id in queries}
     stats["skipped_queries"] = sum(query_id not in qrels for query_id in queries)
-    stats["queries_without_relevant"] = sum(not any(grade > 0 for grade in judged.values()) for judged in qrels.values())
+    stats["queries_without_relevant"] = sum(
+        not any(grade > 0 for grade in judged.values()) for judged in qrels.values()
+    )
     queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
     if not queries:
         raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
@@ -603,20 +625,34 @@ def parallel_groups(spec, max_groups=None, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    stats_parser = commands.add_parser("stats", help="count the parallel pairs a source yields after the paper's filters")
+    stats_parser = commands.add_parser(
+        "stats", help="count the parallel pairs a source yields after the paper's filters"
+    )
     stats_parser.add_argument("sources", nargs="+", help="parallel sources, as for distill.py --data")
-    mmarco = commands.add_parser("prepare-mmarco", help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py")
-    mmarco.add_argument("--triples", required=True, help="training triples of ids: qid<TAB>positive pid<TAB>negative pid")
-    mmarco.add_argument("--queries", nargs="+", required=True, help="LANG=FILE of qid<TAB>query, one per language (e.g. de=german_queries.train.tsv)")
+    mmarco = commands.add_parser(
+        "prepare-mmarco", help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py"
+    )
+    mmarco.add_argument(
+        "--triples", required=True, help="training triples of ids: qid<TAB>positive pid<TAB>negative pid"
+    )
+    mmarco.add_argument(
+        "--queries",
+        nargs="+",
+        required=True,
+        help="LANG=FILE of qid<TAB>query, one per language (e.g. de=german_queries.train.tsv)",
+    )
     mmarco.add_argument("--collection", nargs="+", required=True, help="LANG=FILE of pid<TAB>passage, one per language")
     mmarco.add_argument("--out", required=True, help="output .jsonl or .parquet of aligned rows")
-    mmarco.add_argument("--max-rows", type=int, default=None, help="keep at most this many queries (the first in the triples file)")
+    mmarco.add_argument(
+        "--max-rows", type=int, default=None, help="keep at most this many queries (the first in the triples file)"
+    )
     args = parser.parse_args(argv)
     if args.command == "stats":
         pairs, stats = load_parallel(args.sources)
         print(json.dumps(dict(stats), indent=2))
         print(f"{len(pairs)} pairs")
     elif args.command == "prepare-mmarco":
+
         def by_language(specs, flag):
             if not all("=" in spec for spec in specs):
                 raise BadInput(f"{flag} takes LANG=FILE items, e.g. {flag} de=german_file.tsv; got {' '.join(specs)}")
@@ -624,11 +660,15 @@ def main(argv=None):
 
         queries, collections = by_language(args.queries, "--queries"), by_language(args.collection, "--collection")
         if sorted(queries) != sorted(collections):
-            raise BadInput(f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; give both for each language")
+            raise BadInput(
+                f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; give both for each language"
+            )
         if Path(args.out).exists():
             raise BadInput(f"--out '{args.out}' exists; choose another name or remove it")
         kept, incomplete = prepare_mmarco(args.triples, queries, collections, args.out, args.max_rows)
-        print(f"wrote {kept} rows in {len(queries)} languages to {args.out} ({incomplete} queries lacked a language and were left out)")
+        print(
+            f"wrote {kept} rows in {len(queries)} languages to {args.out} ({incomplete} queries lacked a language and were left out)"
+        )
 
 
 if __name__ == "__main__":

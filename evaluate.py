@@ -77,23 +77,83 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", action="append", default=None, help="model to evaluate (repeat the flag for several): our output directory, a Hugging Face id or a sentence-transformers checkpoint; default: runs/stage2 and runs/stage1 where present, and the demo teacher as the reference row")
-    parser.add_argument("--benchmark", action="append", default=None, help="benchmark (repeatable): BEIR-style directory, hub dataset id owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
-    parser.add_argument("--monolingual", action="store_true", help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in its language; scores per language and their mean")
-    parser.add_argument("--no-language-metrics", action="store_true", help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry no `lang`")
-    parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any distill.py --data source); default: the benchmark's own parallel documents")
-    parser.add_argument("--max-parallel", type=int, default=2000, help="at most this many --parallel pairs, a seeded sample")
-    parser.add_argument("--query-prompt", default=None, help="text prepended to each query; default: the model's sentence-transformers 'query' prompt, else none")
-    parser.add_argument("--document-prompt", default=None, help="text prepended to each document; default: the model's 'document' (or 'passage') prompt, else none")
-    parser.add_argument("--pooling", default=None, choices=["mean", "cls", "last"], help="pooling for every model; default: each model's own config, else mean")
-    parser.add_argument("--max-length", type=int, default=None, help="max tokens per text; default: each model's own (512 at most)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model to evaluate (repeat the flag for several): our output directory, a Hugging Face id or a sentence-transformers checkpoint; default: runs/stage2 and runs/stage1 where present, and the demo teacher as the reference row",
+    )
+    parser.add_argument(
+        "--benchmark",
+        action="append",
+        default=None,
+        help="benchmark (repeatable): BEIR-style directory, hub dataset id owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl",
+    )
+    parser.add_argument(
+        "--monolingual",
+        action="store_true",
+        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in its language; scores per language and their mean",
+    )
+    parser.add_argument(
+        "--no-language-metrics",
+        action="store_true",
+        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry no `lang`",
+    )
+    parser.add_argument(
+        "--parallel",
+        default=None,
+        help="parallel texts for alignment and uniformity (any distill.py --data source); default: the benchmark's own parallel documents",
+    )
+    parser.add_argument(
+        "--max-parallel", type=int, default=2000, help="at most this many --parallel pairs, a seeded sample"
+    )
+    parser.add_argument(
+        "--query-prompt",
+        default=None,
+        help="text prepended to each query; default: the model's sentence-transformers 'query' prompt, else none",
+    )
+    parser.add_argument(
+        "--document-prompt",
+        default=None,
+        help="text prepended to each document; default: the model's 'document' (or 'passage') prompt, else none",
+    )
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        choices=["mean", "cls", "last"],
+        help="pooling for every model; default: each model's own config, else mean",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="max tokens per text; default: each model's own (512 at most)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass when embedding")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast dtype for embedding; auto: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--query-chunk", type=int, default=1024, help="queries scored at once; with --doc-chunk it bounds the score block in memory")
-    parser.add_argument("--doc-chunk", type=int, default=65536, help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary")
-    parser.add_argument("--cache-dir", default="runs/eval_cache", help="embeddings per (model files, prompt, texts), reused when nothing changed")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype for embedding; auto: bf16 on GPU, fp32 on CPU",
+    )
+    parser.add_argument(
+        "--query-chunk",
+        type=int,
+        default=1024,
+        help="queries scored at once; with --doc-chunk it bounds the score block in memory",
+    )
+    parser.add_argument(
+        "--doc-chunk",
+        type=int,
+        default=65536,
+        help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="runs/eval_cache",
+        help="embeddings per (model files, prompt, texts), reused when nothing changed",
+    )
     parser.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
-    parser.add_argument("--out-dir", default="runs/eval", help="where results.json and au.png are written (replacing earlier ones)")
+    parser.add_argument(
+        "--out-dir", default="runs/eval", help="where results.json and au.png are written (replacing earlier ones)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the uniformity and --parallel samples")
     args = parser.parse_args(argv)
     for flag in ("batch_size", "query_chunk", "doc_chunk", "max_parallel"):
@@ -188,7 +248,9 @@ def kruskal_wallis(groups):
         return 0.0, 1.0
     h = (12 / (n * (n + 1)) * (rank_sums**2 / sizes).sum().item() - 3 * (n + 1)) / correction
     h = max(h, 0.0)  # rounding can leave -1e-15
-    p = torch.special.gammaincc(torch.tensor((len(groups) - 1) / 2, dtype=torch.float64), torch.tensor(h / 2, dtype=torch.float64))
+    p = torch.special.gammaincc(
+        torch.tensor((len(groups) - 1) / 2, dtype=torch.float64), torch.tensor(h / 2, dtype=torch.float64)
+    )
     return h, p.item()
 
 
@@ -275,11 +337,18 @@ def alignment_uniformity(emb, langs, groups, seed):
         if len(indices) < 2:
             return None
         if len(indices) > MAX_UNIFORMITY_TEXTS:  # all pairs of 10^5 texts would not fit
-            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()]
+            indices = [
+                indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()
+            ]
         return uniformity(emb[indices])
 
-    out = {"alignment": alignment(emb, left, right), "uniformity": sampled_uniformity(members),
-           "alignment_per_language": {}, "uniformity_per_language": {}, "alignment_pairs": len(pairs)}
+    out = {
+        "alignment": alignment(emb, left, right),
+        "uniformity": sampled_uniformity(members),
+        "alignment_per_language": {},
+        "uniformity_per_language": {},
+        "alignment_pairs": len(pairs),
+    }
     for lang in sorted({langs[index] for index in members}):
         mask = torch.tensor([langs[a] == lang or langs[b] == lang for a, b in pairs])
         out["alignment_per_language"][lang] = alignment(emb, left[mask], right[mask])
@@ -298,7 +367,9 @@ def trec_order(scores, rank):
     ascending, so a larger rank is a larger id. Returns (Q, C) column indices.
     """
     by_id = rank.argsort(dim=1, descending=True)
-    by_score = scores.gather(1, by_id).argsort(dim=1, descending=True, stable=True)  # stable: keeps id order among equal scores
+    by_score = scores.gather(1, by_id).argsort(
+        dim=1, descending=True, stable=True
+    )  # stable: keeps id order among equal scores
     return by_id.gather(1, by_score)
 
 
@@ -348,7 +419,9 @@ def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
         best_index = torch.empty(len(block_q), 0, dtype=torch.long, device=q.device)
         for doc_start in range(0, d.shape[0], doc_chunk):
             block_d = d[doc_start : doc_start + doc_chunk]  # (c, D)
-            scores = torch.mm(block_q, block_d.T, out=buffer[: len(block_q) * len(block_d)].view(len(block_q), len(block_d)))  # (q, c)
+            scores = torch.mm(
+                block_q, block_d.T, out=buffer[: len(block_q) * len(block_d)].view(len(block_q), len(block_d))
+            )  # (q, c)
             scores, columns = top_k(scores, doc_rank[doc_start : doc_start + doc_chunk], min(k, scores.shape[1]))
             candidates = torch.cat([best_scores, scores], 1)  # (q, <=2k)
             candidate_index = torch.cat([best_index, columns + doc_start], 1)
@@ -379,7 +452,11 @@ def check_model(name):
     try:
         AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the Hugging Face cache"
+        where = (
+            "local directory"
+            if Path(path).is_dir()
+            else "hub id, which needs a network or a copy in the Hugging Face cache"
+        )
         raise BadInput(f"cannot load model '{name}' ({where}): {str(error).splitlines()[0]}") from None
 
 
@@ -389,7 +466,9 @@ def model_fingerprint(name):
     path = model_module.resolve_model(name)
     if Path(path).is_dir():
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        return [str(Path(path).resolve())] + [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        return [str(Path(path).resolve())] + [
+            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+        ]
     from huggingface_hub import try_to_load_from_cache
 
     snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
@@ -400,7 +479,11 @@ def model_prompts(name, args):
     """(query prompt, document prompt): the flags, else the model's sentence-transformers prompts."""
     prompts = model_module.read_sentence_transformers_config(model_module.resolve_model(name)).get("prompts", {})
     query = args.query_prompt if args.query_prompt is not None else prompts.get("query", "")
-    document = args.document_prompt if args.document_prompt is not None else prompts.get("document", prompts.get("passage", ""))
+    document = (
+        args.document_prompt
+        if args.document_prompt is not None
+        else prompts.get("document", prompts.get("passage", ""))
+    )
     return query, document
 
 
@@ -426,7 +509,9 @@ def embed(lazy_encoder, name, texts, prompt, what, args, amp_dtype):
             if cached.shape[0] == len(texts):
                 print(f"  cache hit: {what} ({len(texts)} texts) from {path}")
                 return torch.from_numpy(cached)
-    emb = lazy_encoder().encode(texts, batch_size=args.batch_size, progress=True, autocast_dtype=amp_dtype, prompt=prompt)  # (N, D)
+    emb = lazy_encoder().encode(
+        texts, batch_size=args.batch_size, progress=True, autocast_dtype=amp_dtype, prompt=prompt
+    )  # (N, D)
     if not args.no_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npy")
@@ -454,7 +539,9 @@ def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual,
         ds = torch.tensor([j for j, doc_lang in enumerate(doc_langs) if doc_lang == lang], dtype=torch.long)
         if len(ds) == 0:
             continue  # no document in this language: empty rankings, every metric 0
-        _, local = retrieve(query_emb[qs].to(device), d[ds.to(device)], doc_rank[ds.to(device)], DEPTH, args.query_chunk, args.doc_chunk)
+        _, local = retrieve(
+            query_emb[qs].to(device), d[ds.to(device)], doc_rank[ds.to(device)], DEPTH, args.query_chunk, args.doc_chunk
+        )
         for i, row in zip(qs, ds[local].tolist()):
             rankings[i] = row
     return rankings, None
@@ -472,8 +559,13 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
                 skipped += 1
                 continue
         ranking = [doc_ids[j] for j in rankings[i]]
-        values = {"ndcg@10": ndcg(ranking, judged, 10), "ndcg@20": ndcg(ranking, judged, 20), "recall@20": recall(ranking, judged, 20),
-                  "mrr@10": mrr(ranking, judged, 10), "map@100": average_precision(ranking, judged, 100)}
+        values = {
+            "ndcg@10": ndcg(ranking, judged, 10),
+            "ndcg@20": ndcg(ranking, judged, 20),
+            "recall@20": recall(ranking, judged, 20),
+            "mrr@10": mrr(ranking, judged, 10),
+            "map@100": average_precision(ranking, judged, 100),
+        }
         if language_metrics and not monolingual:
             values["own@10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
             groups = peer_groups(ranking, judged, doc_lang, DEPTH)
@@ -489,7 +581,11 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
         rows = [values for query_lang, values in per_query.values() if query_lang == lang]
         per_language[lang] = {"queries": len(rows), **{key: sum(row[key] for row in rows) / len(rows) for key in keys}}
     if monolingual:  # the mean over languages, as MIRACL reports it
-        overall = {key: sum(scores[key] for scores in per_language.values()) / len(per_language) for key in keys} if per_language else {}
+        overall = (
+            {key: sum(scores[key] for scores in per_language.values()) / len(per_language) for key in keys}
+            if per_language
+            else {}
+        )
     else:  # the mean over queries, as trec_eval reports it
         overall = {key: sum(values[key] for _, values in per_query.values()) / len(per_query) for key in keys}
     result = {**overall, "queries_scored": len(per_query), "per_language": per_language}
@@ -506,8 +602,24 @@ def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp
     doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
     query_prompt, doc_prompt = model_prompts(name, args)
     tick = time.time()
-    doc_emb = embed(lazy_encoder, name, [benchmark.corpus[i][0] for i in doc_ids], doc_prompt, f"{name} documents of {benchmark.name}", args, amp_dtype)  # (N, D)
-    query_emb = embed(lazy_encoder, name, [benchmark.queries[i][0] for i in query_ids], query_prompt, f"{name} queries of {benchmark.name}", args, amp_dtype)  # (Q, D)
+    doc_emb = embed(
+        lazy_encoder,
+        name,
+        [benchmark.corpus[i][0] for i in doc_ids],
+        doc_prompt,
+        f"{name} documents of {benchmark.name}",
+        args,
+        amp_dtype,
+    )  # (N, D)
+    query_emb = embed(
+        lazy_encoder,
+        name,
+        [benchmark.queries[i][0] for i in query_ids],
+        query_prompt,
+        f"{name} queries of {benchmark.name}",
+        args,
+        amp_dtype,
+    )  # (Q, D)
     seconds = {"embed": time.time() - tick}
 
     tick = time.time()
@@ -517,7 +629,9 @@ def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp
     result = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
     notes = []
     if result.get("queries_without_judgements_in_their_language"):
-        notes.append(f"{result['queries_without_judgements_in_their_language']} queries have no judged document in their own language: skipped (--monolingual)")
+        notes.append(
+            f"{result['queries_without_judgements_in_their_language']} queries have no judged document in their own language: skipped (--monolingual)"
+        )
     if language_metrics and not args.monolingual:
         if result["peer_queries"] == 0:
             notes.append("PEER n/a: no query has relevant documents in two or more languages")
@@ -527,7 +641,9 @@ def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp
         value, per_lang, pairs = mrc(query_emb, doc_emb, top[:, :10], groups, query_langs) if groups else (None, {}, 0)
         result.update({"mrc@10": value, "mrc_per_language": per_lang, "mrc_pairs": pairs})
         if value is None:
-            notes.append("MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de', 'q1-de')")
+            notes.append(
+                "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de', 'q1-de')"
+            )
     elif args.monolingual:
         notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
 
@@ -538,10 +654,17 @@ def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp
                 groups.append(list(range(len(texts), len(texts) + len(group))))
                 texts.extend(group.values())
                 langs.extend(group)
-            emb, source = embed(lazy_encoder, name, texts, doc_prompt, f"{name} --parallel texts", args, amp_dtype), "--parallel"
+            emb, source = (
+                embed(lazy_encoder, name, texts, doc_prompt, f"{name} --parallel texts", args, amp_dtype),
+                "--parallel",
+            )
         elif benchmark.doc_groups:
             position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
-            emb, langs, source = doc_emb, [benchmark.corpus[i][1] for i in doc_ids], "the benchmark's parallel documents"
+            emb, langs, source = (
+                doc_emb,
+                [benchmark.corpus[i][1] for i in doc_ids],
+                "the benchmark's parallel documents",
+            )
             groups = [[position[doc_id] for doc_id in ids] for ids in benchmark.doc_groups.values()]
         else:
             groups = []
@@ -549,7 +672,9 @@ def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp
         if au:
             result.update(au, alignment_source=source)
         else:
-            notes.append("alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de'), or pass --parallel")
+            notes.append(
+                "alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de'), or pass --parallel"
+            )
     seconds["metrics"] = time.time() - tick
     result["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
     result["notes"] = notes
@@ -565,7 +690,9 @@ def format_table(results, models):
     width = max(len("model"), *(len(name) for name in models))
     lines = [f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in COLUMNS)]
     for name in models:
-        cells = [(fmt.format(results[name][key]) if results[name].get(key) is not None else "n/a") for key, _, fmt in COLUMNS]
+        cells = [
+            (fmt.format(results[name][key]) if results[name].get(key) is not None else "n/a") for key, _, fmt in COLUMNS
+        ]
         lines.append(f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells))
     return "\n".join(lines)
 
@@ -580,21 +707,34 @@ def plot_alignment_uniformity(report, path):
     except ImportError:
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
         return None
-    panels = [(name, entry["models"]) for name, entry in report.items() if any(r.get("alignment") is not None for r in entry["models"].values())]
+    panels = [
+        (name, entry["models"])
+        for name, entry in report.items()
+        if any(r.get("alignment") is not None for r in entry["models"].values())
+    ]
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (name, models) in zip(axes[0], panels):
-        points = {model_name: (r["alignment"], r["uniformity"]) for model_name, r in models.items()
-                  if r.get("alignment") is not None and r.get("uniformity") is not None}
+        points = {
+            model_name: (r["alignment"], r["uniformity"])
+            for model_name, r in models.items()
+            if r.get("alignment") is not None and r.get("uniformity") is not None
+        }
         middle = (min(x for x, _ in points.values()) + max(x for x, _ in points.values())) / 2
         for model_name, (x, y) in points.items():
             axis.scatter(x, y)
             # labels point inwards, so a long model name at the right edge stays inside the figure
             right_half = x > middle
-            axis.annotate(model_name, (x, y), textcoords="offset points", xytext=(-4 if right_half else 4, 4),
-                          ha="right" if right_half else "left", fontsize=8)
+            axis.annotate(
+                model_name,
+                (x, y),
+                textcoords="offset points",
+                xytext=(-4 if right_half else 4, 4),
+                ha="right" if right_half else "left",
+                fontsize=8,
+            )
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         axis.margins(0.3)  # room for the labels of the outermost points
     figure.tight_layout()
@@ -635,14 +775,27 @@ def main(argv=None):
     benchmarks = [data.load_benchmark(spec, need_lang=language_metrics) for spec in args.benchmark]
     for name in args.model:
         check_model(name)
-    parallel = data.parallel_groups(args.parallel, args.max_parallel, args.seed) if args.parallel and language_metrics else None
+    parallel = (
+        data.parallel_groups(args.parallel, args.max_parallel, args.seed)
+        if args.parallel and language_metrics
+        else None
+    )
     report = {}
     for benchmark in benchmarks:
         langs = sorted({lang for _, lang in benchmark.corpus.values() if lang is not None})
-        report[benchmark.name] = {"mode": "monolingual" if args.monolingual else "MLIR", "documents": len(benchmark.corpus),
-                                  "queries": len(benchmark.queries), "languages": langs, **benchmark.stats,
-                                  "query_groups": len(benchmark.query_groups), "document_groups": len(benchmark.doc_groups), "models": {}}
-        print(f"benchmark {benchmark.name}: {len(benchmark.queries)} queries, {len(benchmark.corpus)} documents, languages {' '.join(langs) or 'unknown'}")
+        report[benchmark.name] = {
+            "mode": "monolingual" if args.monolingual else "MLIR",
+            "documents": len(benchmark.corpus),
+            "queries": len(benchmark.queries),
+            "languages": langs,
+            **benchmark.stats,
+            "query_groups": len(benchmark.query_groups),
+            "document_groups": len(benchmark.doc_groups),
+            "models": {},
+        }
+        print(
+            f"benchmark {benchmark.name}: {len(benchmark.queries)} queries, {len(benchmark.corpus)} documents, languages {' '.join(langs) or 'unknown'}"
+        )
 
     # --- each model on each benchmark; a model is loaded only if some embedding is not cached
     for name in args.model:
@@ -650,14 +803,20 @@ def main(argv=None):
 
         def lazy_encoder():
             if "encoder" not in loaded:
-                loaded["encoder"] = model_module.freeze(model_module.Encoder(name, args.pooling, args.max_length)).to(device)
+                loaded["encoder"] = model_module.freeze(model_module.Encoder(name, args.pooling, args.max_length)).to(
+                    device
+                )
             return loaded["encoder"]
 
         for benchmark in benchmarks:
             print(f"{name} on {benchmark.name}")
-            result = evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp_dtype, language_metrics)
+            result = evaluate_model_on(
+                benchmark, name, lazy_encoder, parallel, args, device, amp_dtype, language_metrics
+            )
             report[benchmark.name]["models"][name] = result
-            print(f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, metrics {result['seconds']['metrics']:.1f} s")
+            print(
+                f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, metrics {result['seconds']['metrics']:.1f} s"
+            )
         loaded.clear()  # free the weights before the next model
 
     # --- the tables, results.json and au.png
@@ -665,18 +824,24 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     for benchmark in benchmarks:
         entry = report[benchmark.name]
-        print(f"\n{benchmark.name} ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents, {len(entry['languages'])} languages)")
+        print(
+            f"\n{benchmark.name} ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents, {len(entry['languages'])} languages)"
+        )
         print(format_table(entry["models"], args.model))
-        counts = [f"{entry['skipped_queries']} queries without judgements skipped",
-                  f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
-                  f"{entry['unknown_document_judgements']} name documents not in the corpus (kept as unretrievable, as trec_eval does)"]
+        counts = [
+            f"{entry['skipped_queries']} queries without judgements skipped",
+            f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
+            f"{entry['unknown_document_judgements']} name documents not in the corpus (kept as unretrievable, as trec_eval does)",
+        ]
         if entry["queries_without_relevant"]:
             counts.append(f"{entry['queries_without_relevant']} queries have no relevant document (scored 0)")
         print("  " + "; ".join(counts))
         for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
             print(f"  {note}")
     results_path = out_dir / "results.json"
-    results_path.write_text(json.dumps({"arguments": vars(args), "device": str(device), "benchmarks": report}, indent=2, ensure_ascii=False))
+    results_path.write_text(
+        json.dumps({"arguments": vars(args), "device": str(device), "benchmarks": report}, indent=2, ensure_ascii=False)
+    )
     print(f"\nwrote {results_path}")
     plot = plot_alignment_uniformity(report, out_dir / "au.png")
     if plot:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 import transformers
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from data import BadInput
@@ -142,7 +142,11 @@ class Encoder(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.backbone = AutoModel.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as error:
-            where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the Hugging Face cache"
+            where = (
+                "local directory"
+                if Path(path).is_dir()
+                else "hub id, which needs a network or a copy in the Hugging Face cache"
+            )
             raise BadInput(f"cannot load model '{name_or_path}' ({where}): {str(error).splitlines()[0]}") from None
         st_config = read_sentence_transformers_config(path)
         self.pooling = pooling or st_config.get("pooling", "mean")
@@ -221,7 +225,9 @@ class Encoder(nn.Module):
         (out_dir / "1_Pooling").mkdir(exist_ok=True)
         (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
         (out_dir / "2_Normalize").mkdir(exist_ok=True)
-        (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}))
+        (out_dir / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False})
+        )
         prompts = {"query": "", "document": "", **self.prompts}
         (out_dir / "config_sentence_transformers.json").write_text(
             json.dumps({"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)

@@ -1,5 +1,5 @@
 """
-Speed and memory of the three InfoNCE implementations in losses.py (issue 6):
+Speed and memory of the three InfoNCE implementations in losses.py:
 plain info_nce, info_nce_chunked and the fused info_nce_triton, forward plus
 backward, on one CUDA GPU.
 
@@ -21,10 +21,11 @@ by design; the kernel uses bf16 tensor cores. torch-lowp is the fair unfused
 rival: plain PyTorch (normalise, matmul, cross-entropy) with bf16 operands and
 bf16 scores, as most training code runs it. This is also the benchmark that
 tunes the kernel's block sizes (BLOCK_M, BLOCK_N, BLOCK_D, warps and stages at
-the top of losses.py's Triton section): edit them and rerun.
+the top of fused.py): edit them and rerun.
 """
 
 import argparse
+import importlib.metadata
 import platform
 import sys
 from pathlib import Path
@@ -66,21 +67,45 @@ IMPLS = {**losses.INFO_NCE_IMPLS, "torch-lowp": info_nce_lowp}
 # ---------------------------------------------------------------------------
 # arguments
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="B, the number of queries; N = B passages")
+parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.ArgumentDefaultsHelpFormatter
+)
+parser.add_argument(
+    "--batch-sizes",
+    type=int,
+    nargs="+",
+    default=[1024, 4096, 16384, 65536],
+    help="B, the number of queries; N = B passages",
+)
 parser.add_argument("--dims", type=int, nargs="+", default=[384, 768, 1024], help="D, the embedding width")
-parser.add_argument("--impls", nargs="+", default=["torch", "torch-lowp", "chunked", "triton"], choices=sorted(IMPLS), help="implementations to time (torch-lowp: plain PyTorch with scores in the input dtype)")
-parser.add_argument("--symmetric", action="store_true", help="time the symmetric (query->passage and passage->query) loss")
+parser.add_argument(
+    "--impls",
+    nargs="+",
+    default=["torch", "torch-lowp", "chunked", "triton"],
+    choices=sorted(IMPLS),
+    help="implementations to time (torch-lowp: plain PyTorch with scores in the input dtype)",
+)
+parser.add_argument(
+    "--symmetric", action="store_true", help="time the symmetric (query->passage and passage->query) loss"
+)
 parser.add_argument("--scale", type=float, default=20.0, help="1 / tau, the InfoNCE scale")
 parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of q and p")
 parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (compilation, autotuning, allocator)")
 parser.add_argument("--repeats", type=int, default=10, help="timed runs; the median is reported")
-parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak; default: looked up from the device name")
-parser.add_argument("--tf32", action="store_true", help="let the fp32 matmuls of info_nce and info_nce_chunked use TF32 (as Inf-CL does)")
+parser.add_argument(
+    "--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak; default: looked up from the device name"
+)
+parser.add_argument(
+    "--tf32",
+    action="store_true",
+    help="let the fp32 matmuls of info_nce and info_nce_chunked use TF32 (as Inf-CL does)",
+)
 args = parser.parse_args()
 
 if not torch.cuda.is_available():
-    sys.exit("bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest tests/test_kernels.py")
+    sys.exit(
+        "bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest tests/test_kernels.py"
+    )
 
 # ---------------------------------------------------------------------------
 # device, versions, peak
@@ -90,11 +115,15 @@ dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a
 torch.backends.cuda.matmul.allow_tf32 = args.tf32
 gpu = torch.cuda.get_device_name(device)
 peak = args.peak_tflops or next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in gpu), None)
-triton_version = losses.triton.__version__ if losses.triton is not None else "not installed"
-print(f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} | python {platform.python_version()}")
-print(f"q, p {args.dtype}, N = B, scale {args.scale}, {'symmetric' if args.symmetric else 'one-way'}, "
-      f"median of {args.repeats} after {args.warmup} warm-up; peak bf16 {peak or 'unknown (pass --peak-tflops)'} TFLOP/s")
-if "triton" in args.impls and losses.triton is None:
+triton_version = importlib.metadata.version("triton") if losses.TRITON_INSTALLED else "not installed"
+print(
+    f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} | python {platform.python_version()}"
+)
+print(
+    f"q, p {args.dtype}, N = B, scale {args.scale}, {'symmetric' if args.symmetric else 'one-way'}, "
+    f"median of {args.repeats} after {args.warmup} warm-up; peak bf16 {peak or 'unknown (pass --peak-tflops)'} TFLOP/s"
+)
+if "triton" in args.impls and not losses.TRITON_INSTALLED:
     print("triton is not installed: skipping info_nce_triton (pip install triton)")
     args.impls = [impl for impl in args.impls if impl != "triton"]
 

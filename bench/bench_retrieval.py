@@ -29,19 +29,27 @@ import evaluate  # noqa: E402
 def get_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**4, 10**5, 10**6], help="corpus sizes N to time")
-    parser.add_argument("--queries", type=int, default=None, help="queries Q per run; default: 10,000 on a GPU, 1,000 on CPU")
+    parser.add_argument(
+        "--queries", type=int, default=None, help="queries Q per run; default: 10,000 on a GPU, 1,000 on CPU"
+    )
     parser.add_argument("--dim", type=int, default=384, help="embedding dimension D (384: all-MiniLM-L6-v2)")
     parser.add_argument("--k", type=int, default=evaluate.DEPTH, help="documents retrieved per query")
     parser.add_argument("--query-chunk", type=int, default=1024, help="as evaluate.py --query-chunk")
     parser.add_argument("--doc-chunk", type=int, default=65536, help="as evaluate.py --doc-chunk")
-    parser.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # internal: the child process for one N
+    parser.add_argument(
+        "--only", type=int, default=None, help=argparse.SUPPRESS
+    )  # internal: the child process for one N
     return parser.parse_args()
 
 
 def hardware():
     cpu = platform.processor() or "unknown CPU"
     if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), {gpu}, torch {torch.__version__}"
@@ -70,14 +78,23 @@ def run_one(n, args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tick = time.perf_counter()
-    scores, index = evaluate.retrieve(q, d, doc_rank, args.k, args.query_chunk, args.doc_chunk)  # results land on CPU: synchronised
+    scores, index = evaluate.retrieve(
+        q, d, doc_rank, args.k, args.query_chunk, args.doc_chunk
+    )  # results land on CPU: synchronised
     seconds = time.perf_counter() - tick
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-    return {"n": n, "queries": queries, "seconds": seconds, "qps": queries / seconds, "peak_gib": peak,
-            "corpus_gib": n * args.dim * 4 / 2**30, "memory": "CUDA max allocated" if device.type == "cuda" else "peak RSS"}
+    return {
+        "n": n,
+        "queries": queries,
+        "seconds": seconds,
+        "qps": queries / seconds,
+        "peak_gib": peak,
+        "corpus_gib": n * args.dim * 4 / 2**30,
+        "memory": "CUDA max allocated" if device.type == "cuda" else "peak RSS",
+    }
 
 
 def main():
@@ -89,16 +106,32 @@ def main():
     print(f"D = {args.dim}, k = {args.k}, chunks {args.query_chunk} queries x {args.doc_chunk} documents")
     print(f"{'N':>10} {'queries':>8} {'seconds':>8} {'queries/s':>10} {'peak GiB':>9} {'corpus GiB':>11}  memory")
     for n in args.sizes:
-        command = [sys.executable, __file__, "--only", str(n), "--dim", str(args.dim), "--k", str(args.k),
-                   "--query-chunk", str(args.query_chunk), "--doc-chunk", str(args.doc_chunk)]
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            str(n),
+            "--dim",
+            str(args.dim),
+            "--k",
+            str(args.k),
+            "--query-chunk",
+            str(args.query_chunk),
+            "--doc-chunk",
+            str(args.doc_chunk),
+        ]
         if args.queries:
             command += ["--queries", str(args.queries)]
         child = subprocess.run(command, capture_output=True, text=True)
         if child.returncode != 0:
-            print(f"{n:>10} failed: {child.stderr.strip().splitlines()[-1] if child.stderr.strip() else child.returncode}")
+            print(
+                f"{n:>10} failed: {child.stderr.strip().splitlines()[-1] if child.stderr.strip() else child.returncode}"
+            )
             continue
         r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{r['n']:>10} {r['queries']:>8} {r['seconds']:>8.2f} {r['qps']:>10.1f} {r['peak_gib']:>9.2f} {r['corpus_gib']:>11.2f}  {r['memory']}")
+        print(
+            f"{r['n']:>10} {r['queries']:>8} {r['seconds']:>8.2f} {r['qps']:>10.1f} {r['peak_gib']:>9.2f} {r['corpus_gib']:>11.2f}  {r['memory']}"
+        )
 
 
 if __name__ == "__main__":

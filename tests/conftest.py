@@ -24,7 +24,9 @@ def seeded():
 # ---------------------------------------------------------------------------
 # Tiny models, built in the test's own temporary directory: no download, ~1 s each.
 
-CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("абвгдеёжзийклмнопрстуфхцчшщъыьэюя") + list("的是水天气为什么")
+CHARACTERS = (
+    list("abcdefghijklmnopqrstuvwxyz0123456789") + list("абвгдеёжзийклмнопрстуфхцчшщъыьэюя") + list("的是水天气为什么")
+)
 
 
 def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0):
@@ -40,12 +42,26 @@ def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0)
     tokenizer = BertTokenizer(vocab_file=str(path / "vocab.txt"), padding_side=padding_side, model_max_length=128)
     torch.manual_seed(seed)
     if arch == "bert":
-        config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=2 * hidden, max_position_embeddings=128)
+        config = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=128,
+        )
         model = BertModel(config)
     else:
-        config = Qwen3Config(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, head_dim=hidden // 4, intermediate_size=2 * hidden, max_position_embeddings=128)
+        config = Qwen3Config(
+            vocab_size=len(vocab),
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden // 4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=128,
+        )
         model = Qwen3Model(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

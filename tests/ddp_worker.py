@@ -18,8 +18,26 @@ import joint_train  # noqa: E402
 from losses import cosine_distill_loss, info_nce  # noqa: E402
 from model import Encoder  # noqa: E402
 
-QUERIES = ["what is water", "why is the sky blue", "stone age tools", "a river in spain", "green paper", "light and glass", "metal bread", "cloud river"]
-PASSAGES = ["water is a liquid", "light scatters", "early people used stone", "the ebro flows east", "paper can be green", "glass lets light through", "nobody bakes metal", "clouds feed rivers"]
+QUERIES = [
+    "what is water",
+    "why is the sky blue",
+    "stone age tools",
+    "a river in spain",
+    "green paper",
+    "light and glass",
+    "metal bread",
+    "cloud river",
+]
+PASSAGES = [
+    "water is a liquid",
+    "light scatters",
+    "early people used stone",
+    "the ebro flows east",
+    "paper can be green",
+    "glass lets light through",
+    "nobody bakes metal",
+    "clouds feed rivers",
+]
 
 
 def setup(model_path):

@@ -4,10 +4,10 @@ import gzip
 import json
 
 import pytest
+from conftest import ROWS_LANGUAGES, write_rows
 
 import data
 from data import BadInput, Pair
-from conftest import ROWS_LANGUAGES, write_rows
 
 
 def write_tsv(path, pairs, header=False):
@@ -20,7 +20,10 @@ def write_tsv(path, pairs, header=False):
     return str(path)
 
 
-GOOD = [("the cat sleeps on the mat", "die Katze schläft auf der Matte"), ("a long walk in the park", "ein langer Spaziergang im Park")]
+GOOD = [
+    ("the cat sleeps on the mat", "die Katze schläft auf der Matte"),
+    ("a long walk in the park", "ein langer Spaziergang im Park"),
+]
 
 
 def test_filters_drop_short_long_and_unbalanced_pairs(tmp_path):
@@ -87,7 +90,15 @@ def test_jsonl_and_parquet_parallel_sources(tmp_path):
 
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps({"english": a, "non_english": b}) + "\n" for a, b in GOOD))
-    pq.write_table(pa.table({"english": [a for a, _ in GOOD], "non_english": ["le chat dort sur le tapis", "une longue promenade au parc"]}), tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "english": [a for a, _ in GOOD],
+                "non_english": ["le chat dort sur le tapis", "une longue promenade au parc"],
+            }
+        ),
+        tmp_path / "p.parquet",
+    )
     pairs, _ = data.load_parallel([f"de={jsonl}", f"fr={tmp_path / 'p.parquet'}"], identity_pairs=False)
     assert sorted({pair.lang for pair in pairs}) == ["de", "fr"] and len(pairs) == 4
 
@@ -185,22 +196,59 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
     for lang, word in (("en", "what"), ("de", "was")):
         queries = f"q1\t{word} one\nq2\t{word} two\n" + ("q3\twhat three\n" if lang == "en" else "")
         (tmp_path / f"q_{lang}.tsv").write_text(queries)
-        (tmp_path / f"c_{lang}.tsv").write_text(f"p1\t{lang} passage one\np2\t{lang} passage two\np3\t{lang} passage three\n")
-    data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"),
-               "--queries", f"en={tmp_path / 'q_en.tsv'}", f"de={tmp_path / 'q_de.tsv'}",
-               "--collection", f"en={tmp_path / 'c_en.tsv'}", f"de={tmp_path / 'c_de.tsv'}", "--out", str(tmp_path / "rows.jsonl")])
+        (tmp_path / f"c_{lang}.tsv").write_text(
+            f"p1\t{lang} passage one\np2\t{lang} passage two\np3\t{lang} passage three\n"
+        )
+    data.main(
+        [
+            "prepare-mmarco",
+            "--triples",
+            str(tmp_path / "triples.tsv"),
+            "--queries",
+            f"en={tmp_path / 'q_en.tsv'}",
+            f"de={tmp_path / 'q_de.tsv'}",
+            "--collection",
+            f"en={tmp_path / 'c_en.tsv'}",
+            f"de={tmp_path / 'c_de.tsv'}",
+            "--out",
+            str(tmp_path / "rows.jsonl"),
+        ]
+    )
     rows = data.load_rows(str(tmp_path / "rows.jsonl"))
     assert [row["id"] for row in rows] == ["q1", "q2"]  # q3 has no German query
     assert rows[0]["passage"] == {"en": "en passage one", "de": "de passage one"}  # the first positive, p1
     assert rows[1]["query"]["de"] == "was two"
     with pytest.raises(BadInput, match="exists"):  # never overwrites
-        data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"), "--queries", f"en={tmp_path / 'q_en.tsv'}",
-                   "--collection", f"en={tmp_path / 'c_en.tsv'}", "--out", str(tmp_path / "rows.jsonl")])
+        data.main(
+            [
+                "prepare-mmarco",
+                "--triples",
+                str(tmp_path / "triples.tsv"),
+                "--queries",
+                f"en={tmp_path / 'q_en.tsv'}",
+                "--collection",
+                f"en={tmp_path / 'c_en.tsv'}",
+                "--out",
+                str(tmp_path / "rows.jsonl"),
+            ]
+        )
     # a collection line that is not UTF-8 is named by file and line, and leaves no output behind
     with open(tmp_path / "c_de.tsv", "ab") as f:
         f.write(b"p4\t\xff\xfe broken\n")
     with pytest.raises(BadInput, match=r"c_de.tsv:4: not UTF-8 text"):
-        data.main(["prepare-mmarco", "--triples", str(tmp_path / "triples.tsv"),
-                   "--queries", f"en={tmp_path / 'q_en.tsv'}", f"de={tmp_path / 'q_de.tsv'}",
-                   "--collection", f"en={tmp_path / 'c_en.tsv'}", f"de={tmp_path / 'c_de.tsv'}", "--out", str(tmp_path / "new.jsonl")])
+        data.main(
+            [
+                "prepare-mmarco",
+                "--triples",
+                str(tmp_path / "triples.tsv"),
+                "--queries",
+                f"en={tmp_path / 'q_en.tsv'}",
+                f"de={tmp_path / 'q_de.tsv'}",
+                "--collection",
+                f"en={tmp_path / 'c_en.tsv'}",
+                f"de={tmp_path / 'c_de.tsv'}",
+                "--out",
+                str(tmp_path / "new.jsonl"),
+            ]
+        )
     assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "new.jsonl.tmp").exists()

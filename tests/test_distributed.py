@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, write_rows
+
 from losses import info_nce
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -50,15 +50,55 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
     """Stage 1 then stage 2 with --gather-negatives on 2 CPU processes: rank 0 alone
     writes the run directory, and each rank keeps its own teacher-cache files."""
     rows = write_rows(tmp_path / "rows.jsonl", n=24)
-    common = ["--data", rows, "--cache-dir", str(tmp_path / "cache"), "--dev-size", "4", "--max-length", "32", "--log-every", "1"]
-    torchrun("distill.py", "--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--out-dir", str(tmp_path / "s1"),
-             "--batch-size", "16", "--max-steps", "2", *common)
-    result = torchrun("joint_train.py", "--stage1", str(tmp_path / "s1"), "--out-dir", str(tmp_path / "s2"), "--gather-negatives",
-                      "--batch-size", "8", "--mini-batch-size", "2", "--max-steps", "2", "--save-every", "1", *common)
+    common = [
+        "--data",
+        rows,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--dev-size",
+        "4",
+        "--max-length",
+        "32",
+        "--log-every",
+        "1",
+    ]
+    torchrun(
+        "distill.py",
+        "--teacher",
+        tiny_models["teacher"],
+        "--student",
+        tiny_models["student"],
+        "--out-dir",
+        str(tmp_path / "s1"),
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        *common,
+    )
+    result = torchrun(
+        "joint_train.py",
+        "--stage1",
+        str(tmp_path / "s1"),
+        "--out-dir",
+        str(tmp_path / "s2"),
+        "--gather-negatives",
+        "--batch-size",
+        "8",
+        "--mini-batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--save-every",
+        "1",
+        *common,
+    )
     assert "2 process(es), negatives gathered over all ranks" in result.stdout
     log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
     assert [record["step"] for record in log if "loss" in record] == [1, 2]  # logged once, by rank 0
     state = torch.load(tmp_path / "s2" / "trainer_state.pt", weights_only=False)
     assert len(state["rng"]) == 2  # both ranks' generators, for an exact resume
-    writer_processes = {p.stem.split("-")[-2] for p in (tmp_path / "cache").glob("*/keys-*.txt")}  # keys-<host>-<pid>-<id>
+    writer_processes = {
+        p.stem.split("-")[-2] for p in (tmp_path / "cache").glob("*/keys-*.txt")
+    }  # keys-<host>-<pid>-<id>
     assert len(writer_processes) >= 2  # the ranks wrote files of their own: no two processes append to one file

@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, write_rows
 
 import data
 import evaluate
-from conftest import ROOT, write_rows
 from data import BadInput
-
 
 # ---------------------------------------------------------------------------
 # Ranking metrics, by hand
@@ -150,7 +149,10 @@ def test_kruskal_wallis_matches_scipy_when_available():
     stats = pytest.importorskip("scipy.stats")
     generator = torch.Generator().manual_seed(3)
     for _ in range(20):
-        groups = [torch.randint(1, 12, (int(n),), generator=generator).tolist() for n in torch.randint(1, 6, (4,), generator=generator)]
+        groups = [
+            torch.randint(1, 12, (int(n),), generator=generator).tolist()
+            for n in torch.randint(1, 6, (4,), generator=generator)
+        ]
         if len({v for g in groups for v in g}) < 2:
             continue
         h, p = evaluate.kruskal_wallis(groups)
@@ -201,7 +203,9 @@ def test_alignment_and_uniformity_known_answers():
     x = torch.nn.functional.normalize(torch.randn(5, 7), dim=-1)
     same = torch.arange(5)
     assert evaluate.alignment(x, same, same) == 0.0
-    assert evaluate.alignment(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0]), torch.tensor([1])) == pytest.approx(2.0)
+    assert evaluate.alignment(
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0]), torch.tensor([1])
+    ) == pytest.approx(2.0)
     # chunked sums equal the one-shot mean, whatever the chunk size
     left, right = torch.tensor([0, 1, 2, 3, 4, 0, 2]), torch.tensor([1, 2, 3, 4, 0, 3, 4])
     expected = (x[left] - x[right]).pow(2).sum(1).mean().item()
@@ -238,17 +242,26 @@ def make_beir_dir(root, qrels="tsv", lang=True):
     query q9 without judgements; qrels add one judgement for an unknown query and one for an
     unknown document."""
     topics = {"t1": "river water flows", "t2": "bread from the oven", "t3": "glass and light"}
-    corpus = [{"_id": f"{t}/{l}", "title": f"{t} title", "text": f"{text} {l}", **({"lang": l} if lang else {})}
-              for t, text in topics.items() for l in ("en", "de")]
-    queries = [{"_id": f"q{i}-{l}", "text": f"about {topics[f't{i}']} {l}", **({"lang": l} if lang else {})} for i in (1, 2) for l in ("en", "de")]
+    corpus = [
+        {"_id": f"{t}/{lg}", "title": f"{t} title", "text": f"{text} {lg}", **({"lang": lg} if lang else {})}
+        for t, text in topics.items()
+        for lg in ("en", "de")
+    ]
+    queries = [
+        {"_id": f"q{i}-{lg}", "text": f"about {topics[f't{i}']} {lg}", **({"lang": lg} if lang else {})}
+        for i in (1, 2)
+        for lg in ("en", "de")
+    ]
     queries.append({"_id": "q9", "text": "unjudged", "lang": "en"})
     write_jsonl(root / "corpus.jsonl", corpus)
     write_jsonl(root / "queries.jsonl", queries)
-    judgements = [(f"q{i}-{l}", f"t{i}/{m}", 1) for i in (1, 2) for l in ("en", "de") for m in ("en", "de")]
+    judgements = [(f"q{i}-{lg}", f"t{i}/{m}", 1) for i in (1, 2) for lg in ("en", "de") for m in ("en", "de")]
     judgements += [("q7-en", "t1/en", 1), ("q1-en", "t8/en", 2)]
     if qrels == "tsv":
         (root / "qrels").mkdir(parents=True, exist_ok=True)
-        (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in judgements))
+        (root / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in judgements)
+        )
     else:
         write_jsonl(root / "qrels.jsonl", [{"query-id": q, "corpus-id": d, "score": g} for q, d, g in judgements])
     return root
@@ -263,7 +276,12 @@ def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
     bench = data.load_benchmark(str(make_beir_dir(tmp_path / "b", qrels)))
     assert len(bench.corpus) == 6 and sorted(bench.queries) == ["q1-de", "q1-en", "q2-de", "q2-en"]
     assert bench.corpus["t2/de"] == ("t2 title bread from the oven de", "de")
-    assert bench.stats == {"unknown_query_judgements": 1, "unknown_document_judgements": 1, "skipped_queries": 1, "queries_without_relevant": 0}
+    assert bench.stats == {
+        "unknown_query_judgements": 1,
+        "unknown_document_judgements": 1,
+        "skipped_queries": 1,
+        "queries_without_relevant": 0,
+    }
     assert bench.qrels["q1-en"] == {"t1/en": 1, "t1/de": 1, "t8/en": 2}
     assert bench.query_groups == {"q1": ["q1-en", "q1-de"], "q2": ["q2-en", "q2-de"]}
     assert bench.doc_groups == {t: [f"{t}/en", f"{t}/de"] for t in ("t1", "t2", "t3")}
@@ -290,7 +308,9 @@ def test_hub_benchmark_is_read_from_the_hugging_face_cache(tmp_path):
     (repo / "refs" / "main").write_text("abc123")
     code = "import data; b = data.load_benchmark('someone/mlir-bench/MMLIR/xx'); print(len(b.corpus), len(b.queries))"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.split() == ["6", "4"], result.stderr
 
 
@@ -321,8 +341,22 @@ def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
     """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
     in range, the table printed, results.json written; a second run embeds nothing
     (cache hits) and reproduces the numbers exactly."""
-    args = ["--model", tiny_models["teacher"], "--model", tiny_models["student"], "--benchmark", rows,
-            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out"), "--doc-chunk", "7", "--query-chunk", "5"]
+    args = [
+        "--model",
+        tiny_models["teacher"],
+        "--model",
+        tiny_models["student"],
+        "--benchmark",
+        rows,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--doc-chunk",
+        "7",
+        "--query-chunk",
+        "5",
+    ]
     evaluate.main(args)
     printed = capsys.readouterr().out
     assert "nDCG@10" in printed and "PEER@100" in printed and tiny_models["student"] in printed
@@ -351,7 +385,18 @@ def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
     """--monolingual: each language's queries search its 3 documents; the row metrics
     are the mean of the per-language values, and the language-bias columns are n/a."""
     root = make_beir_dir(tmp_path / "b")
-    report = evaluate.main(["--model", tiny_models["teacher"], "--benchmark", str(root), "--monolingual", "--no-cache", "--out-dir", str(tmp_path / "out")])
+    report = evaluate.main(
+        [
+            "--model",
+            tiny_models["teacher"],
+            "--benchmark",
+            str(root),
+            "--monolingual",
+            "--no-cache",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     result = report[str(root)]["models"][tiny_models["teacher"]]
     per_language = result["per_language"]
     assert sorted(per_language) == ["de", "en"]
@@ -401,14 +446,18 @@ def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, c
 
 def test_plot_is_written_with_matplotlib(tmp_path):
     """matplotlib is in requirements.txt, so this runs wherever the README's set-up ran."""
-    report = {"b": {"models": {"m1": {"alignment": 1.0, "uniformity": -2.0}, "m2": {"alignment": 0.5, "uniformity": -3.0}}}}
+    report = {
+        "b": {"models": {"m1": {"alignment": 1.0, "uniformity": -2.0}, "m2": {"alignment": 0.5, "uniformity": -3.0}}}
+    }
     assert evaluate.plot_alignment_uniformity(report, tmp_path / "au.png") == tmp_path / "au.png"
     assert (tmp_path / "au.png").stat().st_size > 1000
 
 
 def run_script(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("case", ["unloadable_model", "no_queries", "no_lang"])
@@ -417,9 +466,21 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, t
     if case == "no_queries":
         (root / "queries.jsonl").unlink()
     model = "nobody/no-such-model" if case == "unloadable_model" else tiny_models["teacher"]
-    result = run_script("--model", model, "--benchmark", str(root), "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
-    expected = {"unloadable_model": "cannot load model 'nobody/no-such-model'", "no_queries": "has no queries: expected queries.jsonl",
-                "no_lang": "has no 'lang' field"}[case]
+    result = run_script(
+        "--model",
+        model,
+        "--benchmark",
+        str(root),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    expected = {
+        "unloadable_model": "cannot load model 'nobody/no-such-model'",
+        "no_queries": "has no queries: expected queries.jsonl",
+        "no_lang": "has no 'lang' field",
+    }[case]
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

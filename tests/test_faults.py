@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_rows
 
 import checkpoint
 import data
 import distill
 import joint_train
-from conftest import write_rows
 from data import BadInput
 from model import Encoder
 
@@ -23,9 +23,31 @@ def rows(tmp_path_factory):
 
 
 def args_for(tiny_models, rows, tmp_path, *extra):
-    return ["--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", rows,
-            "--out-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--dev-size", "4",
-            "--batch-size", "16", "--max-length", "32", "--max-steps", "6", "--save-every", "2", "--log-every", "100", *extra]
+    return [
+        "--teacher",
+        tiny_models["teacher"],
+        "--student",
+        tiny_models["student"],
+        "--data",
+        rows,
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--dev-size",
+        "4",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--log-every",
+        "100",
+        *extra,
+    ]
 
 
 def test_nonfinite_loss_stops_before_it_is_saved(tiny_models, rows, tmp_path, monkeypatch):
@@ -105,15 +127,34 @@ def write_long(tmp_path):
 
 def test_a_language_the_data_does_not_hold(tiny_models, rows, tmp_path):
     with pytest.raises(BadInput, match=r"lacks xx; every row needs all of --languages en xx"):
-        joint_train.main(["--objective", "xlco", "--student", tiny_models["student"], "--data", rows, "--languages", "en", "xx",
-                          "--out-dir", str(tmp_path / "run"), "--batch-size", "8", "--mini-batch-size", "4"])
+        joint_train.main(
+            [
+                "--objective",
+                "xlco",
+                "--student",
+                tiny_models["student"],
+                "--data",
+                rows,
+                "--languages",
+                "en",
+                "xx",
+                "--out-dir",
+                str(tmp_path / "run"),
+                "--batch-size",
+                "8",
+                "--mini-batch-size",
+                "4",
+            ]
+        )
     assert not (tmp_path / "run").exists()
 
 
 def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text((Path(tiny_models["student"]) / "config.json").read_text())  # no weights, no tokenizer
+    (broken / "config.json").write_text(
+        (Path(tiny_models["student"]) / "config.json").read_text()
+    )  # no weights, no tokenizer
     with pytest.raises(BadInput, match=r"cannot load model '.*broken' \(local directory\)"):
         Encoder(str(broken))
 
@@ -158,11 +199,25 @@ def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path
 def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
     """The advice after a non-finite loss is `--resume --lr X`: the resumed steps must
     run at X's schedule, not at the saved optimizer's peak."""
-    distill.main(args_for(tiny_models, rows, tmp_path, "--max-steps", "6", "--save-every", "2", "--log-every", "1", "--lr", "1e-3"))
-    full = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    distill.main(
+        args_for(
+            tiny_models, rows, tmp_path, "--max-steps", "6", "--save-every", "2", "--log-every", "1", "--lr", "1e-3"
+        )
+    )
+    full = {
+        r["step"]: r["lr"]
+        for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+        if "lr" in r
+    }
     shutil.rmtree(tmp_path / "run")
     distill.main(args_for(tiny_models, rows, tmp_path, "--max-steps", "2", "--log-every", "1", "--lr", "1e-3"))
-    distill.main(args_for(tiny_models, rows, tmp_path, "--resume", "--max-steps", "6", "--log-every", "1", "--lr", "2.5e-4"))
-    resumed = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    distill.main(
+        args_for(tiny_models, rows, tmp_path, "--resume", "--max-steps", "6", "--log-every", "1", "--lr", "2.5e-4")
+    )
+    resumed = {
+        r["step"]: r["lr"]
+        for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+        if "lr" in r
+    }
     for step in (3, 4, 5):
         assert resumed[step] == pytest.approx(full[step] / 4)

@@ -9,17 +9,33 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import ROOT, write_rows
 
 import data
 import distill
 import joint_train
-from conftest import ROOT, write_rows
 from data import BadInput
 from losses import cosine_distill_loss, info_nce
 from model import Encoder
 
-TEXTS_Q = ["what is water", "why is the sky blue", "stone age tools", "a river in spain", "green paper", "light and glass", "metal bread"]
-TEXTS_P = ["water is a liquid", "light scatters in air", "early people used stone", "the ebro flows east", "paper can be green", "glass lets light through", "nobody bakes metal"]
+TEXTS_Q = [
+    "what is water",
+    "why is the sky blue",
+    "stone age tools",
+    "a river in spain",
+    "green paper",
+    "light and glass",
+    "metal bread",
+]
+TEXTS_P = [
+    "water is a liquid",
+    "light scatters in air",
+    "early people used stone",
+    "the ebro flows east",
+    "paper can be green",
+    "glass lets light through",
+    "nobody bakes metal",
+]
 
 
 def loss_of(q, p, W, t_q, t_p):
@@ -67,10 +83,12 @@ def test_gradient_cache_replays_dropout(tiny_models):
     first, states = joint_train.embed_without_graph(student, TEXTS_Q, 3, autocast)
 
     seen, embed = [], student.embed
+
     def recording_embed(texts, prompt=None):
         out = embed(texts, prompt)
         seen.append(out.detach().float())
         return out
+
     student.embed = recording_embed
     joint_train.backward_through_cache(student, TEXTS_Q, torch.ones_like(first), states, 3, autocast)
     torch.testing.assert_close(torch.cat(seen), first, rtol=0, atol=0)
@@ -107,23 +125,68 @@ def test_same_language_pairs_for_the_infonce_baseline():
 def stage1(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("stage2")
     rows = write_rows(root / "rows.jsonl", n=24)
-    distill.main(["--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", rows,
-                  "--out-dir", str(root / "stage1"), "--cache-dir", str(root / "cache"), "--dev-size", "4",
-                  "--batch-size", "16", "--max-length", "32", "--max-steps", "2"])
+    distill.main(
+        [
+            "--teacher",
+            tiny_models["teacher"],
+            "--student",
+            tiny_models["student"],
+            "--data",
+            rows,
+            "--out-dir",
+            str(root / "stage1"),
+            "--cache-dir",
+            str(root / "cache"),
+            "--dev-size",
+            "4",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "32",
+            "--max-steps",
+            "2",
+        ]
+    )
     return {"rows": rows, "stage1": str(root / "stage1"), "cache": str(root / "cache")}
 
 
 def joint_args(tiny_models, stage1, out_dir, *extra):
-    return ["--stage1", stage1["stage1"], "--student", tiny_models["student"], "--data", stage1["rows"],
-            "--cache-dir", stage1["cache"], "--out-dir", str(out_dir), "--dev-size", "4", "--batch-size", "8",
-            "--mini-batch-size", "4", "--max-length", "32", "--max-steps", "4", "--save-every", "2", "--log-every", "2", *extra]
+    return [
+        "--stage1",
+        stage1["stage1"],
+        "--student",
+        tiny_models["student"],
+        "--data",
+        stage1["rows"],
+        "--cache-dir",
+        stage1["cache"],
+        "--out-dir",
+        str(out_dir),
+        "--dev-size",
+        "4",
+        "--batch-size",
+        "8",
+        "--mini-batch-size",
+        "4",
+        "--max-length",
+        "32",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--log-every",
+        "2",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("objective", ["mimo", "xlco", "infonce", "lakda"])
 def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models, stage1, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    history = joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--objective", objective, "--lam", "0.35"))
+    history = joint_train.main(
+        joint_args(tiny_models, stage1, tmp_path / "run", "--objective", objective, "--lam", "0.35")
+    )
     out = tmp_path / "run"
     assert SentenceTransformer(str(out), device="cpu").encode(["a query"]).shape == (1, 24)
     assert (out / "projection.pt").exists() == (objective == "mimo")  # only MIMO has W
@@ -132,7 +195,9 @@ def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models
     assert all(terms <= set(record) for record in log if "loss" in record)
     if objective == "mimo":
         record = [r for r in log if "loss" in r][-1]
-        assert record["loss"] == pytest.approx(0.35 * record["xlco"] + 0.65 * record["distill"], rel=1e-5)  # --lam, not a constant
+        assert record["loss"] == pytest.approx(
+            0.35 * record["xlco"] + 0.65 * record["distill"], rel=1e-5
+        )  # --lam, not a constant
         assert "distance" in history["after"]
 
 
@@ -141,19 +206,23 @@ def test_fused_kernel_gets_the_autocast_dtype(tiny_models, stage1, tmp_path):
     tensor-core path), and MIMO trains through it with finite loss terms. On CPU through
     Triton's interpreter, in a subprocess: TRITON_INTERPRET=1 must precede the import."""
     driver = (
-        "import sys, losses, joint_train\n"
+        "import sys, fused, joint_train\n"
         "seen = set()\n"
-        "real = losses._TritonInfoNCE.apply\n"
+        "real = fused.FusedInfoNCE.apply\n"
         "def apply(q, p, *rest):\n"
         "    seen.add((str(q.dtype), str(p.dtype)))\n"
         "    return real(q, p, *rest)\n"
-        "losses._TritonInfoNCE.apply = apply\n"
+        "fused.FusedInfoNCE.apply = apply\n"
         "joint_train.main(sys.argv[1:])\n"
         "print('kernel inputs', sorted(seen))\n"
     )
-    args = joint_args(tiny_models, stage1, tmp_path / "run", "--loss-impl", "triton", "--precision", "bf16", "--max-steps", "2")
+    args = joint_args(
+        tiny_models, stage1, tmp_path / "run", "--loss-impl", "triton", "--precision", "bf16", "--max-steps", "2"
+    )
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", driver, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", driver, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "InfoNCE info_nce_triton" in result.stdout
     assert "kernel inputs [('torch.bfloat16', 'torch.bfloat16')]" in result.stdout

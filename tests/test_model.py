@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from transformers import AutoModel
 
-from conftest import ROOT
 from data import BadInput
 from model import Encoder, TeacherCache, pool, teacher_embed
 
@@ -93,7 +93,9 @@ def test_hub_id_reads_its_sentence_transformers_config(tiny_models, tmp_path):
         "print(e.pooling, e.max_length, repr(e.prompts['query']), e.tokenizer.padding_side)\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "last 48 'Query: ' left"
 
@@ -122,7 +124,9 @@ def test_teacher_cache_round_trip_and_reuse(tiny_models, tmp_path):
     reopened = TeacherCache(tmp_path, "t", "", 32, teacher.dim)
     assert reopened.missing(TEXTS) == [] and len(reopened) == 4
     torch.testing.assert_close(reopened.get(TEXTS), first[:4])
-    assert TeacherCache(tmp_path, "t", "a prompt", 32, teacher.dim).missing(TEXTS) == TEXTS  # another prompt, another cache
+    assert (
+        TeacherCache(tmp_path, "t", "a prompt", 32, teacher.dim).missing(TEXTS) == TEXTS
+    )  # another prompt, another cache
 
 
 @pytest.mark.parametrize("leftover", ["row without key", "half a row", "half a key line"])

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, write_rows
 from safetensors.torch import load_file
 
 import checkpoint
 import distill
-from conftest import ROOT, write_rows
 from data import BadInput
 
 
@@ -24,9 +24,31 @@ def rows(tmp_path_factory):
 
 
 def distill_args(tiny_models, rows, out_dir, cache_dir, *extra):
-    return ["--teacher", tiny_models["teacher"], "--student", tiny_models["student"], "--data", rows,
-            "--out-dir", str(out_dir), "--cache-dir", str(cache_dir), "--dev-size", "4", "--batch-size", "16",
-            "--max-length", "32", "--max-steps", "6", "--save-every", "2", "--log-every", "2", *extra]
+    return [
+        "--teacher",
+        tiny_models["teacher"],
+        "--student",
+        tiny_models["student"],
+        "--data",
+        rows,
+        "--out-dir",
+        str(out_dir),
+        "--cache-dir",
+        str(cache_dir),
+        "--dev-size",
+        "4",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "2",
+        "--log-every",
+        "2",
+        *extra,
+    ]
 
 
 def weights(out_dir):
@@ -41,7 +63,9 @@ def test_distill_writes_a_loadable_run(tiny_models, rows, tmp_path):
 
     history = distill.main(distill_args(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--eval-every", "3"))
     out = tmp_path / "run"
-    assert {"model.safetensors", "modules.json", "projection.pt", "args.json", "log.jsonl", "trainer_state.pt"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "modules.json", "projection.pt", "args.json", "log.jsonl", "trainer_state.pt"} <= {
+        p.name for p in out.iterdir()
+    }
     projection = torch.load(out / "projection.pt")
     assert projection["weight"].shape == (32, 24)  # (teacher dim, student dim)
     assert json.loads((out / "args.json").read_text())["max_steps"] == 6
@@ -55,7 +79,17 @@ def test_distill_writes_a_loadable_run(tiny_models, rows, tmp_path):
 
 
 def test_mse_loss_and_no_projection(tiny_models, rows, tmp_path):
-    args = distill_args(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--distill-loss", "mse", "--no-projection", "--max-steps", "2")
+    args = distill_args(
+        tiny_models,
+        rows,
+        tmp_path / "run",
+        tmp_path / "cache",
+        "--distill-loss",
+        "mse",
+        "--no-projection",
+        "--max-steps",
+        "2",
+    )
     args[args.index("--student") + 1] = tiny_models["same"]  # same width as the teacher
     distill.main(args)
     projection = torch.load(tmp_path / "run" / "projection.pt")
@@ -87,7 +121,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_models, row
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if "loss" in line]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if "loss" in line
+    ]
     assert steps == [2, 4, 6]  # no step logged twice
 
 
@@ -125,8 +161,12 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, t
     }[case]
     base = distill_args(tiny_models, rows, tmp_path / "run", tmp_path / "cache")
     result = run_script("distill.py", *base, *args)
-    expected = {"missing_file": "missing.tsv' does not exist", "bad_json": "bad.jsonl:2: not valid JSON",
-                "unreachable_model": "cannot load model 'nobody/no-such-model'", "resume_nothing": "holds no run to resume"}[case]
+    expected = {
+        "missing_file": "missing.tsv' does not exist",
+        "bad_json": "bad.jsonl:2: not valid JSON",
+        "unreachable_model": "cannot load model 'nobody/no-such-model'",
+        "resume_nothing": "holds no run to resume",
+    }[case]
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -138,19 +178,37 @@ def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tin
     """A real `kill -9` of a running distill.py, its own cache and all, once it has
     logged step 7 (after the step-5 checkpoint): --resume goes on from step 5, logs
     every step once, and ends with the weights of an uninterrupted run."""
+
     def command(out_dir, *extra):
-        args = distill_args(tiny_models, rows, out_dir, tmp_path / f"cache-{out_dir.name}", "--max-steps", "30",
-                            "--save-every", "5", "--log-every", "1", *extra)
+        args = distill_args(
+            tiny_models,
+            rows,
+            out_dir,
+            tmp_path / f"cache-{out_dir.name}",
+            "--max-steps",
+            "30",
+            "--save-every",
+            "5",
+            "--log-every",
+            "1",
+            *extra,
+        )
         return [sys.executable, "distill.py", *args]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(command(tmp_path / "a"), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
 
     log = tmp_path / "b" / "log.jsonl"
-    process = subprocess.Popen(command(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        logged = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line] if log.exists() else []
+        logged = (
+            [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line]
+            if log.exists()
+            else []
+        )
         if logged and logged[-1] >= 7:
             process.send_signal(signal.SIGKILL)
             break

@@ -1,0 +1,356 @@
+"""
+Fused InfoNCE: losses.info_nce in Triton kernels, without the (B, N) score matrix.
+
+The math. With u_i = q_i / ||q_i||, v_j = p_j / ||p_j|| and S_ij = scale u_i . v_j,
+
+    L_q->p = mean_i [ lse_i - S_ii ],        lse_i  = log sum_{j<N} exp(S_ij)
+    L_p->q = mean_j<B [ clse_j - S_jj ],     clse_j = log sum_{i<B} exp(S_ij)
+    L      = L_q->p, or (L_q->p + L_p->q) / 2 when symmetric.
+
+Its gradient, with P_ij = exp(S_ij - lse_i) and C_ij = exp(S_ij - clse_j):
+
+    B dL/dS_ij = P_ij - delta_ij                                   (one-way)
+    B dL/dS_ij = (P_ij + [j < B] C_ij) / 2 - delta_ij              (symmetric)
+    dL/du_i = scale sum_j dL/dS_ij v_j,      dL/dv_j = scale sum_i dL/dS_ij u_i,
+
+then the chain rule through the normalisation, dL/dx = (dL/du - u (u . dL/du)) / ||x||.
+
+So the forward needs to keep only lse (B floats, plus clse when symmetric), and the
+backward rebuilds each score tile from q and p, as FlashAttention does.
+
+Design, against Inf-CL (Wang et al. 2024, "Breaking the Memory Barrier"), whose
+kernels compute in TF32 and recompute the scores in two backward kernels per
+direction, one for each input's gradient:
+- bf16/fp16 operands on tensor cores, fp32 accumulation and statistics;
+- one backward recompute per (query, passage) tile, turned into both gradients;
+- symmetric: the column statistics come from a second forward pass over the B
+  positives (B/N of a matmul), and one backward pass serves both directions.
+Matmuls of B x N x D per training step: 4 here (5 if symmetric with N = B)
+against Inf-CL's 5 (10 if symmetric), and info_nce's 3 (which store the scores).
+
+The L2 normalisation is fused: the kernels read the raw embeddings and scale each
+dot product by 1/||q_i|| and 1/||p_j||, computed once in PyTorch (O(B + N)). So no
+normalised copy is ever written, and bf16 inputs enter the tensor cores unrounded:
+the scores equal info_nce's fp32 scores up to summation order.
+
+This file imports Triton at the top; losses.info_nce_triton imports it only when
+it is used, so losses.py imports on machines without Triton.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from losses import inverse_norms, normalize_backward
+
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453  # the kernels use exp2 / log2
+
+# Triton decides at @triton.jit time whether kernels are compiled or interpreted
+# (triton.knobs in recent Triton; the environment variable itself in older ones).
+_knobs = getattr(triton, "knobs", None)
+INTERPRETED = bool(_knobs.runtime.interpret) if _knobs else os.environ.get("TRITON_INTERPRET") == "1"
+
+# Block sizes, warps and pipeline stages. Not yet measured on a GPU: 128 x 64 score
+# tiles and 64-wide slices of D are the Triton fused-attention tutorial's Hopper
+# setting. bench/gpu_check.sh sweeps candidates on the target GPU and prints the
+# best per shape; set the winners here and name that measurement beside them.
+BLOCK_M, BLOCK_N, BLOCK_D = 128, 64, 64
+FWD_WARPS, FWD_STAGES = 8, 3
+BWD_WARPS, BWD_STAGES = 8, 2
+# The grid under the interpreter is sized for an H100 SXM's 132 SMs, so that CPU
+# tests walk the same multi-split path as a GPU.
+INTERPRETER_SMS = 132
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def cosine_tile(
+    x_ptr,  # (M, D) raw row embeddings, unit stride along D
+    y_ptr,  # (N, D) raw column embeddings, unit stride along D
+    inv_x,  # (BLOCK_M,) fp32 1 / ||x_i|| for these rows (0 where masked)
+    inv_y,  # (BLOCK_N,) fp32 1 / ||y_j|| for these columns (0 where masked)
+    rows,  # (BLOCK_M,) row indices
+    cols,  # (BLOCK_N,) column indices
+    M,
+    N,
+    D,
+    stride_x,
+    stride_y,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """cos(x_i, y_j) = <x_i, y_j> / (||x_i|| ||y_j||) for one BLOCK_M x BLOCK_N tile, fp32.
+
+    The dot products run over D in BLOCK_D slices on tensor cores; masked rows,
+    columns and dimensions load as 0, so they contribute 0.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start_d in range(0, D, BLOCK_D):
+        dims = start_d + tl.arange(0, BLOCK_D)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_x + dims[None, :],
+            mask=(rows[:, None] < M) & (dims[None, :] < D),
+            other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
+        y = tl.load(
+            y_ptr + cols[:, None] * stride_y + dims[None, :],
+            mask=(cols[:, None] < N) & (dims[None, :] < D),
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_D)
+        if UPCAST:
+            # subtle: Triton's interpreter multiplies the bit patterns of bf16 operands
+            # in tl.dot (triton-lang/triton#11584; its docs: no bf16 arithmetic), so
+            # under TRITON_INTERPRET=1 the operands go up to fp32 first. Exact: bf16
+            # products are exact in fp32, as on a GPU.
+            x, y = x.to(tl.float32), y.to(tl.float32)
+        acc = tl.dot(x, tl.trans(y), acc, input_precision=DOT_PRECISION)
+    return acc * inv_x[:, None] * inv_y[None, :]
+
+
+@triton.jit
+def row_lse_kernel(
+    x_ptr,  # (M, D) raw row embeddings (queries; passages for the column pass)
+    y_ptr,  # (N, D) raw column embeddings
+    inv_x_ptr,  # (M,) fp32 1 / ||x_i||
+    inv_y_ptr,  # (N,) fp32 1 / ||y_j||
+    lse_ptr,  # (SPLITS, M) fp32 out: base-2 log-sum-exp of each row over one split's columns
+    M,
+    N,
+    D,
+    stride_x,
+    stride_y,
+    scale_log2,  # scale * log2(e): scores in base 2, for exp2
+    blocks_per_split,  # column blocks each program streams
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Row log-sum-exp of S = scale * cos(x, y) without storing S.
+
+    Program (r, s) streams columns [s * blocks_per_split * BLOCK_N, ...) of row
+    block r, keeping the running max m_i and l_i = sum_j 2^(S_ij log2 e - m_i)
+    (online softmax, Milakov and Gimelshein 2018), and writes m_i + log2 l_i; the
+    launcher merges the splits with one logsumexp over SPLITS values.
+    """
+    row_block, split = tl.program_id(0), tl.program_id(1)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    inv_x = tl.load(inv_x_ptr + rows, mask=rows < M, other=0.0)  # (BLOCK_M,)
+    m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, base 2
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)  # l_i, the running sum of 2^(s - m)
+    first = split * blocks_per_split * BLOCK_N
+    last = tl.minimum(first + blocks_per_split * BLOCK_N, N)
+    for start_n in range(first, last, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        inv_y = tl.load(inv_y_ptr + cols, mask=cols < N, other=0.0)  # (BLOCK_N,)
+        cos = cosine_tile(
+            x_ptr, y_ptr, inv_x, inv_y, rows, cols, M, N, D, stride_x, stride_y,
+            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION,
+        )  # fmt: skip
+        s = tl.where(cols[None, :] < N, scale_log2 * cos, float("-inf"))  # (BLOCK_M, BLOCK_N)
+        # Every split owns at least one real column, so m_new is finite here.
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        total = total * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
+        m = m_new
+    tl.store(lse_ptr + split * M + rows, m + tl.log2(total), mask=rows < M)
+
+
+@triton.jit
+def info_nce_bwd_kernel(
+    q_ptr,  # (B, D) raw queries, unit stride along D
+    p_ptr,  # (N, D) raw passages, unit stride along D
+    inv_q_ptr,  # (B,) fp32 1 / ||q_i||
+    inv_p_ptr,  # (N,) fp32 1 / ||p_j||
+    row_lse_ptr,  # (B,) fp32 base-2 lse of row i over all N passages
+    col_lse_ptr,  # (B,) fp32 base-2 lse of column j over the B queries; read if SYMMETRIC
+    grad_q_ptr,  # (B, D) fp32, zeroed, atomically accumulated: sum_j T_ij p_j
+    grad_p_ptr,  # (N, D) fp32, zeroed, atomically accumulated: sum_i T_ij q_i
+    B,
+    N,
+    D,
+    stride_q,
+    stride_p,
+    scale_log2,  # scale * log2(e)
+    blocks_per_split,  # passage blocks each program streams
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Both input gradients from one recompute of each score tile.
+
+    Each tile forms T_ij = B dL/dS_ij / (||q_i|| ||p_j||) once (the module
+    docstring's formula), rounds it to the input dtype, and feeds it to two
+    tensor-core dots whose results are added to grad_q (T p, for the tile's
+    queries) and grad_p (T^T q, for its passages). So grad_q_i = (B / scale)
+    ||q_i||^-1 dL/du_i, and the launcher applies the remaining factors and the
+    normalisation's chain rule.
+
+    subtle: D is too wide (384..1024) to keep a BLOCK_M x D accumulator in
+    registers, so partial sums go to global memory with atomic adds, one BLOCK_D
+    slice at a time, from every program that touches a row or column. Inf-CL's
+    kernels read and write dq and dk per tile too, but recompute the tile for each.
+    """
+    row_block, split = tl.program_id(0), tl.program_id(1)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    inv_q = tl.load(inv_q_ptr + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
+    row_lse = tl.load(row_lse_ptr + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
+    first = split * blocks_per_split * BLOCK_N
+    last = tl.minimum(first + blocks_per_split * BLOCK_N, N)
+    for start_n in range(first, last, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        inv_p = tl.load(inv_p_ptr + cols, mask=col_ok, other=0.0)  # (BLOCK_N,)
+        cos = cosine_tile(
+            q_ptr, p_ptr, inv_q, inv_p, rows, cols, B, N, D, stride_q, stride_p,
+            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION,
+        )  # fmt: skip
+        tile_ok = row_ok[:, None] & col_ok[None, :]
+        # Padding scores are -inf, so every exp below is 0 there and none overflows.
+        s = tl.where(tile_ok, scale_log2 * cos, float("-inf"))  # (BLOCK_M, BLOCK_N) base 2
+        # The positive's -1 carries weight 1/2 + 1/2 when symmetric, so 1 in both cases.
+        positive = (rows[:, None] == cols[None, :]).to(tl.float32)
+        if SYMMETRIC:
+            # Columns >= B are extra negatives with no column term: lse = +inf gives C = 0.
+            col_lse = tl.load(col_lse_ptr + cols, mask=cols < B, other=float("inf"))
+            d_s = 0.5 * (tl.exp2(s - row_lse[:, None]) + tl.exp2(s - col_lse[None, :])) - positive
+        else:
+            d_s = tl.exp2(s - row_lse[:, None]) - positive
+        d_s = tl.where(tile_ok, d_s, 0.0)  # padding row i may still have a "positive" column i
+        # T in the input dtype: the tensor cores' operand, in [-1, 1] / (||q_i|| ||p_j||).
+        t = (d_s * inv_q[:, None] * inv_p[None, :]).to(q_ptr.dtype.element_ty)
+        if UPCAST:
+            t = t.to(tl.float32)  # after the rounding, so the interpreter sees what a GPU sees
+        for start_d in range(0, D, BLOCK_D):
+            dims = start_d + tl.arange(0, BLOCK_D)
+            dim_ok = dims < D
+            q = tl.load(
+                q_ptr + rows[:, None] * stride_q + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )  # (BLOCK_M, BLOCK_D), an L2 hit: the recompute just read it
+            p = tl.load(
+                p_ptr + cols[:, None] * stride_p + dims[None, :],
+                mask=col_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_D)
+            if UPCAST:
+                q, p = q.to(tl.float32), p.to(tl.float32)
+            tl.atomic_add(
+                grad_q_ptr + rows[:, None] * D + dims[None, :],
+                tl.dot(t, p, input_precision=DOT_PRECISION),
+                mask=row_ok[:, None] & dim_ok[None, :],
+                sem="relaxed",  # plain sums: no ordering needed
+            )
+            tl.atomic_add(
+                grad_p_ptr + cols[:, None] * D + dims[None, :],
+                tl.dot(tl.trans(t), q, input_precision=DOT_PRECISION),
+                mask=col_ok[:, None] & dim_ok[None, :],
+                sem="relaxed",
+            )
+
+
+# ---------------------------------------------------------------------------
+# Launchers
+
+
+def dot_precision(x):
+    """tl.dot's input_precision: full fp32 ("ieee") for fp32 inputs, since TF32 (Triton's
+    default, 10-bit mantissa) would not equal info_nce; bf16/fp16 keep the default,
+    which only concerns fp32 operands."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def launch_grid(rows, cols, device):
+    """(row blocks, column splits, column blocks per split) for a rows x cols score matrix.
+
+    One program per BLOCK_M rows fills only B / 128 SMs (32 of 132 at B = 4096),
+    so the column loop is split until the grid is about two waves; every split
+    gets at least one column block. Unmeasured, like the block sizes.
+    """
+    row_blocks, col_blocks = triton.cdiv(rows, BLOCK_M), triton.cdiv(cols, BLOCK_N)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
+    splits = max(1, min(col_blocks, triton.cdiv(2 * sms, row_blocks)))
+    blocks_per_split = triton.cdiv(col_blocks, splits)
+    return row_blocks, triton.cdiv(col_blocks, blocks_per_split), blocks_per_split
+
+
+def row_lse(x, y, inv_x, inv_y, scale):
+    """logsumexp_j scale * cos(x_i, y_j), natural log: x (M, D), y (N, D) -> (M,) fp32."""
+    M, N, D = x.shape[0], y.shape[0], x.shape[1]
+    row_blocks, splits, blocks_per_split = launch_grid(M, N, x.device)
+    partial = torch.empty((splits, M), device=x.device, dtype=torch.float32)  # (SPLITS, M) base 2
+    row_lse_kernel[(row_blocks, splits)](
+        x, y, inv_x, inv_y, partial, M, N, D, x.stride(0), y.stride(0), scale * LOG2E, blocks_per_split,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, UPCAST=INTERPRETED,
+        DOT_PRECISION=dot_precision(x), num_warps=FWD_WARPS, num_stages=FWD_STAGES,
+    )  # fmt: skip
+    return torch.logsumexp(partial * LN2, dim=0)
+
+
+def info_nce_bwd(q, p, inv_q, inv_p, lse, col_lse, scale, symmetric):
+    """(B/scale) dL/du_i / ||q_i|| and (B/scale) dL/dv_j / ||p_j||: fp32 (B, D) and (N, D)."""
+    B, N, D = q.shape[0], p.shape[0], q.shape[1]
+    grad_q = torch.zeros((B, D), device=q.device, dtype=torch.float32)
+    grad_p = torch.zeros((N, D), device=q.device, dtype=torch.float32)
+    row_blocks, splits, blocks_per_split = launch_grid(B, N, q.device)
+    info_nce_bwd_kernel[(row_blocks, splits)](
+        q, p, inv_q, inv_p, lse * LOG2E, col_lse * LOG2E, grad_q, grad_p,
+        B, N, D, q.stride(0), p.stride(0), scale * LOG2E, blocks_per_split,
+        SYMMETRIC=symmetric, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+        UPCAST=INTERPRETED, DOT_PRECISION=dot_precision(q), num_warps=BWD_WARPS, num_stages=BWD_STAGES,
+    )  # fmt: skip
+    return grad_q, grad_p
+
+
+# ---------------------------------------------------------------------------
+# Autograd
+
+
+class FusedInfoNCE(torch.autograd.Function):
+    """losses.info_nce through the kernels above; called by losses.info_nce_triton."""
+
+    @staticmethod
+    def forward(ctx, q, p, scale, symmetric):
+        B = q.shape[0]
+        q, p = q.contiguous(), p.contiguous()  # the kernels assume unit stride along D
+        inv_q, inv_p = inverse_norms(q), inverse_norms(p)  # (B,), (N,)
+        lse = row_lse(q, p, inv_q, inv_p, scale)  # (B,)
+        # S_ii in fp32, O(B D): cheaper here than picking the diagonal out of tiles.
+        positive = scale * inv_q * inv_p[:B] * (q.float() * p[:B].float()).sum(-1)  # (B,)
+        loss = (lse - positive).mean()
+        col_lse = lse  # a placeholder the one-way kernel never reads
+        if symmetric:
+            # Column statistics = row statistics of the transposed problem over the B
+            # positives: a second pass of B x B x D, B/N of the first. One pass with
+            # atomics cannot merge log-sum-exps (no atomic op does), a fixed shift of
+            # exp by the bound scale underflows fp32 for scale > ~44, and per-row-block
+            # partials would cost O(B^2 / BLOCK_M) memory.
+            col_lse = row_lse(p[:B], q, inv_p[:B], inv_q, scale)  # (B,)
+            loss = (loss + (col_lse - positive).mean()) / 2
+        ctx.save_for_backward(q, p, inv_q, inv_p, lse, col_lse)
+        ctx.scale, ctx.symmetric = scale, symmetric
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, p, inv_q, inv_p, lse, col_lse = ctx.saved_tensors
+        grad_q, grad_p = info_nce_bwd(q, p, inv_q, inv_p, lse, col_lse, ctx.scale, ctx.symmetric)
+        coef = grad * (ctx.scale / q.shape[0])  # a tensor: no .item(), no GPU sync
+        # dL/du_i = coef ||q_i|| grad_q_i, then the chain rule through u = q / ||q||.
+        dq = normalize_backward(grad_q * (coef / inv_q)[:, None], q, inv_q)
+        dp = normalize_backward(grad_p * (coef / inv_p)[:, None], p, inv_p)
+        return dq.to(q.dtype), dp.to(p.dtype), None, None
