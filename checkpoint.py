@@ -1,10 +1,18 @@
 """
-Run directories, shared by distill.py and joint_train.py: arguments with presets
-and resume, output-directory protection, atomic checkpoints, RNG state, log lines.
+The run plumbing distill.py and joint_train.py share, so that each script's main()
+shows the method and this file shows the bookkeeping:
+
+- arguments: the flags both scripts share, presets, and --resume reading the
+  run's saved arguments;
+- the process: torchrun's rank, seed, device and precision (autocast and the
+  fp16 loss scaler);
+- `Run`: one training run directory, started fresh or resumed, with its log
+  lines, its non-finite checks and its crash-safe checkpoints.
 
 A run directory holds the student (loadable by SentenceTransformer and AutoModel),
 projection.pt (W), args.json, log.jsonl and trainer_state.pt. It is always written
-whole under a temporary name and swapped in, so a crash never leaves half of one.
+whole under a temporary name and swapped in, so a crash never leaves half of one,
+and only directories that hold a run of ours (args.json) are ever replaced.
 """
 
 import argparse
@@ -13,22 +21,68 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import distributed
+from cli import Range
 from data import BadInput
+
+# ---------------------------------------------------------------------------
+# Arguments
+
+
+def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, save_every):
+    """The flags both training scripts share, with that script's defaults; each help
+    text names the paper's value, read from the script's `paper` preset."""
+    paper = presets["paper"]
+    # fmt: off
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--lr", type=Range(float, 0, open_low=True), default=lr,
+                       help=f"peak AdamW learning rate (paper: {paper['lr']:g})")
+    group.add_argument("--weight-decay", type=Range(float, 0), default=0.01, help="AdamW weight decay")
+    group.add_argument("--warmup", type=Range(float, 0, 1), default=0.1,
+                       help="fraction of steps of linear warm-up, then linear decay to 0 (paper: 0.1)")
+    group.add_argument("--epochs", type=Range(int, 1), default=epochs,
+                       help=f"passes over the training data (paper: {paper['epochs']})")
+    group.add_argument("--max-steps", type=Range(int, 1), default=None,
+                       help="stop after this many steps (overrides --epochs for the schedule)")
+    group.add_argument("--max-length", type=Range(int, 1), default=max_length,
+                       help=f"student and teacher max tokens per text (paper: {paper['max_length']}); "
+                            "the teacher cache is kept per max length")
+    group.add_argument("--grad-clip", type=Range(float, 0), default=1.0, help="clip the gradient norm to this (0: off)")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast dtype; auto: bf16 on GPU (the paper's), fp32 on CPU")
+    group = parser.add_argument_group("run directory and bookkeeping")
+    group.add_argument("--cache-dir", default="runs/teacher_cache",
+                       help="teacher embedding cache, shared by runs and stages")
+    group.add_argument("--teacher-batch-size", type=Range(int, 1), default=128,
+                       help="texts per teacher forward when filling the cache")
+    group.add_argument("--log-every", type=Range(int, 1), default=log_every, help="steps between log lines")
+    group.add_argument("--save-every", type=Range(int, 1), default=save_every,
+                       help="steps between checkpoints (always one at the end)")
+    group.add_argument("--seed", type=Range(int, 0), default=0,
+                       help="seed for data order, sampling, language pairs and initialisation")
+    group.add_argument("--threads", type=Range(int, 0), default=0, help="CPU threads for torch (0: torch's default)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
+                            "(flags given now override them)")
+    group.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
+    # fmt: on
 
 
 def parse_args(parser, presets, argv=None):
     """Parse with a preset's values (or, with --resume, the run's saved arguments) as
-    defaults; flags given on the command line override either."""
+    defaults; flags given on the command line override either. Every value, wherever
+    it came from, is checked against its flag's Range."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
-    defaults = dict(presets[args.preset])
+    defaults, source = dict(presets[args.preset]), f"--preset {args.preset}"
     if args.resume:
         # subtle: a crash between save()'s two renames leaves the run as out_dir.tmp or
         # .old until check_out_dir() recovers it (on rank 0, later); read it from there
@@ -37,7 +91,16 @@ def parse_args(parser, presets, argv=None):
             raise BadInput(
                 f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
             )
-        defaults = json.loads(saved.read_text())
+        defaults, source = json.loads(saved.read_text()), str(saved)
+    # subtle: argparse would run a string default through its flag's type and report a
+    # bad one without saying where it came from; check them here, naming the source
+    for action in parser._actions:
+        value = defaults.get(action.dest)
+        if isinstance(action.type, Range) and value is not None and action.dest not in given:
+            try:
+                defaults[action.dest] = action.type.check(value)
+            except argparse.ArgumentTypeError as error:
+                raise BadInput(f"{source}: {action.option_strings[0]}: {error}") from None
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.resume = "resume" in given
@@ -58,6 +121,46 @@ def explicit_flags(parser, argv):
     return set(vars(shadow.parse_known_args(argv)[0]))
 
 
+# ---------------------------------------------------------------------------
+# The process: rank, seed, device, precision
+
+
+def seed_everything(seed, rank=0, threads=0):
+    """Python, NumPy and torch generators from the seed; ranks draw different dropout
+    masks (torch's seed + rank), while weights are broadcast from rank 0."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed + rank)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def adamw_with_schedule(params, args, steps_per_epoch):
+    """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else
+    --epochs of steps_per_epoch), with --warmup of the steps of linear warm-up from 0
+    and then linear decay to 0 (the paper's schedule, the Hugging Face Trainer's
+    default "linear" one)."""
+    max_steps = args.max_steps or steps_per_epoch * args.epochs
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    schedule = linear_schedule(int(args.warmup * max_steps), max_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), max_steps
+
+
+def linear_schedule(warmup_steps, max_steps):
+    """LR multiplier: linear warm-up from 0 to 1 over warmup_steps, then linear decay to 0."""
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (max_steps - step) / max(max_steps - warmup_steps, 1))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------
+# Output directories: only ever replace a run of ours
+
+
 def ours(path):
     """Whether path is missing, empty, or a run directory of ours (it holds args.json):
     the only directories this module ever deletes or replaces."""
@@ -67,6 +170,7 @@ def ours(path):
 def check_out_dir(out_dir, resume, overwrite):
     """Refuse to touch an existing run unless asked, and anything that is not a run
     at all; finish an interrupted swap first."""
+    out_dir = Path(out_dir)
     recover(out_dir)
     if not ours(out_dir):
         raise BadInput(
@@ -83,23 +187,42 @@ def check_out_dir(out_dir, resume, overwrite):
         )
 
 
-def start(out_dir, args):
-    """A fresh run directory holding only args.json (called once all input is checked)."""
-    if args.overwrite and ours(out_dir):
-        shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+def after_recovery(out_dir):
+    """Where the run is: out_dir, or after a crash between save()'s two renames the
+    complete new checkpoint (out_dir.tmp) or else the previous one (out_dir.old)."""
+    tmp, old = siblings(out_dir)
+    if not out_dir.exists() and (tmp / "trainer_state.pt").exists() and (tmp / "args.json").exists():
+        return tmp
+    if not out_dir.exists() and (old / "args.json").exists():
+        return old
+    return out_dir
 
 
-def save(out_dir, student, W, args, state):
+def recover(out_dir):
+    """Finish a swap that a crash interrupted between its two renames; folders named
+    like ours that are not runs (no args.json) are left alone."""
+    found = after_recovery(out_dir)
+    if found != out_dir:
+        os.replace(found, out_dir)
+    for leftover in siblings(out_dir):
+        if leftover.exists() and ours(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def siblings(out_dir):
+    """(out_dir.tmp, out_dir.old): where save() writes the next checkpoint, and where it
+    parks the previous one during the swap."""
+    return out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+
+
+def write_checkpoint(out_dir, student, W, args, state):
     """Write the whole run directory as out_dir.tmp, then swap it in with two renames.
 
     Directory renames are atomic, so a crash (or a full disk, which fails while
     .tmp is written) leaves the previous checkpoint in place; recover() finishes a
     swap interrupted between its two renames.
     """
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
+    tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
         if not ours(leftover):
             raise SystemExit(
@@ -112,19 +235,18 @@ def save(out_dir, student, W, args, state):
         (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))  # first: it marks the folder as ours
         student.save(tmp)
         if W is not None:
-            torch.save(
-                {"weight": W.weight.detach().cpu(), "student_dim": W.in_features, "teacher_dim": W.out_features},
-                tmp / "projection.pt",
-            )
+            projection = {
+                "weight": W.weight.detach().cpu(),
+                "student_dim": W.in_features,
+                "teacher_dim": W.out_features,
+            }
+            torch.save(projection, tmp / "projection.pt")
         if (out_dir / "log.jsonl").exists():
             shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
         torch.save(state, tmp / "trainer_state.pt")  # last: its presence marks a complete checkpoint
-    except (
-        OSError,
-        RuntimeError,
-    ) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch.save's
+    except (OSError, RuntimeError) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch's
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise SystemExit(
             f"error: could not write a checkpoint to {tmp} ({reason}); the previous checkpoint in {out_dir} is intact"
         ) from None
@@ -134,68 +256,13 @@ def save(out_dir, student, W, args, state):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def after_recovery(out_dir):
-    """Where the run is: out_dir, or after a crash between save()'s two renames the
-    complete new checkpoint (out_dir.tmp) or else the previous one (out_dir.old)."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    if not out_dir.exists() and (tmp / "trainer_state.pt").exists() and (tmp / "args.json").exists():
-        return tmp
-    if not out_dir.exists() and (old / "args.json").exists():
-        return old
-    return out_dir
+def first_line(error):
+    """An exception's message cut to its first line (library errors can run to pages), or its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def recover(out_dir):
-    """Finish a swap that a crash interrupted between its two renames; folders named
-    like ours that are not runs (no args.json) are left alone."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    old = out_dir.with_name(out_dir.name + ".old")
-    found = after_recovery(out_dir)
-    if found != out_dir:
-        os.replace(found, out_dir)
-    for leftover in (tmp, old):
-        if leftover.exists() and ours(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def load_state(out_dir, main_rank=True):
-    """The saved trainer state; log lines after its step are dropped (by rank 0),
-    since the resumed run is about to redo those steps."""
-    state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
-    log = out_dir / "log.jsonl"
-    if main_rank and log.exists():
-        lines = [line for line in log.read_text().splitlines() if json.loads(line).get("step", 0) <= state["step"]]
-        log.write_text("".join(line + "\n" for line in lines))
-    return state
-
-
-def set_learning_rate(optimizer, scheduler, lr):
-    """After loading a checkpoint: peak learning rate lr (e.g. a lower one given with
-    --resume --lr after a non-finite loss), at the schedule's current point.
-
-    subtle: the optimizer's and scheduler's saved states both carry the old peak
-    (initial_lr, base_lrs), and would silently keep it."""
-    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lr
-        group["lr"] = lr * factor
-
-
-def stop_not_finite(what, step, out_dir, script, lr):
-    """End a run whose loss, gradients or weights stopped being finite: say at which
-    step, and how to go on with a quarter of the learning rate."""
-    if (out_dir / "trainer_state.pt").exists():
-        advice = f"the last checkpoint in {out_dir} is intact: continue with `python {script} --resume --out-dir {out_dir} --lr {lr / 4:g}`"
-    else:
-        advice = f"no checkpoint was written yet: start again with your flags and `--overwrite --lr {lr / 4:g}`"
-    raise SystemExit(f"error: {what} at step {step}; {advice}")
-
-
-def all_finite(params):
-    """Whether every parameter is finite (one device sync; called before each save)."""
-    return bool(torch.stack([torch.isfinite(param).all() for param in params]).all())
+# ---------------------------------------------------------------------------
+# RNG state, learning rate after a resume
 
 
 def rng_state():
@@ -221,15 +288,22 @@ def set_rng_state(states, rank=0, world=1):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def linear_schedule(warmup_steps, max_steps):
-    """LR multiplier: linear warm-up from 0 to 1 over warmup_steps, then linear decay to 0."""
+def set_learning_rate(optimizer, scheduler, lr):
+    """After loading a checkpoint: peak learning rate lr (e.g. a lower one given with
+    --resume --lr after a non-finite loss), at the schedule's current point.
 
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (max_steps - step) / max(max_steps - warmup_steps, 1))
+    subtle: the optimizer's and scheduler's saved states both carry the old peak
+    (initial_lr, base_lrs), and would silently keep it."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
 
-    return factor
+
+def all_finite(params):
+    """Whether every parameter is finite (one device sync; called before each save)."""
+    return bool(torch.stack([torch.isfinite(param).all() for param in params]).all())
 
 
 def log_line(out_dir, record):
@@ -240,3 +314,161 @@ def log_line(out_dir, record):
     tqdm.write(text)
     with open(out_dir / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# One training run
+
+
+class Run:
+    """One training run: this process's place under torchrun, its device and precision,
+    and the run directory with what the loop does around each step.
+
+    Every rank builds one; rank 0 alone prints, logs and writes. Built first thing in
+    main(), it seeds the generators and checks --out-dir before anything is loaded.
+    `start()` begins a fresh run or loads the checkpoint into the student, W,
+    optimizer, scheduler and scaler; `after_step()` logs, checks for non-finite
+    values and says when a checkpoint is due; `save()` writes one (every rank takes
+    part, since RNG states are gathered).
+    """
+
+    def __init__(self, args, script):
+        self.args, self.script, self.out_dir = args, script, Path(args.out_dir)
+        self.rank, self.world, self.device = distributed.setup()  # (0, 1, cuda or cpu) without torchrun
+        self.main = self.rank == 0
+        if self.main:
+            print("arguments: " + json.dumps(vars(args)))
+            check_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+        if args.batch_size % self.world:
+            raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {self.world} processes")
+        self.per_rank = args.batch_size // self.world  # each rank's slice of every global batch
+        seed_everything(args.seed, self.rank, args.threads)
+        # One block decides precision; the loop has no branches: autocast() is a no-op for
+        # fp32, and the scaler is a no-op unless fp16 needs loss scaling.
+        self.precision = (
+            args.precision if args.precision != "auto" else "bf16" if self.device.type == "cuda" else "fp32"
+        )
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def autocast(self):
+        """The forward passes' autocast context: bf16/fp16 as --precision says, or off."""
+        dtype = self.amp_dtype or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+
+    def start(self, student, W, optimizer, scheduler, max_steps, description):
+        """(step, history): 0 and {} for a fresh run (its directory then holds args.json
+        only), or where the checkpoint left off with --resume. Starts the progress bar."""
+        self.student, self.W, self.optimizer, self.scheduler = student, W, optimizer, scheduler
+        self.params = [param for group in optimizer.param_groups for param in group["params"]]
+        self.max_steps = max_steps
+        step, history = 0, {}
+        if self.args.resume:
+            state = load_state(self.out_dir, self.main)
+            # subtle: the student is read back through its own saved files, so a resumed
+            # run trains exactly the weights a user would load from the folder
+            self.student.load_state_dict(type(self.student)(str(self.out_dir)).state_dict())
+            if self.W is not None:
+                self.W.weight.data.copy_(torch.load(self.out_dir / "projection.pt")["weight"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_learning_rate(self.optimizer, self.scheduler, self.args.lr)  # --resume --lr X takes effect
+            set_rng_state(state["rng"], self.rank, self.world)
+            step, history = state["step"], state["history"]
+            if self.main:
+                print(f"resumed from step {step} of {self.max_steps}")
+        elif self.main:
+            if self.args.overwrite and ours(self.out_dir):
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "args.json").write_text(json.dumps(vars(self.args), indent=2))
+        distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
+        distributed.barrier()
+        self.bar = tqdm(total=self.max_steps, initial=step, desc=description, dynamic_ncols=True, disable=not self.main)
+        self.examples, self.last_log = 0, time.time()
+        return step, history
+
+    def finish(self, step, history, **extra):
+        """The final checkpoint, written whether or not one was due; then, under torchrun,
+        the process leaves the group and ends."""
+        self.bar.close()
+        self.save(step, history, **extra)
+        if self.main:
+            print(f"saved to {self.out_dir}")
+        distributed.shutdown()
+
+    def log(self, record):
+        if self.main:
+            log_line(self.out_dir, record)
+
+    def after_step(self, step, loss, terms, grad_norm):
+        """Advance the bar; on log steps, check the loss and gradient norm are finite and
+        write one log line. Returns whether a checkpoint is due (the script saves it, once
+        anything it adds to the history is in).
+
+        .item() only here, on log and save steps: it waits for the device. Checking
+        before every save means a non-finite loss never reaches a checkpoint.
+        """
+        self.bar.update(1)
+        self.examples += self.args.batch_size
+        saving = step % self.args.save_every == 0 and step < self.max_steps
+        if step % self.args.log_every == 0 or step == self.max_steps or saving:
+            values = {name: distributed.mean_over_ranks(term.detach()).item() for name, term in terms.items()}
+            loss_value = distributed.mean_over_ranks(loss.detach()).item()
+            if not np.isfinite(loss_value):
+                self.stop_not_finite(f"the loss is {loss_value}", step)
+            if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps
+                self.stop_not_finite(f"the gradient norm is {grad_norm.item()}", step)
+            if self.main:
+                rate = self.examples / (time.time() - self.last_log)
+                self.bar.set_postfix({name: f"{value:.4f}" for name, value in (values or {"loss": loss_value}).items()})
+                lr = self.scheduler.get_last_lr()[0]
+                record = {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": lr}
+                log_line(self.out_dir, {**record, "ex/s": round(rate, 1)})
+            self.examples, self.last_log = 0, time.time()
+        return saving
+
+    def save(self, step, history, **extra):
+        """A checkpoint of everything a resume needs. Every rank calls this (their RNG
+        states are gathered); rank 0 writes. Non-finite weights (an update gone wrong
+        between log steps) are never saved."""
+        if not all_finite(self.params):
+            self.stop_not_finite("the weights are not finite", step)
+        rng = distributed.gather_objects(rng_state())
+        if self.main:
+            state = {
+                "step": step,
+                **extra,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "history": history,
+            }
+            write_checkpoint(self.out_dir, self.student, self.W, self.args, state)
+        distributed.barrier()
+
+    def stop_not_finite(self, what, step):
+        """End a run whose loss, gradients or weights stopped being finite: say at which
+        step, and how to go on with a quarter of the learning rate."""
+        lr = self.args.lr / 4
+        if (self.out_dir / "trainer_state.pt").exists():
+            advice = (
+                f"the last checkpoint in {self.out_dir} is intact: continue with "
+                f"`python {self.script} --resume --out-dir {self.out_dir} --lr {lr:g}`"
+            )
+        else:
+            advice = f"no checkpoint was written yet: start again with your flags and `--overwrite --lr {lr:g}`"
+        raise SystemExit(f"error: {what} at step {step}; {advice}")
+
+
+def load_state(out_dir, main_rank=True):
+    """The saved trainer state; log lines after its step are dropped (by rank 0),
+    since the resumed run is about to redo those steps."""
+    state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
+    log = out_dir / "log.jsonl"
+    if main_rank and log.exists():
+        lines = [line for line in log.read_text().splitlines() if json.loads(line).get("step", 0) <= state["step"]]
+        log.write_text("".join(line + "\n" for line in lines))
+    return state

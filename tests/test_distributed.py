@@ -1,26 +1,15 @@
 """Two processes under torchrun (gloo, CPU) against one process on the whole batch."""
 
-import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, write_rows
+from conftest import ROOT, read_log, torchrun, write_rows
 
 from losses import info_nce
 
 sys.path.insert(0, str(ROOT / "tests"))
 import ddp_worker  # noqa: E402
-
-
-def torchrun(*args, timeout=240):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.mark.parametrize("direction", ["one-way", "symmetric"])
@@ -94,7 +83,7 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
         *common,
     )
     assert "2 process(es), negatives gathered over all ranks" in result.stdout
-    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "s2")
     assert [record["step"] for record in log if "loss" in record] == [1, 2]  # logged once, by rank 0
     state = torch.load(tmp_path / "s2" / "trainer_state.pt", weights_only=False)
     assert len(state["rng"]) == 2  # both ranks' generators, for an exact resume

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import ROOT, write_rows
+from conftest import ROOT, joint_argv, read_log, trained_steps, write_rows
+from test_scripts import assert_same_weights
 
 import data
 import distill
@@ -150,47 +151,17 @@ def stage1(tiny_models, tmp_path_factory):
     return {"rows": rows, "stage1": str(root / "stage1"), "cache": str(root / "cache")}
 
 
-def joint_args(tiny_models, stage1, out_dir, *extra):
-    return [
-        "--stage1",
-        stage1["stage1"],
-        "--student",
-        tiny_models["student"],
-        "--data",
-        stage1["rows"],
-        "--cache-dir",
-        stage1["cache"],
-        "--out-dir",
-        str(out_dir),
-        "--dev-size",
-        "4",
-        "--batch-size",
-        "8",
-        "--mini-batch-size",
-        "4",
-        "--max-length",
-        "32",
-        "--max-steps",
-        "4",
-        "--save-every",
-        "2",
-        "--log-every",
-        "2",
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize("objective", ["mimo", "xlco", "infonce", "lakda"])
 def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models, stage1, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     history = joint_train.main(
-        joint_args(tiny_models, stage1, tmp_path / "run", "--objective", objective, "--lam", "0.35")
+        joint_argv(tiny_models, stage1, tmp_path / "run", "--objective", objective, "--lam", "0.35")
     )
     out = tmp_path / "run"
     assert SentenceTransformer(str(out), device="cpu").encode(["a query"]).shape == (1, 24)
     assert (out / "projection.pt").exists() == (objective == "mimo")  # only MIMO has W
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = read_log(out)
     terms = {"mimo": {"xlco", "distill"}, "xlco": {"xlco"}, "infonce": {"infonce"}, "lakda": {"lakda"}}[objective]
     assert all(terms <= set(record) for record in log if "loss" in record)
     if objective == "mimo":
@@ -216,7 +187,7 @@ def test_fused_kernel_gets_the_autocast_dtype(tiny_models, stage1, tmp_path):
         "joint_train.main(sys.argv[1:])\n"
         "print('kernel inputs', sorted(seen))\n"
     )
-    args = joint_args(
+    args = joint_argv(
         tiny_models, stage1, tmp_path / "run", "--loss-impl", "triton", "--precision", "bf16", "--max-steps", "2"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -226,37 +197,36 @@ def test_fused_kernel_gets_the_autocast_dtype(tiny_models, stage1, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "InfoNCE info_nce_triton" in result.stdout
     assert "kernel inputs [('torch.bfloat16', 'torch.bfloat16')]" in result.stdout
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "run")
     trained = [record for record in log if "loss" in record]
     assert [record["step"] for record in trained] == [2]
     assert all(0 < trained[0][term] < 10 for term in ("xlco", "distill"))
 
 
-def test_mimo_resume_matches_uninterrupted_run(tiny_models, stage1, tmp_path, monkeypatch):
-    joint_train.main(joint_args(tiny_models, stage1, tmp_path / "a"))
-    calls = {"n": 0}
-    real = joint_train.backward_through_cache
+def test_mimo_resume_after_the_step_2_checkpoint_matches_an_uninterrupted_run(
+    tiny_models, stage1, tmp_path, monkeypatch
+):
+    """Run A goes straight through 4 steps. Run B stops right after writing its step-2
+    checkpoint and is resumed: it ends with A's weights (and W), every step logged once."""
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "a"))
+    real_save = joint_train.Run.save
 
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # two calls a step (queries, passages): this is step 3, after the step-2 checkpoint
+    def save_then_stop_at_2(run, step, *args, **kwargs):
+        real_save(run, step, *args, **kwargs)
+        if step == 2:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(joint_train, "backward_through_cache", interrupting)
+    monkeypatch.setattr(joint_train.Run, "save", save_then_stop_at_2)
     with pytest.raises(KeyboardInterrupt):
-        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "b"))
-    monkeypatch.setattr(joint_train, "backward_through_cache", real)
-    joint_train.main(joint_args(tiny_models, stage1, tmp_path / "b", "--resume"))
-    from safetensors.torch import load_file
-
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+        joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "b"))
+    monkeypatch.setattr(joint_train.Run, "save", real_save)
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "b", "--resume"))
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert trained_steps(tmp_path / "b") == [2, 4]
 
 
 def test_missing_stage1_says_how_to_make_it(tiny_models, stage1, tmp_path):
-    args = joint_args(tiny_models, stage1, tmp_path / "run")
+    args = joint_argv(tiny_models, stage1, tmp_path / "run")
     args[args.index("--stage1") + 1] = str(tmp_path / "nowhere")
     with pytest.raises(BadInput, match=r"run `python distill.py` first, or use --objective xlco"):
         joint_train.main(args)
@@ -265,13 +235,13 @@ def test_missing_stage1_says_how_to_make_it(tiny_models, stage1, tmp_path):
 
 def test_mini_batch_larger_than_batch(tiny_models, stage1, tmp_path):
     with pytest.raises(BadInput, match="--mini-batch-size 16 is larger than --batch-size 8"):
-        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--mini-batch-size", "16"))
+        joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--mini-batch-size", "16"))
 
 
 def test_rows_with_one_language(tiny_models, stage1, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"id": "a", "query_en": "what is it", "passage_en": "it is a thing"}) + "\n")
-    args = joint_args(tiny_models, stage1, tmp_path / "run")
+    args = joint_argv(tiny_models, stage1, tmp_path / "run")
     args[args.index("--data") + 1] = str(path)
     with pytest.raises(BadInput, match="at least 2 languages"):
         joint_train.main(args)
@@ -279,5 +249,5 @@ def test_rows_with_one_language(tiny_models, stage1, tmp_path):
 
 def test_lakda_refuses_symmetric(tiny_models, stage1, tmp_path):
     with pytest.raises(BadInput, match="LaKDA .* has no passage-to-query term"):
-        joint_train.main(joint_args(tiny_models, stage1, tmp_path / "run", "--objective", "lakda", "--symmetric"))
+        joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--objective", "lakda", "--symmetric"))
     assert not (tmp_path / "run").exists()

@@ -1,0 +1,222 @@
+"""checkpoint.py and cli.py: arguments and their ranges, the crash-safe checkpoint
+(write whole, swap in, recover), resuming to the same weights, and the stops that
+keep non-finite numbers out of a checkpoint."""
+
+import argparse
+import json
+import shutil
+import signal
+
+import pytest
+import torch
+from conftest import distill_argv, interrupt_after_step, read_log, trained_steps, write_rows
+from test_scripts import assert_same_weights
+
+import checkpoint
+import distill
+from cli import Parser, Range
+from data import BadInput
+from model import Encoder
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return write_rows(tmp_path_factory.mktemp("checkpoint") / "rows.jsonl", n=24)
+
+
+def state_step(out_dir):
+    """The step of the checkpoint in out_dir."""
+    return torch.load(out_dir / "trainer_state.pt", weights_only=False)["step"]
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+
+
+@pytest.mark.parametrize(
+    "kind, bounds, good, bad",
+    [
+        (int, {"low": 1}, ["1", "7", "1000000"], ["0", "-3", "1.5", "nan", "x"]),
+        (float, {"low": 0, "high": 1}, ["0", "0.2", "1"], ["1.5", "-1", "nan", "inf", "-inf"]),
+        (float, {"low": 0, "open_low": True}, ["1e-9", "20"], ["0", "-1e-9", "nan", "inf"]),
+        (int, {}, ["-5", "0", "12"], ["2.0e400", "nan", "abc"]),
+    ],
+)
+def test_range_accepts_its_range_and_refuses_the_rest(kind, bounds, good, bad):
+    """Each flag's type names its valid range; nan and inf are never in one."""
+    check = Range(kind, **bounds)
+    for text in good:
+        assert check(text) == kind(text)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"expected .*, got '{text}'"):
+            check(text)
+
+
+def test_range_describes_itself():
+    assert Range(int, 1).describe() == "an integer >= 1"
+    assert Range(float, 0, 1).describe() == "a number in [0, 1]"
+    assert Range(float, 0, open_low=True).describe() == "a number > 0"
+    assert Range(float, 0, 1, open_high=True).describe() == "a number in [0, 1)"
+
+
+def test_parser_errors_are_one_line_and_status_1(capsys):
+    parser = Parser("test")
+    parser.add_argument("--lam", type=Range(float, 0, 1), default=0.2)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--lam", "1.5"])
+    assert stop.value.code == "error: argument --lam: expected a number in [0, 1], got '1.5'"
+    # sys.exit(text) prints the text and exits with status 1
+    assert capsys.readouterr().err == ""
+
+
+def test_flags_override_a_preset_and_resume_reads_the_saved_arguments(tmp_path):
+    def parser():
+        made = Parser("test")
+        made.add_argument("--preset", default="demo")
+        made.add_argument("--lr", type=Range(float, 0, open_low=True), default=1.0)
+        made.add_argument("--out-dir", default=str(tmp_path / "run"))
+        made.add_argument("--resume", action="store_true")
+        made.add_argument("--overwrite", action="store_true")
+        return made
+
+    presets = {"demo": {}, "paper": {"lr": 0.5}}
+    assert checkpoint.parse_args(parser(), presets, ["--preset", "paper"]).lr == 0.5
+    assert checkpoint.parse_args(parser(), presets, ["--preset", "paper", "--lr", "0.25"]).lr == 0.25
+    (tmp_path / "run").mkdir()
+    saved = {"preset": "demo", "lr": 0.125, "out_dir": str(tmp_path / "run"), "resume": False, "overwrite": False}
+    (tmp_path / "run" / "args.json").write_text(json.dumps(saved))
+    args = checkpoint.parse_args(parser(), presets, ["--resume"])
+    assert args.lr == 0.125 and args.resume and not args.overwrite
+    assert checkpoint.parse_args(parser(), presets, ["--resume", "--lr", "0.01"]).lr == 0.01
+
+    (tmp_path / "run" / "args.json").write_text(json.dumps({**saved, "lr": "fast"}))  # edited by hand
+    with pytest.raises(BadInput, match=r"run/args.json: --lr: expected a number > 0, got 'fast'"):
+        checkpoint.parse_args(parser(), presets, ["--resume"])
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    """4 warm-up steps of 10: 1/4, 2/4, 3/4, 1, then (10 - s) / 6 down to 0."""
+    factor = checkpoint.linear_schedule(4, 10)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [round(factor(s), 6) for s in (4, 7, 10)] == [1.0, 0.5, 0.0]
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint: written whole, swapped in, recovered
+
+
+def test_a_crash_between_the_two_renames_is_recovered_by_resume(tiny_models, rows, tmp_path):
+    """The swap renames run -> run.old, then run.tmp -> run. Killed in between, only
+    run.old and a complete run.tmp exist: --resume finds the run there, finishes the
+    swap and goes on. Killed while run.tmp was still being written (no
+    trainer_state.pt yet), the previous checkpoint comes back."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
+    distill.main([*argv, "--max-steps", "2"])
+    run = tmp_path / "run"
+    shutil.copytree(run, tmp_path / "run.tmp")
+    run.rename(tmp_path / "run.old")
+    distill.main([*argv, "--resume"])
+    assert state_step(run) == 6
+    assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
+
+    run.rename(tmp_path / "run.old")
+    (tmp_path / "run.tmp").mkdir()
+    (tmp_path / "run.tmp" / "args.json").write_text("{}")  # the checkpoint writes args.json first
+    checkpoint.recover(run)
+    assert state_step(run) == 6
+    assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
+
+
+def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path):
+    """--overwrite replaces a run, never a folder of someone else's files; nor does the
+    crash recovery touch a user's own `<out-dir>.old` or `.tmp` folder."""
+    mine = tmp_path / "run"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(BadInput, match="not a run of this repository .* never overwritten"):
+        distill.main(distill_argv(tiny_models, rows, mine, tmp_path / "cache", "--overwrite"))
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+    (tmp_path / "other.old").mkdir()
+    (tmp_path / "other.old" / "notes.txt").write_text("keep")
+    checkpoint.check_out_dir(tmp_path / "other", resume=False, overwrite=False)
+    assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_models, rows, tmp_path, monkeypatch):
+    """The step-4 checkpoint fails as a full disk fails (OSError ENOSPC while writing):
+    one sentence, the step-2 checkpoint intact, no half run.tmp, and --resume goes on."""
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if str(f).endswith("trainer_state.pt") and obj["step"] == 4:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    with pytest.raises(SystemExit, match="could not write a checkpoint .* the previous checkpoint in .* is intact"):
+        distill.main(argv)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert state_step(tmp_path / "run") == 2
+    assert not (tmp_path / "run.tmp").exists()
+    distill.main([*argv, "--resume"])  # and the run can go on
+    assert state_step(tmp_path / "run") == 6
+
+
+def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tiny_models, rows, tmp_path):
+    """A real `kill -9` of a running distill.py once it has logged step 7 (after the
+    step-5 checkpoint): --resume goes on from the last checkpoint, logs every step
+    once, and ends with the weights of an uninterrupted run."""
+
+    def argv(out_dir, *extra):
+        return ["distill.py", *distill_argv(tiny_models, rows, out_dir, tmp_path / f"cache-{out_dir.name}",
+                "--max-steps", "30", "--save-every", "5", "--log-every", "1", *extra)]  # fmt: skip
+
+    distill.main(argv(tmp_path / "a")[1:])
+    status, _ = interrupt_after_step(argv(tmp_path / "b"), tmp_path / "b", 7, signal.SIGKILL)
+    assert status == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 5 <= state_step(checkpoint.after_recovery(tmp_path / "b")) < 30
+
+    distill.main(argv(tmp_path / "b", "--resume")[1:])
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert trained_steps(tmp_path / "b") == list(range(1, 31))  # none trained twice, none skipped
+
+
+# ---------------------------------------------------------------------------
+# Non-finite numbers never reach a checkpoint
+
+
+def test_nonfinite_loss_stops_before_it_is_saved(tiny_models, rows, tmp_path, monkeypatch):
+    """From step 3 on the loss is NaN (and so are the weights after the update). The
+    run stops at the step-4 save check, naming the step and a resume command with a
+    lower learning rate; the step-2 checkpoint stays, with finite weights."""
+    real = distill.DISTILL_LOSSES["cosine"]
+    calls = {"n": 0}
+
+    def poisoned(student, teacher):
+        calls["n"] += 1
+        loss = real(student, teacher)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setitem(distill.DISTILL_LOSSES, "cosine", poisoned)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
+    with pytest.raises(SystemExit, match=r"the loss is nan at step 4; .* --resume .* --lr 2\.5e-05"):
+        distill.main(argv)
+    assert state_step(tmp_path / "run") == 2
+    saved = Encoder(str(tmp_path / "run"))
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+
+
+def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
+    """The advice after a non-finite loss is `--resume --lr X`: the resumed steps must
+    run at X's schedule, not at the saved optimizer's peak."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "1", "--lr", "1e-3")
+    distill.main(argv)
+    full = {r["step"]: r["lr"] for r in read_log(tmp_path / "run") if "lr" in r}
+    shutil.rmtree(tmp_path / "run")
+    distill.main([*argv, "--max-steps", "2"])
+    distill.main([*argv, "--resume", "--max-steps", "6", "--lr", "2.5e-4"])
+    resumed = {r["step"]: r["lr"] for r in read_log(tmp_path / "run") if "lr" in r}
+    for step in (3, 4, 5):
+        assert resumed[step] == pytest.approx(full[step] / 4)
