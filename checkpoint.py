@@ -20,17 +20,24 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 import distributed
-from cli import Range
-from data import BadInput
+from cli import BadInput, Range, first_line, interrupt_hints
+
+try:
+    import fcntl  # advisory locks: Linux and macOS
+except ImportError:  # Windows: runs are not locked against a second writer
+    fcntl = None
 
 # ---------------------------------------------------------------------------
 # Arguments
@@ -75,23 +82,24 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     # fmt: on
 
 
-def parse_args(parser, presets, argv=None):
+def parse_args(parser, presets, script, argv=None):
     """Parse with a preset's values (or, with --resume, the run's saved arguments) as
     defaults; flags given on the command line override either. Every value, wherever
-    it came from, is checked against its flag's Range."""
+    it came from, is checked against its flag's Range. script: the script's file name,
+    which args.json records, so a run is only ever resumed by the script that began it."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
     defaults, source = dict(presets[args.preset]), f"--preset {args.preset}"
     if args.resume:
         # subtle: a crash between save()'s two renames leaves the run as out_dir.tmp or
-        # .old until check_out_dir() recovers it (on rank 0, later); read it from there
+        # .old until claim_out_dir() recovers it (on rank 0, later); read it from there
         saved = after_recovery(Path(args.out_dir)) / "args.json"
         if not saved.is_file():
             raise BadInput(
                 f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
             )
-        defaults, source = json.loads(saved.read_text()), str(saved)
+        defaults, source = read_saved_arguments(saved, script, parser), f"--resume: {saved}"
     # subtle: argparse would run a string default through its flag's type and report a
     # bad one without saying where it came from; check them here, naming the source
     for action in parser._actions:
@@ -106,6 +114,25 @@ def parse_args(parser, presets, argv=None):
     args.resume = "resume" in given
     args.overwrite = "overwrite" in given
     return args
+
+
+def read_saved_arguments(path, script, parser):
+    """A run's args.json as parse defaults, refused in one sentence when it is damaged or
+    was written by the other training script."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(
+            f"--resume: {path} is not readable JSON ({first_line(error)}); the run cannot be resumed"
+        ) from None
+    if not isinstance(saved, dict):
+        raise BadInput(f"--resume: {path} holds {type(saved).__name__}, expected a JSON object of arguments")
+    writer = saved.pop("script", script)
+    unknown = sorted(set(saved) - {action.dest for action in parser._actions})
+    if writer != script or unknown:
+        by = f"by {writer}" if writer != script else f"with flags {script} does not have ({', '.join(unknown)})"
+        raise BadInput(f"--resume: '{path.parent}' holds a run written {by}; resume it with that script")
+    return saved
 
 
 def explicit_flags(parser, argv):
@@ -167,10 +194,21 @@ def ours(path):
     return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or (path / "args.json").is_file()))
 
 
-def check_out_dir(out_dir, resume, overwrite):
-    """Refuse to touch an existing run unless asked, and anything that is not a run
-    at all; finish an interrupted swap first."""
-    out_dir = Path(out_dir)
+def claim_out_dir(out_dir, resume, overwrite):
+    """Refuse to touch an existing run unless asked, anything that is not a run at all,
+    and a place no run can be written to; then lock the run against a second writer and
+    finish a swap a crash interrupted. Returns the lock (keep it referenced)."""
+    given, out_dir = out_dir, Path(out_dir).resolve()  # "." and ".." get real names
+    if out_dir == Path(out_dir.anchor):
+        raise BadInput(f"--out-dir '{given}' is the root of the file system; a run needs a folder of its own")
+    existing = next(parent for parent in [out_dir, *out_dir.parents] if parent.exists())
+    if not existing.is_dir():
+        raise BadInput(f"--out-dir '{given}': '{existing}' is a file, not a folder; choose another --out-dir")
+    try:  # the one sure test that a folder can be made here: make one, and remove it
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as error:
+        raise BadInput(f"--out-dir '{given}' cannot be written: {first_line(error)}") from None
+    lock = lock_run_dir(out_dir)
     recover(out_dir)
     if not ours(out_dir):
         raise BadInput(
@@ -185,6 +223,7 @@ def check_out_dir(out_dir, resume, overwrite):
         raise BadInput(
             f"--resume: '{out_dir}' has no checkpoint yet (no trainer_state.pt); start again with --overwrite"
         )
+    return lock
 
 
 def after_recovery(out_dir):
@@ -215,6 +254,45 @@ def siblings(out_dir):
     return out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
 
 
+def lock_run_dir(out_dir):
+    """Make this process the one owner of out_dir for as long as it lives.
+
+    An advisory lock (flock) on a hidden file beside the run, `.<name>.lock`: beside
+    it, not in it, because every checkpoint replaces the run folder whole. The kernel
+    drops the lock when the process ends, however it ends, so a run killed with
+    kill -9 leaves no stale lock; the file itself stays and names the last owner.
+    Returns the open lock file, which must stay referenced.
+    """
+    if fcntl is None:
+        return None
+    path = out_dir.with_name(f".{out_dir.name}.lock")
+    if path in held_locks:  # this process already owns it (main() called again in one process, as tests do)
+        return held_locks[path]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise BadInput(f"--out-dir '{out_dir}' is in use by {owner}; wait for it to end, or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    handle.write(f"process {os.getpid()} on {socket.gethostname()} (python {' '.join(sys.argv)}, since {started})")
+    handle.flush()
+    held_locks[path] = handle
+    return handle
+
+
+held_locks = {}  # lock file path -> open lock file, for every run directory this process owns
+
+
+class CheckpointError(Exception):
+    """A checkpoint that could not be written; the previous one is intact."""
+
+
 def write_checkpoint(out_dir, student, W, args, state):
     """Write the whole run directory as out_dir.tmp, then swap it in with two renames.
 
@@ -225,14 +303,14 @@ def write_checkpoint(out_dir, student, W, args, state):
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
         if not ours(leftover):
-            raise SystemExit(
-                f"error: '{leftover}' is in the way of the checkpoint and is not a run of this repository; "
-                f"move it, then continue with --resume (the checkpoint in {out_dir} is intact)"
+            raise CheckpointError(
+                f"'{leftover}' is in the way of the checkpoint and is not a run of this repository; "
+                f"move it, then continue with --resume"
             )
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        (tmp / "args.json").write_text(json.dumps(vars(args), indent=2))  # first: it marks the folder as ours
+        (tmp / "args.json").write_text(json.dumps(args, indent=2))  # first: it marks the folder as ours
         student.save(tmp)
         if W is not None:
             projection = {
@@ -244,21 +322,15 @@ def write_checkpoint(out_dir, student, W, args, state):
         if (out_dir / "log.jsonl").exists():
             shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
         torch.save(state, tmp / "trainer_state.pt")  # last: its presence marks a complete checkpoint
-    except (OSError, RuntimeError) as error:  # a full disk: OSError from Python's writes, RuntimeError from torch's
+    except (OSError, RuntimeError, SafetensorError) as error:
+        # a full disk fails here: OSError from Python's writes, RuntimeError from torch.save,
+        # SafetensorError from the weights; nothing of the half-written folder is kept
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = first_line(error)
-        raise SystemExit(
-            f"error: could not write a checkpoint to {tmp} ({reason}); the previous checkpoint in {out_dir} is intact"
-        ) from None
+        raise CheckpointError(f"could not write a checkpoint to {tmp} ({first_line(error)})") from None
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def first_line(error):
-    """An exception's message cut to its first line (library errors can run to pages), or its type."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 # ---------------------------------------------------------------------------
@@ -325,7 +397,8 @@ class Run:
     and the run directory with what the loop does around each step.
 
     Every rank builds one; rank 0 alone prints, logs and writes. Built first thing in
-    main(), it seeds the generators and checks --out-dir before anything is loaded.
+    main(), it seeds the generators and, on rank 0, claims --out-dir (checked, locked
+    against a second writer, recovered after a crash) before anything is loaded.
     `start()` begins a fresh run or loads the checkpoint into the student, W,
     optimizer, scheduler and scaler; `after_step()` logs, checks for non-finite
     values and says when a checkpoint is due; `save()` writes one (every rank takes
@@ -333,28 +406,36 @@ class Run:
     """
 
     def __init__(self, args, script):
-        self.args, self.script, self.out_dir = args, script, Path(args.out_dir)
+        self.args, self.script = args, script
+        self.out_dir = Path(args.out_dir)
+        if self.out_dir.name in ("", ".", ".."):  # "." or "/x/..": name it, so .tmp and .old siblings exist
+            self.out_dir = self.out_dir.resolve()
         self.rank, self.world, self.device = distributed.setup()  # (0, 1, cuda or cpu) without torchrun
         self.main = self.rank == 0
+        self.bar, self.saved_step, self.lock = None, None, None
         if self.main:
             print("arguments: " + json.dumps(vars(args)))
-            check_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked to
+            self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
         if args.batch_size % self.world:
             raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {self.world} processes")
         self.per_rank = args.batch_size // self.world  # each rank's slice of every global batch
         seed_everything(args.seed, self.rank, args.threads)
         # One block decides precision; the loop has no branches: autocast() is a no-op for
         # fp32, and the scaler is a no-op unless fp16 needs loss scaling.
-        self.precision = (
-            args.precision if args.precision != "auto" else "bf16" if self.device.type == "cuda" else "fp32"
-        )
+        auto = "bf16" if self.device.type == "cuda" else "fp32"
+        self.precision = auto if args.precision == "auto" else args.precision
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see cli.entry_point)
 
     def autocast(self):
         """The forward passes' autocast context: bf16/fp16 as --precision says, or off."""
         dtype = self.amp_dtype or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+
+    def saved_arguments(self):
+        """args.json: every resolved argument, and which script they belong to."""
+        return {"script": self.script, **vars(self.args)}
 
     def start(self, student, W, optimizer, scheduler, max_steps, description):
         """(step, history): 0 and {} for a fresh run (its directory then holds args.json
@@ -364,39 +445,51 @@ class Run:
         self.max_steps = max_steps
         step, history = 0, {}
         if self.args.resume:
-            state = load_state(self.out_dir, self.main)
-            # subtle: the student is read back through its own saved files, so a resumed
-            # run trains exactly the weights a user would load from the folder
-            self.student.load_state_dict(type(self.student)(str(self.out_dir)).state_dict())
-            if self.W is not None:
-                self.W.weight.data.copy_(torch.load(self.out_dir / "projection.pt")["weight"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            set_learning_rate(self.optimizer, self.scheduler, self.args.lr)  # --resume --lr X takes effect
-            set_rng_state(state["rng"], self.rank, self.world)
-            step, history = state["step"], state["history"]
-            if self.main:
-                print(f"resumed from step {step} of {self.max_steps}")
+            step, history = self.resume()
         elif self.main:
             if self.args.overwrite and ours(self.out_dir):
                 shutil.rmtree(self.out_dir, ignore_errors=True)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "args.json").write_text(json.dumps(vars(self.args), indent=2))
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                (self.out_dir / "args.json").write_text(json.dumps(self.saved_arguments(), indent=2))
+            except OSError as error:
+                raise BadInput(f"--out-dir '{self.out_dir}' cannot be written: {first_line(error)}") from None
         distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
         distributed.barrier()
         self.bar = tqdm(total=self.max_steps, initial=step, desc=description, dynamic_ncols=True, disable=not self.main)
         self.examples, self.last_log = 0, time.time()
         return step, history
 
-    def finish(self, step, history, **extra):
-        """The final checkpoint, written whether or not one was due; then, under torchrun,
-        the process leaves the group and ends."""
-        self.bar.close()
-        self.save(step, history, **extra)
+    def resume(self):
+        """Load the checkpoint in out_dir into the student, W, optimizer, scheduler, scaler
+        and generators; (step, history) where it left off. A damaged file is one sentence."""
+
+        def read(name, load):
+            try:
+                return load(self.out_dir / name)
+            except Exception as error:  # truncated or corrupt: torch, safetensors and transformers raise many kinds
+                raise BadInput(
+                    f"--resume: {self.out_dir / name} is damaged ({first_line(error)}); the checkpoint cannot be "
+                    "resumed: start again with --overwrite"
+                ) from None
+
+        state = read("trainer_state.pt", lambda path: torch.load(path, weights_only=False))
+        # subtle: the student is read back through its own saved files, so a resumed run
+        # trains exactly the weights a user would load from the folder
+        saved_student = read("model.safetensors", lambda _: type(self.student)(str(self.out_dir)))
+        self.student.load_state_dict(saved_student.state_dict())
+        if self.W is not None:
+            self.W.weight.data.copy_(read("projection.pt", torch.load)["weight"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_learning_rate(self.optimizer, self.scheduler, self.args.lr)  # --resume --lr X takes effect
+        set_rng_state(state["rng"], self.rank, self.world)
         if self.main:
-            print(f"saved to {self.out_dir}")
-        distributed.shutdown()
+            drop_log_lines_after(self.out_dir, state["step"])  # the resumed run is about to redo those steps
+            print(f"resumed from step {state['step']} of {self.max_steps}")
+        self.saved_step = state["step"]
+        return state["step"], state["history"]
 
     def log(self, record):
         if self.main:
@@ -446,29 +539,60 @@ class Run:
                 "rng": rng,
                 "history": history,
             }
-            write_checkpoint(self.out_dir, self.student, self.W, self.args, state)
+            try:
+                write_checkpoint(self.out_dir, self.student, self.W, self.saved_arguments(), state)
+            except CheckpointError as error:
+                self.stop(f"{error}; {self.where_to_go_on()}")
+            self.saved_step = step
         distributed.barrier()
+
+    def finish(self, step, history, **extra):
+        """The final checkpoint, written whether or not one was due; then, under torchrun,
+        the process leaves the group and ends."""
+        self.bar.close()
+        self.save(step, history, **extra)
+        if self.main:
+            print(f"saved to {self.out_dir}")
+        distributed.shutdown()
+
+    def where_to_go_on(self, lr=None):
+        """Half a sentence: the checkpoint a --resume continues from, or that there is none."""
+        lower = f" --lr {lr:g}" if lr is not None else ""
+        if self.saved_step is None:
+            return f"no checkpoint was written yet: start again with your flags and --overwrite{lower}"
+        return (
+            f"the checkpoint of step {self.saved_step} in {self.out_dir} is intact: continue with "
+            f"`python {self.script} --resume --out-dir {self.out_dir}{lower}`"
+        )
 
     def stop_not_finite(self, what, step):
         """End a run whose loss, gradients or weights stopped being finite: say at which
         step, and how to go on with a quarter of the learning rate."""
-        lr = self.args.lr / 4
-        if (self.out_dir / "trainer_state.pt").exists():
-            advice = (
-                f"the last checkpoint in {self.out_dir} is intact: continue with "
-                f"`python {self.script} --resume --out-dir {self.out_dir} --lr {lr:g}`"
-            )
-        else:
-            advice = f"no checkpoint was written yet: start again with your flags and `--overwrite --lr {lr:g}`"
-        raise SystemExit(f"error: {what} at step {step}; {advice}")
+        self.stop(f"{what} at step {step}; {self.where_to_go_on(lr=self.args.lr / 4)}")
+
+    def stop(self, message):
+        """End the run with one `error:` line, on a line of its own below the progress bar."""
+        if self.bar is not None:
+            self.bar.close()
+        raise SystemExit(f"error: {message}")
+
+    def interrupted(self):
+        """What Ctrl-C prints: where --resume will continue from (rank 0 only)."""
+        if self.bar is not None:
+            self.bar.close()
+        return f"interrupted; {self.where_to_go_on()}" if self.main else None
 
 
-def load_state(out_dir, main_rank=True):
-    """The saved trainer state; log lines after its step are dropped (by rank 0),
-    since the resumed run is about to redo those steps."""
-    state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
+def drop_log_lines_after(out_dir, step):
+    """Keep the log lines up to `step`; a line cut short by a kill is dropped too."""
     log = out_dir / "log.jsonl"
-    if main_rank and log.exists():
-        lines = [line for line in log.read_text().splitlines() if json.loads(line).get("step", 0) <= state["step"]]
-        log.write_text("".join(line + "\n" for line in lines))
-    return state
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    log.write_text("".join(line + "\n" for line in kept))

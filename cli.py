@@ -7,14 +7,22 @@ evaluate.py, data.py):
   raised anywhere into that line;
 - every numeric flag is typed with its valid range (`Range`), so a value outside
   it, nan or inf is refused where it is parsed, naming the flag and the range;
-- --help keeps the script's docstring as written and shows every default.
+- --help keeps the script's docstring as written and shows every default;
+- Ctrl-C says what is left and how to go on, not a traceback.
 """
 
 import argparse
 import math
 import sys
 
-from data import BadInput
+
+class BadInput(ValueError):
+    """Input the user can fix: the message names the file, line or argument and what was expected."""
+
+
+def first_line(error):
+    """An exception's message cut to its first line (library errors can run to pages), or its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class Range:
@@ -81,10 +89,20 @@ class Parser(argparse.ArgumentParser):
         sys.exit(f"error: {message}")
 
 
+# Functions that say, after Ctrl-C, what the user can do next, by what they speak for
+# (a training run's names the checkpoint --resume continues from); each returns a line or None.
+interrupt_hints = {}
+
+
 def entry_point(main):
     """Call main() as a script's entry point: a BadInput becomes its one `error:` line and
-    exit status 1."""
+    exit status 1; Ctrl-C prints what the interrupted work left (no traceback) and exits
+    with 130, the shell's status for an interrupt."""
     try:
         main()
     except BadInput as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        lines = [line for line in (hint() for hint in interrupt_hints.values()) if line]
+        print("\n".join(lines) or "interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -28,15 +28,13 @@ import sys
 from collections import Counter, namedtuple
 from pathlib import Path
 
+from cli import BadInput, first_line
+
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 ROW_COLUMN = re.compile(r"^(query|passage)_([a-z]{2,3}(?:[-_][A-Za-z]+)?)$")
 
 # One parallel example: the student embeds `text` (in `lang`), the teacher `english`.
 Pair = namedtuple("Pair", ["lang", "english", "text"])
-
-
-class BadInput(ValueError):
-    """Input the user can fix: the message names the file, line or argument and what was expected."""
 
 
 # ---------------------------------------------------------------------------
@@ -116,10 +114,9 @@ def read_hub_dataset(name, config):
     try:
         dataset = datasets.load_dataset(name, config, split="train")
     except Exception as error:  # offline, unknown id, unknown config: all one message
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInput(
             f"cannot load dataset '{name}'{' config ' + repr(config) if config else ''} "
-            f"(not a local file, and the hub needs a network or a cached copy): {first_line}"
+            f"(not a local file, and the hub needs a network or a cached copy): {first_line(error)}"
         ) from None
     for number, record in enumerate(dataset, 1):
         yield f"{name} row {number}", record

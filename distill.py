@@ -55,7 +55,8 @@ PRESETS = {
 DEMO_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def get_args(argv=None):
+def build_parser():
+    """The script's flags: its own, then those both training scripts share."""
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
@@ -98,7 +99,12 @@ def get_args(argv=None):
                        help="steps between dev evaluations (0: only before and after)")
     # fmt: on
     add_training_arguments(parser, PRESETS, lr=1e-4, epochs=2, max_length=64, log_every=10, save_every=50)
-    return parse_args(parser, PRESETS, argv)
+    return parser
+
+
+def get_args(argv=None):
+    """The arguments: a preset's (or, with --resume, the run's saved ones), then the flags given."""
+    return parse_args(build_parser(), PRESETS, "distill.py", argv)
 
 
 # ---------------------------------------------------------------------------

@@ -64,7 +64,8 @@ OBJECTIVES = ("mimo", "xlco", "infonce", "lakda")
 STUDENT_VIEWS = ("q", "p", "q_b")  # what the student embeds: queries in X, passages in Y, LaKDA's queries in Y
 
 
-def get_args(argv=None):
+def build_parser():
+    """The script's flags: its own, then those both training scripts share."""
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
@@ -120,13 +121,20 @@ def get_args(argv=None):
                        help="texts per forward with a graph under gradient caching (>= --batch-size: no caching)")
     # fmt: on
     add_training_arguments(parser, PRESETS, lr=2e-5, epochs=4, max_length=64, log_every=2, save_every=10)
+    return parser
+
+
+def get_args(argv=None):
+    """The arguments: a preset's (or, with --resume, the run's saved ones), then the flags
+    given; with the checks that involve more than one flag."""
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     # subtle: --out-dir's default depends on --objective, and --resume reads args.json
     # from --out-dir, so settle it before the preset/resume parse
     first, _ = parser.parse_known_args(argv)
     if first.out_dir is None:
         argv += ["--out-dir", "runs/stage2" if first.objective == "mimo" else f"runs/stage2-{first.objective}"]
-    args = parse_args(parser, PRESETS, argv)
+    args = parse_args(parser, PRESETS, "joint_train.py", argv)
     if args.mini_batch_size > args.batch_size:
         raise BadInput(
             f"--mini-batch-size {args.mini_batch_size} is larger than --batch-size {args.batch_size}; "

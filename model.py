@@ -25,7 +25,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from data import BadInput
+from cli import BadInput, first_line
 
 # The scripts draw their own progress bars; transformers' per-load bars would interleave.
 transformers.utils.logging.disable_progress_bar()
@@ -147,7 +147,7 @@ class Encoder(nn.Module):
                 if Path(path).is_dir()
                 else "hub id, which needs a network or a copy in the Hugging Face cache"
             )
-            raise BadInput(f"cannot load model '{name_or_path}' ({where}): {str(error).splitlines()[0]}") from None
+            raise BadInput(f"cannot load model '{name_or_path}' ({where}): {first_line(error)}") from None
         st_config = read_sentence_transformers_config(path)
         self.pooling = pooling or st_config.get("pooling", "mean")
         if self.pooling not in POOLING_MODES:

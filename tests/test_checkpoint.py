@@ -80,18 +80,18 @@ def test_flags_override_a_preset_and_resume_reads_the_saved_arguments(tmp_path):
         return made
 
     presets = {"demo": {}, "paper": {"lr": 0.5}}
-    assert checkpoint.parse_args(parser(), presets, ["--preset", "paper"]).lr == 0.5
-    assert checkpoint.parse_args(parser(), presets, ["--preset", "paper", "--lr", "0.25"]).lr == 0.25
+    assert checkpoint.parse_args(parser(), presets, "x.py", ["--preset", "paper"]).lr == 0.5
+    assert checkpoint.parse_args(parser(), presets, "x.py", ["--preset", "paper", "--lr", "0.25"]).lr == 0.25
     (tmp_path / "run").mkdir()
     saved = {"preset": "demo", "lr": 0.125, "out_dir": str(tmp_path / "run"), "resume": False, "overwrite": False}
     (tmp_path / "run" / "args.json").write_text(json.dumps(saved))
-    args = checkpoint.parse_args(parser(), presets, ["--resume"])
+    args = checkpoint.parse_args(parser(), presets, "x.py", ["--resume"])
     assert args.lr == 0.125 and args.resume and not args.overwrite
-    assert checkpoint.parse_args(parser(), presets, ["--resume", "--lr", "0.01"]).lr == 0.01
+    assert checkpoint.parse_args(parser(), presets, "x.py", ["--resume", "--lr", "0.01"]).lr == 0.01
 
     (tmp_path / "run" / "args.json").write_text(json.dumps({**saved, "lr": "fast"}))  # edited by hand
-    with pytest.raises(BadInput, match=r"run/args.json: --lr: expected a number > 0, got 'fast'"):
-        checkpoint.parse_args(parser(), presets, ["--resume"])
+    with pytest.raises(BadInput, match=r"--resume: .*run/args.json: --lr: expected a number > 0, got .fast."):
+        checkpoint.parse_args(parser(), presets, "x.py", ["--resume"])
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
@@ -139,7 +139,7 @@ def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path
 
     (tmp_path / "other.old").mkdir()
     (tmp_path / "other.old" / "notes.txt").write_text("keep")
-    checkpoint.check_out_dir(tmp_path / "other", resume=False, overwrite=False)
+    checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)
     assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
 
 
@@ -155,7 +155,10 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_models, rows,
 
     argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
-    with pytest.raises(SystemExit, match="could not write a checkpoint .* the previous checkpoint in .* is intact"):
+    with pytest.raises(
+        SystemExit,
+        match=r"could not write a checkpoint .* the checkpoint of step 2 in .* is intact: continue with .*--resume",
+    ):
         distill.main(argv)
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert state_step(tmp_path / "run") == 2

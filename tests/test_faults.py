@@ -1,15 +1,24 @@
-"""Malformed input, fed loader by loader: one sentence naming the file and line, and
-nothing written."""
+"""Hostile input: malformed files fed loader by loader, every numeric flag outside its
+range, folders no run can live in, damaged checkpoints, a full disk, a second writer.
+Each gets one sentence naming the file and line or the flag, a non-zero status, and
+nothing the user had is changed."""
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_rows
+from conftest import ROOT, distill_argv, run_script, script_env, trained_steps, write_rows
 
 import data
+import distill
 import joint_train
+from cli import Range
 from data import BadInput
 from model import Encoder
 
@@ -53,34 +62,196 @@ def write_long(tmp_path):
 
 
 def test_a_language_the_data_does_not_hold(tiny_models, rows, tmp_path):
+    argv = ["--objective", "xlco", "--student", tiny_models["student"], "--data", rows, "--languages", "en", "xx",
+            "--out-dir", str(tmp_path / "run"), "--batch-size", "8", "--mini-batch-size", "4"]  # fmt: skip
     with pytest.raises(BadInput, match=r"lacks xx; every row needs all of --languages en xx"):
-        joint_train.main(
-            [
-                "--objective",
-                "xlco",
-                "--student",
-                tiny_models["student"],
-                "--data",
-                rows,
-                "--languages",
-                "en",
-                "xx",
-                "--out-dir",
-                str(tmp_path / "run"),
-                "--batch-size",
-                "8",
-                "--mini-batch-size",
-                "4",
-            ]
-        )
+        joint_train.main(argv)
     assert not (tmp_path / "run").exists()
 
 
 def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text(
-        (Path(tiny_models["student"]) / "config.json").read_text()
-    )  # no weights, no tokenizer
+    # a config, but no weights and no tokenizer
+    (broken / "config.json").write_text((Path(tiny_models["student"]) / "config.json").read_text())
     with pytest.raises(BadInput, match=r"cannot load model '.*broken' \(local directory\)"):
         Encoder(str(broken))
+
+
+# ---------------------------------------------------------------------------
+# Every numeric flag refuses a value outside its range, and nan, before anything is written
+
+SCRIPTS = {"distill.py": distill, "joint_train.py": joint_train}
+
+
+def outside(check):
+    """Values just outside a Range (below its low end, above its high end) and nan."""
+    values = ["nan"]
+    if check.low is not None:
+        values.append(f"{check.low if check.open_low else check.low - 1:g}")
+    if check.high is not None:
+        values.append(f"{check.high if check.open_high else check.high + 1:g}")
+    return values
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_numeric_flag_is_range_checked(script, tmp_path, capsys):
+    """Walks the script's parser: a numeric flag without a Range fails this test (so a new
+    flag cannot forget its range); each Range refuses values just outside it and nan in
+    one line naming the flag, the value and the range, and no output folder appears."""
+    parser = SCRIPTS[script].build_parser()
+    numeric = [action for action in parser._actions if action.type in (int, float)]
+    assert not numeric, f"numeric flags without a Range: {[action.option_strings[0] for action in numeric]}"
+    checked = [action for action in parser._actions if isinstance(action.type, Range)]
+    assert len(checked) >= 15
+    out = tmp_path / "run"
+    for action in checked:
+        for value in outside(action.type):
+            with pytest.raises(SystemExit) as stop:
+                SCRIPTS[script].get_args([action.option_strings[0], value, "--out-dir", str(out)])
+            message = str(stop.value.code)
+            assert message.startswith(f"error: argument {action.option_strings[0]}: expected "), message
+            assert f"got '{value}'" in message and "\n" not in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, value, says", [("--lam", "1.5", "a number in [0, 1]"), ("--lr", "inf", "a number > 0")])
+def test_a_flag_out_of_range_is_status_1_and_one_line(flag, value, says, tmp_path):
+    result = run_script("joint_train.py", flag, value, "--out-dir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: argument {flag}: expected {says}, got '{value}'"
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------
+# Where a run goes, and what --resume finds there
+
+
+@pytest.mark.parametrize("where", ["root", "here", "proc", "below_a_file"])
+def test_out_dirs_no_run_can_live_in(where, tiny_models, rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    out_dir, says = {
+        "root": ("/", "is the root of the file system"),
+        "here": (".", "holds files that are not a run"),
+        "proc": ("/proc/mimo-run", "cannot be written"),
+        "below_a_file": (str(tmp_path / "notes.txt" / "run"), "is a file, not a folder"),
+    }[where]
+    with pytest.raises(BadInput, match=says):
+        distill.main(distill_argv(tiny_models, rows, out_dir, tmp_path / "cache"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_models, rows, tmp_path_factory):
+    """A finished 2-step distill.py run, copied by each test that damages it."""
+    root = tmp_path_factory.mktemp("finished")
+    distill.main(distill_argv(tiny_models, rows, root / "run", root / "cache", "--max-steps", "2"))
+    return root
+
+
+DAMAGE = {  # what is done to the run: (how, what the error says)
+    "args_not_json": (lambda run: (run / "args.json").write_text("{not json"), "args.json is not readable JSON"),
+    "args_not_an_object": (lambda run: (run / "args.json").write_text("[1, 2]"), "holds list, expected a JSON object"),
+    "args_wrong_type": (
+        lambda run: (run / "args.json").write_text(
+            json.dumps({**json.loads((run / "args.json").read_text()), "warmup": "lots"})
+        ),
+        "args.json: --warmup: expected a number in [0, 1], got 'lots'",
+    ),
+    "state_truncated": (
+        lambda run: (run / "trainer_state.pt").write_bytes((run / "trainer_state.pt").read_bytes()[:1000]),
+        "trainer_state.pt is damaged",
+    ),
+    "weights_truncated": (
+        lambda run: (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:1000]),
+        "model.safetensors is damaged",
+    ),
+}
+
+
+def snapshot(folder):
+    """Every file below folder and its bytes."""
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_resume_from_a_damaged_run_is_one_sentence(case, finished_run, tiny_models, rows, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    damage, says = DAMAGE[case]
+    damage(run)
+    before = snapshot(run)
+    result = run_script("distill.py", *distill_argv(tiny_models, rows, run, finished_run / "cache", "--resume"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --resume") and says in last, last
+    assert snapshot(run) == before  # nothing changed
+
+
+def test_joint_train_refuses_to_resume_a_stage_1_run(finished_run, tiny_models, rows, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    with pytest.raises(BadInput, match=r"holds a run written by distill.py; resume it with that script"):
+        joint_train.main(["--resume", "--out-dir", str(run)])
+
+
+# ---------------------------------------------------------------------------
+# A full disk, a second writer, Ctrl-C: as real processes
+
+FULL_DISK = """
+import errno, sys
+import model
+from safetensors import SafetensorError
+
+def full(*args, **kwargs):
+    raise {error}
+
+model.Encoder.save = full  # the first thing a checkpoint writes after args.json
+import cli, distill
+cli.entry_point(distill.main)
+"""
+
+
+@pytest.mark.parametrize(
+    "error", ["OSError(errno.ENOSPC, 'No space left on device')", "SafetensorError('IoError: No space left on device')"]
+)
+def test_a_full_disk_at_the_first_save(error, tiny_models, rows, tmp_path):
+    """The very first checkpoint fails as a full disk fails: one sentence on a line of its
+    own (not on the progress bar's), status 1, and no half-written run.tmp left behind."""
+    program = FULL_DISK.format(error=error)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "1")
+    result = run_script("-c", program, *argv)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: could not write a checkpoint"), errors
+    assert "No space left on device" in errors[0] and "no checkpoint was written yet" in errors[0]
+    assert not (tmp_path / "run.tmp").exists()
+
+
+def test_a_second_writer_is_refused_and_a_killed_owner_leaves_no_lock(tiny_models, rows, tmp_path):
+    """Run A owns its folder while it lives: B (even with --overwrite) is refused with one
+    sentence naming A's process. Killed with kill -9, A's lock goes with it, and C can
+    take the folder over."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--max-steps", "100000",
+                        "--save-every", "100000", "--log-every", "1")  # fmt: skip
+    a = subprocess.Popen([sys.executable, "distill.py", *argv], cwd=ROOT, env=script_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "run" / "log.jsonl").exists() and time.time() < deadline and a.poll() is None:
+            time.sleep(0.1)
+        assert a.poll() is None, "run A ended early"
+        b = run_script("distill.py", *argv, "--overwrite")
+        assert b.returncode == 1
+        assert b.stderr.strip().splitlines()[-1].startswith(f"error: --out-dir '{tmp_path / 'run'}' is in use by "
+                                                            f"process {a.pid} on ")  # fmt: skip
+        assert a.poll() is None  # B did not disturb A
+    finally:
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=60)
+    c = run_script("distill.py", *argv[:-6], "--max-steps", "2", "--overwrite")
+    assert c.returncode == 0, c.stderr[-2000:]
+    assert trained_steps(tmp_path / "run")[-1] == 2

@@ -3,13 +3,14 @@ balanced, and every objective trains for a few steps on tiny models."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
 
 import pytest
 import torch
-from conftest import ROOT, joint_argv, read_log, trained_steps, write_rows
+from conftest import ROOT, interrupt_after_step, joint_argv, read_log, trained_steps, write_rows
 from test_scripts import assert_same_weights
 
 import data
@@ -251,3 +252,24 @@ def test_lakda_refuses_symmetric(tiny_models, stage1, tmp_path):
     with pytest.raises(BadInput, match="LaKDA .* has no passage-to-query term"):
         joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--objective", "lakda", "--symmetric"))
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_where_resume_goes_on_and_resume_matches(tiny_models, stage1, tmp_path):
+    """A real Ctrl-C (SIGINT) of a running joint_train.py once it has logged step 7: no
+    traceback, one line naming the checkpoint --resume continues from and the command,
+    status 130; the resumed run ends with the weights of an uninterrupted one."""
+    argv = ["--max-steps", "30", "--save-every", "5", "--log-every", "1"]
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "a", *argv))
+    status, stderr = interrupt_after_step(
+        ["joint_train.py", *joint_argv(tiny_models, stage1, tmp_path / "b", *argv)], tmp_path / "b", 7, signal.SIGINT
+    )
+    assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    saved = torch.load(tmp_path / "b" / "trainer_state.pt", weights_only=False)["step"]
+    assert last == (
+        f"interrupted; the checkpoint of step {saved} in {tmp_path / 'b'} is intact: continue with "
+        f"`python joint_train.py --resume --out-dir {tmp_path / 'b'}`"
+    )
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "b", *argv, "--resume"))
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert trained_steps(tmp_path / "b") == list(range(1, 31))
