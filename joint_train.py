@@ -27,7 +27,7 @@ import torch
 
 import data
 import distributed
-from checkpoint import Run, adamw_with_schedule, add_training_arguments, parse_args
+from checkpoint import Run, adamw_with_schedule, add_training_arguments, load_projection, parse_args
 from cli import Parser, Range, entry_point
 from data import BadInput
 from losses import (
@@ -70,7 +70,7 @@ def build_parser():
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                         help="defaults to start from; flags given explicitly override them")
-    parser.add_argument("--out-dir", default=None,
+    parser.add_argument("--out-dir", "--output-dir", default=None,
                         help="run directory; default runs/stage2 for mimo, runs/stage2-<objective> for the baselines")
     group = parser.add_argument_group("objective")
     group.add_argument("--objective", choices=OBJECTIVES, default="mimo",
@@ -95,7 +95,7 @@ def build_parser():
                             "one elsewhere")
     group = parser.add_argument_group("models")
     group.add_argument("--stage1", default="runs/stage1",
-                       help="stage-1 run directory (student and projection.pt) that mimo starts from")
+                       help="stage-1 run directory (student and projection.safetensors) that mimo starts from")
     group.add_argument("--init", default="auto", choices=["auto", "stage1", "backbone"],
                        help="auto: mimo starts from --stage1, the baselines from the raw --student backbone")
     group.add_argument("--student", default="sentence-transformers/all-MiniLM-L6-v2",
@@ -162,9 +162,11 @@ def load_models(args, device, amp_dtype):
     also stage 1's frozen teacher, its projection W and the teacher caches for queries
     and passages (teacher, W and caches are None for the baselines)."""
     stage1 = Path(args.stage1)
-    if args.init == "stage1" and not ((stage1 / "projection.pt").is_file() and (stage1 / "config.json").is_file()):
+    if args.init == "stage1" and not (
+        (stage1 / "projection.safetensors").is_file() and (stage1 / "config.json").is_file()
+    ):
         raise BadInput(
-            f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and projection.pt): "
+            f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and projection.safetensors): "
             "run `python distill.py` first, or use --objective xlco, which needs no stage 1"
         )
     student = Encoder(str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length)
@@ -180,14 +182,14 @@ def load_models(args, device, amp_dtype):
     name = args.teacher or stage1_args["teacher"]
     pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")
     teacher = freeze(Encoder(name, pooling, args.max_length, dtype=amp_dtype if device.type == "cuda" else None))
-    projection = torch.load(stage1 / "projection.pt")
-    if projection["weight"].shape != (teacher.dim, student.dim):
+    projection = load_projection(stage1)  # (Dt, Ds)
+    if projection.shape != (teacher.dim, student.dim):
         raise BadInput(
-            f"{stage1}/projection.pt maps {projection['student_dim']} to {projection['teacher_dim']} dimensions, "
+            f"{stage1}/projection.safetensors maps {projection.shape[1]} to {projection.shape[0]} dimensions, "
             f"but the student has {student.dim} and the teacher '{name}' {teacher.dim}"
         )
     W = torch.nn.Linear(student.dim, teacher.dim, bias=False)  # weight (Dt, Ds), trained on
-    W.weight.data.copy_(projection["weight"])
+    W.weight.data.copy_(projection)
     # Queries and passages differ in prompt, so they have one cache each; with an empty
     # query prompt the query cache is stage 1's, and its English texts are reused.
     caches = {
@@ -195,6 +197,13 @@ def load_models(args, device, amp_dtype):
         for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))
     }
     return student, teacher, W, caches
+
+
+def base_model(args):
+    """The backbone the student began as: stage 1's student, or --student."""
+    if args.init == "stage1" and (Path(args.stage1) / "args.json").is_file():
+        return json.loads((Path(args.stage1) / "args.json").read_text()).get("student", args.stage1)
+    return args.student
 
 
 def make_batch(rows, pairs, objective):
@@ -377,7 +386,8 @@ def main(argv=None):
             targets("q_en", [row["query"]["en"] for row in dev_rows]),
             targets("p_en", [row["passage"]["en"] for row in dev_rows]),
         )
-    step, history = run.start(student, W, optimizer, scheduler, max_steps, f"joint_train {args.objective}")
+    card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages}
+    step, history = run.start(student, W, optimizer, scheduler, max_steps, f"joint_train {args.objective}", card)
     if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
         run.log({"step": 0, **{f"dev_{key}": value for key, value in history["before"].items()}})

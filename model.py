@@ -34,6 +34,7 @@ transformers.utils.logging.disable_progress_bar()
 # network. Any other name is a local path or a hub id and goes through the same code.
 SHIPPED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 POOLING_MODES = ("mean", "cls", "last")
+ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # sentence-transformers' names for them
 
 
 def resolve_model(name_or_path):
@@ -197,41 +198,34 @@ class Encoder(nn.Module):
         self.train(was_training)
         return out
 
-    def save(self, out_dir):
-        """Write weights, tokenizer and the sentence-transformers module files.
+    def save(self, out_dir, prompts=None):
+        """Write the encoder as a sentence-transformers model, through sentence-transformers
+        itself: Transformer, Pooling and Normalize modules, so the folder carries whatever
+        its installed version writes (module configs, version stamp, safetensors) and
+        loads in both SentenceTransformer(out_dir) and AutoModel.from_pretrained(out_dir).
+        Normalize is included because every loss and metric here is cosine.
 
-        The layout is the classic sentence-transformers one (Transformer, Pooling,
-        Normalize), which both old and new sentence-transformers versions read;
-        normalisation is included because every loss and metric here is cosine.
+        prompts: the prompts the model was trained with, by name ({"query": "..."}); the
+        default, none, is the truth for every model trained here. A prompt that only the
+        base model knew is not carried over: this model never saw it.
         """
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules import Normalize, Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        # subtle: sentence-transformers builds its Transformer module from a folder, so the
+        # weights go there first (save_pretrained) and come back through its loader
         self.backbone.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
         modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            Transformer(str(out_dir), max_seq_length=self.max_length),
+            Pooling(self.dim, pooling_mode=ST_POOLING[self.pooling]),
+            Normalize(),
         ]
-        (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
-        pooling = {
-            "word_embedding_dimension": self.dim,
-            "pooling_mode_cls_token": self.pooling == "cls",
-            "pooling_mode_mean_tokens": self.pooling == "mean",
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_lasttoken": self.pooling == "last",
-        }
-        (out_dir / "1_Pooling").mkdir(exist_ok=True)
-        (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-        (out_dir / "2_Normalize").mkdir(exist_ok=True)
-        (out_dir / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False})
-        )
-        prompts = {"query": "", "document": "", **self.prompts}
-        (out_dir / "config_sentence_transformers.json").write_text(
-            json.dumps({"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)
-        )
+        model = SentenceTransformer(modules=modules, prompts=prompts or {}, similarity_fn_name="cosine", device="cpu")
+        model.save(str(out_dir), create_model_card=False)  # the card is the run's own: see records.write_card
 
 
 def freeze(model):

@@ -26,7 +26,7 @@ def rows(tmp_path_factory):
 
 def state_step(out_dir):
     """The step of the checkpoint in out_dir."""
-    return torch.load(out_dir / "trainer_state.pt", weights_only=False)["step"]
+    return torch.load(out_dir / checkpoint.STATE, weights_only=False)["step"]
 
 
 # ---------------------------------------------------------------------------
@@ -94,11 +94,30 @@ def test_flags_override_a_preset_and_resume_reads_the_saved_arguments(tmp_path):
         checkpoint.parse_args(parser(), presets, "x.py", ["--resume"])
 
 
-def test_linear_schedule_warms_up_then_decays_to_zero():
-    """4 warm-up steps of 10: 1/4, 2/4, 3/4, 1, then (10 - s) / 6 down to 0."""
-    factor = checkpoint.linear_schedule(4, 10)
-    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert [round(factor(s), 6) for s in (4, 7, 10)] == [1.0, 0.5, 0.0]
+def test_the_schedule_warms_up_then_decays_to_zero():
+    """--warmup 0.4 of 10 steps: the Hugging Face "linear" schedule, s / 4 for the first 4
+    steps (0, 1/4, 1/2, 3/4), then (10 - s) / 6 down to 0 at step 10."""
+    args = argparse.Namespace(lr=2.0, weight_decay=0.0, warmup=0.4, max_steps=10, epochs=1)
+    optimizer, scheduler, max_steps = checkpoint.adamw_with_schedule([torch.zeros(1, requires_grad=True)], args, 99)
+    seen = []
+    for _ in range(max_steps + 1):
+        seen.append(optimizer.param_groups[0]["lr"] / 2.0)
+        optimizer.step()
+        scheduler.step()
+    assert max_steps == 10
+    assert [round(value, 6) for value in seen] == [
+        0,
+        0.25,
+        0.5,
+        0.75,
+        1,
+        0.833333,
+        0.666667,
+        0.5,
+        0.333333,
+        0.166667,
+        0,
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -109,7 +128,7 @@ def test_a_crash_between_the_two_renames_is_recovered_by_resume(tiny_models, row
     """The swap renames run -> run.old, then run.tmp -> run. Killed in between, only
     run.old and a complete run.tmp exist: --resume finds the run there, finishes the
     swap and goes on. Killed while run.tmp was still being written (no
-    trainer_state.pt yet), the previous checkpoint comes back."""
+    training state yet), the previous checkpoint comes back."""
     argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
     distill.main([*argv, "--max-steps", "2"])
     run = tmp_path / "run"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import ROOT, read_log, torchrun, write_rows
 
+import checkpoint
 from losses import info_nce
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -85,7 +86,7 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
     assert "2 process(es), negatives gathered over all ranks" in result.stdout
     log = read_log(tmp_path / "s2")
     assert [record["step"] for record in log if "loss" in record] == [1, 2]  # logged once, by rank 0
-    state = torch.load(tmp_path / "s2" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "s2" / checkpoint.STATE, weights_only=False)
     assert len(state["rng"]) == 2  # both ranks' generators, for an exact resume
     writer_processes = {
         p.stem.split("-")[-2] for p in (tmp_path / "cache").glob("*/keys-*.txt")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, distill_argv, run_script, script_env, trained_steps, write_rows
 
+import checkpoint
 import data
 import distill
 import joint_train
@@ -161,7 +162,7 @@ DAMAGE = {  # what is done to the run: (how, what the error says)
         "args.json: --warmup: expected a number in [0, 1], got 'lots'",
     ),
     "state_truncated": (
-        lambda run: (run / "trainer_state.pt").write_bytes((run / "trainer_state.pt").read_bytes()[:1000]),
+        lambda run: (run / checkpoint.STATE).write_bytes((run / checkpoint.STATE).read_bytes()[:1000]),
         "trainer_state.pt is damaged",
     ),
     "weights_truncated": (

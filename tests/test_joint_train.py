@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, interrupt_after_step, joint_argv, read_log, trained_steps, write_rows
 from test_scripts import assert_same_weights
 
+import checkpoint
 import data
 import distill
 import joint_train
@@ -161,11 +162,14 @@ def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models
     )
     out = tmp_path / "run"
     assert SentenceTransformer(str(out), device="cpu").encode(["a query"]).shape == (1, 24)
-    assert (out / "projection.pt").exists() == (objective == "mimo")  # only MIMO has W
+    assert (out / "projection.safetensors").exists() == (objective == "mimo")  # only MIMO has W
     log = read_log(out)
     terms = {"mimo": {"xlco", "distill"}, "xlco": {"xlco"}, "infonce": {"infonce"}, "lakda": {"lakda"}}[objective]
     assert all(terms <= set(record) for record in log if "loss" in record)
+    card = (out / "README.md").read_text()
     if objective == "mimo":
+        assert "L = 0.35 L_XLCO + 0.65 L_Distill (lambda = 0.35)" in card
+        assert f"| teacher | `{tiny_models['teacher']}` (frozen, English) |" in card
         record = [r for r in log if "loss" in r][-1]
         assert record["loss"] == pytest.approx(
             0.35 * record["xlco"] + 0.65 * record["distill"], rel=1e-5
@@ -265,7 +269,7 @@ def test_ctrl_c_says_where_resume_goes_on_and_resume_matches(tiny_models, stage1
     )
     assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    saved = torch.load(tmp_path / "b" / "trainer_state.pt", weights_only=False)["step"]
+    saved = torch.load(tmp_path / "b" / checkpoint.STATE, weights_only=False)["step"]
     assert last == (
         f"interrupted; the checkpoint of step {saved} in {tmp_path / 'b'} is intact: continue with "
         f"`python joint_train.py --resume --out-dir {tmp_path / 'b'}`"

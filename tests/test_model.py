@@ -1,5 +1,6 @@
 """model.py: pooling, save/load round trips, hub ids, the teacher cache."""
 
+import json
 import os
 import subprocess
 import sys
@@ -83,8 +84,7 @@ def test_hub_id_reads_its_sentence_transformers_config(tiny_models, tmp_path):
     out by hand. Run in a subprocess, since huggingface_hub reads HF_HUB_CACHE at import."""
     snapshot = tmp_path / "hub" / "models--tiny--decoder" / "snapshots" / ("0" * 40)
     encoder = Encoder(tiny_models["decoder"], pooling="last", max_length=48)
-    encoder.prompts = {"query": "Query: "}
-    encoder.save(snapshot)
+    encoder.save(snapshot, prompts={"query": "Query: "})
     (tmp_path / "hub" / "models--tiny--decoder" / "refs").mkdir()
     (tmp_path / "hub" / "models--tiny--decoder" / "refs" / "main").write_text("0" * 40)
     script = (
@@ -98,6 +98,37 @@ def test_hub_id_reads_its_sentence_transformers_config(tiny_models, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "last 48 'Query: ' left"
+
+
+def test_a_saved_model_keeps_only_the_prompts_it_was_trained_with(tiny_models, tmp_path):
+    """A base model with a `query: ` prompt, saved after training without it, must not
+    claim the prompt: its config holds none (sentence-transformers' empty defaults)."""
+    encoder = Encoder(tiny_models["student"])
+    encoder.save(tmp_path / "base", prompts={"query": "query: "})
+    assert Encoder(str(tmp_path / "base")).prompts["query"] == "query: "
+    Encoder(str(tmp_path / "base")).save(tmp_path / "trained")
+    saved = json.loads((tmp_path / "trained" / "config_sentence_transformers.json").read_text())
+    assert not any(saved["prompts"].values()), saved["prompts"]
+
+
+def test_sentence_transformers_loads_a_saved_model_without_a_warning(tiny_models, tmp_path):
+    """In a fresh interpreter with every warning shown and logging at WARNING: loading and
+    encoding print nothing but the vectors' shape."""
+    Encoder(tiny_models["student"], max_length=32).save(tmp_path / "saved")
+    script = (
+        "import logging, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "import transformers; transformers.utils.logging.disable_progress_bar()\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"model = SentenceTransformer({str(tmp_path / 'saved')!r}, device='cpu')\n"
+        "print(model.encode(['a b c']).shape, model.max_seq_length)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(1, 24) 32"
+    assert result.stderr.strip() == "", result.stderr
 
 
 def test_unreachable_model_is_one_sentence():

@@ -8,6 +8,7 @@ import torch
 from conftest import distill_argv, read_log, run_script, trained_steps, write_rows
 from safetensors.torch import load_file
 
+import checkpoint
 import distill
 from data import BadInput
 
@@ -20,7 +21,7 @@ def rows(tmp_path_factory):
 def weights(out_dir):
     """The student's tensors and W of a run directory, by name."""
     state = load_file(Path(out_dir) / "model.safetensors")
-    state["W"] = torch.load(Path(out_dir) / "projection.pt")["weight"]
+    state["W"] = checkpoint.load_projection(out_dir)
     return state
 
 
@@ -37,9 +38,16 @@ def test_distill_writes_a_loadable_run(tiny_models, rows, tmp_path):
 
     history = distill.main(distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--eval-every", "3"))
     out = tmp_path / "run"
-    expected = {"model.safetensors", "modules.json", "projection.pt", "args.json", "log.jsonl", "trainer_state.pt"}
+    expected = {
+        "model.safetensors",
+        "modules.json",
+        "projection.safetensors",
+        "args.json",
+        "log.jsonl",
+        "training_state",
+    }
     assert expected <= {p.name for p in out.iterdir()}
-    assert torch.load(out / "projection.pt")["weight"].shape == (32, 24)  # (teacher dim, student dim)
+    assert checkpoint.load_projection(out).shape == (32, 24)  # (teacher dim, student dim)
     assert trained_steps(out) == [2, 4, 6]
     assert [r["step"] for r in read_log(out) if "dev_distance" in r] == [0, 3, 6]
     assert history["after"]["distance"] < history["before"]["distance"]  # it learned something
@@ -52,8 +60,8 @@ def test_mse_loss_and_no_projection(tiny_models, rows, tmp_path):
     models = {**tiny_models, "student": tiny_models["same"]}  # as wide as the teacher
     argv = distill_argv(models, rows, tmp_path / "run", tmp_path / "cache", "--distill-loss", "mse", "--no-projection")
     distill.main([*argv, "--max-steps", "2"])
-    projection = torch.load(tmp_path / "run" / "projection.pt")
-    torch.testing.assert_close(projection["weight"], torch.eye(32))  # fixed identity, untouched
+    projection = checkpoint.load_projection(tmp_path / "run")
+    torch.testing.assert_close(projection, torch.eye(32))  # fixed identity, untouched
 
 
 def test_resume_after_the_step_4_checkpoint_matches_an_uninterrupted_run(tiny_models, rows, tmp_path, monkeypatch):
@@ -120,4 +128,95 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, t
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------
+# The run folder as a Hugging Face model: card, curves, trackers, upload, flags
+
+
+def test_the_run_folder_is_a_published_model(tiny_models, rows, tmp_path):
+    """The folder holds the model card, curves.png, projection.safetensors and the
+    training state in a subfolder; what an upload takes is exactly the model files."""
+    import records
+
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--report-to", "tensorboard")
+    distill.main(argv)
+    out = tmp_path / "run"
+    card = (out / "README.md").read_text()
+    assert f"| teacher | `{tiny_models['teacher']}` (frozen, English) |" in card
+    assert f"base_model: {tiny_models['student']}" in card and "library_name: sentence-transformers" in card
+    assert "- de\n- en\n- ru\n- zh" in card  # the languages trained on
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "training_state" / "trainer_state.pt").is_file() and not (out / "trainer_state.pt").exists()
+    uploaded = records.model_files(out)
+    assert "model.safetensors" in uploaded and "modules.json" in uploaded and "README.md" in uploaded
+    assert not [name for name in uploaded if name.split("/")[0] in records.RUN_ONLY]
+    assert set(uploaded) | {"args.json", "log.jsonl", "projection.safetensors"} == {
+        str(path.relative_to(out))
+        for path in out.rglob("*")
+        if path.is_file() and path.relative_to(out).parts[0] not in ("training_state", "tensorboard")
+    }
+
+
+def test_tensorboard_gets_the_records_of_log_jsonl(tiny_models, rows, tmp_path):
+    """--report-to tensorboard: event files in <out-dir>/tensorboard, kept across the
+    checkpoints' folder swaps, with the same loss values log.jsonl has."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--report-to", "tensorboard")
+    distill.main(argv)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = {record["step"]: record["loss"] for record in read_log(tmp_path / "run") if "loss" in record}
+    seen = {event.step: event.value for event in events.Scalars("train/loss")}
+    assert seen.keys() == logged.keys() == {2, 4, 6}
+    for step, value in logged.items():
+        assert seen[step] == pytest.approx(value, rel=1e-6)
+    assert [event.step for event in events.Scalars("dev/distance")] == [0, 6]
+
+
+def test_push_to_hub_uploads_the_model_files_only(tiny_models, rows, tmp_path, monkeypatch):
+    """Up to the network call: the repository is created as asked (private) and the upload
+    is limited to the model files and card."""
+    import huggingface_hub
+
+    import records
+
+    calls = {}
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.update(repo=(repo_id, kw))
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--max-steps", "2")
+    distill.main([*argv, "--push-to-hub", "someone/mimo-tiny", "--hub-private"])
+    assert calls["repo"] == ("someone/mimo-tiny", {"private": True, "exist_ok": True})
+    assert calls["upload"]["repo_id"] == "someone/mimo-tiny"
+    assert calls["upload"]["allow_patterns"] == records.model_files(tmp_path / "run")
+    assert "training_state/trainer_state.pt" not in calls["upload"]["allow_patterns"]
+
+
+def test_trainer_flag_names_are_aliases(tiny_models, rows, tmp_path):
+    """Flags a Hugging Face Trainer user types by habit mean the same here."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache")
+    args = distill.get_args([*argv, "--learning-rate", "3e-4", "--num-train-epochs", "3", "--max-grad-norm", "0.5",
+                             "--logging-steps", "7", "--save-steps", "9", "--warmup-ratio", "0.2",
+                             "--output-dir", str(tmp_path / "other")])  # fmt: skip
+    assert (args.lr, args.epochs, args.grad_clip, args.log_every, args.save_every, args.warmup) == (
+        3e-4, 3, 0.5, 7, 9, 0.2,
+    )  # fmt: skip
+    assert args.out_dir == str(tmp_path / "other")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--device", "mps"], "--device mps: no mps device is available here"),
+    (["--report-to", "wandb"], "--report-to wandb needs the wandb package: pip install wandb"),
+])  # fmt: skip
+def test_unavailable_devices_and_trackers_are_one_sentence(flags, says, tiny_models, rows, tmp_path):
+    import torch as torch_module
+
+    if "mps" in flags and torch_module.backends.mps.is_available():
+        flags, says = ["--device", "cuda"], "--device cuda: no cuda device is available here"
+    with pytest.raises(BadInput, match=says):
+        distill.main(distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", *flags))
     assert not (tmp_path / "run").exists()
