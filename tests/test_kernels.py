@@ -64,6 +64,10 @@ CASES = [
 # Triton's interpreter is slow: the shapes up to B = 129 and D = 384, plus one fp16 case.
 INTERPRETER_CASES = [case for case in CASES if case[0] <= 129 and case[2] <= 384]
 INTERPRETER_CASES.append((129, 300, 64, torch.float16, 20.0, True))
+# Run again with other tiles than fused.py's (forward, backward): smaller than the shapes,
+# so many programs and partial tiles; the results must not depend on the tiles.
+OTHER_TILES = ("32x16x16/w4/s2", "16x32x32/w2/s1")
+OTHER_TILES_CASES = [(129, 300, 64, torch.bfloat16, 20.0, True), (7, 20, 384, torch.float32, 100.0, False)]
 GRAD_RTOL = {torch.float32: 2e-5, torch.bfloat16: 2**-6, torch.float16: 2**-8}
 
 
@@ -159,14 +163,19 @@ def test_triton_matches_info_nce_on_cuda(case):
 
 
 def run_interpreter_cases():
-    """Entry point of test_triton_interpreter's subprocess: every INTERPRETER_CASE,
-    one line each, stopping at the first mismatch with its case in the message."""
+    """Entry point of test_triton_interpreter's subprocess: every INTERPRETER_CASE, then
+    the OTHER_TILES_CASES under OTHER_TILES, one line each, stopping at the first
+    mismatch with its case in the message."""
     import fused
 
     assert fused.INTERPRETED, "run with TRITON_INTERPRET=1 set before Python starts"
-    for index, (B, N, D, dtype, scale, symmetric) in enumerate(INTERPRETER_CASES):
+    default_tiles = f"{fused.FORWARD}, {fused.BACKWARD}"
+    runs = [(case, None) for case in INTERPRETER_CASES] + [(case, OTHER_TILES) for case in OTHER_TILES_CASES]
+    for index, ((B, N, D, dtype, scale, symmetric), tiles) in enumerate(runs):
         torch.manual_seed(index)
-        case = _case_id((B, N, D, dtype, scale, symmetric))
+        case = f"{_case_id((B, N, D, dtype, scale, symmetric))} tiles {', '.join(tiles) if tiles else default_tiles}"
+        if tiles:
+            fused.configure(*(fused.Tiles.parse(text) for text in tiles))
         try:
             check_against_reference(losses.info_nce_triton, B, N, D, dtype, scale, symmetric)
         except AssertionError as error:
@@ -182,7 +191,23 @@ def test_triton_interpreter():
     report = result.stdout + result.stderr
     print(report)
     assert result.returncode == 0, f"Triton kernels under TRITON_INTERPRET=1 failed:\n{report[-4000:]}"
-    assert result.stdout.count("ok ") == len(INTERPRETER_CASES), report
+    assert result.stdout.count("ok ") == len(INTERPRETER_CASES) + len(OTHER_TILES_CASES), report
+    assert f"tiles {', '.join(OTHER_TILES)}" in result.stdout, report
+
+
+def test_tiles_are_written_and_read_back():
+    fused = pytest.importorskip("fused")
+    tiles = fused.Tiles.parse("128x64x32/w4/s3")
+    assert (tiles.block_m, tiles.block_n, tiles.block_d, tiles.warps, tiles.stages) == (128, 64, 32, 4, 3)
+    assert fused.Tiles.parse(str(fused.FORWARD)) == fused.FORWARD
+    with pytest.raises(ValueError, match="block_m must be a power of two of at least 16, got 96"):
+        fused.Tiles(96, 64, 64, warps=4, stages=3)
+    with pytest.raises(ValueError, match="block_d must be a power of two of at least 16, got 8"):
+        fused.Tiles(64, 64, 8, warps=4, stages=3)
+    with pytest.raises(ValueError, match="warps must be 1, 2, 4, 8 or 16"):
+        fused.Tiles(64, 64, 64, warps=3, stages=3)
+    with pytest.raises(ValueError, match="like 128x64x64/w8/s3; got '128x64'"):
+        fused.Tiles.parse("128x64")
 
 
 # ---------------------------------------------------------------------------
