@@ -373,7 +373,9 @@ def main(argv=None):
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)  # noqa: E731
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # only fp16 needs loss scaling
     try:
-        info_nce = pick_info_nce(args.loss_impl, device)
+        info_nce = pick_info_nce(
+            args.loss_impl, device, per_rank, passages=args.batch_size if args.gather_negatives else per_rank
+        )
     except ValueError as error:
         raise BadInput(str(error)) from None
     # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send

@@ -216,25 +216,60 @@ def test_tiles_are_written_and_read_back():
 
 def test_pick_info_nce(monkeypatch):
     assert set(losses.INFO_NCE_IMPLS) == {"torch", "chunked", "triton"}
-    assert losses.pick_info_nce("auto", "cpu") is losses.info_nce_chunked
-    assert losses.pick_info_nce("torch", "cpu") is losses.info_nce
-    assert losses.pick_info_nce("chunked", torch.device("cpu")) is losses.info_nce_chunked
+    assert losses.pick_info_nce("torch", "cpu", 32) is losses.info_nce
+    assert losses.pick_info_nce("chunked", torch.device("cpu"), 32) is losses.info_nce_chunked
     with pytest.raises(ValueError, match="unknown InfoNCE implementation"):
-        losses.pick_info_nce("flash", "cpu")
-    # Without Triton: auto falls back even on a GPU, and asking for triton says why.
+        losses.pick_info_nce("flash", "cpu", 32)
+    # auto without a measurement: plain info_nce up to SMALL_SCORES = 8192^2 scores, chunked beyond
+    monkeypatch.setattr(losses, "MEASURED_FASTEST", {})
+    assert losses.SMALL_SCORES == 8192 * 8192
+    assert losses.pick_info_nce("auto", "cpu", 8192, 384) is losses.info_nce
+    assert losses.pick_info_nce("auto", "cpu", 8193, 384) is losses.info_nce_chunked
+    assert losses.pick_info_nce("auto", "cpu", 4096, 384, passages=32768) is losses.info_nce_chunked
+    # Without Triton: auto never takes the kernel, even on a GPU, and asking for it says why.
     monkeypatch.setattr(losses, "TRITON_INSTALLED", False)
-    assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_chunked
+    assert losses.pick_info_nce("auto", "cuda", 2048, 1024) is losses.info_nce
+    assert losses.pick_info_nce("auto", "cuda", 65536, 1024) is losses.info_nce_chunked
     with pytest.raises(ValueError, match="pip install triton"):
-        losses.pick_info_nce("triton", "cuda")
+        losses.pick_info_nce("triton", "cuda", 2048)
     with pytest.raises(ValueError, match="pip install triton"):
         losses.info_nce_triton(torch.randn(2, 4), torch.randn(2, 4))
 
 
-def test_pick_triton_on_cpu_without_interpreter():
+def test_auto_follows_the_measured_table(monkeypatch):
+    """A made-up measurement on a GPU "X": plain PyTorch fastest at B = 2048, the kernel
+    at 16384 only for D = 768, the kernel at 65536."""
+    table = {
+        ("X", 2048, 768): "torch", ("X", 2048, 1024): "torch",
+        ("X", 16384, 768): "triton", ("X", 16384, 1024): "torch",
+        ("X", 65536, 768): "triton", ("X", 65536, 1024): "triton",
+    }  # fmt: skip
+    monkeypatch.setattr(losses, "MEASURED_FASTEST", table)
+    assert losses.auto_info_nce("X", 16384, 16384, 700) == "triton"  # nearest measured D: 768
+    assert losses.auto_info_nce("X", 30000, 30000, 1000) == "torch"  # 16384's entry at D = 1024
+    assert losses.auto_info_nce("X", 4096, 4096, 768) == "torch"  # 2048's entry
+    assert losses.auto_info_nce("X", 100_000, 100_000, 1024) == "triton"  # the kernel's memory is linear in B
+    # not measured: below the smallest B, on another GPU, without the kernels (gpu None): SMALL_SCORES
+    assert losses.auto_info_nce("X", 1024, 1024, 768) == "torch"
+    assert losses.auto_info_nce("Y", 16384, 16384, 768) == "chunked"
+    assert losses.auto_info_nce(None, 65536, 65536, 1024) == "chunked"
+    # D unknown: the measured dimensions at 16384 disagree, so SMALL_SCORES decides
+    assert losses.auto_info_nce("X", 16384, 16384, None) == "chunked"
+    assert losses.auto_info_nce("X", 65536, 65536, None) == "triton"
+    # plain PyTorch is not taken beyond the largest measured score matrix, 65536 x 65536
+    table[("X", 65536, 1024)] = "torch"
+    assert losses.auto_info_nce("X", 65536, 65536, 1024) == "torch"
+    assert losses.auto_info_nce("X", 70000, 70000, 1024) == "chunked"
+
+
+def test_pick_triton_on_cpu_without_interpreter(monkeypatch):
     fused = pytest.importorskip("fused")
     if fused.INTERPRETED:
         pytest.skip("this process runs Triton's interpreter, under which CPU tensors are allowed")
     with pytest.raises(ValueError, match="need a CUDA device"):
-        losses.pick_info_nce("triton", "cpu")
+        losses.pick_info_nce("triton", "cpu", 2048)
     if torch.cuda.is_available():
-        assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_triton
+        gpu = torch.cuda.get_device_name()
+        monkeypatch.setattr(losses, "MEASURED_FASTEST", {(gpu, 2048, 768): "triton"})
+        assert losses.pick_info_nce("auto", "cuda", 4096, 768) is losses.info_nce_triton
+        assert losses.pick_info_nce("auto", "cuda", 1024, 768) is losses.info_nce
