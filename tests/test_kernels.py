@@ -93,25 +93,37 @@ def _loss_and_grads(fn, q, p, **kwargs):
     return loss.detach(), dq, dp
 
 
-def _assert_grad_close(name, got, want, x, scale, B):
-    """got vs want within the module docstring's tolerance; x is the input they belong to."""
-    assert got.dtype == x.dtype and got.shape == x.shape, f"{name}: {got.dtype} {tuple(got.shape)}"
+def grad_error(got, want, x, scale, B):
+    """The worst |got - want| of a gradient of the input x, as a fraction of the module
+    docstring's tolerance (<= 1 passes); inf if got is not finite or has the wrong dtype or shape."""
+    if got.dtype != x.dtype or got.shape != x.shape or not torch.isfinite(got).all():
+        return float("inf")
     got, want = got.float(), want.float()
     unit = scale / (B * x.float().norm(dim=-1, keepdim=True))  # (R, 1) natural gradient size
     allowed = GRAD_RTOL[x.dtype] * want.abs().max() + 2e-7 * scale * unit
-    excess = ((got - want).abs() / allowed).max().item()
-    assert torch.isfinite(got).all() and excess <= 1, f"{name}: error {excess:.2f}x the tolerance"
+    return ((got - want).abs() / allowed).max().item()
+
+
+def reference_errors(fn, B, N, D, dtype, scale, symmetric, device="cpu", **kwargs):
+    """fn(q, p) against losses.info_nce(q, p) on fresh inputs: the worst errors of the loss
+    and of both gradients as fractions of their tolerances, {"loss": ., "dq": ., "dp": .}."""
+    q, p = _random_pair(B, N, D, dtype, device)
+    want_loss, want_dq, want_dp = _loss_and_grads(losses.info_nce, q, p, scale=scale, symmetric=symmetric)
+    loss, dq, dp = _loss_and_grads(fn, q, p, scale=scale, symmetric=symmetric, **kwargs)
+    fp32_scalar = loss.dtype == torch.float32 and loss.shape == ()
+    loss_error = abs(loss - want_loss).item() / (1e-6 * (scale + abs(want_loss).item()))
+    return {
+        "loss": loss_error if fp32_scalar else float("inf"),
+        "dq": grad_error(dq, want_dq, q, scale, B),
+        "dp": grad_error(dp, want_dp, p, scale, B),
+    }
 
 
 def check_against_reference(fn, B, N, D, dtype, scale, symmetric, device="cpu", **kwargs):
     """Assert fn(q, p) equals losses.info_nce(q, p) in value and in both gradients."""
-    q, p = _random_pair(B, N, D, dtype, device)
-    want_loss, want_dq, want_dp = _loss_and_grads(losses.info_nce, q, p, scale=scale, symmetric=symmetric)
-    loss, dq, dp = _loss_and_grads(fn, q, p, scale=scale, symmetric=symmetric, **kwargs)
-    assert loss.dtype == torch.float32 and loss.shape == ()
-    assert abs(loss - want_loss) <= 1e-6 * (scale + abs(want_loss)), f"loss {loss} != {want_loss}"
-    _assert_grad_close("dq", dq, want_dq, q, scale, B)
-    _assert_grad_close("dp", dp, want_dp, p, scale, B)
+    errors = reference_errors(fn, B, N, D, dtype, scale, symmetric, device, **kwargs)
+    text = ", ".join(f"{name} {error:.2f}" for name, error in errors.items())
+    assert all(error <= 1 for error in errors.values()), f"errors as fractions of their tolerances: {text}"
 
 
 # ---------------------------------------------------------------------------
