@@ -38,8 +38,10 @@ def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0,
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARACTERS + ["##" + c for c in CHARACTERS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(path / "vocab.txt"), padding_side=padding_side, model_max_length=128)
+    # subtle: transformers 5 ignores vocab_file= here (it would keep only the five special
+    # tokens, so every word would become [UNK]); the vocabulary goes in as a dict
+    vocab = {token: index for index, token in enumerate(vocab)}
+    tokenizer = BertTokenizer(vocab=vocab, padding_side=padding_side, model_max_length=128)
     torch.manual_seed(seed)
     if arch == "bert":
         config = BertConfig(
