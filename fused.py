@@ -38,6 +38,8 @@ it is used, so losses.py imports on machines without Triton.
 """
 
 import os
+import re
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -52,16 +54,65 @@ LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453  # the kernels use exp2 / lo
 _knobs = getattr(triton, "knobs", None)
 INTERPRETED = bool(_knobs.runtime.interpret) if _knobs else os.environ.get("TRITON_INTERPRET") == "1"
 
-# Block sizes, warps and pipeline stages. Not yet measured on a GPU: 128 x 64 score
+
+@dataclass(frozen=True)
+class Tiles:
+    """How one kernel is launched: BLOCK_M x BLOCK_N score tiles, D in BLOCK_D-wide
+    slices, `warps` warps per program and `stages` software-pipeline stages.
+
+    Any valid choice gives the same results up to summation order; only speed and
+    the shared memory a program needs (which must fit the GPU) depend on it.
+    """
+
+    block_m: int
+    block_n: int
+    block_d: int
+    warps: int
+    stages: int
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_d"):
+            size = getattr(self, name)
+            if size < 16 or size & (size - 1):
+                # tl.arange needs powers of two, and tl.dot operands at least 16 wide
+                raise ValueError(f"{name} must be a power of two of at least 16, got {size}")
+        if self.warps not in (1, 2, 4, 8, 16) or self.stages < 1:
+            raise ValueError(
+                f"warps must be 1, 2, 4, 8 or 16 and stages at least 1, got {self.warps} and {self.stages}"
+            )
+
+    def __str__(self):
+        return f"{self.block_m}x{self.block_n}x{self.block_d}/w{self.warps}/s{self.stages}"
+
+    @classmethod
+    def parse(cls, text):
+        """Tiles from the form str() writes: '128x64x64/w8/s3' is Tiles(128, 64, 64, warps=8, stages=3)."""
+        match = re.fullmatch(r"(\d+)x(\d+)x(\d+)/w(\d+)/s(\d+)", text.strip())
+        if match is None:
+            raise ValueError(
+                f"tiles are written BLOCK_MxBLOCK_NxBLOCK_D/wWARPS/sSTAGES, like 128x64x64/w8/s3; got {text!r}"
+            )
+        return cls(*(int(group) for group in match.groups()))
+
+
+# The launchers read these at every call. Not yet measured on a GPU: 128 x 64 score
 # tiles and 64-wide slices of D are the Triton fused-attention tutorial's Hopper
 # setting. bench/gpu_check.sh sweeps candidates on the target GPU and prints the
-# best per shape; set the winners here and name that measurement beside them.
-BLOCK_M, BLOCK_N, BLOCK_D = 128, 64, 64
-FWD_WARPS, FWD_STAGES = 8, 3
-BWD_WARPS, BWD_STAGES = 8, 2
+# best; set the winners here and name that measurement beside them.
+FORWARD = Tiles(128, 64, 64, warps=8, stages=3)  # row_lse_kernel: the forward, both passes when symmetric
+BACKWARD = Tiles(128, 64, 64, warps=8, stages=2)  # info_nce_bwd_kernel
 # The grid under the interpreter is sized for an H100 SXM's 132 SMs, so that CPU
 # tests walk the same multi-split path as a GPU.
 INTERPRETER_SMS = 132
+
+
+def configure(forward=None, backward=None):
+    """Make later launches use these Tiles (None keeps the current ones), as
+    bench_losses.py --forward-tiles does; returns the previous (forward, backward)."""
+    global FORWARD, BACKWARD
+    previous = FORWARD, BACKWARD
+    FORWARD, BACKWARD = forward or FORWARD, backward or BACKWARD
+    return previous
 
 
 # ---------------------------------------------------------------------------
@@ -273,44 +324,48 @@ def dot_precision(x):
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def launch_grid(rows, cols, device):
+def launch_grid(rows, cols, device, tiles):
     """(row blocks, column splits, column blocks per split) for a rows x cols score matrix.
 
     One program per BLOCK_M rows fills only B / 128 SMs (32 of 132 at B = 4096),
     so the column loop is split until the grid is about two waves; every split
     gets at least one column block. Unmeasured, like the block sizes.
     """
-    row_blocks, col_blocks = triton.cdiv(rows, BLOCK_M), triton.cdiv(cols, BLOCK_N)
+    row_blocks, col_blocks = triton.cdiv(rows, tiles.block_m), triton.cdiv(cols, tiles.block_n)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
     splits = max(1, min(col_blocks, triton.cdiv(2 * sms, row_blocks)))
     blocks_per_split = triton.cdiv(col_blocks, splits)
     return row_blocks, triton.cdiv(col_blocks, blocks_per_split), blocks_per_split
 
 
-def row_lse(x, y, inv_x, inv_y, scale):
-    """logsumexp_j scale * cos(x_i, y_j), natural log: x (M, D), y (N, D) -> (M,) fp32."""
+def row_lse(x, y, inv_x, inv_y, scale, tiles=None):
+    """logsumexp_j scale * cos(x_i, y_j), natural log: x (M, D), y (N, D) -> (M,) fp32.
+    tiles: how to launch the kernel; None reads FORWARD at this call."""
+    tiles = tiles or FORWARD
     M, N, D = x.shape[0], y.shape[0], x.shape[1]
-    row_blocks, splits, blocks_per_split = launch_grid(M, N, x.device)
+    row_blocks, splits, blocks_per_split = launch_grid(M, N, x.device, tiles)
     partial = torch.empty((splits, M), device=x.device, dtype=torch.float32)  # (SPLITS, M) base 2
     row_lse_kernel[(row_blocks, splits)](
         x, y, inv_x, inv_y, partial, M, N, D, x.stride(0), y.stride(0), scale * LOG2E, blocks_per_split,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, UPCAST=INTERPRETED,
-        DOT_PRECISION=dot_precision(x), num_warps=FWD_WARPS, num_stages=FWD_STAGES,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=tiles.block_d, UPCAST=INTERPRETED,
+        DOT_PRECISION=dot_precision(x), num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
     return torch.logsumexp(partial * LN2, dim=0)
 
 
-def info_nce_bwd(q, p, inv_q, inv_p, lse, col_lse, scale, symmetric):
-    """(B/scale) dL/du_i / ||q_i|| and (B/scale) dL/dv_j / ||p_j||: fp32 (B, D) and (N, D)."""
+def info_nce_bwd(q, p, inv_q, inv_p, lse, col_lse, scale, symmetric, tiles=None):
+    """(B/scale) dL/du_i / ||q_i|| and (B/scale) dL/dv_j / ||p_j||: fp32 (B, D) and (N, D).
+    tiles: how to launch the kernel; None reads BACKWARD at this call."""
+    tiles = tiles or BACKWARD
     B, N, D = q.shape[0], p.shape[0], q.shape[1]
     grad_q = torch.zeros((B, D), device=q.device, dtype=torch.float32)
     grad_p = torch.zeros((N, D), device=q.device, dtype=torch.float32)
-    row_blocks, splits, blocks_per_split = launch_grid(B, N, q.device)
+    row_blocks, splits, blocks_per_split = launch_grid(B, N, q.device, tiles)
     info_nce_bwd_kernel[(row_blocks, splits)](
         q, p, inv_q, inv_p, lse * LOG2E, col_lse * LOG2E, grad_q, grad_p,
         B, N, D, q.stride(0), p.stride(0), scale * LOG2E, blocks_per_split,
-        SYMMETRIC=symmetric, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        UPCAST=INTERPRETED, DOT_PRECISION=dot_precision(q), num_warps=BWD_WARPS, num_stages=BWD_STAGES,
+        SYMMETRIC=symmetric, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=tiles.block_d,
+        UPCAST=INTERPRETED, DOT_PRECISION=dot_precision(q), num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
     return grad_q, grad_p
 

@@ -91,8 +91,8 @@ def build_parser():
                        help="under torchrun, every query also sees all other ranks' passages as negatives "
                             "(paper: off, negatives per device)")
     group.add_argument("--loss-impl", default="auto", choices=["auto", "torch", "chunked", "triton"],
-                       help="InfoNCE implementation; auto: the fused Triton kernel on CUDA, the chunked PyTorch "
-                            "one elsewhere")
+                       help="InfoNCE implementation; auto: the one measured fastest for this GPU, batch and width "
+                            "(losses.MEASURED_FASTEST), else plain PyTorch for small score matrices, chunked for large")
     group = parser.add_argument_group("models")
     group.add_argument("--stage1", default="runs/stage1",
                        help="stage-1 run directory (student and projection.safetensors) that mimo starts from")
@@ -323,15 +323,6 @@ def main(argv=None):
     args = get_args(argv)
     # --- process, seed, device, precision: one Run per rank; rank 0 alone prints, evaluates and saves
     run = Run(args, "joint_train.py")
-    try:
-        info_nce = pick_info_nce(args.loss_impl, run.device)
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-    # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send
-    # it down its exact-fp32 path, without them. So under autocast the contrastive term
-    # gets the embeddings rounded to the autocast dtype (as a bf16 similarity matmul
-    # would round them); the distillation term, and every other path, keeps fp32.
-    contrastive_dtype = run.amp_dtype if info_nce is info_nce_triton else None
     device, amp_dtype, per_rank = run.device, run.amp_dtype, run.per_rank
 
     # --- data: aligned rows, a dev split, every row in every language
@@ -361,6 +352,17 @@ def main(argv=None):
         teacher.to(device)
         W.to(device)
     distill_loss = DISTILL_LOSSES[args.distill_loss]
+    # The InfoNCE implementation for this batch and width (--loss-impl auto: the one measured fastest)
+    passages = args.batch_size if args.gather_negatives else per_rank  # each query's candidates
+    try:
+        info_nce = pick_info_nce(args.loss_impl, device, per_rank, dim=student.dim, passages=passages)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send
+    # it down its exact-fp32 path, without them. So under autocast the contrastive term
+    # gets the embeddings rounded to the autocast dtype (as a bf16 similarity matmul
+    # would round them); the distillation term, and every other path, keeps fp32.
+    contrastive_dtype = amp_dtype if info_nce is info_nce_triton else None
 
     def targets(view, texts):  # the cache carries its prompt: the query instruction, or none for passages
         return teacher_embed(teacher, caches[view], texts, args.teacher_batch_size, amp_dtype)

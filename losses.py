@@ -267,16 +267,58 @@ def info_nce_triton(q, p, scale=20.0, symmetric=False):
 
 INFO_NCE_IMPLS = {"torch": info_nce, "chunked": info_nce_chunked, "triton": info_nce_triton}
 
+# What --loss-impl auto follows. Per GPU, as torch.cuda.get_device_name names it: the
+# fastest of INFO_NCE_IMPLS at each measured (B, D), for the one-way loss, forward plus
+# backward, bf16 inputs, N = B. bench/gpu_check.sh prints these entries from its
+# bench/bench_losses.py table, like ("NVIDIA H200", 16384, 1024): "triton". No GPU has
+# run it yet, so the table is empty and auto follows SMALL_SCORES alone.
+MEASURED_FASTEST = {}
+# Up to this many scores (B x N) auto takes plain info_nce, the exact reference: its
+# (B, N) fp32 matrices (scores, log-softmax, their gradient: about 12 bytes a score)
+# then stay under 1 GiB. 2^26 is B = N = 8192; the paper's 2048 per device is 2^22.
+# Beyond it, info_nce_chunked, whose memory is O(B x 1024).
+SMALL_SCORES = 2**26
 
-def pick_info_nce(impl, device):
-    """The InfoNCE function for --loss-impl: one of INFO_NCE_IMPLS, or "auto" for
-    Triton on a CUDA device when Triton is installed and info_nce_chunked otherwise.
-    Asking for "triton" where it cannot run raises ValueError, at start-up rather
-    than at the first step.
+
+def auto_info_nce(gpu, batch_size, passages, dim):
+    """The name in INFO_NCE_IMPLS that --loss-impl auto takes for B = batch_size queries
+    against N = passages passages of width D = dim (None if not known yet), on the GPU
+    named `gpu` (None where the fused kernels cannot run):
+
+    1. MEASURED_FASTEST's entry for this GPU at the largest measured B <= batch_size,
+       at the measured D nearest dim (dim None: only if every measured D there agrees).
+       It is followed if it is triton or chunked, whose memory is linear in B, and
+       torch only up to the largest measured B x B scores, which were seen to fit;
+    2. otherwise plain info_nce up to SMALL_SCORES scores, info_nce_chunked beyond.
+
+    So the kernel is only taken where a measurement found it fastest, at that batch
+    size or a smaller one: its advantage over a (B, N) score matrix grows with B.
+    """
+    measured = {(B, D): name for (on, B, D), name in MEASURED_FASTEST.items() if gpu is not None and on == gpu}
+    below = [B for B, _ in measured if B <= batch_size]
+    if below:
+        B = max(below)
+        dims = sorted(D for b, D in measured if b == B)
+        if dim is not None:
+            dims = [min(dims, key=lambda D: abs(D - dim))]
+        choices = {measured[B, D] for D in dims}
+        largest = max(b for b, _ in measured)
+        if len(choices) == 1 and (choices != {"torch"} or batch_size * passages <= largest * largest):
+            return choices.pop()
+    return "torch" if batch_size * passages <= SMALL_SCORES else "chunked"
+
+
+def pick_info_nce(impl, device, batch_size, dim=None, passages=None):
+    """The InfoNCE function for --loss-impl: one of INFO_NCE_IMPLS, or "auto", which
+    takes auto_info_nce's choice for batch_size queries against `passages` passages
+    (default: as many) of width dim. Asking for "triton" where it cannot run raises
+    ValueError, at start-up rather than at the first step.
     """
     if impl == "auto":
-        usable = torch.device(device).type == "cuda" and triton_unavailable(device) is None
-        return info_nce_triton if usable else info_nce_chunked
+        device = torch.device(device)
+        kernels = device.type == "cuda" and triton_unavailable(device) is None
+        gpu = torch.cuda.get_device_name(device) if kernels else None
+        return INFO_NCE_IMPLS[auto_info_nce(gpu, batch_size, passages or batch_size, dim)]
     if impl not in INFO_NCE_IMPLS:
         raise ValueError(f"unknown InfoNCE implementation {impl!r}; choose auto or one of {sorted(INFO_NCE_IMPLS)}")
     if impl == "triton" and triton_unavailable(device) is not None:

@@ -19,13 +19,15 @@ symmetric loss's column pass. info_nce and info_nce_chunked upcast to fp32 and
 use fp32 matmuls (TF32 with --tf32), so their fraction of the bf16 peak is low
 by design; the kernel uses bf16 tensor cores. torch-lowp is the fair unfused
 rival: plain PyTorch (normalise, matmul, cross-entropy) with bf16 operands and
-bf16 scores, as most training code runs it. This is also the benchmark that
-tunes the kernel's block sizes (BLOCK_M, BLOCK_N, BLOCK_D, warps and stages at
-the top of fused.py): edit them and rerun.
+bf16 scores, as most training code runs it. The kernel runs with fused.py's
+FORWARD and BACKWARD tiles unless --forward-tiles / --backward-tiles name others
+(bench/gpu_check.sh sweeps candidates and passes the best here); --json appends
+each row to a file as one JSON object, for the --loss-impl auto table.
 """
 
 import argparse
 import importlib.metadata
+import json
 import platform
 import sys
 from pathlib import Path
@@ -64,6 +66,19 @@ def info_nce_lowp(q, p, scale=20.0, symmetric=False):
 
 IMPLS = {**losses.INFO_NCE_IMPLS, "torch-lowp": info_nce_lowp}
 
+
+def tiles(text):
+    """--forward-tiles / --backward-tiles: fused.Tiles from its written form, 128x64x64/w8/s3."""
+    if not losses.TRITON_INSTALLED:
+        raise argparse.ArgumentTypeError("the kernel's tiles need Triton, which is not installed")
+    import fused  # imports Triton
+
+    try:
+        return fused.Tiles.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # ---------------------------------------------------------------------------
 # arguments
 
@@ -96,6 +111,19 @@ parser.add_argument(
     "--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak; default: looked up from the device name"
 )
 parser.add_argument(
+    "--forward-tiles",
+    type=tiles,
+    default=None,
+    help="the forward kernel's BLOCK_MxBLOCK_NxBLOCK_D/wWARPS/sSTAGES; default: fused.FORWARD",
+)
+parser.add_argument(
+    "--backward-tiles",
+    type=tiles,
+    default=None,
+    help="the backward kernel's BLOCK_MxBLOCK_NxBLOCK_D/wWARPS/sSTAGES; default: fused.BACKWARD",
+)
+parser.add_argument("--json", default=None, help="also append each row to this file as one JSON object")
+parser.add_argument(
     "--tf32",
     action="store_true",
     help="let the fp32 matmuls of info_nce and info_nce_chunked use TF32 (as Inf-CL does)",
@@ -117,7 +145,8 @@ gpu = torch.cuda.get_device_name(device)
 peak = args.peak_tflops or next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in gpu), None)
 triton_version = importlib.metadata.version("triton") if losses.TRITON_INSTALLED else "not installed"
 print(
-    f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} | python {platform.python_version()}"
+    f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} "
+    f"| python {platform.python_version()}"
 )
 print(
     f"q, p {args.dtype}, N = B, scale {args.scale}, {'symmetric' if args.symmetric else 'one-way'}, "
@@ -126,6 +155,11 @@ print(
 if "triton" in args.impls and not losses.TRITON_INSTALLED:
     print("triton is not installed: skipping info_nce_triton (pip install triton)")
     args.impls = [impl for impl in args.impls if impl != "triton"]
+if "triton" in args.impls:
+    import fused
+
+    fused.configure(args.forward_tiles, args.backward_tiles)
+    print(f"triton tiles: forward {fused.FORWARD}, backward {fused.BACKWARD}")
 
 
 # ---------------------------------------------------------------------------
@@ -175,6 +209,14 @@ def measure(fn, B, D):
 # ---------------------------------------------------------------------------
 # the grid
 
+
+def record(row):
+    """Append one row of the table to --json, with what it was measured on."""
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps({"gpu": gpu, "dtype": args.dtype, "symmetric": args.symmetric, **row}) + "\n")
+
+
 print(f"\n{'impl':>8} {'B':>6} {'D':>5} {'ms':>10} {'TFLOP/s':>8} {'of peak':>8} {'extra MiB':>10} {'loss':>9}")
 for D in args.dims:
     for B in args.batch_sizes:
@@ -182,6 +224,7 @@ for D in args.dims:
             result = measure(IMPLS[impl], B, D)
             if result is None:
                 print(f"{impl:>8} {B:>6} {D:>5} {'OOM':>10}")
+                record({"impl": impl, "B": B, "D": D, "oom": True})
                 continue
             ms, extra_mib, loss = result
             N = B  # passages: one positive per query, no extra negatives
@@ -189,3 +232,16 @@ for D in args.dims:
             tflops = matmuls * 2 * B * N * D / (ms * 1e-3) / 1e12
             fraction = f"{tflops / peak:8.1%}" if peak else f"{'-':>8}"
             print(f"{impl:>8} {B:>6} {D:>5} {ms:>10.2f} {tflops:>8.1f} {fraction} {extra_mib:>10.0f} {loss:>9.4f}")
+            of_peak = tflops / peak if peak else None
+            record(
+                {
+                    "impl": impl,
+                    "B": B,
+                    "D": D,
+                    "ms": ms,
+                    "tflops": tflops,
+                    "of_peak": of_peak,
+                    "extra_mib": extra_mib,
+                    "loss": loss,
+                }
+            )

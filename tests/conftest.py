@@ -32,23 +32,25 @@ CHARACTERS = (
 )
 
 
-def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0):
-    """Write a randomly initialised tiny encoder and a character-level WordPiece
-    tokenizer to path; returns the path as a string. arch 'qwen3' builds a decoder
-    whose tokenizer pads on the left, as Qwen3-Embedding does."""
+def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0, layers=2):
+    """Write a randomly initialised tiny encoder (dropout on: the configs' default 0.1 for
+    BERT) and a character-level WordPiece tokenizer to path; returns the path as a string.
+    arch 'qwen3' builds a decoder whose tokenizer pads on the left, as Qwen3-Embedding does."""
     from transformers import BertConfig, BertModel, BertTokenizer, Qwen3Config, Qwen3Model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARACTERS + ["##" + c for c in CHARACTERS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(path / "vocab.txt"), padding_side=padding_side, model_max_length=128)
+    # subtle: transformers 5 ignores vocab_file= here (it would keep only the five special
+    # tokens, so every word would become [UNK]); the vocabulary goes in as a dict
+    vocab = {token: index for index, token in enumerate(vocab)}
+    tokenizer = BertTokenizer(vocab=vocab, padding_side=padding_side, model_max_length=128)
     torch.manual_seed(seed)
     if arch == "bert":
         config = BertConfig(
             vocab_size=len(vocab),
             hidden_size=hidden,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=4,
             intermediate_size=2 * hidden,
             max_position_embeddings=128,
@@ -58,7 +60,7 @@ def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0)
         config = Qwen3Config(
             vocab_size=len(vocab),
             hidden_size=hidden,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=hidden // 4,

@@ -64,6 +64,10 @@ CASES = [
 # Triton's interpreter is slow: the shapes up to B = 129 and D = 384, plus one fp16 case.
 INTERPRETER_CASES = [case for case in CASES if case[0] <= 129 and case[2] <= 384]
 INTERPRETER_CASES.append((129, 300, 64, torch.float16, 20.0, True))
+# Run again with other tiles than fused.py's (forward, backward): smaller than the shapes,
+# so many programs and partial tiles; the results must not depend on the tiles.
+OTHER_TILES = ("32x16x16/w4/s2", "16x32x32/w2/s1")
+OTHER_TILES_CASES = [(129, 300, 64, torch.bfloat16, 20.0, True), (7, 20, 384, torch.float32, 100.0, False)]
 GRAD_RTOL = {torch.float32: 2e-5, torch.bfloat16: 2**-6, torch.float16: 2**-8}
 
 
@@ -89,25 +93,37 @@ def _loss_and_grads(fn, q, p, **kwargs):
     return loss.detach(), dq, dp
 
 
-def _assert_grad_close(name, got, want, x, scale, B):
-    """got vs want within the module docstring's tolerance; x is the input they belong to."""
-    assert got.dtype == x.dtype and got.shape == x.shape, f"{name}: {got.dtype} {tuple(got.shape)}"
+def grad_error(got, want, x, scale, B):
+    """The worst |got - want| of a gradient of the input x, as a fraction of the module
+    docstring's tolerance (<= 1 passes); inf if got is not finite or has the wrong dtype or shape."""
+    if got.dtype != x.dtype or got.shape != x.shape or not torch.isfinite(got).all():
+        return float("inf")
     got, want = got.float(), want.float()
     unit = scale / (B * x.float().norm(dim=-1, keepdim=True))  # (R, 1) natural gradient size
     allowed = GRAD_RTOL[x.dtype] * want.abs().max() + 2e-7 * scale * unit
-    excess = ((got - want).abs() / allowed).max().item()
-    assert torch.isfinite(got).all() and excess <= 1, f"{name}: error {excess:.2f}x the tolerance"
+    return ((got - want).abs() / allowed).max().item()
+
+
+def reference_errors(fn, B, N, D, dtype, scale, symmetric, device="cpu", **kwargs):
+    """fn(q, p) against losses.info_nce(q, p) on fresh inputs: the worst errors of the loss
+    and of both gradients as fractions of their tolerances, {"loss": ., "dq": ., "dp": .}."""
+    q, p = _random_pair(B, N, D, dtype, device)
+    want_loss, want_dq, want_dp = _loss_and_grads(losses.info_nce, q, p, scale=scale, symmetric=symmetric)
+    loss, dq, dp = _loss_and_grads(fn, q, p, scale=scale, symmetric=symmetric, **kwargs)
+    fp32_scalar = loss.dtype == torch.float32 and loss.shape == ()
+    loss_error = abs(loss - want_loss).item() / (1e-6 * (scale + abs(want_loss).item()))
+    return {
+        "loss": loss_error if fp32_scalar else float("inf"),
+        "dq": grad_error(dq, want_dq, q, scale, B),
+        "dp": grad_error(dp, want_dp, p, scale, B),
+    }
 
 
 def check_against_reference(fn, B, N, D, dtype, scale, symmetric, device="cpu", **kwargs):
     """Assert fn(q, p) equals losses.info_nce(q, p) in value and in both gradients."""
-    q, p = _random_pair(B, N, D, dtype, device)
-    want_loss, want_dq, want_dp = _loss_and_grads(losses.info_nce, q, p, scale=scale, symmetric=symmetric)
-    loss, dq, dp = _loss_and_grads(fn, q, p, scale=scale, symmetric=symmetric, **kwargs)
-    assert loss.dtype == torch.float32 and loss.shape == ()
-    assert abs(loss - want_loss) <= 1e-6 * (scale + abs(want_loss)), f"loss {loss} != {want_loss}"
-    _assert_grad_close("dq", dq, want_dq, q, scale, B)
-    _assert_grad_close("dp", dp, want_dp, p, scale, B)
+    errors = reference_errors(fn, B, N, D, dtype, scale, symmetric, device, **kwargs)
+    text = ", ".join(f"{name} {error:.2f}" for name, error in errors.items())
+    assert all(error <= 1 for error in errors.values()), f"errors as fractions of their tolerances: {text}"
 
 
 # ---------------------------------------------------------------------------
@@ -159,14 +175,19 @@ def test_triton_matches_info_nce_on_cuda(case):
 
 
 def run_interpreter_cases():
-    """Entry point of test_triton_interpreter's subprocess: every INTERPRETER_CASE,
-    one line each, stopping at the first mismatch with its case in the message."""
+    """Entry point of test_triton_interpreter's subprocess: every INTERPRETER_CASE, then
+    the OTHER_TILES_CASES under OTHER_TILES, one line each, stopping at the first
+    mismatch with its case in the message."""
     import fused
 
     assert fused.INTERPRETED, "run with TRITON_INTERPRET=1 set before Python starts"
-    for index, (B, N, D, dtype, scale, symmetric) in enumerate(INTERPRETER_CASES):
+    default_tiles = f"{fused.FORWARD}, {fused.BACKWARD}"
+    runs = [(case, None) for case in INTERPRETER_CASES] + [(case, OTHER_TILES) for case in OTHER_TILES_CASES]
+    for index, ((B, N, D, dtype, scale, symmetric), tiles) in enumerate(runs):
         torch.manual_seed(index)
-        case = _case_id((B, N, D, dtype, scale, symmetric))
+        case = f"{_case_id((B, N, D, dtype, scale, symmetric))} tiles {', '.join(tiles) if tiles else default_tiles}"
+        if tiles:
+            fused.configure(*(fused.Tiles.parse(text) for text in tiles))
         try:
             check_against_reference(losses.info_nce_triton, B, N, D, dtype, scale, symmetric)
         except AssertionError as error:
@@ -182,7 +203,23 @@ def test_triton_interpreter():
     report = result.stdout + result.stderr
     print(report)
     assert result.returncode == 0, f"Triton kernels under TRITON_INTERPRET=1 failed:\n{report[-4000:]}"
-    assert result.stdout.count("ok ") == len(INTERPRETER_CASES), report
+    assert result.stdout.count("ok ") == len(INTERPRETER_CASES) + len(OTHER_TILES_CASES), report
+    assert f"tiles {', '.join(OTHER_TILES)}" in result.stdout, report
+
+
+def test_tiles_are_written_and_read_back():
+    fused = pytest.importorskip("fused")
+    tiles = fused.Tiles.parse("128x64x32/w4/s3")
+    assert (tiles.block_m, tiles.block_n, tiles.block_d, tiles.warps, tiles.stages) == (128, 64, 32, 4, 3)
+    assert fused.Tiles.parse(str(fused.FORWARD)) == fused.FORWARD
+    with pytest.raises(ValueError, match="block_m must be a power of two of at least 16, got 96"):
+        fused.Tiles(96, 64, 64, warps=4, stages=3)
+    with pytest.raises(ValueError, match="block_d must be a power of two of at least 16, got 8"):
+        fused.Tiles(64, 64, 8, warps=4, stages=3)
+    with pytest.raises(ValueError, match="warps must be 1, 2, 4, 8 or 16"):
+        fused.Tiles(64, 64, 64, warps=3, stages=3)
+    with pytest.raises(ValueError, match="like 128x64x64/w8/s3; got '128x64'"):
+        fused.Tiles.parse("128x64")
 
 
 # ---------------------------------------------------------------------------
@@ -191,25 +228,60 @@ def test_triton_interpreter():
 
 def test_pick_info_nce(monkeypatch):
     assert set(losses.INFO_NCE_IMPLS) == {"torch", "chunked", "triton"}
-    assert losses.pick_info_nce("auto", "cpu") is losses.info_nce_chunked
-    assert losses.pick_info_nce("torch", "cpu") is losses.info_nce
-    assert losses.pick_info_nce("chunked", torch.device("cpu")) is losses.info_nce_chunked
+    assert losses.pick_info_nce("torch", "cpu", 32) is losses.info_nce
+    assert losses.pick_info_nce("chunked", torch.device("cpu"), 32) is losses.info_nce_chunked
     with pytest.raises(ValueError, match="unknown InfoNCE implementation"):
-        losses.pick_info_nce("flash", "cpu")
-    # Without Triton: auto falls back even on a GPU, and asking for triton says why.
+        losses.pick_info_nce("flash", "cpu", 32)
+    # auto without a measurement: plain info_nce up to SMALL_SCORES = 8192^2 scores, chunked beyond
+    monkeypatch.setattr(losses, "MEASURED_FASTEST", {})
+    assert losses.SMALL_SCORES == 8192 * 8192
+    assert losses.pick_info_nce("auto", "cpu", 8192, 384) is losses.info_nce
+    assert losses.pick_info_nce("auto", "cpu", 8193, 384) is losses.info_nce_chunked
+    assert losses.pick_info_nce("auto", "cpu", 4096, 384, passages=32768) is losses.info_nce_chunked
+    # Without Triton: auto never takes the kernel, even on a GPU, and asking for it says why.
     monkeypatch.setattr(losses, "TRITON_INSTALLED", False)
-    assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_chunked
+    assert losses.pick_info_nce("auto", "cuda", 2048, 1024) is losses.info_nce
+    assert losses.pick_info_nce("auto", "cuda", 65536, 1024) is losses.info_nce_chunked
     with pytest.raises(ValueError, match="pip install triton"):
-        losses.pick_info_nce("triton", "cuda")
+        losses.pick_info_nce("triton", "cuda", 2048)
     with pytest.raises(ValueError, match="pip install triton"):
         losses.info_nce_triton(torch.randn(2, 4), torch.randn(2, 4))
 
 
-def test_pick_triton_on_cpu_without_interpreter():
+def test_auto_follows_the_measured_table(monkeypatch):
+    """A made-up measurement on a GPU "X": plain PyTorch fastest at B = 2048, the kernel
+    at 16384 only for D = 768, the kernel at 65536."""
+    table = {
+        ("X", 2048, 768): "torch", ("X", 2048, 1024): "torch",
+        ("X", 16384, 768): "triton", ("X", 16384, 1024): "torch",
+        ("X", 65536, 768): "triton", ("X", 65536, 1024): "triton",
+    }  # fmt: skip
+    monkeypatch.setattr(losses, "MEASURED_FASTEST", table)
+    assert losses.auto_info_nce("X", 16384, 16384, 700) == "triton"  # nearest measured D: 768
+    assert losses.auto_info_nce("X", 30000, 30000, 1000) == "torch"  # 16384's entry at D = 1024
+    assert losses.auto_info_nce("X", 4096, 4096, 768) == "torch"  # 2048's entry
+    assert losses.auto_info_nce("X", 100_000, 100_000, 1024) == "triton"  # the kernel's memory is linear in B
+    # not measured: below the smallest B, on another GPU, without the kernels (gpu None): SMALL_SCORES
+    assert losses.auto_info_nce("X", 1024, 1024, 768) == "torch"
+    assert losses.auto_info_nce("Y", 16384, 16384, 768) == "chunked"
+    assert losses.auto_info_nce(None, 65536, 65536, 1024) == "chunked"
+    # D unknown: the measured dimensions at 16384 disagree, so SMALL_SCORES decides
+    assert losses.auto_info_nce("X", 16384, 16384, None) == "chunked"
+    assert losses.auto_info_nce("X", 65536, 65536, None) == "triton"
+    # plain PyTorch is not taken beyond the largest measured score matrix, 65536 x 65536
+    table[("X", 65536, 1024)] = "torch"
+    assert losses.auto_info_nce("X", 65536, 65536, 1024) == "torch"
+    assert losses.auto_info_nce("X", 70000, 70000, 1024) == "chunked"
+
+
+def test_pick_triton_on_cpu_without_interpreter(monkeypatch):
     fused = pytest.importorskip("fused")
     if fused.INTERPRETED:
         pytest.skip("this process runs Triton's interpreter, under which CPU tensors are allowed")
     with pytest.raises(ValueError, match="need a CUDA device"):
-        losses.pick_info_nce("triton", "cpu")
+        losses.pick_info_nce("triton", "cpu", 2048)
     if torch.cuda.is_available():
-        assert losses.pick_info_nce("auto", "cuda") is losses.info_nce_triton
+        gpu = torch.cuda.get_device_name()
+        monkeypatch.setattr(losses, "MEASURED_FASTEST", {(gpu, 2048, 768): "triton"})
+        assert losses.pick_info_nce("auto", "cuda", 4096, 768) is losses.info_nce_triton
+        assert losses.pick_info_nce("auto", "cuda", 1024, 768) is losses.info_nce

@@ -39,6 +39,14 @@ def test_padding_does_not_change_embeddings(tiny_models, arch):
     assert encoder.tokenizer.padding_side == ("left" if arch == "decoder" else "right")
 
 
+def test_tiny_models_split_words_into_known_characters(tiny_models):
+    """The tests' tokenizer knows every character of its texts: were they all [UNK], every
+    text of a length would embed alike and many tests would check little."""
+    tokenizer = Encoder(tiny_models["student"]).tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("water почему 水")["input_ids"])
+    assert tokens == ["[CLS]", "w", "##a", "##t", "##e", "##r", "п", "##о", "##ч", "##е", "##м", "##у", "水", "[SEP]"]
+
+
 def test_encode_keeps_input_order_and_normalises(tiny_models):
     encoder = Encoder(tiny_models["student"])
     out = encoder.encode(TEXTS, batch_size=2)  # length-sorted internally
