@@ -641,7 +641,7 @@ def gradient_cache_check(work, size, precision):
         chunks = []
         for start in range(0, len(texts), mini):
             with autocast():
-                chunks.append(joint_train.at_least_fp32(student.embed(texts[start : start + mini])))
+                chunks.append(losses.fp32(student.embed(texts[start : start + mini])))
         return torch.cat(chunks)
 
     def cached(replay):
