@@ -24,6 +24,11 @@ RANKING = ["d1", "d2", "d3", "d4"]
 JUDGED = {"d1": 0, "d2": 2, "d3": 1, "d5": 1}
 
 
+def trec_rank(scores):
+    """{doc id: score} -> ids in trec_eval's order: score descending, then id descending."""
+    return sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)
+
+
 def test_ndcg_by_hand():
     """DCG@3 = 0/log2(2) + 2/log2(3) + 1/log2(4); the ideal order of all judged grades
     is 2, 1, 1, so IDCG@3 = 2/log2(2) + 1/log2(3) + 1/log2(4). At k = 1 the ranking
@@ -48,21 +53,14 @@ def test_recall_mrr_and_map_by_hand():
     assert evaluate.average_precision(RANKING, JUDGED, 2) == pytest.approx((1 / 2) / 3)
 
 
-def test_ties_are_broken_by_document_id_descending():
-    """trec_eval sorts by score descending, then by document id descending (strcmp):
-    among the three docs scoring 0.5, "c" > "b10" > "b" ("b10" > "b": longer with the same prefix)."""
-    scores = {"a": 0.9, "b": 0.5, "c": 0.5, "b10": 0.5, "z": 0.1}
-    assert evaluate.trec_rank(scores) == ["a", "c", "b10", "b", "z"]
-
-
 def test_ties_change_the_metrics_as_in_trec_eval():
     """Two docs tie at the top score. If the relevant one has the smaller id it comes
     second: MRR@10 = 1/2 and nDCG@1 = 0; with the larger id, first: 1 and 1."""
     judged = {"doc-a": 1}
-    ranking = evaluate.trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
+    ranking = trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
     assert ranking == ["doc-b", "doc-a", "doc-c"]
     assert evaluate.mrr(ranking, judged, 10) == 0.5 and evaluate.ndcg(ranking, judged, 1) == 0.0
-    ranking = evaluate.trec_rank({"doc-z": 0.7, "doc-b": 0.7})
+    ranking = trec_rank({"doc-z": 0.7, "doc-b": 0.7})
     assert evaluate.mrr(ranking, {"doc-z": 1}, 10) == 1.0 and evaluate.ndcg(ranking, {"doc-z": 1}, 1) == 1.0
 
 
@@ -72,52 +70,6 @@ def test_own_language_share():
     assert evaluate.own_language_share(langs, "en", 4) == 0.5
     assert evaluate.own_language_share(langs, "en", 2) == 1.0
     assert evaluate.own_language_share(langs, "de", 10) == 0.25
-
-
-# ---------------------------------------------------------------------------
-# Exact retrieval in chunks
-
-
-def brute_force(q, d, ids, k):
-    """Every score, then Python's sort on (score, id) descending: trec_eval's order by definition."""
-    scores = q @ d.T  # (Q, N)
-    out = []
-    for row in scores.tolist():
-        order = sorted(range(len(ids)), key=lambda j: (row[j], ids[j]), reverse=True)[:k]
-        out.append(order)
-    return torch.tensor(out)
-
-
-@pytest.mark.parametrize("query_chunk,doc_chunk", [(4, 7), (5, 50), (17, 103), (1, 1)])
-def test_chunked_retrieval_equals_the_full_matrix_with_ties(query_chunk, doc_chunk):
-    """Vectors of -1/0/1 in 5 dims give exact integer scores and very many ties (only
-    11 possible values for 103 documents), the hardest case for chunked top-k: each
-    block must pick, among equal scores at its boundary, the largest ids. Chunk sizes
-    do not divide Q = 17 or N = 103; ids are shuffled so that id order != index order."""
-    generator = torch.Generator().manual_seed(0)
-    q = torch.randint(-1, 2, (17, 5), generator=generator).float()
-    d = torch.randint(-1, 2, (103, 5), generator=generator).float()
-    ids = [f"doc{j}" for j in torch.randperm(103, generator=generator).tolist()]
-    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 10, query_chunk, doc_chunk)
-    expected = brute_force(q, d, ids, 10)
-    assert torch.equal(index, expected)
-    assert torch.equal(scores, (q @ d.T).gather(1, expected))
-
-
-def test_chunked_retrieval_on_random_embeddings_and_k_beyond_n():
-    """Random normalised embeddings (no ties): the same top 20 as torch.topk on the
-    full (Q, N) matrix. Asking for more than N documents returns all N, sorted."""
-    generator = torch.Generator().manual_seed(1)
-    q = torch.nn.functional.normalize(torch.randn(33, 24, generator=generator), dim=-1)
-    d = torch.nn.functional.normalize(torch.randn(257, 24, generator=generator), dim=-1)
-    ids = [f"{j:04d}" for j in range(257)]
-    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 20, query_chunk=10, doc_chunk=60)
-    full_scores, full_index = (q @ d.T).topk(20, dim=1)
-    assert torch.equal(index, full_index)
-    torch.testing.assert_close(scores, full_scores)
-    scores, index = evaluate.retrieve(q, d[:30], evaluate.id_ranks(ids[:30]), 100, query_chunk=8, doc_chunk=7)
-    assert index.shape == (33, 30) and torch.equal(index.sort(1).values, torch.arange(30).expand(33, 30))
-    assert (scores[:, :-1] >= scores[:, 1:]).all()
 
 
 # ---------------------------------------------------------------------------
