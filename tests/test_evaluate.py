@@ -1,5 +1,5 @@
-"""evaluate.py: trec_eval's metrics by hand (ties included), exact chunked retrieval,
-PEER, MRC, alignment/uniformity, benchmark reading, and the script end to end."""
+"""evaluate.py: trec_eval's metrics by hand (ties included), PEER, MRC, alignment/uniformity,
+benchmark reading (BEIR, the MLIR benchmarks' layout, aligned rows), and the script end to end."""
 
 import json
 import math
@@ -181,7 +181,7 @@ def test_alignment_uniformity_per_language():
 
 
 # ---------------------------------------------------------------------------
-# Benchmarks: BEIR directories and aligned rows
+# Benchmarks: BEIR folders, the MLIR benchmarks' layout, aligned rows
 
 
 def write_jsonl(path, records):
@@ -219,6 +219,39 @@ def make_beir_dir(root, qrels="tsv", lang=True):
     return root
 
 
+MLIR_LANGS = ("en", "de", "fr")
+MLIR_TOPICS = ["river water flows to the sea", "bread from the hot oven", "glass and light in the window"]
+
+
+def make_mlir_dir(root, query_ids="belebele"):
+    """A fully parallel benchmark in the layout of yjoonjang/mlir-benchmarks/MMLIR/*: 3 passages
+    in en, de, fr. corpus.jsonl lines {doc_<lang>_<n>: {"text", "lang"}}, with numbers that do
+    not match across languages (so only the judgements tell the versions of a passage apart);
+    one line holds two documents. queries.jsonl: {"_id", "text", "lang"} with the language as
+    prefix, "<lang>_q_<k>" as Belebele writes them or "<lang>_<k>" as XQuAD does. qrels.jsonl:
+    one {query id: {doc id: 1, ...}} line per query, every version of the gold passage relevant.
+    Returns (root, {topic: {lang: doc id}})."""
+    numbers = {"en": [4, 9, 2], "de": [7, 1, 5], "fr": [3, 8, 6]}
+    docs = {t: {lg: f"doc_{lg}_{numbers[lg][t]}" for lg in MLIR_LANGS} for t in range(3)}
+    lines = [{docs[t][lg]: {"text": f"{MLIR_TOPICS[t]} ({lg})", "lang": lg}} for t in range(3) for lg in MLIR_LANGS]
+    lines[0].update(lines.pop(1))  # two documents on the first line
+    write_jsonl(root / "corpus.jsonl", lines)
+    qid = (lambda lg, t: f"{lg}_q_{t:03d}a") if query_ids == "belebele" else (lambda lg, t: f"{lg}_{t:03d}")
+    write_jsonl(
+        root / "queries.jsonl",
+        [
+            {"_id": qid(lg, t), "text": f"what about {MLIR_TOPICS[t]}? {lg}", "lang": lg}
+            for t in range(3)
+            for lg in MLIR_LANGS
+        ],
+    )
+    write_jsonl(
+        root / "qrels.jsonl",
+        [{qid(lg, t): {docs[t][m]: 1 for m in MLIR_LANGS}} for t in range(3) for lg in MLIR_LANGS],
+    )
+    return root, docs
+
+
 @pytest.mark.parametrize("qrels", ["tsv", "jsonl"])
 def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
     """q9 has no judgement: skipped and counted; q7-en is unknown: its 1 judgement is
@@ -237,6 +270,69 @@ def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
     assert bench.qrels["q1-en"] == {"t1/en": 1, "t1/de": 1, "t8/en": 2}
     assert bench.query_groups == {"q1": ["q1-en", "q1-de"], "q2": ["q2-en", "q2-de"]}
     assert bench.doc_groups == {t: [f"{t}/en", f"{t}/de"] for t in ("t1", "t2", "t3")}
+    assert bench.layout["document_groups"] == "ids" and bench.layout["corpus"] == "BEIR"
+
+
+@pytest.mark.parametrize("query_ids", ["belebele", "xquad"])
+def test_the_mlir_benchmarks_layout_and_its_parallel_groups(tmp_path, query_ids):
+    """The layout of yjoonjang/mlir-benchmarks: 9 documents, 9 queries. Query groups come from
+    the language prefix ("de_q_001a" -> "q_001a", "de_001" -> "001"); document groups, which
+    the doc_<lang>_<n> ids do not give, from the judgements: the three versions of each passage."""
+    root, docs = make_mlir_dir(tmp_path / "Belebele_test", query_ids)
+    bench = data.load_benchmark(str(root))
+    assert len(bench.corpus) == 9 and len(bench.queries) == 9
+    assert bench.corpus["doc_de_1"] == (f"{MLIR_TOPICS[1]} (de)", "de")
+    key = "q_001a" if query_ids == "belebele" else "001"
+    prefix = "q_001a" if query_ids == "belebele" else "001"
+    assert bench.query_groups[key] == [f"{lg}_{prefix}" for lg in MLIR_LANGS]
+    assert len(bench.query_groups) == 3
+    assert sorted(sorted(group) for group in bench.doc_groups.values()) == sorted(
+        sorted(docs[t].values()) for t in range(3)
+    )
+    assert bench.qrels[f"fr_{prefix}"] == {docs[1][lg]: 1 for lg in MLIR_LANGS}
+    assert bench.layout["corpus"].startswith("MLIR-benchmark") and bench.layout["queries"] == "BEIR"
+    assert bench.layout["document_groups"] == "judgements of parallel queries"
+
+
+def test_ids_name_their_language_as_suffix_or_prefix():
+    """A suffix is taken before a prefix; an id that only equals the language, or names
+    it in the middle (the MLIR benchmarks' document ids), keeps its whole id."""
+    assert data.language_free_id("q17/de", "de") == "q17"
+    assert data.language_free_id("q17_de", "de") == "q17"
+    assert data.language_free_id("de_q_005a", "de") == "q_005a"
+    assert data.language_free_id("zh-Hans_12", "zh-Hans") == "12"
+    assert data.language_free_id("doc_de_1466", "de") == "doc_de_1466"
+    assert data.language_free_id("de", "de") == "de"
+    assert data.language_free_id("de_q_005a", None) == "de_q_005a"
+
+
+def test_document_groups_from_judgements_skip_unclear_passages():
+    """Query groups A and B share one passage (d1 en, d1 de): it is one group, given once.
+    C's relevant documents are two in English: not one passage. D and E claim d5 with
+    different partners: which passage it translates is unclear, so neither is kept."""
+    corpus = {
+        "d1e": ("", "en"),
+        "d1d": ("", "de"),
+        "d2e": ("", "en"),
+        "d3e": ("", "en"),
+        "d5e": ("", "en"),
+        "d6d": ("", "de"),
+        "d7f": ("", "fr"),
+    }
+    query_groups = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1", "c2"], "D": ["e1", "e2"], "E": ["f1", "f2"]}
+    qrels = {
+        "a1": {"d1e": 1},
+        "a2": {"d1d": 1, "d2e": 0},
+        "b1": {"d1e": 1, "d1d": 1},
+        "b2": {"d1d": 2},
+        "c1": {"d2e": 1},
+        "c2": {"d3e": 1},
+        "e1": {"d5e": 1, "d6d": 1},
+        "e2": {"d5e": 1},
+        "f1": {"d5e": 1, "d7f": 1},
+        "f2": {},
+    }
+    assert data.groups_from_judgements(query_groups, qrels, corpus) == {"A": ["d1d", "d1e"]}
 
 
 def test_rows_become_the_mlir_benchmark(tmp_path):
@@ -251,19 +347,35 @@ def test_rows_become_the_mlir_benchmark(tmp_path):
 
 
 def test_hub_benchmark_is_read_from_the_hugging_face_cache(tmp_path):
-    """A dataset repo `someone/mlir-bench` with the BEIR layout in MMLIR/xx, laid out as
-    huggingface_hub caches it (refs/main names the snapshot), read offline. Runs in a
-    child process: huggingface_hub reads HF_HUB_CACHE when it is imported."""
-    repo = tmp_path / "hub" / "datasets--someone--mlir-bench"
-    make_beir_dir(repo / "snapshots" / "abc123" / "MMLIR" / "xx")
+    """The dataset repo yjoonjang/mlir-benchmarks with MMLIR/Belebele_test in its own layout,
+    laid out as huggingface_hub caches it (refs/main names the snapshot), read offline. Runs in
+    a child process: huggingface_hub reads HF_HUB_CACHE when it is imported."""
+    repo = tmp_path / "hub" / "datasets--yjoonjang--mlir-benchmarks"
+    make_mlir_dir(repo / "snapshots" / "abc123" / "MMLIR" / "Belebele_test")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
-    code = "import data; b = data.load_benchmark('someone/mlir-bench/MMLIR/xx'); print(len(b.corpus), len(b.queries))"
+    code = (
+        "import data; b = data.load_benchmark('yjoonjang/mlir-benchmarks/MMLIR/Belebele_test'); "
+        "print(len(b.corpus), len(b.queries), len(b.query_groups), len(b.doc_groups))"
+    )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.stdout.split() == ["6", "4"], result.stderr
+    assert result.stdout.split() == ["9", "9", "3", "3"], result.stderr
+
+
+def test_split_reads_qrels_of_that_name(tmp_path):
+    """qrels/dev.tsv judges only q2-en: --split dev reads it; the default split still reads
+    qrels/test.tsv; a split the folder lacks, or a split for a file of rows, is refused."""
+    root = make_beir_dir(tmp_path / "b")
+    (root / "qrels" / "dev.tsv").write_text("q2-en\tt2/en\t1\n")
+    assert sorted(data.load_benchmark(str(root), split="dev").queries) == ["q2-en"]
+    assert len(data.load_benchmark(str(root)).queries) == 4
+    with pytest.raises(BadInput, match=r"--split train: .* no qrels/train.tsv .*\(splits there: dev, test\)"):
+        data.load_benchmark(str(root), split="train")
+    with pytest.raises(BadInput, match="file of aligned rows, which has no splits"):
+        data.load_benchmark(write_rows(tmp_path / "rows.jsonl", n=2), split="dev")
 
 
 def test_bad_benchmarks_are_one_clear_sentence(tmp_path):
@@ -278,6 +390,47 @@ def test_bad_benchmarks_are_one_clear_sentence(tmp_path):
     assert bench.corpus["t1/en"][1] is None and bench.query_groups == {}
     with pytest.raises(BadInput, match="not a directory or file here"):
         data.load_benchmark("nobody/no-such-benchmark")
+
+
+def append_line(path, record):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("neither_layout", r"corpus.jsonl:9: expected a BEIR record with '_id' and 'text', or an MLIR-benchmark"),
+        ("mixed_layouts", r"corpus.jsonl:9: a BEIR record in a file whose first record is MLIR-benchmark"),
+        ("duplicate_document", r"corpus.jsonl:9: document id 'doc_de_1' appears twice \(first at .*corpus.jsonl:4\)"),
+        ("float_grade", r"qrels.jsonl:10: the relevance grade of document 'doc_en_4' for query 'en_q_000a' must be"),
+        ("string_grade", r"qrels.jsonl:10: .* must be an integer, found '1'"),
+        ("bool_grade", r"qrels.jsonl:10: .* must be an integer, found True"),
+        ("tsv_grade", r"test.tsv:2: the relevance grade of document 'doc_en_4' .* found '1.0'"),
+        ("empty_query", r"queries.jsonl:10: query 'en_q_009a' has an empty text"),
+    ],
+)
+def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
+    """Each defect appended to a good benchmark in the MLIR benchmarks' layout (8 corpus
+    lines, 9 queries, 9 judgement lines) is refused with its file and line."""
+    root, _ = make_mlir_dir(tmp_path / "m")
+    if case == "neither_layout":
+        append_line(root / "corpus.jsonl", {"text": "no id", "lang": "en"})
+    elif case == "mixed_layouts":
+        append_line(root / "corpus.jsonl", {"_id": "d9", "text": "beir", "lang": "en"})
+    elif case == "duplicate_document":
+        append_line(root / "corpus.jsonl", {"doc_de_1": {"text": "again", "lang": "de"}})
+    elif case in ("float_grade", "string_grade", "bool_grade"):
+        grade = {"float_grade": 1.5, "string_grade": "1", "bool_grade": True}[case]
+        append_line(root / "qrels.jsonl", {"en_q_000a": {"doc_en_4": grade}})
+    elif case == "tsv_grade":
+        (root / "qrels.jsonl").unlink()
+        (root / "qrels").mkdir()
+        (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nen_q_000a\tdoc_en_4\t1.0\n")
+    elif case == "empty_query":
+        append_line(root / "queries.jsonl", {"_id": "en_q_009a", "text": "  ", "lang": "en"})
+    with pytest.raises(BadInput, match=expected):
+        data.load_benchmark(str(root))
 
 
 # ---------------------------------------------------------------------------
