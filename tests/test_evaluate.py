@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, write_rows
+from conftest import ROOT, build_tiny_model, write_rows
 
 import data
 import evaluate
@@ -437,20 +437,49 @@ def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
 # The script end to end, on tiny models
 
 
+def build_model(path, hidden, seed):
+    """conftest's tiny BERT, with its tokenizer written again from the same vocabulary.
+
+    subtle: conftest builds it with BertTokenizer(vocab_file=...), an argument transformers 5
+    no longer reads (it takes `vocab`), so its tokenizer knows only the 5 special tokens: every
+    word becomes [UNK], and any two texts of one length get one vector. The scores these tests
+    compare must depend on the words."""
+    from transformers import BertTokenizer
+
+    build_tiny_model(path, hidden=hidden, seed=seed)
+    BertTokenizer(vocab=str(path / "vocab.txt"), model_max_length=128).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny BERT encoders of different widths (32 and 24) whose tokenizers know the characters."""
+    root = tmp_path_factory.mktemp("models")
+    return {"teacher": build_model(root / "teacher", 32, seed=1), "student": build_model(root / "student", 24, seed=2)}
+
+
+def test_the_tiny_tokenizer_knows_words(models):
+    """Two texts of one length but different words must not share a vector."""
+    import model as model_module
+
+    emb = model_module.Encoder(models["teacher"]).encode(["water", "stone"])
+    assert not torch.allclose(emb[0], emb[1], atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     return write_rows(tmp_path_factory.mktemp("eval") / "rows.jsonl", n=8)
 
 
-def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
+def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
     """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
     in range, the table printed, results.json written; a second run embeds nothing
     (cache hits) and reproduces the numbers exactly."""
     args = [
         "--model",
-        tiny_models["teacher"],
+        models["teacher"],
         "--model",
-        tiny_models["student"],
+        models["student"],
         "--benchmark",
         rows,
         "--cache-dir",
@@ -464,11 +493,11 @@ def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
     ]
     evaluate.main(args)
     printed = capsys.readouterr().out
-    assert "nDCG@10" in printed and "PEER@100" in printed and tiny_models["student"] in printed
+    assert "nDCG@10" in printed and "PEER@100" in printed and models["student"] in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     bench = results["benchmarks"][rows]
     assert bench["queries"] == 32 and bench["documents"] == 32 and bench["languages"] == ["de", "en", "ru", "zh"]
-    for name in (tiny_models["teacher"], tiny_models["student"]):
+    for name in (models["teacher"], models["student"]):
         result = bench["models"][name]
         for key in ("ndcg@10", "ndcg@20", "recall@20", "mrr@10", "map@100", "own@10", "peer@100"):
             assert 0.0 <= result[key] <= 1.0, key
@@ -486,14 +515,14 @@ def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
                 assert value == bench["models"][name][key], key
 
 
-def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
+def test_script_on_a_beir_dir_monolingual(models, tmp_path, capsys):
     """--monolingual: each language's queries search its 3 documents; the row metrics
     are the mean of the per-language values, and the language-bias columns are n/a."""
     root = make_beir_dir(tmp_path / "b")
     report = evaluate.main(
         [
             "--model",
-            tiny_models["teacher"],
+            models["teacher"],
             "--benchmark",
             str(root),
             "--monolingual",
@@ -502,7 +531,7 @@ def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
             str(tmp_path / "out"),
         ]
     )
-    result = report[str(root)]["models"][tiny_models["teacher"]]
+    result = report[str(root)]["models"][models["teacher"]]
     per_language = result["per_language"]
     assert sorted(per_language) == ["de", "en"]
     assert result["ndcg@10"] == pytest.approx((per_language["de"]["ndcg@10"] + per_language["en"]["ndcg@10"]) / 2)
@@ -511,21 +540,21 @@ def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
-def test_parallel_data_and_no_language_metrics(tiny_models, rows, tmp_path, capsys):
+def test_parallel_data_and_no_language_metrics(models, rows, tmp_path, capsys):
     """--parallel rows: 8 rows x 3 non-English languages x (query, passage) = 48 (English, X)
     pairs for alignment. --no-language-metrics on a corpus without `lang`: the ranking
     columns are filled, the language columns print n/a."""
-    common = ["--model", tiny_models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
+    common = ["--model", models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
     report = evaluate.main(common + ["--benchmark", rows, "--parallel", rows])
-    result = report[rows]["models"][tiny_models["teacher"]]
+    result = report[rows]["models"][models["teacher"]]
     assert result["alignment_source"] == "--parallel" and result["alignment_pairs"] == 48
     assert sorted(result["alignment_per_language"]) == ["de", "en", "ru", "zh"]
     root = make_beir_dir(tmp_path / "b", lang=False)
     capsys.readouterr()
     report = evaluate.main(common + ["--benchmark", str(root), "--no-language-metrics"])
-    result = report[str(root)]["models"][tiny_models["teacher"]]
+    result = report[str(root)]["models"][models["teacher"]]
     assert 0 <= result["ndcg@10"] <= 1 and result.get("own@10") is None and result.get("alignment") is None
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tiny_models["teacher"])][-1]
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(models["teacher"])][-1]
     assert row.split()[-5:] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif
 
 
@@ -566,11 +595,11 @@ def run_script(*args):
 
 
 @pytest.mark.parametrize("case", ["unloadable_model", "no_queries", "no_lang"])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, tmp_path):
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, models, rows, tmp_path):
     root = make_beir_dir(tmp_path / "b", lang=case != "no_lang")
     if case == "no_queries":
         (root / "queries.jsonl").unlink()
-    model = "nobody/no-such-model" if case == "unloadable_model" else tiny_models["teacher"]
+    model = "nobody/no-such-model" if case == "unloadable_model" else models["teacher"]
     result = run_script(
         "--model",
         model,
