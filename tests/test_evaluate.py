@@ -76,6 +76,20 @@ def test_own_language_share():
 # PEER, MRC, alignment, uniformity
 
 
+def textbook_kruskal_wallis(groups):
+    """H with the tie correction and its chi-square tail, written out independently of scipy."""
+    values = torch.tensor([v for g in groups for v in g], dtype=torch.float64)
+    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0).double() - (counts - 1) / 2)[inverse]  # mid-ranks
+    n, start, h = float(len(values)), 0, 0.0
+    for g in groups:
+        h += ranks[start : start + len(g)].sum().item() ** 2 / len(g)
+        start += len(g)
+    h = (12 / (n * (n + 1)) * h - 3 * (n + 1)) / (1 - (counts.double() ** 3 - counts).sum().item() / (n**3 - n))
+    dof = torch.tensor((len(groups) - 1) / 2, dtype=torch.float64)
+    return h, torch.special.gammaincc(dof, torch.tensor(max(h, 0.0) / 2, dtype=torch.float64)).item()
+
+
 def test_kruskal_wallis_without_ties():
     """Three groups of one value, 1, 2, 3: N = 3, rank sums 1, 2, 3, so
     H = 12 / (3 * 4) * (1 + 4 + 9) - 3 * 4 = 2. With g - 1 = 2 degrees of freedom the
@@ -90,15 +104,15 @@ def test_kruskal_wallis_with_ties_at_k_plus_one():
     Pooled 1, 2, 4, 4 get mid-ranks 1, 2, 3.5, 3.5; R_A = 4.5, R_B = 5.5, N = 4:
     H = 12 / 20 * (4.5^2 / 2 + 5.5^2 / 2) - 15 = 0.15, tie correction
     C = 1 - (2^3 - 2) / (4^3 - 4) = 0.9, H = 0.15 / 0.9 = 1/6. One degree of freedom:
-    P(chi^2_1 > H) = erfc(sqrt(H / 2)). All values equal: p = 1."""
+    P(chi^2_1 > H) = erfc(sqrt(H / 2)). All values equal (where scipy raises): p = 1."""
     h, p = evaluate.kruskal_wallis([[1, 4], [2, 4]])
     assert h == pytest.approx(1 / 6)
     assert p == pytest.approx(math.erfc(math.sqrt(1 / 12)))
     assert evaluate.kruskal_wallis([[4, 4], [4]]) == (0.0, 1.0)
 
 
-def test_kruskal_wallis_matches_scipy_when_available():
-    stats = pytest.importorskip("scipy.stats")
+def test_kruskal_wallis_matches_the_textbook_formula():
+    """20 random draws of 4 groups of 1-5 ranks in 1..11 (many ties): H and p as written out above."""
     generator = torch.Generator().manual_seed(3)
     for _ in range(20):
         groups = [
@@ -108,8 +122,8 @@ def test_kruskal_wallis_matches_scipy_when_available():
         if len({v for g in groups for v in g}) < 2:
             continue
         h, p = evaluate.kruskal_wallis(groups)
-        expected = stats.kruskal(*groups)
-        assert h == pytest.approx(expected.statistic) and p == pytest.approx(expected.pvalue)
+        expected_h, expected_p = textbook_kruskal_wallis(groups)
+        assert h == pytest.approx(expected_h) and p == pytest.approx(expected_p)
 
 
 def test_peer_groups_set_ranks_past_k_to_k_plus_one():
@@ -122,11 +136,13 @@ def test_peer_groups_set_ranks_past_k_to_k_plus_one():
 
 def test_spearman():
     """Monotone: 1; reversed: -1; ranks (3, 2, 1) against (1, 3, 2): centred (1, 0, -1), (-1, 1, 0),
-    so rho = -1 / sqrt(2 * 2) = -0.5. A constant vector has no rank correlation: nan."""
+    so rho = -1 / sqrt(2 * 2) = -0.5. Ties take mid-ranks: (1, 1, 2) ranks (1.5, 1.5, 3) against
+    (1, 2, 3): rho = 0.866 = sqrt(3) / 2. A constant vector has no rank correlation: nan."""
     x = torch.tensor([0.9, 0.8, 0.1])
     assert evaluate.spearman(x, x * 2) == pytest.approx(1.0)
     assert evaluate.spearman(x, -x) == pytest.approx(-1.0)
     assert evaluate.spearman(x, torch.tensor([0.1, 0.9, 0.8])) == pytest.approx(-0.5)
+    assert evaluate.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(evaluate.spearman(x, torch.ones(3)))
 
 
@@ -136,15 +152,39 @@ def test_mrc_by_hand():
     en-de: U = {0, 1, 2}, scores (.9, .8, .1) vs (.1, .9, .8): rho = -0.5 (test_spearman).
     en-fr: U = {0, 1}, (.9, .8) vs (.9, .8): rho = 1.
     de-fr: U = {0, 1, 2}, (.1, .9, .8) vs (.9, .8, 0): ranks (1, 3, 2) vs (3, 2, 1): rho = -0.5.
-    Per language (pairs that involve it): en (-0.5 + 1) / 2 = 0.25, de -0.5, fr 0.25;
-    MRC = 100 * mean(0.25, -0.5, 0.25) = 0."""
+    Per query over its partners: en (-0.5 + 1) / 2 = 0.25, de -0.5, fr 0.25; one query per
+    language, so these are the languages' values; MRC = 100 * mean(0.25, -0.5, 0.25) = 0."""
     doc_emb = torch.eye(4)
     query_emb = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.1, 0.9, 0.8, 0.0], [0.9, 0.8, 0.0, 0.1]])
     top = (query_emb @ doc_emb.T).topk(2, dim=1).indices
-    value, per_lang, pairs = evaluate.mrc(query_emb, doc_emb, top, [[0, 1, 2]], ["en", "de", "fr"])
-    assert pairs == 3
+    value, per_lang, queries, pairs = evaluate.mrc(query_emb, doc_emb, top, [[0, 1, 2]], ["en", "de", "fr"])
+    assert pairs == 3 and queries == 3
     assert per_lang == pytest.approx({"de": -50.0, "en": 25.0, "fr": 25.0})
     assert value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mrc_averages_each_query_over_its_partners_first():
+    """A partially parallel benchmark: group 1 = (en0, de0, fr0), group 2 = (en1, de1).
+    Documents are the 4 unit vectors and every query's top k is all 4, so rho is the
+    Spearman correlation of the query vectors. en0 = de0 = en1 = (.1, .2, .3, .4),
+    fr0 reversed, de1 = (.1, .2, .4, .3): rho(en0, de0) = 1, rho(en0, fr0) = rho(de0, fr0)
+    = -1, rho(en1, de1) = 1 - 6 * 2 / (4 * 15) = 0.8.
+    Per query, then per language, then over languages (the reference aggregation):
+      RC: en0 0, de0 0, fr0 -1, en1 0.8, de1 0.8; en (0 + 0.8) / 2 = 0.4, de 0.4, fr -1;
+      MRC = 100 * (0.4 + 0.4 - 1) / 3 = -6.67.
+    The mean over all pairs that involve a language would give en (1 - 1 + 0.8) / 3 = 0.267,
+    de 0.267, fr -1 and MRC = -15.56: the two differ once groups differ in size."""
+    doc_emb = torch.eye(4)
+    up, down, swapped = [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.4, 0.3]
+    query_emb = torch.tensor([up, up, down, up, swapped])
+    top = torch.arange(4).expand(5, 4)
+    groups, langs = [[0, 1, 2], [3, 4]], ["en", "de", "fr", "en", "de"]
+    value, per_lang, queries, pairs = evaluate.mrc(query_emb, doc_emb, top, groups, langs)
+    assert pairs == 4 and queries == 5
+    assert per_lang == pytest.approx({"de": 40.0, "en": 40.0, "fr": -100.0})
+    assert value == pytest.approx(-20 / 3)
+    pairwise = {"en": (1 - 1 + 0.8) / 3, "de": (1 - 1 + 0.8) / 3, "fr": -1.0}
+    assert value != pytest.approx(100 * sum(pairwise.values()) / 3, abs=1.0)
 
 
 def test_alignment_and_uniformity_known_answers():
@@ -501,7 +541,7 @@ def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
         result = bench["models"][name]
         for key in ("ndcg@10", "ndcg@20", "recall@20", "mrr@10", "map@100", "own@10", "peer@100"):
             assert 0.0 <= result[key] <= 1.0, key
-        assert -100 <= result["mrc@10"] <= 100 and result["mrc_pairs"] == 8 * 6
+        assert -100 <= result["mrc@10"] <= 100 and result["mrc_pairs"] == 8 * 6 and result["mrc_queries"] == 32
         assert 0.0 <= result["alignment"] <= 4.0 and -8.0 <= result["uniformity"] <= 0.0
         assert sorted(result["per_language"]) == ["de", "en", "ru", "zh"]
         assert result["peer_queries"] == 32
