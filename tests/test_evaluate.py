@@ -1,5 +1,7 @@
-"""evaluate.py: trec_eval's metrics by hand (ties included), PEER, MRC, alignment/uniformity,
-benchmark reading (BEIR, the MLIR benchmarks' layout, aligned rows), and the script end to end."""
+"""evaluate.py: trec_eval's metrics by hand and against pytrec_eval (ties included), PEER, MRC
+and its aggregation, alignment/uniformity, both benchmark layouts and their parallel groups,
+models encoded exactly as sentence-transformers encodes them, the output files and who may
+replace them, and bad input."""
 
 import json
 import math
@@ -13,6 +15,7 @@ from conftest import ROOT, build_tiny_model, write_rows
 
 import data
 import evaluate
+import retrieval
 from data import BadInput
 
 # ---------------------------------------------------------------------------
@@ -70,6 +73,39 @@ def test_own_language_share():
     assert evaluate.own_language_share(langs, "en", 4) == 0.5
     assert evaluate.own_language_share(langs, "en", 2) == 1.0
     assert evaluate.own_language_share(langs, "de", 10) == 0.25
+
+
+def test_metrics_equal_pytrec_eval_on_a_benchmark_with_ties():
+    """40 queries, 150 documents, embeddings of -1/0/1 in 4 dims: scores are exact small
+    integers, so nearly every rank is a tie that only the document id settles. Graded
+    judgements (0, 1, 2) and relevant documents that are never retrieved. pytrec_eval
+    (trec_eval itself) gets every score and sorts on its own; evaluate.py retrieves the
+    top 100 and scores it. nDCG@10, R@20, MAP@100 and RR@10 agree per query. (pytrec_eval's
+    recip_rank looks at the whole ranking: RR@10 is it where it is >= 1/10, else 0.)"""
+    import pytrec_eval  # a test dependency, in requirements.txt beside pytest
+
+    generator = torch.Generator().manual_seed(7)
+    q = torch.randint(-1, 2, (40, 4), generator=generator).float()
+    d = torch.randint(-1, 2, (150, 4), generator=generator).float()
+    doc_ids = [f"d{j}" for j in torch.randperm(150, generator=generator).tolist()]
+    qrels = {}
+    for i in range(40):
+        picks = torch.randperm(150, generator=generator)[:6].tolist()
+        grades = torch.randint(0, 3, (6,), generator=generator).tolist()
+        qrels[f"q{i}"] = {doc_ids[j]: grade for j, grade in zip(picks, grades)}
+        qrels[f"q{i}"][doc_ids[picks[0]]] = 2  # at least one relevant document
+    scores = q @ d.T  # (40, 150)
+    run = {f"q{i}": {doc_ids[j]: float(scores[i, j]) for j in range(150)} for i in range(40)}
+    measures = {"ndcg_cut.10", "recall.20", "map_cut.100", "recip_rank"}
+    expected = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    _, index = retrieval.retrieve(q, d, retrieval.id_ranks(doc_ids), 100, query_chunk=7, doc_chunk=33)
+    for i in range(40):
+        ranking, judged, want = [doc_ids[j] for j in index[i].tolist()], qrels[f"q{i}"], expected[f"q{i}"]
+        assert evaluate.ndcg(ranking, judged, 10) == pytest.approx(want["ndcg_cut_10"], abs=1e-9)
+        assert evaluate.recall(ranking, judged, 20) == pytest.approx(want["recall_20"], abs=1e-9)
+        assert evaluate.average_precision(ranking, judged, 100) == pytest.approx(want["map_cut_100"], abs=1e-9)
+        rr_at_10 = want["recip_rank"] if want["recip_rank"] >= 0.1 - 1e-12 else 0.0
+        assert evaluate.mrr(ranking, judged, 10) == pytest.approx(rr_at_10, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -474,7 +510,7 @@ def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
 
 
 # ---------------------------------------------------------------------------
-# The script end to end, on tiny models
+# Models: encoded exactly as sentence-transformers encodes them
 
 
 def build_model(path, hidden, seed):
@@ -500,10 +536,136 @@ def models(tmp_path_factory):
 
 def test_the_tiny_tokenizer_knows_words(models):
     """Two texts of one length but different words must not share a vector."""
+    emb, _ = evaluate.embed(
+        evaluate.LazyModel(models["teacher"], evaluate.get_args(["--no-cache"]), torch.device("cpu")),
+        ["water", "stone"],
+        "document",
+        "two words",
+        evaluate.get_args(["--no-cache"]),
+    )
+    assert not torch.allclose(emb[0], emb[1], atol=1e-3)
+
+
+def build_st_model(path, backbone, dense=True, prompts=None, seed=5):
+    """A sentence-transformers folder: Transformer (the tiny BERT backbone) + mean Pooling
+    (+ Dense 32 -> 16 with tanh) + Normalize, with the given prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    torch.manual_seed(seed)
+    modules = [Transformer(backbone), Pooling(32, "mean")] + ([Dense(32, 16)] if dense else []) + [Normalize()]
+    SentenceTransformer(modules=modules, prompts=prompts).save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def st_models(models, tmp_path_factory):
+    """The same backbone with and without a Dense layer, both with query/document prompts."""
+    root = tmp_path_factory.mktemp("st")
+    prompts = {"query": "query: ", "document": "passage: "}
+    return {
+        "dense": build_st_model(root / "dense", models["teacher"], dense=True, prompts=prompts),
+        "no_dense": build_st_model(root / "no_dense", models["teacher"], dense=False, prompts=prompts),
+    }
+
+
+TEXTS = [
+    "what is the river",
+    "bread from the oven is warm",
+    "стекло и свет",
+    "水是什么",
+    "the long river " * 60,  # 180 words, far past 8 tokens
+]
+
+
+def embed_as_evaluate_does(name, task, argv=()):
+    args = evaluate.get_args(["--no-cache", *argv])
+    lazy = evaluate.LazyModel(name, args, torch.device("cpu"))
+    return evaluate.embed(lazy, TEXTS, task, "test texts", args)
+
+
+def test_vectors_are_those_of_sentence_transformers(st_models):
+    """Transformer + Pooling + Dense + Normalize with prompts: evaluate.py's query and document
+    vectors equal SentenceTransformer(path).encode_query / encode_document's (16-d, the Dense
+    output), and the prompts they used are recorded; --no-prompts equals encode with no prompt."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(st_models["dense"], device="cpu")
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query")
+    torch.testing.assert_close(emb, reference.encode_query(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert emb.shape == (5, 16) and settings["prompt"] == "query: " and settings["max_length"] == 128
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "document")
+    torch.testing.assert_close(emb, reference.encode_document(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["prompt"] == "passage: " and settings["similarity"] == "cosine"
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query", ["--no-prompts"])
+    torch.testing.assert_close(emb, reference.encode(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["prompt"] == ""
+    assert not torch.allclose(emb, reference.encode_query(TEXTS, convert_to_tensor=True), atol=1e-4)
+
+
+def test_max_length_is_applied(st_models):
+    """--max-length 8 truncates the 180-word text (and only texts that long change);
+    the vectors equal sentence-transformers' with max_seq_length = 8. More than the
+    tokenizer's 128 is refused."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(st_models["dense"], device="cpu")
+    reference.max_seq_length = 8
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "document", ["--max-length", "8"])
+    torch.testing.assert_close(emb, reference.encode_document(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["max_length"] == 8
+    full, _ = embed_as_evaluate_does(st_models["dense"], "document")
+    assert not torch.allclose(emb[4], full[4], atol=1e-4)
+    with pytest.raises(BadInput, match="--max-length 500 is more than model .* takes \\(128 tokens\\)"):
+        embed_as_evaluate_does(st_models["dense"], "document", ["--max-length", "500"])
+
+
+def test_precision_loads_the_weights_in_that_dtype(st_models):
+    """By default the checkpoint's own dtype (float32 here), as SentenceTransformer(path) loads it;
+    --precision bf16 loads bfloat16 weights: the vectors move by about bf16's resolution, no more."""
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query")
+    assert settings["dtype"] == "float32"
+    low, settings = embed_as_evaluate_does(st_models["dense"], "query", ["--precision", "bf16"])
+    assert settings["dtype"] == "bfloat16" and low.dtype == torch.float32
+    assert 0 < (low - emb).abs().max() < 0.05
+
+
+def test_our_run_folders_load_as_our_encoder_made_them(models, tmp_path):
+    """A run folder written by model.Encoder.save (what distill.py and joint_train.py leave):
+    evaluate.py's vectors equal the training code's own Encoder.encode, an independent
+    implementation of the same pooling and normalisation."""
     import model as model_module
 
-    emb = model_module.Encoder(models["teacher"]).encode(["water", "stone"])
-    assert not torch.allclose(emb[0], emb[1], atol=1e-3)
+    encoder = model_module.Encoder(models["student"])
+    encoder.save(tmp_path / "run")
+    emb, settings = embed_as_evaluate_does(str(tmp_path / "run"), "query")
+    torch.testing.assert_close(emb, encoder.encode(TEXTS), atol=1e-5, rtol=0)
+    assert settings["prompt"] == "" and settings["dimension"] == 24
+
+
+def test_unreproducible_modules_are_refused(st_models, tmp_path):
+    """A module type nobody can import, custom code without --trust-remote-code, and a sparse
+    (SPLADE) module: each is one sentence naming the module, before anything is loaded."""
+    import shutil
+
+    for kind, expected in [
+        ("sentence_transformers.models.NoSuchModule", r"module 3 .* 'sentence_transformers.models.NoSuchModule'"),
+        ("custom_module.Custom", r"'custom_module.Custom', cannot be loaded .*; pass --trust-remote-code"),
+        ("sentence_transformers.sparse_encoder.models.SpladePooling", r"is a sparse \(SPLADE-style\) module"),
+    ]:
+        path = tmp_path / kind
+        shutil.copytree(st_models["dense"], path)
+        modules = json.loads((path / "modules.json").read_text())
+        modules[2]["type"] = kind
+        (path / "modules.json").write_text(json.dumps(modules))
+        with pytest.raises(BadInput, match=expected):
+            evaluate.check_model(str(path), trust_remote_code=False)
+    evaluate.check_model(st_models["dense"], trust_remote_code=False)  # the unaltered model passes
+
+
+# ---------------------------------------------------------------------------
+# The script end to end, on tiny models
 
 
 @pytest.fixture(scope="module")
@@ -511,10 +673,91 @@ def rows(tmp_path_factory):
     return write_rows(tmp_path_factory.mktemp("eval") / "rows.jsonl", n=8)
 
 
+def run_lines(path):
+    """A TREC run file -> {query id: [(doc id, rank, score)]}, checking its six columns."""
+    out = {}
+    for line in path.read_text().splitlines():
+        query_id, q0, doc_id, rank, score, tag = line.split()
+        assert q0 == "Q0" and tag
+        out.setdefault(query_id, []).append((doc_id, int(rank), float(score)))
+    return out
+
+
+def test_dense_layer_changes_the_scores_and_the_run_files_say_so(st_models, tmp_path):
+    """Both models on a fully parallel MLIR-layout benchmark with --save-run: the run files
+    hold 9 documents for each of 9 queries, ranks 1..9, scores descending; the Dense model's
+    scores are not the Dense-less model's. The result files record each model's prompts and
+    max length."""
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    out = tmp_path / "out"
+    common = ["--benchmark", str(root), "--no-cache", "--out-dir", str(out), "--save-run"]
+    evaluate.main(["--model", st_models["dense"], "--model", st_models["no_dense"], *common])
+    folder = out / evaluate.slug(str(root))
+    runs = {name: run_lines(folder / f"{evaluate.slug(st_models[name])}.trec") for name in st_models}
+    for run in runs.values():
+        assert len(run) == 9 and all([rank for _, rank, _ in ranked] == list(range(1, 10)) for ranked in run.values())
+        assert all(ranked[i][2] >= ranked[i + 1][2] for ranked in run.values() for i in range(8))
+    dense_scores = sorted(score for ranked in runs["dense"].values() for _, _, score in ranked)
+    plain_scores = sorted(score for ranked in runs["no_dense"].values() for _, _, score in ranked)
+    assert max(abs(a - b) for a, b in zip(dense_scores, plain_scores)) > 1e-3
+    result = json.loads((folder / f"{evaluate.slug(st_models['dense'])}.json").read_text())
+    assert result["encoding"]["query_prompt"] == "query: " and result["encoding"]["document_prompt"] == "passage: "
+    assert result["encoding"]["max_length"] == 128 and result["encoding"]["dimension"] == 16
+
+
+def test_mlir_layout_end_to_end_with_pytrec_eval_on_the_run_file(st_models, tmp_path, capsys):
+    """The MLIR benchmarks' layout, fully parallel: the printed table has numbers for MRC,
+    align and unif (not n/a), and the result file is MTEB-shaped. pytrec_eval, reading the
+    TREC run file and the judgements, gives each query the nDCG@10, R@20, RR@10 (recip_rank on
+    a top 10) and AP@100 that the result file's per_query holds."""
+    import pytrec_eval
+
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    out = tmp_path / "out"
+    name = st_models["dense"]
+    report = evaluate.main(
+        ["--model", name, "--benchmark", str(root), "--no-cache", "--out-dir", str(out), "--save-run"]
+    )
+    summary = report[str(root)]["models"][name]
+    assert -100 <= summary["mrc_at_10"] <= 100 and summary["mrc_queries"] == 9 and summary["mrc_pairs"] == 9
+    assert 0 <= summary["alignment"] <= 4 and summary["uniformity"] <= 0 and summary["alignment_pairs"] == 9
+    assert summary["alignment_source"] == "judgements of parallel queries"
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)][-1].split()  # the table's
+    assert "n/a" not in row and float(row[7]) == pytest.approx(summary["mrc_at_10"], abs=0.01)  # MRC@10 column
+    folder = out / evaluate.slug(str(root))
+    result = json.loads((folder / f"{evaluate.slug(name)}.json").read_text())
+    default = result["scores"]["test"][0]
+    assert default["hf_subset"] == "default" and default["main_score"] == default["ndcg_at_10"]
+    assert default["languages"] == ["de", "en", "fr"] and len(result["scores"]["test"]) == 4
+    for key in ("ndcg_at_10", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100"):
+        assert 0 <= default[key] <= 1, key
+    qrels = {}
+    for line in (root / "qrels.jsonl").read_text().splitlines():
+        qrels.update(json.loads(line))
+    run = {
+        q: {d: score for d, _, score in ranked}
+        for q, ranked in run_lines(folder / f"{evaluate.slug(name)}.trec").items()
+    }
+    top10 = {
+        q: {d: score for d, rank, score in ranked if rank <= 10}
+        for q, ranked in run_lines(folder / f"{evaluate.slug(name)}.trec").items()
+    }
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.20", "map_cut.100"}).evaluate(run)
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    assert sorted(result["per_query"]) == sorted(full)
+    for query_id, values in result["per_query"].items():
+        assert values["ndcg_at_10"] == pytest.approx(full[query_id]["ndcg_cut_10"], abs=1e-9)
+        assert values["recall_at_20"] == pytest.approx(full[query_id]["recall_20"], abs=1e-9)
+        assert values["map_at_100"] == pytest.approx(full[query_id]["map_cut_100"], abs=1e-9)
+        assert values["mrr_at_10"] == pytest.approx(rr[query_id]["recip_rank"], abs=1e-9)
+        assert 0 <= values["own_at_10"] <= 1 and values["lang"] == query_id[:2]
+    assert (out / "au.png").stat().st_size > 1000
+
+
 def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
     """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
     in range, the table printed, results.json written; a second run embeds nothing
-    (cache hits) and reproduces the numbers exactly."""
+    (cache hits) and reproduces the numbers exactly, replacing the files it wrote."""
     args = [
         "--model",
         models["teacher"],
@@ -535,24 +778,41 @@ def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nDCG@10" in printed and "PEER@100" in printed and models["student"] in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    bench = results["benchmarks"][rows]
+    bench = results["benchmarks"][evaluate.slug(rows)]
     assert bench["queries"] == 32 and bench["documents"] == 32 and bench["languages"] == ["de", "en", "ru", "zh"]
     for name in (models["teacher"], models["student"]):
         result = bench["models"][name]
-        for key in ("ndcg@10", "ndcg@20", "recall@20", "mrr@10", "map@100", "own@10", "peer@100"):
+        for key in ("ndcg_at_10", "ndcg_at_20", "recall_at_20", "mrr_at_10", "map_at_100", "own_at_10", "peer_at_100"):
             assert 0.0 <= result[key] <= 1.0, key
-        assert -100 <= result["mrc@10"] <= 100 and result["mrc_pairs"] == 8 * 6 and result["mrc_queries"] == 32
+        assert -100 <= result["mrc_at_10"] <= 100 and result["mrc_pairs"] == 8 * 6 and result["mrc_queries"] == 32
         assert 0.0 <= result["alignment"] <= 4.0 and -8.0 <= result["uniformity"] <= 0.0
         assert sorted(result["per_language"]) == ["de", "en", "ru", "zh"]
-        assert result["peer_queries"] == 32
+        assert result["peer_queries"] == 32 and result["encoding"]["max_length"] == 128
     evaluate.main(args)
     printed = capsys.readouterr().out
     assert printed.count("cache hit") == 4  # 2 models x (documents, queries)
-    again = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"][rows]["models"]
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"][evaluate.slug(rows)]["models"]
     for name, result in again.items():
         for key, value in result.items():
-            if key != "seconds":
+            if key not in ("seconds", "written_at"):
                 assert value == bench["models"][name][key], key
+
+
+def test_a_second_run_adds_its_row(models, st_models, tmp_path, capsys):
+    """Model A, then model B in a second run into the same --out-dir: both result files are
+    there, and the second run's printed table and results.json hold both rows."""
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    common = ["--benchmark", str(root), "--no-cache", "--out-dir", str(tmp_path / "out")]
+    evaluate.main(["--model", st_models["dense"], *common])
+    capsys.readouterr()
+    report = evaluate.main(["--model", models["teacher"], *common])
+    printed = capsys.readouterr().out
+    assert sorted(report[str(root)]["models"]) == sorted([st_models["dense"], models["teacher"]])
+    table = printed[printed.index("model  ") :]
+    assert st_models["dense"] in table and models["teacher"] in table
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results["benchmarks"][evaluate.slug(str(root))]["models"]) == 2
+    assert len(list((tmp_path / "out" / evaluate.slug(str(root))).glob("*.json"))) == 2
 
 
 def test_script_on_a_beir_dir_monolingual(models, tmp_path, capsys):
@@ -574,10 +834,13 @@ def test_script_on_a_beir_dir_monolingual(models, tmp_path, capsys):
     result = report[str(root)]["models"][models["teacher"]]
     per_language = result["per_language"]
     assert sorted(per_language) == ["de", "en"]
-    assert result["ndcg@10"] == pytest.approx((per_language["de"]["ndcg@10"] + per_language["en"]["ndcg@10"]) / 2)
-    assert result.get("own@10") is None and result.get("mrc@10") is None and result.get("peer@100") is None
+    assert result["ndcg_at_10"] == pytest.approx(
+        (per_language["de"]["ndcg_at_10"] + per_language["en"]["ndcg_at_10"]) / 2
+    )
+    assert result.get("own_at_10") is None and result.get("mrc_at_10") is None and result.get("peer_at_100") is None
     assert "1 queries without judgements skipped" in capsys.readouterr().out
     assert not (tmp_path / "cache").exists()
+    assert (tmp_path / "out" / f"{evaluate.slug(str(root))}.monolingual").is_dir()
 
 
 def test_parallel_data_and_no_language_metrics(models, rows, tmp_path, capsys):
@@ -593,9 +856,9 @@ def test_parallel_data_and_no_language_metrics(models, rows, tmp_path, capsys):
     capsys.readouterr()
     report = evaluate.main(common + ["--benchmark", str(root), "--no-language-metrics"])
     result = report[str(root)]["models"][models["teacher"]]
-    assert 0 <= result["ndcg@10"] <= 1 and result.get("own@10") is None and result.get("alignment") is None
+    assert 0 <= result["ndcg_at_10"] <= 1 and result.get("own_at_10") is None and result.get("alignment") is None
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(models["teacher"])][-1]
-    assert row.split()[-5:] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif
+    assert row.split()[-6:-1] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif, then the max length
 
 
 def test_default_models_are_the_trained_stages_and_the_teacher(tmp_path, monkeypatch, capsys):
@@ -627,6 +890,72 @@ def test_plot_is_written_with_matplotlib(tmp_path):
     assert (tmp_path / "au.png").stat().st_size > 1000
 
 
+# ---------------------------------------------------------------------------
+# Files evaluate.py may replace, and bad input
+
+
+def test_only_files_evaluate_wrote_are_replaced(models, rows, tmp_path):
+    """A user's own results.json or au.png in --out-dir, a result file of ours edited since,
+    a user's file where --save-run would write: each stops the run before any work, with the
+    file untouched and nothing new written. The unaltered folder is written again."""
+    out = tmp_path / "out"
+    common = ["--model", models["teacher"], "--benchmark", rows, "--no-cache", "--out-dir", str(out)]
+    result = out / evaluate.slug(rows) / f"{evaluate.slug(models['teacher'])}.json"
+    for mine in ("results.json", "au.png"):
+        (out / mine).parent.mkdir(parents=True, exist_ok=True)
+        (out / mine).write_text("the user's own")
+        with pytest.raises(BadInput, match=f"holds {mine}, which evaluate.py did not write"):
+            evaluate.main(common)
+        assert (out / mine).read_text() == "the user's own" and not result.exists()
+        (out / mine).unlink()
+    evaluate.main(common)
+    result.write_text(result.read_text().replace("ndcg", "NDCG"))  # edited by hand since
+    edited = result.read_text()
+    with pytest.raises(BadInput, match="which evaluate.py did not write \\(or which changed since\\)"):
+        evaluate.main(common)
+    assert result.read_text() == edited
+    runs = tmp_path / "runs"
+    trec = runs / evaluate.slug(rows) / f"{evaluate.slug(models['teacher'])}.trec"
+    trec.parent.mkdir(parents=True)
+    trec.write_text("mine\n")
+    with pytest.raises(BadInput, match="--save-run .* holds .*\\.trec, which evaluate.py did not write"):
+        evaluate.main(common[:-2] + ["--out-dir", str(tmp_path / "out2"), "--save-run", str(runs)])
+    assert trec.read_text() == "mine\n" and not (tmp_path / "out2").exists()
+
+
+def test_two_models_never_share_a_result_file(models, rows, tmp_path):
+    """Models at x/m and x__m would both be written as ...x__m.json: the second is refused, in
+    one run or in a later one, and the first's file stays as it was. A --cache-dir that is a
+    file is refused too."""
+    import shutil
+
+    first, second = tmp_path / "x" / "m", tmp_path / "x__m"
+    shutil.copytree(models["teacher"], first)
+    shutil.copytree(models["teacher"], second)
+    common = ["--benchmark", rows, "--no-cache", "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(BadInput, match="would share the result file name"):
+        evaluate.main(["--model", str(first), "--model", str(second), *common])
+    evaluate.main(["--model", str(first), *common])
+    (written,) = (tmp_path / "out" / evaluate.slug(rows)).glob("*.json")
+    before = written.read_text()
+    with pytest.raises(BadInput, match=f"with the results of model '{first}', and model '{second}' would need"):
+        evaluate.main(["--model", str(second), *common])
+    assert written.read_text() == before
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(BadInput, match="--cache-dir .* is a file, not a folder"):
+        evaluate.main(
+            [
+                "--model",
+                str(first),
+                *common[:-3],
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+
+
 def run_script(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
@@ -634,29 +963,56 @@ def run_script(*args):
     )
 
 
-@pytest.mark.parametrize("case", ["unloadable_model", "no_queries", "no_lang"])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, models, rows, tmp_path):
+@pytest.mark.parametrize(
+    "case", ["unloadable_model", "no_queries", "no_lang", "unknown_module", "out_dir_is_a_file", "corpus_line"]
+)
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, models, tmp_path):
     root = make_beir_dir(tmp_path / "b", lang=case != "no_lang")
+    model = "nobody/no-such-model" if case == "unloadable_model" else models["teacher"]
+    out = tmp_path / "out"
     if case == "no_queries":
         (root / "queries.jsonl").unlink()
-    model = "nobody/no-such-model" if case == "unloadable_model" else models["teacher"]
-    result = run_script(
-        "--model",
-        model,
-        "--benchmark",
-        str(root),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    elif case == "unknown_module":
+        model = str(tmp_path / "m")
+        build_tiny_model(model)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "somewhere.UnknownModule"}]
+        (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    elif case == "out_dir_is_a_file":
+        out.write_text("a file of the user's")
+    elif case == "corpus_line":
+        append_line(root / "corpus.jsonl", '{"text": "no id"}')
+    result = run_script("--model", model, "--benchmark", str(root), "--out-dir", str(out), "--no-cache")
     expected = {
         "unloadable_model": "cannot load model 'nobody/no-such-model'",
         "no_queries": "has no queries: expected queries.jsonl",
         "no_lang": "has no 'lang' field",
+        "unknown_module": "module 1 of its modules.json, type 'somewhere.UnknownModule', cannot be loaded",
+        "out_dir_is_a_file": "is a file, not a folder",
+        "corpus_line": "corpus.jsonl:7: expected a BEIR record",
     }[case]
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and expected in last, result.stderr
-    assert not (tmp_path / "out").exists()  # nothing written before the input is known good
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    if case == "out_dir_is_a_file":
+        assert out.read_text() == "a file of the user's"
+    else:
+        assert not out.exists()  # nothing written before the input is known good
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--query-chunk", "-3"], "--query-chunk must be at least 1, got -3"),
+        (["--doc-chunk", "0"], "--doc-chunk must be at least 1, got 0"),
+        (["--max-parallel", "0"], "--max-parallel must be at least 1, got 0"),
+        (["--max-length", "0"], "--max-length must be at least 1, got 0"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+        (["--split", "../test"], "--split must be a plain name"),
+        (["--no-prompts", "--query-prompt", "q: "], "--no-prompts and --query-prompt/--document-prompt contradict"),
+    ],
+)
+def test_flags_out_of_range_are_refused(flags, expected):
+    with pytest.raises(BadInput, match=expected.replace("(", "\\(")):
+        evaluate.get_args(flags)
