@@ -754,6 +754,41 @@ def test_mlir_layout_end_to_end_with_pytrec_eval_on_the_run_file(st_models, tmp_
     assert (out / "au.png").stat().st_size > 1000
 
 
+def rows_as_mlir_dir(rows_path, root):
+    """The aligned rows written again in the MLIR benchmarks' layout: doc_<lang>_<n> with numbers
+    drawn per language, <lang>_q_<row> queries, and every version of a row's passage relevant to
+    every version of its query, as the authors build their benchmarks."""
+    import random
+
+    rows = [json.loads(line) for line in open(rows_path, encoding="utf-8")]
+    langs = sorted(key[len("passage_") :] for key in rows[0] if key.startswith("passage_"))
+    numbers = {lang: random.Random(lang).sample(range(100, 999), len(rows)) for lang in langs}
+    corpus, queries, qrels = [], [], []
+    for i, row in enumerate(rows):
+        docs = {lang: f"doc_{lang}_{numbers[lang][i]}" for lang in langs}
+        for lang in langs:
+            corpus.append({docs[lang]: {"text": row[f"passage_{lang}"], "lang": lang}})
+            queries.append({"_id": f"{lang}_q_{i:03d}", "text": row[f"query_{lang}"], "lang": lang})
+            qrels.append({f"{lang}_q_{i:03d}": {docs[other]: 1 for other in langs}})
+    for name, records in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        write_jsonl(root / f"{name}.jsonl", records)
+    return root
+
+
+def test_the_mlir_layout_scores_as_the_same_rows_do(models, rows, tmp_path):
+    """One benchmark two ways: 8 aligned rows, and the same texts and judgements in the MLIR
+    benchmarks' layout, where the parallel queries come from id prefixes and the parallel
+    documents from the judgements. Every number agrees, MRC and alignment included."""
+    common = ["--model", models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
+    from_rows = evaluate.main([*common, "--benchmark", rows])[rows]["models"][models["teacher"]]
+    root = str(rows_as_mlir_dir(rows, tmp_path / "Rows_test"))
+    from_mlir = evaluate.main([*common, "--benchmark", root])[root]["models"][models["teacher"]]
+    for key in ("ndcg_at_10", "recall_at_100", "map_at_100", "own_at_10", "peer_at_100", "mrc_at_10"):
+        assert from_mlir[key] == pytest.approx(from_rows[key], rel=1e-6), key
+    for key in ("alignment", "uniformity", "alignment_pairs", "mrc_pairs"):
+        assert from_mlir[key] == pytest.approx(from_rows[key], rel=1e-5), key
+
+
 def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
     """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
     in range, the table printed, results.json written; a second run embeds nothing
