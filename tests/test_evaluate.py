@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, build_tiny_model, write_rows
+from conftest import CHARACTERS, ROOT, build_tiny_model, write_rows
 
 import data
 import evaluate
@@ -514,16 +514,20 @@ def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
 
 
 def build_model(path, hidden, seed):
-    """conftest's tiny BERT, with its tokenizer written again from the same vocabulary.
+    """conftest's tiny BERT, with a tokenizer that knows its characters.
 
-    subtle: conftest builds it with BertTokenizer(vocab_file=...), an argument transformers 5
-    no longer reads (it takes `vocab`), so its tokenizer knows only the 5 special tokens: every
-    word becomes [UNK], and any two texts of one length get one vector. The scores these tests
-    compare must depend on the words."""
-    from transformers import BertTokenizer
+    subtle: built with BertTokenizer(vocab_file=...), an argument transformers 5 no longer
+    reads (it takes `vocab`), the tokenizer knows only the 5 special tokens: every word
+    becomes [UNK], and any two texts of one length get one vector. Where conftest's tokenizer
+    turns a word into [UNK], it is written again from the same vocabulary, so the scores
+    these tests compare depend on the words."""
+    from transformers import AutoTokenizer, BertTokenizer
 
     build_tiny_model(path, hidden=hidden, seed=seed)
-    BertTokenizer(vocab=str(path / "vocab.txt"), model_max_length=128).save_pretrained(path)
+    if AutoTokenizer.from_pretrained(path).tokenize("water") == ["[UNK]"]:
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARACTERS + ["##" + c for c in CHARACTERS]
+        tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}, model_max_length=128)
+        tokenizer.save_pretrained(path)
     return str(path)
 
 
