@@ -379,24 +379,46 @@ def read_tsv_columns(path, columns):
 # A benchmark is held in memory as plain dicts:
 #   corpus        {doc id: (text, lang or None)}
 #   queries       {query id: (text, lang or None)}, only the queries that have judgements
-#   qrels         {query id: {doc id: grade}}, grades as in the qrels file (> 0 is relevant)
+#   qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
 #   query_groups  {key: [query ids]}: parallel versions (translations) of one query
 #   doc_groups    {key: [doc ids]}: parallel versions of one document
 #   stats         counts of what was skipped or could not be matched
+#   layout        how each part was read: file layouts, the qrels file, where the groups come from
 # Groups hold at least two members, each in a different language.
 
-Benchmark = namedtuple("Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats"])
+Benchmark = namedtuple(
+    "Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout"]
+)
 
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
 BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
-BEIR_QRELS = ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
-LANGUAGE_METRICS_HINT = "the language metrics (own-language share, MRC, PEER, per-language alignment, --monolingual) need it; add it, or run evaluate.py with --no-language-metrics"
+DEFAULT_SPLIT = "test"
+LANGUAGE_METRICS_HINT = (
+    "the language metrics (own-language share, MRC, PEER, per-language alignment, --monolingual) need it; "
+    "add it, or run evaluate.py with --no-language-metrics"
+)
+# The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
+LAYOUT_NAMES = {
+    "beir": "BEIR",
+    "mlir": "MLIR-benchmark ({id: {...}})",
+}
 
 
-def load_benchmark(spec, need_lang=True):
+def qrels_candidates(split):
+    """The files read as the judgements of `split`, in order of preference."""
+    if split == DEFAULT_SPLIT:
+        # subtle: a folder with one split may name it nowhere; the MLIR benchmarks' qrels.jsonl is one
+        return ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
+    return (f"qrels/{split}.tsv", f"qrels/{split}.jsonl")
+
+
+def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
     """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
 
-    - directory: corpus.jsonl, queries.jsonl and qrels/test.tsv (or qrels.tsv, qrels.jsonl);
+    - directory: corpus.jsonl and queries.jsonl, in the BEIR layout or the MLIR
+      benchmarks' (yjoonjang/mlir-benchmarks, see read_texts), and the judgements of
+      `split`: qrels/<split>.tsv or qrels/<split>.jsonl (for "test" also qrels.tsv,
+      qrels.jsonl);
     - .jsonl/.tsv/.parquet file of aligned rows (query_<lang>, passage_<lang>), like
       data/demo/test.jsonl: turned into an MLIR benchmark by rows_to_benchmark();
     - hub dataset id, optionally with a folder: `owner/name/MMLIR/xx`, read from the
@@ -404,10 +426,15 @@ def load_benchmark(spec, need_lang=True):
     need_lang: every document and query must carry a `lang` (only checked for directories).
     """
     if Path(spec).is_dir():
-        return read_beir_dir(Path(spec), spec, need_lang)
+        return read_beir_dir(Path(spec), spec, need_lang, split)
     if is_local(spec):
+        if split != DEFAULT_SPLIT:
+            raise BadInput(
+                f"--split {split}: '{spec}' is a file of aligned rows, which has no splits; "
+                "--split applies to benchmark folders"
+            )
         return rows_to_benchmark(load_rows(spec), spec)
-    return read_beir_dir(download_benchmark(spec), spec, need_lang)
+    return read_beir_dir(download_benchmark(spec), spec, need_lang, split)
 
 
 def rows_to_benchmark(rows, name="rows"):
@@ -432,7 +459,8 @@ def rows_to_benchmark(rows, name="rows"):
         doc_groups[row["id"]] = doc_ids
     if len(corpus) != sum(len(row["passage"]) for row in rows):
         raise BadInput(f"'{name}': row ids are not unique, so documents '<row id>/<lang>' collide")
-    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups)
+    layout = {"source": "aligned rows", "query_groups": "rows", "document_groups": "rows"}
+    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
 
 
 def download_benchmark(spec):
@@ -444,7 +472,8 @@ def download_benchmark(spec):
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
         raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name or owner/name/folder)"
+            f"benchmark '{spec}' is not a directory or file here, "
+            "nor a hub dataset id (owner/name or owner/name/folder)"
         )
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import snapshot_download
@@ -464,8 +493,8 @@ def download_benchmark(spec):
     return path
 
 
-def read_beir_dir(folder, name, need_lang=True):
-    """A BEIR-style folder -> Benchmark; see load_benchmark()."""
+def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
+    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark; see load_benchmark()."""
 
     def find(candidates, what):
         for candidate in candidates:
@@ -473,75 +502,150 @@ def read_beir_dir(folder, name, need_lang=True):
                 return folder / candidate
         raise BadInput(f"benchmark '{name}' has no {what}: expected {' or '.join(candidates)} in {folder}")
 
-    corpus, doc_keys = read_beir_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
-    queries, query_keys = read_beir_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
-    qrels = read_qrels(find(BEIR_QRELS, "relevance judgements"))
-    return finish_benchmark(name, corpus, queries, qrels, group_by(query_keys, queries), group_by(doc_keys, corpus))
+    corpus, doc_keys, corpus_layout = read_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
+    queries, query_keys, queries_layout = read_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
+    candidates = qrels_candidates(split)
+    if split != DEFAULT_SPLIT and not any((folder / candidate).is_file() for candidate in candidates):
+        present = sorted(path.stem for path in (folder / "qrels").glob("*") if path.suffix in (".tsv", ".jsonl"))
+        raise BadInput(
+            f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
+            f"(splits there: {', '.join(present) or 'none besides the default qrels file'})"
+        )
+    qrels_path = find(candidates, f"relevance judgements for split '{split}'")
+    qrels, qrels_layout = read_qrels(qrels_path)
+    layout = {
+        "corpus": corpus_layout,
+        "queries": queries_layout,
+        "qrels": f"{qrels_path.relative_to(folder)} ({qrels_layout})",
+        "split": split,
+    }
+    return finish_benchmark(
+        name, corpus, queries, qrels, group_by(query_keys, queries), group_by(doc_keys, corpus), layout
+    )
 
 
-def read_beir_texts(path, kind, need_lang):
-    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}).
+def record_layout(record):
+    """'mlir' for {id: {...}, ...} (every value an object), 'beir' for a record with `_id`/`id`, else None."""
+    if record and all(isinstance(value, dict) for value in record.values()):
+        return "mlir"
+    if "_id" in record or "id" in record:
+        return "beir"
+    return None
 
-    Records: `_id` (or `id`), `text`, optional `title`, `lang`, `group`.
+
+def read_texts(path, kind, need_lang):
+    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout).
+
+    Two layouts, detected from a file's first record; every later line must follow it:
+    - BEIR, one record per line: `_id` (or `id`), `text`, optional `title`, `lang`, `group`;
+    - the MLIR benchmarks' corpus (yjoonjang/mlir-benchmarks): `{doc id: {"text": ..., "lang": ...}}`,
+      one or more ids per line. (Their queries.jsonl is in the BEIR layout.)
     subtle: a title is joined to the text with a space, as BEIR's SentenceBERT
     encoder and MTEB do, so scores stay comparable with published BEIR numbers.
-    The group key (parallel versions of one text) is `group` when given, else the
-    id without a "/<lang>", "-<lang>" or "_<lang>" suffix naming its own language
-    ("q17/de" and "q17/fr" are one group); an id without such a suffix is alone.
+    An id may appear once in the whole file. A query's text may not be empty: no
+    model can be judged on it.
+    The group key (parallel versions of one text) is `group` when given, else
+    language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
+    benchmarks' "de_q_005a" and "en_q_005a"; an id naming no language is alone.
     """
-    texts, keys = {}, {}
+    texts, keys, first_line = {}, {}, {}
+    layout = None
     for where, record in read_records(str(path)):
-        text_id = record.get("_id", record.get("id"))
-        if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
-            raise BadInput(f"{where}: expected a string field '_id'")
-        text_id = str(text_id)
-        text, title, lang = record.get("text"), record.get("title"), record.get("lang")
-        if not isinstance(text, str):
-            raise BadInput(f"{where}: {kind} '{text_id}' needs a string field 'text'")
-        if isinstance(title, str) and title.strip():
-            text = f"{title.strip()} {text}".strip()
-        if not (isinstance(lang, str) and lang):
-            if need_lang:
-                raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; {LANGUAGE_METRICS_HINT}")
-            lang = None
-        if text_id in texts:
-            raise BadInput(f"{where}: {kind} id '{text_id}' appears twice")
-        texts[text_id] = (text, lang)
-        key = record.get("group")
-        if key is None:
-            key = text_id
-            for separator in "/-_":
-                if lang and text_id.endswith(separator + lang):
-                    key = text_id[: -len(separator + lang)]
-                    break
-        keys[text_id] = str(key)
+        this_layout = record_layout(record)
+        if this_layout is None:
+            raise BadInput(
+                f"{where}: expected a BEIR record with '_id' and 'text', or an MLIR-benchmark record "
+                f'{{id: {{"text": ..., "lang": ...}}}}; found the fields {sorted(record)[:6]}'
+            )
+        layout = layout or this_layout
+        if this_layout != layout:
+            raise BadInput(
+                f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
+                f"{LAYOUT_NAMES[layout]}; a file holds one layout"
+            )
+        items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
+        for text_id, fields in items:
+            if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
+                raise BadInput(f"{where}: expected a string field '_id'")
+            text_id = str(text_id)
+            text, title, lang = fields.get("text"), fields.get("title"), fields.get("lang")
+            if not isinstance(text, str):
+                raise BadInput(f"{where}: {kind} '{text_id}' needs a string field 'text'")
+            if isinstance(title, str) and title.strip():
+                text = f"{title.strip()} {text}".strip()
+            if kind == "query" and not text.strip():
+                raise BadInput(f"{where}: query '{text_id}' has an empty text; give it one or remove the line")
+            if not (isinstance(lang, str) and lang):
+                if need_lang:
+                    raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; {LANGUAGE_METRICS_HINT}")
+                lang = None
+            if text_id in texts:
+                raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {first_line[text_id]})")
+            texts[text_id], first_line[text_id] = (text, lang), where
+            group = fields.get("group")
+            keys[text_id] = str(group) if group is not None else language_free_id(text_id, lang)
     if not texts:
         raise BadInput(f"{path} holds no {kind} records")
-    return texts, keys
+    return texts, keys, LAYOUT_NAMES[layout]
+
+
+def language_free_id(text_id, lang):
+    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix
+    ("q17/de" -> "q17"), else a "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR
+    benchmarks write query ids ("de_q_005a" -> "q_005a"); else the id unchanged."""
+    if lang:
+        for separator in "/-_":
+            if text_id.endswith(separator + lang) and len(text_id) > len(lang) + 1:
+                return text_id[: -len(separator + lang)]
+        for separator in "_-/":
+            if text_id.startswith(lang + separator) and len(text_id) > len(lang) + 1:
+                return text_id[len(lang + separator) :]
+    return text_id
+
+
+def json_grade(where, query_id, doc_id, grade):
+    """A relevance grade from JSON: an integer (not a bool, not a float, not a string)."""
+    if isinstance(grade, bool) or not isinstance(grade, int):
+        raise BadInput(
+            f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
+            f"found {grade!r}"
+        )
+    return grade
 
 
 def read_qrels(path):
-    """Judgements -> {query id: {doc id: grade}}.
+    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers.
 
     .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
     TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
-    .jsonl: records with `query-id`, `corpus-id`, `score`. Grades are integers.
+    .jsonl, the layout detected from the first record: BEIR records with `query-id`,
+    `corpus-id`, `score`, or the MLIR benchmarks' `{query id: {doc id: grade, ...}}`
+    (one or more queries per line; a query on several lines gathers them all).
     """
     qrels = {}
-
-    def add(where, query_id, doc_id, grade):
-        try:
-            grade = int(grade)
-        except (TypeError, ValueError):
-            raise BadInput(f"{where}: the relevance grade must be an integer, found {grade!r}") from None
-        qrels.setdefault(str(query_id), {})[str(doc_id)] = grade
-
     if path.suffix == ".jsonl":
+        layout = None
         for where, record in read_records(str(path)):
-            if not {"query-id", "corpus-id", "score"} <= set(record):
-                raise BadInput(f"{where}: expected fields 'query-id', 'corpus-id', 'score'; found {sorted(record)}")
-            add(where, record["query-id"], record["corpus-id"], record["score"])
-        return qrels
+            this_layout = "mlir" if record and all(isinstance(v, dict) for v in record.values()) else "beir"
+            if this_layout == "beir" and not {"query-id", "corpus-id", "score"} <= set(record):
+                raise BadInput(
+                    f"{where}: expected a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark "
+                    f"record {{query id: {{doc id: grade}}}}; found the fields {sorted(record)[:6]}"
+                )
+            layout = layout or this_layout
+            if this_layout != layout:
+                raise BadInput(
+                    f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
+                    f"{LAYOUT_NAMES[layout]}; a file holds one layout"
+                )
+            if layout == "beir":
+                query_id, doc_id = str(record["query-id"]), str(record["corpus-id"])
+                qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, record["score"])
+                continue
+            for query_id, judged in record.items():
+                for doc_id, grade in judged.items():
+                    qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, grade)
+        return qrels, LAYOUT_NAMES[layout or "beir"]
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             where, fields = f"{path}:{number}", line.split("\t") if "\t" in line else line.split()
@@ -550,15 +654,19 @@ def read_qrels(path):
                 continue
             if number == 1 and not fields[-1].lstrip("-").isdigit():
                 continue  # the header line, e.g. query-id corpus-id score
-            if len(fields) == 3:
-                add(where, fields[0], fields[1], fields[2])
-            elif len(fields) == 4:
-                add(where, fields[0], fields[2], fields[3])
-            else:
+            if len(fields) not in (3, 4):
                 raise BadInput(
-                    f"{where}: expected 3 columns (query-id, corpus-id, score) or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
+                    f"{where}: expected 3 columns (query-id, corpus-id, score) "
+                    f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
                 )
-    return qrels
+            query_id, doc_id, grade = fields[0], fields[-2], fields[-1]
+            if not re.fullmatch(r"-?[0-9]+", grade):
+                raise BadInput(
+                    f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
+                    f"found {grade!r}"
+                )
+            qrels.setdefault(query_id, {})[doc_id] = int(grade)
+    return qrels, "TREC/BEIR columns"
 
 
 def group_by(keys, texts):
@@ -574,8 +682,32 @@ def group_by(keys, texts):
     return out
 
 
-def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups):
-    """Match judgements to queries and documents, count what does not match.
+def groups_from_judgements(query_groups, qrels, corpus):
+    """Parallel documents for a benchmark whose document ids do not name them.
+
+    Under the MLIR protocol every language version of the gold passage is relevant
+    to every version of its query, so the relevant documents of one group of
+    parallel queries, when they are one document in each of two or more languages,
+    are the versions of one passage (the MLIR benchmarks' `doc_<lang>_<n>` ids do not
+    say which). Query groups that share a passage give it once; a document that two
+    different such sets claim belongs to neither, since which passage it translates is
+    then unclear.
+    """
+    candidates = {}  # sorted doc ids -> the first query group's key
+    for key, ids in query_groups.items():
+        relevant = sorted(
+            {doc for query_id in ids for doc, grade in qrels[query_id].items() if grade > 0 and doc in corpus}
+        )
+        langs = [corpus[doc][1] for doc in relevant]
+        if len(relevant) >= 2 and None not in langs and len(set(langs)) == len(langs):
+            candidates.setdefault(tuple(relevant), key)
+    claims = Counter(doc for docs in candidates for doc in docs)
+    return {key: list(docs) for docs, key in candidates.items() if all(claims[doc] == 1 for doc in docs)}
+
+
+def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout):
+    """Match judgements to queries and documents, count what does not match, and
+    derive the parallel documents from the judgements where ids give none.
 
     As trec_eval does: a query without any judgement is not evaluated (skipped and
     counted); a judgement naming an unknown query is dropped (counted); one naming
@@ -604,7 +736,14 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups):
         kept = [query_id for query_id in ids if query_id in queries]
         if len(kept) >= 2:
             kept_groups[key] = kept
-    return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, dict(stats))
+    layout = dict(layout)
+    layout.setdefault("query_groups", "ids" if kept_groups else "none")
+    if "document_groups" not in layout:
+        layout["document_groups"] = "ids" if doc_groups else "none"
+        if not doc_groups and kept_groups:
+            doc_groups = groups_from_judgements(kept_groups, qrels, corpus)
+            layout["document_groups"] = "judgements of parallel queries" if doc_groups else "none"
+    return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, dict(stats), layout)
 
 
 def parallel_groups(spec, max_groups=None, seed=0):
@@ -664,13 +803,15 @@ def main(argv=None):
         queries, collections = by_language(args.queries, "--queries"), by_language(args.collection, "--collection")
         if sorted(queries) != sorted(collections):
             raise BadInput(
-                f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; give both for each language"
+                f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; "
+                "give both for each language"
             )
         if Path(args.out).exists():
             raise BadInput(f"--out '{args.out}' exists; choose another name or remove it")
         kept, incomplete = prepare_mmarco(args.triples, queries, collections, args.out, args.max_rows)
         print(
-            f"wrote {kept} rows in {len(queries)} languages to {args.out} ({incomplete} queries lacked a language and were left out)"
+            f"wrote {kept} rows in {len(queries)} languages to {args.out} "
+            f"({incomplete} queries lacked a language and were left out)"
         )
 
 

@@ -3,72 +3,131 @@ Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
 (MLIR): one corpus that mixes languages, queries in any language.
 
     python evaluate.py                     # runs/stage2, runs/stage1 and the demo teacher on the demo's
-                                           # 50 held-out rows (350 queries, 350 passages): ~1 min on 2 CPU cores
-    python evaluate.py --model runs/stage2 --model intfloat/multilingual-e5-small \\
-        --benchmark path/to/beir_dir --benchmark yjoonjang/mlir-benchmarks/MMLIR/xx
-    python evaluate.py --benchmark miracl_dir --monolingual   # each query searches its own language only
+                                           # 50 held-out rows (350 queries, 350 passages)
+    python evaluate.py --model runs/stage2 --model runs/stage1 \\
+        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test --save-run
+    python evaluate.py --model intfloat/multilingual-e5-small \\
+        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test       # adds a row to the same table
+    python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Prints one table per benchmark, a row per model, and writes --out-dir (runs/eval/):
-results.json (everything, per language too) and au.png (alignment against
-uniformity, one point per model, lower-left is better; needs matplotlib).
+Output. One table per benchmark, a row for every model scored on it so far in
+--out-dir (runs/eval/), with the max length each was scored with; the prompts follow
+the table. --out-dir holds:
+  <benchmark>/<model>.json  one file per (model, benchmark), in MTEB's shape: scores.<split> is a list
+                            of {hf_subset, languages, main_score, ndcg_at_10, ...}, "default" first,
+                            then one per query language; beside it the encoding (prompts, max length,
+                            precision, similarity), the benchmark's counts and layout, every note, and
+                            per_query: each query's metrics, for paired significance tests
+  <benchmark>/<model>.trec  with --save-run: the top 100 of every query as a TREC run
+                            (qid Q0 docid rank score tag), for trec_eval, ranx or a significance test
+  results.json, au.png      rebuilt on every run from the result files there: every number per
+                            benchmark and model, and alignment against uniformity (matplotlib)
+A later run adds its models' files and rebuilds the table from all of them.
+evaluate.py replaces only files it wrote itself: each folder it writes keeps a list
+of them with their SHA-256 (.evaluate-files.json), and a file not on that list, or
+changed since, is never replaced; the run stops before any work instead.
 
-Benchmarks: a BEIR-style directory (corpus.jsonl: _id, text, optional title, lang;
-queries.jsonl: _id, text, lang; qrels/test.tsv, qrels.tsv or qrels.jsonl), the same
-layout in a Hugging Face dataset (owner/name/folder), or a file of aligned rows
-(id, query_<lang>, passage_<lang>) turned into the MLIR protocol: every language
-version of every passage in one corpus, queries in every language, every version
-of the gold passage relevant.
+Models are encoded by sentence-transformers itself, as
+SentenceTransformer(model).encode_query / .encode_document encode them: every module
+of its modules.json (Dense, Normalize, a Router's query and document routes), its own
+'query' and 'document' prompts (--no-prompts for none, as the MIMO paper's scripts
+use), its own max length (--max-length to change it). A plain Hugging Face model gets
+what sentence-transformers gives it: mean pooling. A module that sentence-transformers
+cannot import here (custom code needs --trust-remote-code), or a sparse, multi-vector
+or cross-encoder module, is refused. Runs of distill.py / joint_train.py and the
+shipped demo teacher are sentence-transformers folders (Transformer, Pooling, Normalize).
 
-Metrics. Documents are ranked by cosine score, ties broken by document id
-descending, as trec_eval does; every query that has judgements counts.
-  nDCG@k     sum_{r<=k} g_r / log2(r + 1), g_r the grade of the document at rank r,
-             over the same sum for the ideal order of all judged documents (trec_eval ndcg_cut)
-  Recall@k   relevant documents in the top k / all relevant documents (grade >= 1)
-  MRR@k      1 / rank of the first relevant document if it is in the top k, else 0
-  MAP@100    sum of precision@r over the ranks r <= 100 holding a relevant document,
-             over the number of relevant documents (trec_eval map_cut_100)
-  own@10     share of a query's top 10 in the query's own language
-  MRC@10     mean rank correlation (Yang et al., MRL 2024): for each pair of parallel
-             queries, Spearman's rho of their scores over the union of their two top 10s;
-             averaged over the pairs that involve each language, then over languages; x 100
-  PEER@100   (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test
-             of the ranks of its relevant documents grouped by document language (ranks
-             past 100 count as 101); the mean over queries. 1 = no language is favoured
-  align      (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
-  unif       log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts
+Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read
+through the Hugging Face cache), or a file of aligned rows.
+  folder   corpus.jsonl and queries.jsonl, each in the BEIR layout (one record per line: _id,
+           text, optional title, lang, group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks:
+           corpus lines {doc_id: {"text", "lang"}}); judgements qrels/<split>.tsv or .jsonl (for
+           the default split "test" also qrels.tsv, qrels.jsonl), as BEIR/TREC columns, BEIR
+           records, or the MLIR benchmarks' {query_id: {doc_id: grade}} lines. Each file's layout
+           is read from its first line; grades must be integers.
+  rows     id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every language version of every
+           passage in one corpus, queries in every language, every version of the gold passage relevant.
+  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids that name their
+  language as a suffix (q17/de, q17-de, q17_de) or a prefix (de_q_005a, as the MLIR
+  benchmarks' queries do). Documents whose ids name no group (the MLIR benchmarks'
+  doc_<lang>_<n>) are grouped by the judgements: the relevant documents of one group of
+  parallel queries, one in each language, are the versions of one passage.
+
+Metrics. Documents are ranked by the model's similarity (cosine; dot product where
+the model declares it), ties broken by document id descending, as trec_eval does;
+every query that has judgements counts. Keys as in the result files:
+  ndcg_at_k    sum_{r<=k} g_r / log2(r + 1), g_r the grade of the document at rank r,
+               over the same sum for the ideal order of all judged documents (trec_eval ndcg_cut)
+  recall_at_k  relevant documents in the top k / all relevant documents (grade >= 1)
+  mrr_at_10    RR@10: 1 / rank of the first relevant document if it is in the top 10, else 0
+  map_at_100   AP@100: sum of precision@r over the ranks r <= 100 holding a relevant
+               document, over the number of relevant documents (trec_eval map_cut_100)
+  own_at_10    share of a query's top 10 in the query's own language
+  mrc_at_10    mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
+                 rho_ab = Spearman's rho of the scores of parallel queries a and b over the
+                          union of their two top 10s (a constant score vector: pair left out)
+                 RC(a)  = mean of rho_ab over a's parallel partners b        (per query)
+                 MRC(l) = mean of RC(a) over the queries a in language l    (per language)
+                 mrc_at_10 = 100 * mean over languages of MRC(l)
+               A query with few partners weighs as much as one with many; on a fully
+               parallel benchmark this equals the mean over the pairs involving each language.
+  peer_at_100  (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test
+               of the ranks of its relevant documents grouped by document language (ranks
+               past 100 count as 101); the mean over queries. 1 = no language is favoured
+  alignment    (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
+  uniformity   log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
+main_score is ndcg_at_10. A query's entry in per_query holds ndcg_at_{10,20,100},
+recall_at_{20,100}, mrr_at_10, map_at_100, own_at_10 and peer_at_100 where defined.
 """
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 
 import data
 import model as model_module
+import retrieval
 from data import BadInput
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
-DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, PEER@100)
+DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, R@100, PEER@100)
 MAX_UNIFORMITY_TEXTS = 4096  # uniformity looks at all pairs: cap the texts (seeded sample)
-COLUMNS = [  # (results.json key, table header, format)
-    ("ndcg@10", "nDCG@10", "{:.4f}"),
-    ("ndcg@20", "nDCG@20", "{:.4f}"),
-    ("recall@20", "R@20", "{:.4f}"),
-    ("mrr@10", "MRR@10", "{:.4f}"),
-    ("map@100", "MAP@100", "{:.4f}"),
-    ("own@10", "own@10", "{:.4f}"),
-    ("mrc@10", "MRC@10", "{:.2f}"),
-    ("peer@100", "PEER@100", "{:.4f}"),
+MANIFEST = ".evaluate-files.json"  # the files evaluate.py wrote in a folder, with their SHA-256
+SIMILARITIES = ("cosine", "dot")  # what retrieval by inner product reproduces
+# Module families that do not make one dense vector per text: refused by name.
+REFUSED_MODULES = {
+    "sentence_transformers.sparse_encoder": "a sparse (SPLADE-style) module",
+    "sentence_transformers.multi_vector_encoder": "a multi-vector (late-interaction) module",
+    "sentence_transformers.cross_encoder": "a cross-encoder module",
+}
+COLUMNS = [  # (key in the result files, table header or None for the files only, format)
+    ("ndcg_at_10", "nDCG@10", "{:.4f}"),
+    ("ndcg_at_20", "nDCG@20", "{:.4f}"),
+    ("ndcg_at_100", None, "{:.4f}"),
+    ("recall_at_20", "R@20", "{:.4f}"),
+    ("recall_at_100", None, "{:.4f}"),
+    ("mrr_at_10", "MRR@10", "{:.4f}"),
+    ("map_at_100", "MAP@100", "{:.4f}"),
+    ("own_at_10", "own@10", "{:.4f}"),
+    ("mrc_at_10", "MRC@10", "{:.2f}"),
+    ("peer_at_100", "PEER@100", "{:.4f}"),
     ("alignment", "align", "{:.4f}"),
     ("uniformity", "unif", "{:.4f}"),
 ]
+RANKING_KEYS = ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -81,18 +140,27 @@ def get_args(argv=None):
         "--model",
         action="append",
         default=None,
-        help="model to evaluate (repeat the flag for several): our output directory, a Hugging Face id or a sentence-transformers checkpoint; default: runs/stage2 and runs/stage1 where present, and the demo teacher as the reference row",
+        help="model to evaluate (repeat the flag for several): a run directory of ours, a sentence-transformers "
+        "model or a Hugging Face id; default: runs/stage2 and runs/stage1 where present, "
+        "and the demo teacher as the reference row",
     )
     parser.add_argument(
         "--benchmark",
         action="append",
         default=None,
-        help="benchmark (repeatable): BEIR-style directory, hub dataset id owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl",
+        help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset owner/name[/folder], "
+        "or a file of aligned rows; default: data/demo/test.jsonl",
+    )
+    parser.add_argument(
+        "--split",
+        default=data.DEFAULT_SPLIT,
+        help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl",
     )
     parser.add_argument(
         "--monolingual",
         action="store_true",
-        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in its language; scores per language and their mean",
+        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in its language; "
+        "scores per language and their mean",
     )
     parser.add_argument(
         "--no-language-metrics",
@@ -102,36 +170,46 @@ def get_args(argv=None):
     parser.add_argument(
         "--parallel",
         default=None,
-        help="parallel texts for alignment and uniformity (any distill.py --data source); default: the benchmark's own parallel documents",
+        help="parallel texts for alignment and uniformity (any distill.py --data source); "
+        "default: the benchmark's own parallel documents",
     )
     parser.add_argument(
         "--max-parallel", type=int, default=2000, help="at most this many --parallel pairs, a seeded sample"
     )
     parser.add_argument(
+        "--no-prompts",
+        action="store_true",
+        help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
+        "default: each model's own sentence-transformers 'query' and 'document' prompts",
+    )
+    parser.add_argument(
         "--query-prompt",
         default=None,
-        help="text prepended to each query; default: the model's sentence-transformers 'query' prompt, else none",
+        help="prompt for every model's queries instead of its own 'query' prompt",
     )
     parser.add_argument(
         "--document-prompt",
         default=None,
-        help="text prepended to each document; default: the model's 'document' (or 'passage') prompt, else none",
+        help="prompt for every model's documents instead of its own 'document' prompt",
     )
     parser.add_argument(
-        "--pooling",
+        "--max-length",
+        type=int,
         default=None,
-        choices=["mean", "cls", "last"],
-        help="pooling for every model; default: each model's own config, else mean",
+        help="max tokens per text for every model; default: each model's own (its max_seq_length)",
     )
     parser.add_argument(
-        "--max-length", type=int, default=None, help="max tokens per text; default: each model's own (512 at most)"
+        "--trust-remote-code",
+        action="store_true",
+        help="let models run the code their repository ships (custom modules or architectures)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass when embedding")
     parser.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast dtype for embedding; auto: bf16 on GPU, fp32 on CPU",
+        help="dtype every model's weights are loaded in; auto: as SentenceTransformer(model) loads them "
+        "(the checkpoint's own dtype), which gives sentence-transformers' own numbers",
     )
     parser.add_argument(
         "--query-chunk",
@@ -148,19 +226,41 @@ def get_args(argv=None):
     parser.add_argument(
         "--cache-dir",
         default="runs/eval_cache",
-        help="embeddings per (model files, prompt, texts), reused when nothing changed",
+        help="embeddings per (model files, prompt, max length, texts), reused when nothing changed",
     )
     parser.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
     parser.add_argument(
-        "--out-dir", default="runs/eval", help="where results.json and au.png are written (replacing earlier ones)"
+        "--out-dir",
+        default="runs/eval",
+        help="folder of the result files (one per model and benchmark), results.json and au.png",
+    )
+    parser.add_argument(
+        "--save-run",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
+        "under DIR, or under --out-dir when DIR is left out",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the uniformity and --parallel samples")
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "query_chunk", "doc_chunk", "max_parallel"):
-        if getattr(args, flag) < 1:
-            raise BadInput(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.max_length is not None and args.max_length < 1:
-        raise BadInput(f"--max-length must be at least 1, got {args.max_length}")
+    for flag, low, high in (
+        ("batch_size", 1, None),
+        ("query_chunk", 1, None),
+        ("doc_chunk", 1, None),
+        ("max_parallel", 1, None),
+        ("max_length", 1, None),
+        ("seed", 0, 2**32 - 1),  # numpy's and torch's seeds alike
+    ):
+        value = getattr(args, flag)
+        if value is not None and (value < low or (high is not None and value > high)):
+            allowed = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise BadInput(f"--{flag.replace('_', '-')} must be {allowed}, got {value}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.split):
+        raise BadInput(f"--split must be a plain name such as test or dev, got '{args.split}'")
+    if args.no_prompts and (args.query_prompt is not None or args.document_prompt is not None):
+        raise BadInput("--no-prompts and --query-prompt/--document-prompt contradict each other; give one of them")
     if args.monolingual and args.no_language_metrics:
         raise BadInput("--monolingual needs every document's and query's language; drop --no-language-metrics")
     return args
@@ -169,11 +269,6 @@ def get_args(argv=None):
 # ---------------------------------------------------------------------------
 # Ranking metrics, as trec_eval computes them. `ranking` is a list of document ids,
 # best first (no repeats); `judged` is {doc id: grade}, grade >= 1 relevant.
-
-
-def trec_rank(scores):
-    """{doc id: score} -> ids in trec_eval's order: score descending, then id descending."""
-    return sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)
 
 
 def ndcg(ranking, judged, k):
@@ -221,37 +316,19 @@ def own_language_share(ranking_langs, query_lang, k):
 # Language-bias metrics: PEER (Kruskal-Wallis), MRC (Spearman), alignment, uniformity
 
 
-def midranks(values):
-    """Ranks 1..N of values (N,), ties sharing their mean rank; also the size of each tie group."""
-    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)  # unique values ascending
-    last = counts.cumsum(0).double()  # rank of the last member of each tie group
-    return (last - (counts - 1) / 2)[inverse], counts.double()
-
-
 def kruskal_wallis(groups):
-    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), with scipy.stats.kruskal's tie correction.
+    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
 
     Pool the N values, rank them (mid-ranks for ties), R_i = rank sum of group i of size n_i:
         H = [12 / (N (N + 1)) * sum_i R_i^2 / n_i - 3 (N + 1)] / C,  C = 1 - sum_ties (t^3 - t) / (N^3 - N)
-    Under the null hypothesis H ~ chi^2 with g - 1 degrees of freedom, so
-    p = P(chi^2_{g-1} > H) = Q((g - 1) / 2, H / 2), the regularised upper incomplete gamma.
-    All values equal (C = 0): nothing tells the groups apart, p = 1.
+    Under the null hypothesis H ~ chi^2 with g - 1 degrees of freedom: p = P(chi^2_{g-1} > H).
+    subtle: all values equal (C = 0), where scipy raises, nothing tells the groups apart:
+    p = 1, as in the MIMO reference code.
     """
-    values = torch.tensor([value for group in groups for value in group], dtype=torch.float64)  # (N,)
-    sizes = torch.tensor([len(group) for group in groups])
-    label = torch.repeat_interleave(torch.arange(len(groups)), sizes)  # (N,) group of each value
-    ranks, ties = midranks(values)
-    n = float(len(values))
-    rank_sums = torch.zeros(len(groups), dtype=torch.float64).index_add_(0, label, ranks)
-    correction = 1 - (ties**3 - ties).sum().item() / (n**3 - n)
-    if correction <= 1e-12:
+    if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
-    h = (12 / (n * (n + 1)) * (rank_sums**2 / sizes).sum().item() - 3 * (n + 1)) / correction
-    h = max(h, 0.0)  # rounding can leave -1e-15
-    p = torch.special.gammaincc(
-        torch.tensor((len(groups) - 1) / 2, dtype=torch.float64), torch.tensor(h / 2, dtype=torch.float64)
-    )
-    return h, p.item()
+    result = scipy.stats.kruskal(*groups)
+    return float(result.statistic), float(result.pvalue)
 
 
 def peer_groups(ranking, judged, doc_lang, k):
@@ -268,38 +345,47 @@ def peer_groups(ranking, judged, doc_lang, k):
 
 
 def spearman(x, y):
-    """Spearman's rho of x, y (n,): the Pearson correlation of their mid-ranks; nan if either is constant."""
-    rx, ry = midranks(x.double())[0], midranks(y.double())[0]
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = (rx.pow(2).sum() * ry.pow(2).sum()).sqrt()
-    return (rx * ry).sum().item() / denominator.item() if denominator > 0 else float("nan")
+    """Spearman's rho of x, y (n,): the Pearson correlation of their mid-ranks (scipy.stats.spearmanr);
+    nan if either is constant, where no rank order exists."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
-    """Mean rank correlation (Yang et al., MRL 2024) x 100 -> (overall, {lang: value}, pairs used).
+    """Mean rank correlation (Yang et al., MRL 2024) x 100, aggregated as the MIMO reference code
+    aggregates it -> (overall, {lang: value}, queries used, pairs used).
 
     query_emb: (Q, D), doc_emb: (N, D), top: (Q, k) indices of each query's top k;
     groups: lists of query indices that are translations of each other. For every
-    pair (a, b) of a group, U = top_k(a) | top_k(b) and rho_ab = Spearman(s(a, U), s(b, U)).
-    A language's MRC is the mean rho over the pairs that involve it; the overall
-    value is the mean over languages (pairs with a constant score vector are left out).
+    pair (a, b) of a group, U = top_k(a) | top_k(b) and rho_ab = Spearman(s(a, U), s(b, U));
+        RC(a)  = mean_b rho_ab over a's partners b (pairs whose rho is undefined left out),
+        MRC(l) = mean of RC(a) over the queries a in language l,
+        MRC    = 100 * mean_l MRC(l).
     """
-    by_lang = {}
+    # subtle: all in numpy. Interleaving torch's small matmuls with scipy's (numpy's BLAS) made the
+    # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
+    query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
+    per_query = {}  # query index -> rho with each of its partners
     pairs = 0
     for group in groups:
         for i, a in enumerate(group):
             for b in group[i + 1 :]:
-                union = torch.tensor(sorted(set(top[a].tolist()) | set(top[b].tolist())))  # (|U|,)
+                union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
                 rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
                 if math.isnan(rho):
                     continue
                 pairs += 1
-                by_lang.setdefault(query_langs[a], []).append(rho)
-                by_lang.setdefault(query_langs[b], []).append(rho)
-    if not by_lang:
-        return None, {}, 0
+                per_query.setdefault(a, []).append(rho)
+                per_query.setdefault(b, []).append(rho)
+    if not per_query:
+        return None, {}, 0, 0
+    by_lang = {}
+    for a, rhos in per_query.items():
+        by_lang.setdefault(query_langs[a], []).append(sum(rhos) / len(rhos))  # RC(a)
     per_lang = {lang: 100 * sum(values) / len(values) for lang, values in sorted(by_lang.items())}
-    return sum(per_lang.values()) / len(per_lang), per_lang, pairs
+    return sum(per_lang.values()) / len(per_lang), per_lang, len(per_query), pairs
 
 
 def alignment(emb, left, right, chunk=65536):
@@ -320,6 +406,17 @@ def uniformity(x, t=2.0):
     return torch.pdist(x.double(), p=2).pow(2).mul(-t).exp().mean().log().item()
 
 
+def sampled_uniformity(emb, indices, generator):
+    """Uniformity of emb[indices], over a seeded sample of MAX_UNIFORMITY_TEXTS of them when
+    there are more (all pairs of 10^5 texts would not fit); None for fewer than 2 texts."""
+    if len(indices) < 2:
+        return None
+    if len(indices) > MAX_UNIFORMITY_TEXTS:
+        keep = torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()
+        indices = [indices[i] for i in keep]
+    return uniformity(emb[indices])
+
+
 def alignment_uniformity(emb, langs, groups, seed):
     """Alignment over all translation pairs inside groups, uniformity over the grouped texts;
     overall and per language (pairs that involve the language, texts in it).
@@ -332,19 +429,9 @@ def alignment_uniformity(emb, langs, groups, seed):
     left, right = torch.tensor([a for a, _ in pairs]), torch.tensor([b for _, b in pairs])  # (P,)
     members = sorted({index for group in groups for index in group})
     generator = torch.Generator().manual_seed(seed)
-
-    def sampled_uniformity(indices):
-        if len(indices) < 2:
-            return None
-        if len(indices) > MAX_UNIFORMITY_TEXTS:  # all pairs of 10^5 texts would not fit
-            indices = [
-                indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()
-            ]
-        return uniformity(emb[indices])
-
     out = {
         "alignment": alignment(emb, left, right),
-        "uniformity": sampled_uniformity(members),
+        "uniformity": sampled_uniformity(emb, members, generator),
         "alignment_per_language": {},
         "uniformity_per_language": {},
         "alignment_pairs": len(pairs),
@@ -352,112 +439,116 @@ def alignment_uniformity(emb, langs, groups, seed):
     for lang in sorted({langs[index] for index in members}):
         mask = torch.tensor([langs[a] == lang or langs[b] == lang for a, b in pairs])
         out["alignment_per_language"][lang] = alignment(emb, left[mask], right[mask])
-        out["uniformity_per_language"][lang] = sampled_uniformity([index for index in members if langs[index] == lang])
+        in_lang = [index for index in members if langs[index] == lang]
+        out["uniformity_per_language"][lang] = sampled_uniformity(emb, in_lang, generator)
     return out
 
 
 # ---------------------------------------------------------------------------
-# Exact top-k retrieval in chunks, in trec_eval's order
+# Models, encoded by sentence-transformers, and the embedding cache
 
 
-def trec_order(scores, rank):
-    """Column order of each row by score descending, then document id descending.
-
-    scores, rank: (Q, C); rank is each document's position among all ids sorted
-    ascending, so a larger rank is a larger id. Returns (Q, C) column indices.
-    """
-    by_id = rank.argsort(dim=1, descending=True)
-    by_score = scores.gather(1, by_id).argsort(
-        dim=1, descending=True, stable=True
-    )  # stable: keeps id order among equal scores
-    return by_id.gather(1, by_score)
-
-
-def top_k(scores, rank, k):
-    """The first k columns of each row in trec_eval's order.
-
-    scores: (Q, C), rank: (C,) -> scores (Q, k), columns (Q, k), k <= C.
-    subtle: torch.topk returns the k largest scores, but among scores equal to the
-    k-th it keeps an arbitrary subset. Where more columns tie with the k-th score
-    than fit, the id order must pick them, so those rows (rare: exact float ties)
-    are redone with a full two-key sort; the rest need only their k sorted. A row
-    is crowded exactly when its (k+1)-th largest score equals its k-th, so taking
-    k + 1 finds them without another pass over the block (that pass, a (Q, C)
-    comparison, cost 40% of the matmul in bench/bench_retrieval.py on CPU).
-    """
-    values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
-    crowded = torch.empty(0, dtype=torch.long, device=scores.device)
-    if values.shape[1] > k:
-        crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
-        values, columns = values[:, :k].contiguous(), columns[:, :k].contiguous()
-    if len(crowded):
-        full = trec_order(scores[crowded], rank.expand(len(crowded), -1))[:, :k]
-        columns[crowded] = full
-        values[crowded] = scores[crowded].gather(1, full)
-    order = trec_order(values, rank[columns])
-    return values.gather(1, order), columns.gather(1, order)
-
-
-@torch.no_grad()
-def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
-    """Exact top-k documents by inner product, without the whole (Q, N) score matrix.
-
-    q: (Q, D), d: (N, D), doc_rank: (N,) int64, all on one device (see trec_order).
-    Each (query_chunk, doc_chunk) block keeps its own top k, which is merged into
-    the running top k of its queries: the true top k of a query is the top k of
-    the union of the blocks' top k, so the result is exact, ties included.
-    Returns scores (Q, k') and document indices (Q, k') on CPU, k' = min(k, N).
-    """
-    k = min(k, d.shape[0])
-    # One score block, reused: on CPU, 8% faster than a fresh 256 MB block per chunk
-    # (1024 x 65536 scores, bench/bench_retrieval.py at N = 10^6).
-    buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
-    out_scores, out_index = [], []
-    for start in range(0, q.shape[0], query_chunk):
-        block_q = q[start : start + query_chunk]  # (q, D)
-        best_scores = torch.empty(len(block_q), 0, device=q.device)  # (q, <=k) running top k
-        best_index = torch.empty(len(block_q), 0, dtype=torch.long, device=q.device)
-        for doc_start in range(0, d.shape[0], doc_chunk):
-            block_d = d[doc_start : doc_start + doc_chunk]  # (c, D)
-            scores = torch.mm(
-                block_q, block_d.T, out=buffer[: len(block_q) * len(block_d)].view(len(block_q), len(block_d))
-            )  # (q, c)
-            scores, columns = top_k(scores, doc_rank[doc_start : doc_start + doc_chunk], min(k, scores.shape[1]))
-            candidates = torch.cat([best_scores, scores], 1)  # (q, <=2k)
-            candidate_index = torch.cat([best_index, columns + doc_start], 1)
-            order = trec_order(candidates, doc_rank[candidate_index])[:, :k]
-            best_scores, best_index = candidates.gather(1, order), candidate_index.gather(1, order)
-        out_scores.append(best_scores.cpu())
-        out_index.append(best_index.cpu())
-    return torch.cat(out_scores), torch.cat(out_index)
-
-
-def id_ranks(ids):
-    """(N,) int64: each id's position in ascending string order, the tie-break key (trec_eval compares ids with strcmp,
-    which orders UTF-8 bytes as Python orders code points)."""
-    rank = torch.empty(len(ids), dtype=torch.long)
-    rank[torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long)] = torch.arange(len(ids))
-    return rank
-
-
-# ---------------------------------------------------------------------------
-# Models and the embedding cache
-
-
-def check_model(name):
-    """Fail early, in one sentence, for a model that cannot be loaded (offline: not in the cache)."""
+def check_model(name, trust_remote_code):
+    """Fail early, in one sentence, for a model that cannot be encoded as sentence-transformers
+    encodes it: not loadable here (offline: not in the cache), a module type it cannot import,
+    a module that makes no single dense vector, or a similarity that inner products do not rank by."""
     from transformers import AutoConfig
 
     path = model_module.resolve_model(name)
-    try:
-        AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        where = (
-            "local directory"
-            if Path(path).is_dir()
-            else "hub id, which needs a network or a copy in the Hugging Face cache"
+    where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the cache"
+    modules_file = model_module.config_file(path, "modules.json")
+    if modules_file is None:  # a plain Hugging Face model: sentence-transformers adds mean pooling
+        try:
+            AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise BadInput(f"cannot load model '{name}' ({where}): {str(error).splitlines()[0]}") from None
+        return
+    from sentence_transformers.util import import_module_class
+
+    modules = model_module.read_json(modules_file)
+    for number, module in enumerate(modules if isinstance(modules, list) else [], 1):
+        kind = module.get("type", "?") if isinstance(module, dict) else "?"
+        try:
+            cls = import_module_class(kind, path, trust_remote_code=trust_remote_code)
+        except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
+            hint = (
+                "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
+            )
+            raise BadInput(
+                f"model '{name}': module {number} of its modules.json, type '{kind}', cannot be loaded "
+                f"by sentence-transformers here ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                f"{hint}"
+            ) from None
+        for prefix, what in REFUSED_MODULES.items():
+            if cls.__module__.startswith(prefix):
+                raise BadInput(
+                    f"model '{name}': module {number} of its modules.json, type '{kind}', is {what}; "
+                    "evaluate.py scores dense single-vector models only"
+                )
+    st_config = model_module.config_file(path, "config_sentence_transformers.json")
+    similarity = (model_module.read_json(st_config) if st_config else {}).get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITIES:
+        raise BadInput(
+            f"model '{name}' declares the similarity '{similarity}'; evaluate.py ranks by cosine or dot product only"
         )
-        raise BadInput(f"cannot load model '{name}' ({where}): {str(error).splitlines()[0]}") from None
+
+
+class LazyModel:
+    """A SentenceTransformer loaded on first use, so that a model whose embeddings are all
+    cached is never loaded, and released before the next model is."""
+
+    def __init__(self, name, args, device):
+        self.name, self.args, self.device = name, args, device
+        self.model = None
+
+    def get(self):
+        if self.model is not None:
+            return self.model
+        from sentence_transformers import SentenceTransformer
+
+        path = model_module.resolve_model(self.name)
+        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        model_kwargs = {"dtype": dtype[self.args.precision]} if self.args.precision != "auto" else None
+        try:
+            model = SentenceTransformer(
+                path, device=str(self.device), trust_remote_code=self.args.trust_remote_code, model_kwargs=model_kwargs
+            )
+        except Exception as error:  # whatever loading raises, one sentence
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line}") from None
+        if self.args.max_length is not None:
+            # a first module without a tokenizer (StaticEmbedding) states no limit
+            limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
+            if limit is not None and limit < 10**6 and self.args.max_length > limit:
+                raise BadInput(
+                    f"--max-length {self.args.max_length} is more than model '{self.name}' takes ({limit} tokens)"
+                )
+            model.max_seq_length = self.args.max_length
+        if model.similarity_fn_name not in SIMILARITIES:
+            raise BadInput(f"model '{self.name}' declares the similarity '{model.similarity_fn_name}'; not ranked here")
+        self.model = model.eval()
+        return self.model
+
+    def release(self):
+        self.model = None
+
+
+def resolve_prompt(model, task, args):
+    """The prompt a text of `task` ("query" or "document") is encoded with: none with --no-prompts,
+    the flag's when given, else the one sentence-transformers' encode_query / encode_document
+    would pick: the model's "query" prompt (for documents the first of "document", "passage",
+    "corpus"), else its default prompt, else none."""
+    if args.no_prompts:
+        return ""
+    given = args.query_prompt if task == "query" else args.document_prompt
+    if given is not None:
+        return given
+    for prompt_name in ("query",) if task == "query" else ("document", "passage", "corpus"):
+        if prompt_name in model.prompts:
+            return model.prompts[prompt_name] or ""
+    if model.default_prompt_name is not None:
+        return model.prompts.get(model.default_prompt_name) or ""
+    return ""
 
 
 def model_fingerprint(name):
@@ -475,18 +566,6 @@ def model_fingerprint(name):
     return [path, snapshot if isinstance(snapshot, str) else None]
 
 
-def model_prompts(name, args):
-    """(query prompt, document prompt): the flags, else the model's sentence-transformers prompts."""
-    prompts = model_module.read_sentence_transformers_config(model_module.resolve_model(name)).get("prompts", {})
-    query = args.query_prompt if args.query_prompt is not None else prompts.get("query", "")
-    document = (
-        args.document_prompt
-        if args.document_prompt is not None
-        else prompts.get("document", prompts.get("passage", ""))
-    )
-    return query, document
-
-
 def texts_digest(texts):
     digest = hashlib.sha1()
     for text in texts:
@@ -494,30 +573,88 @@ def texts_digest(texts):
     return digest.hexdigest()
 
 
-def embed(lazy_encoder, name, texts, prompt, what, args, amp_dtype):
-    """(N, D) float32 CPU normalised embeddings of texts, from the cache when the model's
-    files, the prompt, pooling, max length and texts are unchanged."""
-    identity = [model_fingerprint(name), prompt, args.pooling, args.max_length, str(amp_dtype), texts_digest(texts)]
+def read_cached(npy, meta, count):
+    """(embeddings, settings) from a cache entry evaluate.py wrote, or None when there is none
+    (a damaged entry is embedded afresh, not trusted)."""
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        settings = json.loads(meta.read_text())["settings"]
+        cached = np.load(npy)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"  cache entry {npy} is unreadable ({error}); embedding again")
+        return None
+    return (torch.from_numpy(cached), settings) if cached.ndim == 2 and cached.shape[0] == count else None
+
+
+def write_cached(npy, meta, emb, settings, identity):
+    """Write a cache entry, the .json (which marks it as ours) before the .npy (which completes it).
+    An entry whose names hold something evaluate.py did not write is left alone."""
+    if (npy.exists() or meta.exists()) and not cache_entry_is_ours(meta):
+        print(
+            f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; not cached"
+        )
+        return
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
+    atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    buffer = io.BytesIO()
+    np.save(buffer, emb.numpy())
+    atomic_write(npy, buffer.getvalue())  # a crash never leaves half a cache file
+
+
+def cache_entry_is_ours(meta):
+    try:
+        return json.loads(meta.read_text()).get("written_by") == "evaluate.py"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def embed(lazy, texts, task, what, args):
+    """texts -> ((N, D) float32 CPU embeddings exactly as sentence-transformers' encode_query /
+    encode_document return them, {prompt, max_length, similarity, dimension, dtype} they were made
+    with), from the cache when the model's files, the prompt, length and precision asked for and
+    the texts are unchanged."""
+    import sentence_transformers
+
+    prompt_asked = "none" if args.no_prompts else (args.query_prompt if task == "query" else args.document_prompt)
+    identity = [
+        f"sentence-transformers {sentence_transformers.__version__}",
+        model_fingerprint(lazy.name),
+        task,
+        prompt_asked,
+        args.max_length,
+        args.precision,
+        texts_digest(texts),
+    ]
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
-    path = Path(args.cache_dir) / f"{key}.npy"
-    if not args.no_cache and path.is_file():
-        try:
-            cached = np.load(path)
-        except (OSError, ValueError) as error:  # a damaged file is embedded afresh, not trusted
-            print(f"  cache file {path} is unreadable ({error}); embedding again")
-        else:
-            if cached.shape[0] == len(texts):
-                print(f"  cache hit: {what} ({len(texts)} texts) from {path}")
-                return torch.from_numpy(cached)
-    emb = lazy_encoder().encode(
-        texts, batch_size=args.batch_size, progress=True, autocast_dtype=amp_dtype, prompt=prompt
-    )  # (N, D)
+    npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
     if not args.no_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npy")
-        np.save(tmp, emb.numpy())
-        os.replace(tmp, path)  # atomic: a crash never leaves half a cache file
-    return emb
+        cached = read_cached(npy, meta, len(texts))
+        if cached is not None:
+            print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
+            return cached
+    model = lazy.get()
+    prompt = resolve_prompt(model, task, args)
+    encode = model.encode_query if task == "query" else model.encode_document
+    # the prompt is passed even when empty: "" also stops sentence-transformers' fall-back to a default prompt
+    emb = encode(texts, prompt=prompt, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=True)
+    emb = emb.float().cpu()  # (N, D)
+    settings = {
+        "prompt": prompt,
+        "max_length": model.max_seq_length,
+        "similarity": model.similarity_fn_name,
+        "dimension": emb.shape[1],
+        "dtype": str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch."),
+    }
+    if not args.no_cache:
+        write_cached(npy, meta, emb, settings, identity)
+    return emb, settings
+
+
+def unit(emb):
+    """Rows scaled to length 1 (cosine scores, alignment, uniformity)."""
+    return torch.nn.functional.normalize(emb, dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -525,13 +662,14 @@ def embed(lazy_encoder, name, texts, prompt, what, args, amp_dtype):
 
 
 def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual, args, device):
-    """Top-DEPTH document indices of every query (a list per query), and the (Q, <=DEPTH) tensor form for MLIR."""
-    doc_rank = id_ranks(doc_ids).to(device)
+    """Top-DEPTH of every query -> (document indices per query, their scores per query, and the
+    (Q, <=DEPTH) index tensor for MRC, None with --monolingual)."""
+    doc_rank = retrieval.id_ranks(doc_ids).to(device)
     d = doc_emb.to(device)
     if not monolingual:
-        _, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
-        return index.tolist(), index
-    rankings = [[] for _ in query_ids]
+        scores, index = retrieval.retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
+        return index.tolist(), scores.tolist(), index
+    rankings, ranking_scores = [[] for _ in query_ids], [[] for _ in query_ids]
     query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
     doc_langs = [benchmark.corpus[doc_id][1] for doc_id in doc_ids]
     for lang in sorted(set(query_langs)):
@@ -539,16 +677,16 @@ def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual,
         ds = torch.tensor([j for j, doc_lang in enumerate(doc_langs) if doc_lang == lang], dtype=torch.long)
         if len(ds) == 0:
             continue  # no document in this language: empty rankings, every metric 0
-        _, local = retrieve(
+        scores, local = retrieval.retrieve(
             query_emb[qs].to(device), d[ds.to(device)], doc_rank[ds.to(device)], DEPTH, args.query_chunk, args.doc_chunk
         )
-        for i, row in zip(qs, ds[local].tolist()):
-            rankings[i] = row
-    return rankings, None
+        for i, row, row_scores in zip(qs, ds[local].tolist(), scores.tolist()):
+            rankings[i], ranking_scores[i] = row, row_scores
+    return rankings, ranking_scores, None
 
 
 def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, language_metrics):
-    """Per-query ranking metrics -> overall means, per query language, and the PEER@100 p-values."""
+    """Per-query ranking metrics -> (overall means, per query language, PEER; and {query id: metrics})."""
     doc_lang = {doc_id: lang for doc_id, (_, lang) in benchmark.corpus.items() if lang is not None}
     per_query, p_values, no_peer, skipped = {}, [], 0, 0
     for i, query_id in enumerate(query_ids):
@@ -560,26 +698,32 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
                 continue
         ranking = [doc_ids[j] for j in rankings[i]]
         values = {
-            "ndcg@10": ndcg(ranking, judged, 10),
-            "ndcg@20": ndcg(ranking, judged, 20),
-            "recall@20": recall(ranking, judged, 20),
-            "mrr@10": mrr(ranking, judged, 10),
-            "map@100": average_precision(ranking, judged, 100),
+            "ndcg_at_10": ndcg(ranking, judged, 10),
+            "ndcg_at_20": ndcg(ranking, judged, 20),
+            "ndcg_at_100": ndcg(ranking, judged, 100),
+            "recall_at_20": recall(ranking, judged, 20),
+            "recall_at_100": recall(ranking, judged, 100),
+            "mrr_at_10": mrr(ranking, judged, 10),
+            "map_at_100": average_precision(ranking, judged, 100),
         }
         if language_metrics and not monolingual:
-            values["own@10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
+            values["own_at_10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
             groups = peer_groups(ranking, judged, doc_lang, DEPTH)
             if len(groups) >= 2:
-                p_values.append(kruskal_wallis(list(groups.values()))[1])
+                values["peer_at_100"] = kruskal_wallis(list(groups.values()))[1]
+                p_values.append(values["peer_at_100"])
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
-        per_query[query_id] = (query_lang, values)
+        per_query[query_id] = {"lang": query_lang, **values}
 
-    keys = [key for key, _, _ in COLUMNS if any(key in values for _, values in per_query.values())]
+    keys = [key for key in (*RANKING_KEYS, "own_at_10") if any(key in values for values in per_query.values())]
     per_language = {}
-    for lang in sorted({lang for lang, _ in per_query.values() if lang is not None}):
-        rows = [values for query_lang, values in per_query.values() if query_lang == lang]
+    for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
+        rows = [values for values in per_query.values() if values["lang"] == lang]
         per_language[lang] = {"queries": len(rows), **{key: sum(row[key] for row in rows) / len(rows) for key in keys}}
+        peers = [row["peer_at_100"] for row in rows if "peer_at_100" in row]
+        if peers:
+            per_language[lang]["peer_at_100"] = sum(peers) / len(peers)
     if monolingual:  # the mean over languages, as MIRACL reports it
         overall = (
             {key: sum(scores[key] for scores in per_language.values()) / len(per_language) for key in keys}
@@ -587,118 +731,355 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
             else {}
         )
     else:  # the mean over queries, as trec_eval reports it
-        overall = {key: sum(values[key] for _, values in per_query.values()) / len(per_query) for key in keys}
+        overall = {key: sum(values[key] for values in per_query.values()) / len(per_query) for key in keys}
     result = {**overall, "queries_scored": len(per_query), "per_language": per_language}
     if monolingual:
         result["queries_without_judgements_in_their_language"] = skipped
     if p_values:
-        result["peer@100"] = sum(p_values) / len(p_values)
+        result["peer_at_100"] = sum(p_values) / len(p_values)
     result["peer_queries"], result["peer_skipped_one_language"] = len(p_values), no_peer
-    return result
+    return result, per_query
 
 
-def evaluate_model_on(benchmark, name, lazy_encoder, parallel, args, device, amp_dtype, language_metrics):
-    """Everything results.json holds for one (model, benchmark); parallel: --parallel groups or None."""
-    doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
-    query_prompt, doc_prompt = model_prompts(name, args)
-    tick = time.time()
-    doc_emb = embed(
-        lazy_encoder,
-        name,
-        [benchmark.corpus[i][0] for i in doc_ids],
-        doc_prompt,
-        f"{name} documents of {benchmark.name}",
-        args,
-        amp_dtype,
-    )  # (N, D)
-    query_emb = embed(
-        lazy_encoder,
-        name,
-        [benchmark.queries[i][0] for i in query_ids],
-        query_prompt,
-        f"{name} queries of {benchmark.name}",
-        args,
-        amp_dtype,
-    )  # (Q, D)
-    seconds = {"embed": time.time() - tick}
-
-    tick = time.time()
-    rankings, top = rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args.monolingual, args, device)
-    seconds["retrieve"] = time.time() - tick
-    tick = time.time()
-    result = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
-    notes = []
-    if result.get("queries_without_judgements_in_their_language"):
-        notes.append(
-            f"{result['queries_without_judgements_in_their_language']} queries have no judged document in their own language: skipped (--monolingual)"
-        )
-    if language_metrics and not args.monolingual:
-        if result["peer_queries"] == 0:
-            notes.append("PEER n/a: no query has relevant documents in two or more languages")
+def language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args):
+    """MRC, alignment and uniformity of one model on one benchmark -> (result entries, notes)."""
+    result, notes = {}, []
+    if not args.monolingual:
         position = {query_id: i for i, query_id in enumerate(query_ids)}
         groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
         query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-        value, per_lang, pairs = mrc(query_emb, doc_emb, top[:, :10], groups, query_langs) if groups else (None, {}, 0)
-        result.update({"mrc@10": value, "mrc_per_language": per_lang, "mrc_pairs": pairs})
-        if value is None:
+        value, per_lang, queries, pairs = (
+            mrc(query_scoring, doc_scoring, top[:, :10], groups, query_langs) if groups else (None, {}, 0, 0)
+        )
+        result.update({"mrc_at_10": value, "mrc_per_language": per_lang, "mrc_queries": queries, "mrc_pairs": pairs})
+        if not groups:
             notes.append(
-                "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de', 'q1-de')"
+                "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or 'de_q1')"
             )
-    elif args.monolingual:
-        notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
+        elif value is None:
+            notes.append("MRC n/a: every pair of parallel queries scores its top 10 with one constant value")
+    if parallel:
+        texts, langs, groups = [], [], []
+        for group in parallel:
+            groups.append(list(range(len(texts), len(texts) + len(group))))
+            texts.extend(group.values())
+            langs.extend(group)
+        emb, _ = embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)
+        emb, source = unit(emb), "--parallel"
+    elif benchmark.doc_groups:
+        position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+        emb, langs, source = doc_unit, [benchmark.corpus[i][1] for i in doc_ids], benchmark.layout["document_groups"]
+        groups = [[position[doc_id] for doc_id in ids] for ids in benchmark.doc_groups.values()]
+    else:
+        groups = []
+    au = alignment_uniformity(emb, langs, groups, args.seed) if groups else None
+    if au:
+        result.update(au, alignment_source=source)
+    else:
+        notes.append(
+            "alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de', "
+            "or judgements that name one document per language for each group of parallel queries), "
+            "or pass --parallel"
+        )
+    return result, notes
 
+
+def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics):
+    """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
+    doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
+    tick = time.time()
+    doc_emb, doc_settings = embed(
+        lazy, [benchmark.corpus[i][0] for i in doc_ids], "document", f"{lazy.name} documents", args
+    )  # (N, D)
+    query_emb, query_settings = embed(
+        lazy, [benchmark.queries[i][0] for i in query_ids], "query", f"{lazy.name} queries", args
+    )  # (Q, D)
+    similarity = doc_settings["similarity"]
+    encoding = {
+        "query_prompt": query_settings["prompt"],
+        "document_prompt": doc_settings["prompt"],
+        "max_length": doc_settings["max_length"],
+        "similarity": similarity,
+        "dimension": doc_settings["dimension"],
+        "precision": doc_settings["dtype"],
+    }
+    # What retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model.
+    doc_unit, query_unit = unit(doc_emb), unit(query_emb)
+    doc_scoring, query_scoring = (doc_unit, query_unit) if similarity == "cosine" else (doc_emb, query_emb)
+    seconds = {"embed": time.time() - tick}
+
+    tick = time.time()
+    rankings, ranking_scores, top = rank_queries(
+        benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args.monolingual, args, device
+    )
+    seconds["retrieve"] = time.time() - tick
+    tick = time.time()
+    result, per_query = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
+    notes = []
+    if result.get("queries_without_judgements_in_their_language"):
+        notes.append(
+            f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
+            "in their own language: skipped (--monolingual)"
+        )
     if language_metrics:
-        if parallel:
-            texts, langs, groups = [], [], []
-            for group in parallel:
-                groups.append(list(range(len(texts), len(texts) + len(group))))
-                texts.extend(group.values())
-                langs.extend(group)
-            emb, source = (
-                embed(lazy_encoder, name, texts, doc_prompt, f"{name} --parallel texts", args, amp_dtype),
-                "--parallel",
-            )
-        elif benchmark.doc_groups:
-            position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
-            emb, langs, source = (
-                doc_emb,
-                [benchmark.corpus[i][1] for i in doc_ids],
-                "the benchmark's parallel documents",
-            )
-            groups = [[position[doc_id] for doc_id in ids] for ids in benchmark.doc_groups.values()]
-        else:
-            groups = []
-        au = alignment_uniformity(emb, langs, groups, args.seed) if groups else None
-        if au:
-            result.update(au, alignment_source=source)
-        else:
-            notes.append(
-                "alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de'), or pass --parallel"
-            )
+        if not args.monolingual and result["peer_queries"] == 0:
+            notes.append("PEER n/a: no query has relevant documents in two or more languages")
+        if args.monolingual:
+            notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
+        found, more_notes = language_metrics_of(
+            benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args
+        )
+        result.update(found)
+        notes += more_notes
     seconds["metrics"] = time.time() - tick
     result["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
     result["notes"] = notes
-    return result
+    tag = slug(lazy.name)
+    run = [
+        f"{query_id} Q0 {doc_ids[j]} {rank} {score:.9g} {tag}\n"  # 9 digits: every float32 score stays distinct
+        for i, query_id in enumerate(query_ids)
+        for rank, (j, score) in enumerate(zip(rankings[i], ranking_scores[i]), 1)
+    ]
+    return result, per_query, encoding, run
 
 
 # ---------------------------------------------------------------------------
-# Output: the table and the alignment-uniformity plot
+# Output: files evaluate.py owns, the result files, the table, the plot
 
 
-def format_table(results, models):
-    """One fixed-width row per model; n/a where a metric does not apply."""
-    width = max(len("model"), *(len(name) for name in models))
-    lines = [f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in COLUMNS)]
-    for name in models:
-        cells = [
-            (fmt.format(results[name][key]) if results[name].get(key) is not None else "n/a") for key, _, fmt in COLUMNS
-        ]
-        lines.append(f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells))
+def slug(name):
+    """A file name for a model or benchmark name: path parts joined by "__", other characters kept
+    to letters, digits and ._- ("runs/stage2" -> "runs__stage2")."""
+    parts = [part for part in re.split(r"[/\\]+", name) if part not in ("", ".", "..")]
+    return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in parts) or "_"
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path, content):
+    """Write bytes under a fresh temporary name in the same folder, then rename: never half a file,
+    and no name but `path` itself is ever replaced. ("xb" fails rather than reuse a name, and
+    keeps the user's umask, which tempfile's private 0600 files would not.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".evaluate-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(content)
+    os.replace(tmp, path)
+
+
+class OwnedFolder:
+    """A folder evaluate.py writes into, and the list of what it wrote there.
+
+    As the training scripts replace only run directories of their own, evaluate.py replaces
+    only files it wrote: MANIFEST lists each with its kind and the SHA-256 of what was written,
+    so a user's own results.json, or one of ours edited since, is never replaced.
+    """
+
+    def __init__(self, root, flag):
+        self.root, self.flag = Path(root), flag
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"{flag} '{root}' is a file, not a folder; give a folder to write into")
+        self.files = self.read_manifest()
+
+    def read_manifest(self):
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {}
+        try:
+            files = json.loads(path.read_text(encoding="utf-8"))["files"]
+            assert all(isinstance(entry["sha256"], str) for entry in files.values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
+            raise BadInput(
+                f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
+                f"choose another {self.flag}"
+            ) from None
+        return files
+
+    def ours(self, relative):
+        """Whether `relative` may be (re)written: absent, or written by evaluate.py and unchanged since."""
+        path = self.root / relative
+        if not path.exists():
+            return True
+        return path.is_file() and relative in self.files and self.files[relative]["sha256"] == sha256(path)
+
+    def require(self, relatives):
+        for relative in relatives:
+            if not self.ours(relative):
+                raise BadInput(
+                    f"{self.flag} '{self.root}' holds {relative}, which evaluate.py did not write (or which changed "
+                    f"since); it is never replaced: move it or choose another {self.flag}"
+                )
+
+    def write(self, relative, content, kind):
+        """Write bytes to root/relative (checked ours), then record it in the manifest."""
+        self.require([relative])
+        atomic_write(self.root / relative, content)
+        self.record(relative, {"kind": kind, "sha256": hashlib.sha256(content).hexdigest()})
+
+    def remove(self, relative):
+        if (self.root / relative).exists() and self.ours(relative):
+            (self.root / relative).unlink()
+            self.record(relative, None)
+
+    def record(self, relative, entry):
+        # subtle: re-read first, so two runs writing one folder one after the other keep each other's entries
+        self.files = {**self.read_manifest(), relative: entry}
+        self.files = {key: value for key, value in self.files.items() if value is not None}
+        atomic_write(self.root / MANIFEST, json.dumps({"files": self.files}, indent=1, sort_keys=True).encode())
+
+    def of_kind(self, kind):
+        return sorted(
+            relative for relative, entry in self.files.items() if entry["kind"] == kind and self.ours(relative)
+        )
+
+
+def benchmark_folder(benchmark, args):
+    """The folder of a benchmark's result files: its name, with the split and mode where not the default."""
+    name = slug(benchmark.name)
+    if args.split != data.DEFAULT_SPLIT:
+        name += f".{args.split}"
+    return name + (".monolingual" if args.monolingual else "")
+
+
+def benchmark_info(benchmark, args):
+    """What a result file says about its benchmark; `digest` tells two versions of one benchmark apart."""
+    digest = hashlib.sha1()
+    for part in (benchmark.corpus, benchmark.queries, benchmark.qrels):
+        for key in sorted(part):
+            digest.update(json.dumps([key, part[key]], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+    return {
+        "name": benchmark.name,
+        "split": args.split,
+        "mode": "monolingual" if args.monolingual else "MLIR",
+        "documents": len(benchmark.corpus),
+        "queries": len(benchmark.queries),
+        "languages": sorted({lang for _, lang in benchmark.corpus.values() if lang is not None}),
+        **benchmark.stats,
+        "query_groups": len(benchmark.query_groups),
+        "document_groups": len(benchmark.doc_groups),
+        "layout": benchmark.layout,
+        "digest": digest.hexdigest()[:16],
+    }
+
+
+def result_file(name, info, result, per_query, encoding, args, seconds):
+    """One (model, benchmark) result, in the shape of an MTEB result file plus what MTEB lacks."""
+    languages = info["languages"]
+    default = {"hf_subset": "default", "languages": languages, "main_score": result.get("ndcg_at_10")}
+    default.update({key: result[key] for key, _, _ in COLUMNS if key in result})
+    subsets = [default]
+    for lang, values in result["per_language"].items():
+        subset = {"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values}
+        for key, per_lang in (
+            ("mrc_at_10", "mrc_per_language"),
+            ("alignment", "alignment_per_language"),
+            ("uniformity", "uniformity_per_language"),
+        ):
+            if lang in result.get(per_lang, {}):
+                subset[key] = result[per_lang][lang]
+        subsets.append(subset)
+    path = model_module.resolve_model(name)
+    return {
+        "task_name": info["name"],
+        "model_name": name,
+        "model_path": str(Path(path).resolve()) if Path(path).is_dir() else path,
+        "main_score_name": "ndcg_at_10",
+        "evaluation_time": round(seconds, 2),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "scores": {info["split"]: subsets},
+        "encoding": {**encoding, "trust_remote_code": args.trust_remote_code},
+        "benchmark": info,
+        "summary": result,
+        "per_query": per_query,
+        "arguments": vars(args),
+    }
+
+
+def collect(out):
+    """{benchmark folder: {model name: result file}} of every result file evaluate.py wrote in out."""
+    found = {}
+    for relative in out.of_kind("result"):
+        try:
+            document = json.loads((out.root / relative).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
+    return found
+
+
+def build_report(found, digests):
+    """results.json: per benchmark folder its description and every model's summary and encoding.
+    A folder's version is this run's (digests) or else its newest file's; models scored on
+    another version of the benchmark (another digest) are listed apart, not mixed in."""
+    report = {}
+    for folder, documents in sorted(found.items()):
+        newest = max(documents.values(), key=lambda document: document["written_at"])
+        digest = digests.get(folder, newest["benchmark"]["digest"])
+        same = {name: doc for name, doc in documents.items() if doc["benchmark"]["digest"] == digest}
+        report[folder] = {
+            **max(same.values(), key=lambda document: document["written_at"])["benchmark"],
+            "models": {
+                name: {**doc["summary"], "encoding": doc["encoding"], "written_at": doc["written_at"]}
+                for name, doc in same.items()
+            },
+            "models_on_another_version": sorted(set(documents) - set(same)),
+        }
+    return {"benchmarks": report}
+
+
+def format_table(models, order):
+    """One fixed-width row per model (in `order`), n/a where a metric does not apply, and the max length."""
+    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
+    width = max(len("model"), *(len(name) for name in order))
+    lines = [f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in columns) + "  max len"]
+    for name in order:
+        result = models[name]
+        cells = [(fmt.format(result[key]) if result.get(key) is not None else "n/a") for key, _, fmt in columns]
+        length = result["encoding"].get("max_length")
+        lines.append(f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells) + f"  {length!s:>7}")
     return "\n".join(lines)
 
 
+def print_benchmark(entry, order):
+    """The table of one benchmark folder, its counts, each model's prompts and the notes."""
+    print(
+        f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
+        f"{entry['documents']} documents, {len(entry['languages'])} languages)"
+    )
+    print(format_table(entry["models"], order))
+    counts = [
+        f"{entry['skipped_queries']} queries without judgements skipped",
+        f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
+        f"{entry['unknown_document_judgements']} name documents not in the corpus "
+        "(kept as unretrievable, as trec_eval does)",
+    ]
+    if entry["queries_without_relevant"]:
+        counts.append(f"{entry['queries_without_relevant']} queries have no relevant document (scored 0)")
+    print("  " + "; ".join(counts))
+    for name in order:
+        encoding = entry["models"][name]["encoding"]
+        print(
+            f"  {name}: query prompt {encoding['query_prompt']!r}, document prompt {encoding['document_prompt']!r}, "
+            f"{encoding['similarity']}, {encoding['precision']}"
+        )
+    for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
+        print(f"  {note}")
+    if entry["models_on_another_version"]:
+        print(
+            f"  not in this table, scored on another version of this benchmark: "
+            f"{', '.join(entry['models_on_another_version'])}"
+        )
+
+
 def plot_alignment_uniformity(report, path):
-    """au.png: one labelled point per model (and benchmark panel); lower-left is better (Wang and Isola 2020, Fig. 1)."""
+    """au.png: one labelled point per model (and benchmark panel); lower-left is better (Wang and Isola 2020, Fig. 1).
+    Returns the PNG's bytes, or None (with a note) where there is nothing to plot or no matplotlib."""
     try:
         import matplotlib
 
@@ -710,7 +1091,7 @@ def plot_alignment_uniformity(report, path):
     panels = [
         (name, entry["models"])
         for name, entry in report.items()
-        if any(r.get("alignment") is not None for r in entry["models"].values())
+        if any(r.get("alignment") is not None and r.get("uniformity") is not None for r in entry["models"].values())
     ]
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
@@ -758,6 +1139,44 @@ def default_models():
     return models + [TEACHER]
 
 
+def plan_outputs(benchmarks, args, out, runs):
+    """Every file this run will write, checked before any work: each is absent or ours, and no
+    two models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
+    models = {}
+    for name in args.model:
+        if slug(name) in models:
+            raise BadInput(
+                f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
+                f"'{slug(name)}'; give each model once"
+            )
+        models[slug(name)] = name
+    folders = {benchmark.name: benchmark_folder(benchmark, args) for benchmark in benchmarks}
+    for benchmark in benchmarks:
+        folder = folders[benchmark.name]
+        for model_slug, name in models.items():
+            relative = f"{folder}/{model_slug}.json"
+            out.require([relative])
+            if (out.root / relative).exists():
+                stored = json.loads((out.root / relative).read_text(encoding="utf-8")).get("model_name")
+                if stored != name:
+                    raise BadInput(
+                        f"--out-dir '{out.root}' holds {relative} with the results of model '{stored}', "
+                        f"and model '{name}' would need that file name; choose another --out-dir"
+                    )
+            if runs is not None:
+                runs.require([f"{folder}/{model_slug}.trec"])
+        if runs is not None:
+            for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")):
+                spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
+                if spaced is not None:
+                    raise BadInput(
+                        f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
+                        "white space, which a TREC run's columns cannot carry"
+                    )
+    out.require(["results.json", "au.png"])
+    return folders
+
+
 def main(argv=None):
     started = time.time()
     args = get_args(argv)
@@ -766,88 +1185,75 @@ def main(argv=None):
     print("arguments: " + json.dumps(vars(args)))
     language_metrics = not args.no_language_metrics
 
-    # --- device and precision: retrieval on the GPU when there is one
+    # --- device: embedding and retrieval on the GPU when there is one; the dtype is each model's (--precision)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    # --- benchmarks and models, all checked before any embedding starts
-    benchmarks = [data.load_benchmark(spec, need_lang=language_metrics) for spec in args.benchmark]
+    # --- output folders, benchmarks and models, all checked before any embedding starts
+    out = OwnedFolder(args.out_dir, "--out-dir")
+    runs = None
+    if args.save_run is not None:
+        same_folder = args.save_run == "" or Path(args.save_run).resolve() == out.root.resolve()
+        runs = out if same_folder else OwnedFolder(args.save_run, "--save-run")
+    if not args.no_cache and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise BadInput(f"--cache-dir '{args.cache_dir}' is a file, not a folder; give a folder, or pass --no-cache")
+    benchmarks = [data.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]
     for name in args.model:
-        check_model(name)
+        check_model(name, args.trust_remote_code)
     parallel = (
         data.parallel_groups(args.parallel, args.max_parallel, args.seed)
         if args.parallel and language_metrics
         else None
     )
-    report = {}
+    folders = plan_outputs(benchmarks, args, out, runs)
+    infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in benchmarks}
     for benchmark in benchmarks:
-        langs = sorted({lang for _, lang in benchmark.corpus.values() if lang is not None})
-        report[benchmark.name] = {
-            "mode": "monolingual" if args.monolingual else "MLIR",
-            "documents": len(benchmark.corpus),
-            "queries": len(benchmark.queries),
-            "languages": langs,
-            **benchmark.stats,
-            "query_groups": len(benchmark.query_groups),
-            "document_groups": len(benchmark.doc_groups),
-            "models": {},
-        }
+        info = infos[benchmark.name]
         print(
-            f"benchmark {benchmark.name}: {len(benchmark.queries)} queries, {len(benchmark.corpus)} documents, languages {' '.join(langs) or 'unknown'}"
+            f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, "
+            f"languages {' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}"
         )
 
-    # --- each model on each benchmark; a model is loaded only if some embedding is not cached
+    # --- each model on each benchmark; a model is loaded only if some embedding is not cached.
+    # Each result file is written as soon as it is known, so an interrupted run keeps what it finished.
     for name in args.model:
-        loaded = {}
-
-        def lazy_encoder():
-            if "encoder" not in loaded:
-                loaded["encoder"] = model_module.freeze(model_module.Encoder(name, args.pooling, args.max_length)).to(
-                    device
-                )
-            return loaded["encoder"]
-
+        lazy = LazyModel(name, args, device)
         for benchmark in benchmarks:
             print(f"{name} on {benchmark.name}")
-            result = evaluate_model_on(
-                benchmark, name, lazy_encoder, parallel, args, device, amp_dtype, language_metrics
+            tick = time.time()
+            result, per_query, encoding, run = evaluate_model_on(
+                benchmark, lazy, parallel, args, device, language_metrics
             )
-            report[benchmark.name]["models"][name] = result
+            document = result_file(name, infos[benchmark.name], result, per_query, encoding, args, time.time() - tick)
+            relative = f"{folders[benchmark.name]}/{slug(name)}"
+            out.write(f"{relative}.json", json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8"), "result")
+            if runs is not None:
+                runs.write(f"{relative}.trec", "".join(run).encode("utf-8"), "run")
+                print(f"  wrote {runs.root / relative}.trec")
             print(
-                f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, metrics {result['seconds']['metrics']:.1f} s"
+                f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
+                f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json"
             )
-        loaded.clear()  # free the weights before the next model
+        lazy.release()  # free the weights before the next model
 
-    # --- the tables, results.json and au.png
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # --- the tables, results.json and au.png, rebuilt from every result file in --out-dir
+    digests = {folders[b.name]: infos[b.name]["digest"] for b in benchmarks}
+    report = build_report(collect(out), digests)["benchmarks"]
     for benchmark in benchmarks:
-        entry = report[benchmark.name]
-        print(
-            f"\n{benchmark.name} ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents, {len(entry['languages'])} languages)"
-        )
-        print(format_table(entry["models"], args.model))
-        counts = [
-            f"{entry['skipped_queries']} queries without judgements skipped",
-            f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
-            f"{entry['unknown_document_judgements']} name documents not in the corpus (kept as unretrievable, as trec_eval does)",
-        ]
-        if entry["queries_without_relevant"]:
-            counts.append(f"{entry['queries_without_relevant']} queries have no relevant document (scored 0)")
-        print("  " + "; ".join(counts))
-        for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
-            print(f"  {note}")
-    results_path = out_dir / "results.json"
-    results_path.write_text(
-        json.dumps({"arguments": vars(args), "device": str(device), "benchmarks": report}, indent=2, ensure_ascii=False)
-    )
-    print(f"\nwrote {results_path}")
-    plot = plot_alignment_uniformity(report, out_dir / "au.png")
-    if plot:
-        print(f"wrote {plot}")
+        entry = report[folders[benchmark.name]]
+        order = [name for name in args.model if name in entry["models"]]
+        order += sorted(name for name in entry["models"] if name not in order)
+        print_benchmark(entry, order)
+    out.write("results.json", json.dumps({"benchmarks": report}, indent=1, ensure_ascii=False).encode(), "table")
+    print(f"\nwrote {out.root / 'results.json'}")
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = plot_alignment_uniformity(report, Path(scratch) / "au.png")
+        if plot:
+            out.write("au.png", plot.read_bytes(), "plot")
+            print(f"wrote {out.root / 'au.png'}")
+        else:
+            out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     print(f"done in {time.time() - started:.0f} s")
-    return report
+    return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """
-Time evaluate.py's exact top-k retrieval on a synthetic corpus: N random normalised
-embeddings of dimension D, Q random queries, top 100 each (as evaluate.py asks), for
+Time the exact top-k retrieval that evaluate.py ranks with (retrieval.py) on a
+synthetic corpus: N random normalised embeddings of dimension D, Q random queries,
+top 100 each (as evaluate.py asks), for
 N = 10^4, 10^5, 10^6. Prints queries per second and peak memory (on a GPU, CUDA's
 max_memory_allocated; on CPU, the process's peak resident set size), and the hardware.
 
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for evaluate.py
-import evaluate  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for retrieval.py
+import retrieval  # noqa: E402
+
+DEPTH = 100  # documents evaluate.py retrieves per query
 
 
 def get_args():
@@ -33,7 +36,7 @@ def get_args():
         "--queries", type=int, default=None, help="queries Q per run; default: 10,000 on a GPU, 1,000 on CPU"
     )
     parser.add_argument("--dim", type=int, default=384, help="embedding dimension D (384: all-MiniLM-L6-v2)")
-    parser.add_argument("--k", type=int, default=evaluate.DEPTH, help="documents retrieved per query")
+    parser.add_argument("--k", type=int, default=DEPTH, help="documents retrieved per query")
     parser.add_argument("--query-chunk", type=int, default=1024, help="as evaluate.py --query-chunk")
     parser.add_argument("--doc-chunk", type=int, default=65536, help="as evaluate.py --doc-chunk")
     parser.add_argument(
@@ -73,12 +76,12 @@ def run_one(n, args):
     d = random_unit_vectors(n, args.dim, device, 0)  # (N, D)
     q = random_unit_vectors(queries, args.dim, device, 1)  # (Q, D)
     doc_rank = torch.arange(n, device=device)  # ids "0".."N-1" in index order: any permutation costs the same
-    evaluate.retrieve(q[:8], d, doc_rank, args.k, args.query_chunk, args.doc_chunk)  # warm-up (kernels, allocator)
+    retrieval.retrieve(q[:8], d, doc_rank, args.k, args.query_chunk, args.doc_chunk)  # warm-up (kernels, allocator)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tick = time.perf_counter()
-    scores, index = evaluate.retrieve(
+    scores, index = retrieval.retrieve(
         q, d, doc_rank, args.k, args.query_chunk, args.doc_chunk
     )  # results land on CPU: synchronised
     seconds = time.perf_counter() - tick
@@ -130,7 +133,8 @@ def main():
             continue
         r = json.loads(child.stdout.strip().splitlines()[-1])
         print(
-            f"{r['n']:>10} {r['queries']:>8} {r['seconds']:>8.2f} {r['qps']:>10.1f} {r['peak_gib']:>9.2f} {r['corpus_gib']:>11.2f}  {r['memory']}"
+            f"{r['n']:>10} {r['queries']:>8} {r['seconds']:>8.2f} {r['qps']:>10.1f} {r['peak_gib']:>9.2f} "
+            f"{r['corpus_gib']:>11.2f}  {r['memory']}"
         )
 
 

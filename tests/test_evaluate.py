@@ -1,5 +1,7 @@
-"""evaluate.py: trec_eval's metrics by hand (ties included), exact chunked retrieval,
-PEER, MRC, alignment/uniformity, benchmark reading, and the script end to end."""
+"""evaluate.py: trec_eval's metrics by hand and against pytrec_eval (ties included), PEER, MRC
+and its aggregation, alignment/uniformity, both benchmark layouts and their parallel groups,
+models encoded exactly as sentence-transformers encodes them, the output files and who may
+replace them, and bad input."""
 
 import json
 import math
@@ -9,10 +11,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, write_rows
+from conftest import CHARACTERS, ROOT, build_tiny_model, write_rows
 
 import data
 import evaluate
+import retrieval
 from data import BadInput
 
 # ---------------------------------------------------------------------------
@@ -22,6 +25,11 @@ from data import BadInput
 # retrieved). Relevant (grade >= 1): d2, d3, d5, so 3 in all.
 RANKING = ["d1", "d2", "d3", "d4"]
 JUDGED = {"d1": 0, "d2": 2, "d3": 1, "d5": 1}
+
+
+def trec_rank(scores):
+    """{doc id: score} -> ids in trec_eval's order: score descending, then id descending."""
+    return sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)
 
 
 def test_ndcg_by_hand():
@@ -48,21 +56,14 @@ def test_recall_mrr_and_map_by_hand():
     assert evaluate.average_precision(RANKING, JUDGED, 2) == pytest.approx((1 / 2) / 3)
 
 
-def test_ties_are_broken_by_document_id_descending():
-    """trec_eval sorts by score descending, then by document id descending (strcmp):
-    among the three docs scoring 0.5, "c" > "b10" > "b" ("b10" > "b": longer with the same prefix)."""
-    scores = {"a": 0.9, "b": 0.5, "c": 0.5, "b10": 0.5, "z": 0.1}
-    assert evaluate.trec_rank(scores) == ["a", "c", "b10", "b", "z"]
-
-
 def test_ties_change_the_metrics_as_in_trec_eval():
     """Two docs tie at the top score. If the relevant one has the smaller id it comes
     second: MRR@10 = 1/2 and nDCG@1 = 0; with the larger id, first: 1 and 1."""
     judged = {"doc-a": 1}
-    ranking = evaluate.trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
+    ranking = trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
     assert ranking == ["doc-b", "doc-a", "doc-c"]
     assert evaluate.mrr(ranking, judged, 10) == 0.5 and evaluate.ndcg(ranking, judged, 1) == 0.0
-    ranking = evaluate.trec_rank({"doc-z": 0.7, "doc-b": 0.7})
+    ranking = trec_rank({"doc-z": 0.7, "doc-b": 0.7})
     assert evaluate.mrr(ranking, {"doc-z": 1}, 10) == 1.0 and evaluate.ndcg(ranking, {"doc-z": 1}, 1) == 1.0
 
 
@@ -74,54 +75,55 @@ def test_own_language_share():
     assert evaluate.own_language_share(langs, "de", 10) == 0.25
 
 
-# ---------------------------------------------------------------------------
-# Exact retrieval in chunks
+def test_metrics_equal_pytrec_eval_on_a_benchmark_with_ties():
+    """40 queries, 150 documents, embeddings of -1/0/1 in 4 dims: scores are exact small
+    integers, so nearly every rank is a tie that only the document id settles. Graded
+    judgements (0, 1, 2) and relevant documents that are never retrieved. pytrec_eval
+    (trec_eval itself) gets every score and sorts on its own; evaluate.py retrieves the
+    top 100 and scores it. nDCG@10, R@20, MAP@100 and RR@10 agree per query. (pytrec_eval's
+    recip_rank looks at the whole ranking: RR@10 is it where it is >= 1/10, else 0.)"""
+    import pytrec_eval  # a test dependency, in requirements.txt beside pytest
 
-
-def brute_force(q, d, ids, k):
-    """Every score, then Python's sort on (score, id) descending: trec_eval's order by definition."""
-    scores = q @ d.T  # (Q, N)
-    out = []
-    for row in scores.tolist():
-        order = sorted(range(len(ids)), key=lambda j: (row[j], ids[j]), reverse=True)[:k]
-        out.append(order)
-    return torch.tensor(out)
-
-
-@pytest.mark.parametrize("query_chunk,doc_chunk", [(4, 7), (5, 50), (17, 103), (1, 1)])
-def test_chunked_retrieval_equals_the_full_matrix_with_ties(query_chunk, doc_chunk):
-    """Vectors of -1/0/1 in 5 dims give exact integer scores and very many ties (only
-    11 possible values for 103 documents), the hardest case for chunked top-k: each
-    block must pick, among equal scores at its boundary, the largest ids. Chunk sizes
-    do not divide Q = 17 or N = 103; ids are shuffled so that id order != index order."""
-    generator = torch.Generator().manual_seed(0)
-    q = torch.randint(-1, 2, (17, 5), generator=generator).float()
-    d = torch.randint(-1, 2, (103, 5), generator=generator).float()
-    ids = [f"doc{j}" for j in torch.randperm(103, generator=generator).tolist()]
-    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 10, query_chunk, doc_chunk)
-    expected = brute_force(q, d, ids, 10)
-    assert torch.equal(index, expected)
-    assert torch.equal(scores, (q @ d.T).gather(1, expected))
-
-
-def test_chunked_retrieval_on_random_embeddings_and_k_beyond_n():
-    """Random normalised embeddings (no ties): the same top 20 as torch.topk on the
-    full (Q, N) matrix. Asking for more than N documents returns all N, sorted."""
-    generator = torch.Generator().manual_seed(1)
-    q = torch.nn.functional.normalize(torch.randn(33, 24, generator=generator), dim=-1)
-    d = torch.nn.functional.normalize(torch.randn(257, 24, generator=generator), dim=-1)
-    ids = [f"{j:04d}" for j in range(257)]
-    scores, index = evaluate.retrieve(q, d, evaluate.id_ranks(ids), 20, query_chunk=10, doc_chunk=60)
-    full_scores, full_index = (q @ d.T).topk(20, dim=1)
-    assert torch.equal(index, full_index)
-    torch.testing.assert_close(scores, full_scores)
-    scores, index = evaluate.retrieve(q, d[:30], evaluate.id_ranks(ids[:30]), 100, query_chunk=8, doc_chunk=7)
-    assert index.shape == (33, 30) and torch.equal(index.sort(1).values, torch.arange(30).expand(33, 30))
-    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    generator = torch.Generator().manual_seed(7)
+    q = torch.randint(-1, 2, (40, 4), generator=generator).float()
+    d = torch.randint(-1, 2, (150, 4), generator=generator).float()
+    doc_ids = [f"d{j}" for j in torch.randperm(150, generator=generator).tolist()]
+    qrels = {}
+    for i in range(40):
+        picks = torch.randperm(150, generator=generator)[:6].tolist()
+        grades = torch.randint(0, 3, (6,), generator=generator).tolist()
+        qrels[f"q{i}"] = {doc_ids[j]: grade for j, grade in zip(picks, grades)}
+        qrels[f"q{i}"][doc_ids[picks[0]]] = 2  # at least one relevant document
+    scores = q @ d.T  # (40, 150)
+    run = {f"q{i}": {doc_ids[j]: float(scores[i, j]) for j in range(150)} for i in range(40)}
+    measures = {"ndcg_cut.10", "recall.20", "map_cut.100", "recip_rank"}
+    expected = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    _, index = retrieval.retrieve(q, d, retrieval.id_ranks(doc_ids), 100, query_chunk=7, doc_chunk=33)
+    for i in range(40):
+        ranking, judged, want = [doc_ids[j] for j in index[i].tolist()], qrels[f"q{i}"], expected[f"q{i}"]
+        assert evaluate.ndcg(ranking, judged, 10) == pytest.approx(want["ndcg_cut_10"], abs=1e-9)
+        assert evaluate.recall(ranking, judged, 20) == pytest.approx(want["recall_20"], abs=1e-9)
+        assert evaluate.average_precision(ranking, judged, 100) == pytest.approx(want["map_cut_100"], abs=1e-9)
+        rr_at_10 = want["recip_rank"] if want["recip_rank"] >= 0.1 - 1e-12 else 0.0
+        assert evaluate.mrr(ranking, judged, 10) == pytest.approx(rr_at_10, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------
 # PEER, MRC, alignment, uniformity
+
+
+def textbook_kruskal_wallis(groups):
+    """H with the tie correction and its chi-square tail, written out independently of scipy."""
+    values = torch.tensor([v for g in groups for v in g], dtype=torch.float64)
+    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0).double() - (counts - 1) / 2)[inverse]  # mid-ranks
+    n, start, h = float(len(values)), 0, 0.0
+    for g in groups:
+        h += ranks[start : start + len(g)].sum().item() ** 2 / len(g)
+        start += len(g)
+    h = (12 / (n * (n + 1)) * h - 3 * (n + 1)) / (1 - (counts.double() ** 3 - counts).sum().item() / (n**3 - n))
+    dof = torch.tensor((len(groups) - 1) / 2, dtype=torch.float64)
+    return h, torch.special.gammaincc(dof, torch.tensor(max(h, 0.0) / 2, dtype=torch.float64)).item()
 
 
 def test_kruskal_wallis_without_ties():
@@ -138,15 +140,15 @@ def test_kruskal_wallis_with_ties_at_k_plus_one():
     Pooled 1, 2, 4, 4 get mid-ranks 1, 2, 3.5, 3.5; R_A = 4.5, R_B = 5.5, N = 4:
     H = 12 / 20 * (4.5^2 / 2 + 5.5^2 / 2) - 15 = 0.15, tie correction
     C = 1 - (2^3 - 2) / (4^3 - 4) = 0.9, H = 0.15 / 0.9 = 1/6. One degree of freedom:
-    P(chi^2_1 > H) = erfc(sqrt(H / 2)). All values equal: p = 1."""
+    P(chi^2_1 > H) = erfc(sqrt(H / 2)). All values equal (where scipy raises): p = 1."""
     h, p = evaluate.kruskal_wallis([[1, 4], [2, 4]])
     assert h == pytest.approx(1 / 6)
     assert p == pytest.approx(math.erfc(math.sqrt(1 / 12)))
     assert evaluate.kruskal_wallis([[4, 4], [4]]) == (0.0, 1.0)
 
 
-def test_kruskal_wallis_matches_scipy_when_available():
-    stats = pytest.importorskip("scipy.stats")
+def test_kruskal_wallis_matches_the_textbook_formula():
+    """20 random draws of 4 groups of 1-5 ranks in 1..11 (many ties): H and p as written out above."""
     generator = torch.Generator().manual_seed(3)
     for _ in range(20):
         groups = [
@@ -156,8 +158,8 @@ def test_kruskal_wallis_matches_scipy_when_available():
         if len({v for g in groups for v in g}) < 2:
             continue
         h, p = evaluate.kruskal_wallis(groups)
-        expected = stats.kruskal(*groups)
-        assert h == pytest.approx(expected.statistic) and p == pytest.approx(expected.pvalue)
+        expected_h, expected_p = textbook_kruskal_wallis(groups)
+        assert h == pytest.approx(expected_h) and p == pytest.approx(expected_p)
 
 
 def test_peer_groups_set_ranks_past_k_to_k_plus_one():
@@ -170,11 +172,13 @@ def test_peer_groups_set_ranks_past_k_to_k_plus_one():
 
 def test_spearman():
     """Monotone: 1; reversed: -1; ranks (3, 2, 1) against (1, 3, 2): centred (1, 0, -1), (-1, 1, 0),
-    so rho = -1 / sqrt(2 * 2) = -0.5. A constant vector has no rank correlation: nan."""
+    so rho = -1 / sqrt(2 * 2) = -0.5. Ties take mid-ranks: (1, 1, 2) ranks (1.5, 1.5, 3) against
+    (1, 2, 3): rho = 0.866 = sqrt(3) / 2. A constant vector has no rank correlation: nan."""
     x = torch.tensor([0.9, 0.8, 0.1])
     assert evaluate.spearman(x, x * 2) == pytest.approx(1.0)
     assert evaluate.spearman(x, -x) == pytest.approx(-1.0)
     assert evaluate.spearman(x, torch.tensor([0.1, 0.9, 0.8])) == pytest.approx(-0.5)
+    assert evaluate.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(evaluate.spearman(x, torch.ones(3)))
 
 
@@ -184,15 +188,39 @@ def test_mrc_by_hand():
     en-de: U = {0, 1, 2}, scores (.9, .8, .1) vs (.1, .9, .8): rho = -0.5 (test_spearman).
     en-fr: U = {0, 1}, (.9, .8) vs (.9, .8): rho = 1.
     de-fr: U = {0, 1, 2}, (.1, .9, .8) vs (.9, .8, 0): ranks (1, 3, 2) vs (3, 2, 1): rho = -0.5.
-    Per language (pairs that involve it): en (-0.5 + 1) / 2 = 0.25, de -0.5, fr 0.25;
-    MRC = 100 * mean(0.25, -0.5, 0.25) = 0."""
+    Per query over its partners: en (-0.5 + 1) / 2 = 0.25, de -0.5, fr 0.25; one query per
+    language, so these are the languages' values; MRC = 100 * mean(0.25, -0.5, 0.25) = 0."""
     doc_emb = torch.eye(4)
     query_emb = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.1, 0.9, 0.8, 0.0], [0.9, 0.8, 0.0, 0.1]])
     top = (query_emb @ doc_emb.T).topk(2, dim=1).indices
-    value, per_lang, pairs = evaluate.mrc(query_emb, doc_emb, top, [[0, 1, 2]], ["en", "de", "fr"])
-    assert pairs == 3
+    value, per_lang, queries, pairs = evaluate.mrc(query_emb, doc_emb, top, [[0, 1, 2]], ["en", "de", "fr"])
+    assert pairs == 3 and queries == 3
     assert per_lang == pytest.approx({"de": -50.0, "en": 25.0, "fr": 25.0})
     assert value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mrc_averages_each_query_over_its_partners_first():
+    """A partially parallel benchmark: group 1 = (en0, de0, fr0), group 2 = (en1, de1).
+    Documents are the 4 unit vectors and every query's top k is all 4, so rho is the
+    Spearman correlation of the query vectors. en0 = de0 = en1 = (.1, .2, .3, .4),
+    fr0 reversed, de1 = (.1, .2, .4, .3): rho(en0, de0) = 1, rho(en0, fr0) = rho(de0, fr0)
+    = -1, rho(en1, de1) = 1 - 6 * 2 / (4 * 15) = 0.8.
+    Per query, then per language, then over languages (the reference aggregation):
+      RC: en0 0, de0 0, fr0 -1, en1 0.8, de1 0.8; en (0 + 0.8) / 2 = 0.4, de 0.4, fr -1;
+      MRC = 100 * (0.4 + 0.4 - 1) / 3 = -6.67.
+    The mean over all pairs that involve a language would give en (1 - 1 + 0.8) / 3 = 0.267,
+    de 0.267, fr -1 and MRC = -15.56: the two differ once groups differ in size."""
+    doc_emb = torch.eye(4)
+    up, down, swapped = [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.4, 0.3]
+    query_emb = torch.tensor([up, up, down, up, swapped])
+    top = torch.arange(4).expand(5, 4)
+    groups, langs = [[0, 1, 2], [3, 4]], ["en", "de", "fr", "en", "de"]
+    value, per_lang, queries, pairs = evaluate.mrc(query_emb, doc_emb, top, groups, langs)
+    assert pairs == 4 and queries == 5
+    assert per_lang == pytest.approx({"de": 40.0, "en": 40.0, "fr": -100.0})
+    assert value == pytest.approx(-20 / 3)
+    pairwise = {"en": (1 - 1 + 0.8) / 3, "de": (1 - 1 + 0.8) / 3, "fr": -1.0}
+    assert value != pytest.approx(100 * sum(pairwise.values()) / 3, abs=1.0)
 
 
 def test_alignment_and_uniformity_known_answers():
@@ -229,7 +257,7 @@ def test_alignment_uniformity_per_language():
 
 
 # ---------------------------------------------------------------------------
-# Benchmarks: BEIR directories and aligned rows
+# Benchmarks: BEIR folders, the MLIR benchmarks' layout, aligned rows
 
 
 def write_jsonl(path, records):
@@ -267,6 +295,39 @@ def make_beir_dir(root, qrels="tsv", lang=True):
     return root
 
 
+MLIR_LANGS = ("en", "de", "fr")
+MLIR_TOPICS = ["river water flows to the sea", "bread from the hot oven", "glass and light in the window"]
+
+
+def make_mlir_dir(root, query_ids="belebele"):
+    """A fully parallel benchmark in the layout of yjoonjang/mlir-benchmarks/MMLIR/*: 3 passages
+    in en, de, fr. corpus.jsonl lines {doc_<lang>_<n>: {"text", "lang"}}, with numbers that do
+    not match across languages (so only the judgements tell the versions of a passage apart);
+    one line holds two documents. queries.jsonl: {"_id", "text", "lang"} with the language as
+    prefix, "<lang>_q_<k>" as Belebele writes them or "<lang>_<k>" as XQuAD does. qrels.jsonl:
+    one {query id: {doc id: 1, ...}} line per query, every version of the gold passage relevant.
+    Returns (root, {topic: {lang: doc id}})."""
+    numbers = {"en": [4, 9, 2], "de": [7, 1, 5], "fr": [3, 8, 6]}
+    docs = {t: {lg: f"doc_{lg}_{numbers[lg][t]}" for lg in MLIR_LANGS} for t in range(3)}
+    lines = [{docs[t][lg]: {"text": f"{MLIR_TOPICS[t]} ({lg})", "lang": lg}} for t in range(3) for lg in MLIR_LANGS]
+    lines[0].update(lines.pop(1))  # two documents on the first line
+    write_jsonl(root / "corpus.jsonl", lines)
+    qid = (lambda lg, t: f"{lg}_q_{t:03d}a") if query_ids == "belebele" else (lambda lg, t: f"{lg}_{t:03d}")
+    write_jsonl(
+        root / "queries.jsonl",
+        [
+            {"_id": qid(lg, t), "text": f"what about {MLIR_TOPICS[t]}? {lg}", "lang": lg}
+            for t in range(3)
+            for lg in MLIR_LANGS
+        ],
+    )
+    write_jsonl(
+        root / "qrels.jsonl",
+        [{qid(lg, t): {docs[t][m]: 1 for m in MLIR_LANGS}} for t in range(3) for lg in MLIR_LANGS],
+    )
+    return root, docs
+
+
 @pytest.mark.parametrize("qrels", ["tsv", "jsonl"])
 def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
     """q9 has no judgement: skipped and counted; q7-en is unknown: its 1 judgement is
@@ -285,6 +346,69 @@ def test_beir_dir_is_read_with_both_qrels_layouts(tmp_path, qrels):
     assert bench.qrels["q1-en"] == {"t1/en": 1, "t1/de": 1, "t8/en": 2}
     assert bench.query_groups == {"q1": ["q1-en", "q1-de"], "q2": ["q2-en", "q2-de"]}
     assert bench.doc_groups == {t: [f"{t}/en", f"{t}/de"] for t in ("t1", "t2", "t3")}
+    assert bench.layout["document_groups"] == "ids" and bench.layout["corpus"] == "BEIR"
+
+
+@pytest.mark.parametrize("query_ids", ["belebele", "xquad"])
+def test_the_mlir_benchmarks_layout_and_its_parallel_groups(tmp_path, query_ids):
+    """The layout of yjoonjang/mlir-benchmarks: 9 documents, 9 queries. Query groups come from
+    the language prefix ("de_q_001a" -> "q_001a", "de_001" -> "001"); document groups, which
+    the doc_<lang>_<n> ids do not give, from the judgements: the three versions of each passage."""
+    root, docs = make_mlir_dir(tmp_path / "Belebele_test", query_ids)
+    bench = data.load_benchmark(str(root))
+    assert len(bench.corpus) == 9 and len(bench.queries) == 9
+    assert bench.corpus["doc_de_1"] == (f"{MLIR_TOPICS[1]} (de)", "de")
+    key = "q_001a" if query_ids == "belebele" else "001"
+    prefix = "q_001a" if query_ids == "belebele" else "001"
+    assert bench.query_groups[key] == [f"{lg}_{prefix}" for lg in MLIR_LANGS]
+    assert len(bench.query_groups) == 3
+    assert sorted(sorted(group) for group in bench.doc_groups.values()) == sorted(
+        sorted(docs[t].values()) for t in range(3)
+    )
+    assert bench.qrels[f"fr_{prefix}"] == {docs[1][lg]: 1 for lg in MLIR_LANGS}
+    assert bench.layout["corpus"].startswith("MLIR-benchmark") and bench.layout["queries"] == "BEIR"
+    assert bench.layout["document_groups"] == "judgements of parallel queries"
+
+
+def test_ids_name_their_language_as_suffix_or_prefix():
+    """A suffix is taken before a prefix; an id that only equals the language, or names
+    it in the middle (the MLIR benchmarks' document ids), keeps its whole id."""
+    assert data.language_free_id("q17/de", "de") == "q17"
+    assert data.language_free_id("q17_de", "de") == "q17"
+    assert data.language_free_id("de_q_005a", "de") == "q_005a"
+    assert data.language_free_id("zh-Hans_12", "zh-Hans") == "12"
+    assert data.language_free_id("doc_de_1466", "de") == "doc_de_1466"
+    assert data.language_free_id("de", "de") == "de"
+    assert data.language_free_id("de_q_005a", None) == "de_q_005a"
+
+
+def test_document_groups_from_judgements_skip_unclear_passages():
+    """Query groups A and B share one passage (d1 en, d1 de): it is one group, given once.
+    C's relevant documents are two in English: not one passage. D and E claim d5 with
+    different partners: which passage it translates is unclear, so neither is kept."""
+    corpus = {
+        "d1e": ("", "en"),
+        "d1d": ("", "de"),
+        "d2e": ("", "en"),
+        "d3e": ("", "en"),
+        "d5e": ("", "en"),
+        "d6d": ("", "de"),
+        "d7f": ("", "fr"),
+    }
+    query_groups = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1", "c2"], "D": ["e1", "e2"], "E": ["f1", "f2"]}
+    qrels = {
+        "a1": {"d1e": 1},
+        "a2": {"d1d": 1, "d2e": 0},
+        "b1": {"d1e": 1, "d1d": 1},
+        "b2": {"d1d": 2},
+        "c1": {"d2e": 1},
+        "c2": {"d3e": 1},
+        "e1": {"d5e": 1, "d6d": 1},
+        "e2": {"d5e": 1},
+        "f1": {"d5e": 1, "d7f": 1},
+        "f2": {},
+    }
+    assert data.groups_from_judgements(query_groups, qrels, corpus) == {"A": ["d1d", "d1e"]}
 
 
 def test_rows_become_the_mlir_benchmark(tmp_path):
@@ -299,19 +423,35 @@ def test_rows_become_the_mlir_benchmark(tmp_path):
 
 
 def test_hub_benchmark_is_read_from_the_hugging_face_cache(tmp_path):
-    """A dataset repo `someone/mlir-bench` with the BEIR layout in MMLIR/xx, laid out as
-    huggingface_hub caches it (refs/main names the snapshot), read offline. Runs in a
-    child process: huggingface_hub reads HF_HUB_CACHE when it is imported."""
-    repo = tmp_path / "hub" / "datasets--someone--mlir-bench"
-    make_beir_dir(repo / "snapshots" / "abc123" / "MMLIR" / "xx")
+    """The dataset repo yjoonjang/mlir-benchmarks with MMLIR/Belebele_test in its own layout,
+    laid out as huggingface_hub caches it (refs/main names the snapshot), read offline. Runs in
+    a child process: huggingface_hub reads HF_HUB_CACHE when it is imported."""
+    repo = tmp_path / "hub" / "datasets--yjoonjang--mlir-benchmarks"
+    make_mlir_dir(repo / "snapshots" / "abc123" / "MMLIR" / "Belebele_test")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
-    code = "import data; b = data.load_benchmark('someone/mlir-bench/MMLIR/xx'); print(len(b.corpus), len(b.queries))"
+    code = (
+        "import data; b = data.load_benchmark('yjoonjang/mlir-benchmarks/MMLIR/Belebele_test'); "
+        "print(len(b.corpus), len(b.queries), len(b.query_groups), len(b.doc_groups))"
+    )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.stdout.split() == ["6", "4"], result.stderr
+    assert result.stdout.split() == ["9", "9", "3", "3"], result.stderr
+
+
+def test_split_reads_qrels_of_that_name(tmp_path):
+    """qrels/dev.tsv judges only q2-en: --split dev reads it; the default split still reads
+    qrels/test.tsv; a split the folder lacks, or a split for a file of rows, is refused."""
+    root = make_beir_dir(tmp_path / "b")
+    (root / "qrels" / "dev.tsv").write_text("q2-en\tt2/en\t1\n")
+    assert sorted(data.load_benchmark(str(root), split="dev").queries) == ["q2-en"]
+    assert len(data.load_benchmark(str(root)).queries) == 4
+    with pytest.raises(BadInput, match=r"--split train: .* no qrels/train.tsv .*\(splits there: dev, test\)"):
+        data.load_benchmark(str(root), split="train")
+    with pytest.raises(BadInput, match="file of aligned rows, which has no splits"):
+        data.load_benchmark(write_rows(tmp_path / "rows.jsonl", n=2), split="dev")
 
 
 def test_bad_benchmarks_are_one_clear_sentence(tmp_path):
@@ -328,6 +468,206 @@ def test_bad_benchmarks_are_one_clear_sentence(tmp_path):
         data.load_benchmark("nobody/no-such-benchmark")
 
 
+def append_line(path, record):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("neither_layout", r"corpus.jsonl:9: expected a BEIR record with '_id' and 'text', or an MLIR-benchmark"),
+        ("mixed_layouts", r"corpus.jsonl:9: a BEIR record in a file whose first record is MLIR-benchmark"),
+        ("duplicate_document", r"corpus.jsonl:9: document id 'doc_de_1' appears twice \(first at .*corpus.jsonl:4\)"),
+        ("float_grade", r"qrels.jsonl:10: the relevance grade of document 'doc_en_4' for query 'en_q_000a' must be"),
+        ("string_grade", r"qrels.jsonl:10: .* must be an integer, found '1'"),
+        ("bool_grade", r"qrels.jsonl:10: .* must be an integer, found True"),
+        ("tsv_grade", r"test.tsv:2: the relevance grade of document 'doc_en_4' .* found '1.0'"),
+        ("empty_query", r"queries.jsonl:10: query 'en_q_009a' has an empty text"),
+    ],
+)
+def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
+    """Each defect appended to a good benchmark in the MLIR benchmarks' layout (8 corpus
+    lines, 9 queries, 9 judgement lines) is refused with its file and line."""
+    root, _ = make_mlir_dir(tmp_path / "m")
+    if case == "neither_layout":
+        append_line(root / "corpus.jsonl", {"text": "no id", "lang": "en"})
+    elif case == "mixed_layouts":
+        append_line(root / "corpus.jsonl", {"_id": "d9", "text": "beir", "lang": "en"})
+    elif case == "duplicate_document":
+        append_line(root / "corpus.jsonl", {"doc_de_1": {"text": "again", "lang": "de"}})
+    elif case in ("float_grade", "string_grade", "bool_grade"):
+        grade = {"float_grade": 1.5, "string_grade": "1", "bool_grade": True}[case]
+        append_line(root / "qrels.jsonl", {"en_q_000a": {"doc_en_4": grade}})
+    elif case == "tsv_grade":
+        (root / "qrels.jsonl").unlink()
+        (root / "qrels").mkdir()
+        (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nen_q_000a\tdoc_en_4\t1.0\n")
+    elif case == "empty_query":
+        append_line(root / "queries.jsonl", {"_id": "en_q_009a", "text": "  ", "lang": "en"})
+    with pytest.raises(BadInput, match=expected):
+        data.load_benchmark(str(root))
+
+
+# ---------------------------------------------------------------------------
+# Models: encoded exactly as sentence-transformers encodes them
+
+
+def build_model(path, hidden, seed):
+    """conftest's tiny BERT, with a tokenizer that knows its characters.
+
+    subtle: built with BertTokenizer(vocab_file=...), an argument transformers 5 no longer
+    reads (it takes `vocab`), the tokenizer knows only the 5 special tokens: every word
+    becomes [UNK], and any two texts of one length get one vector. Where conftest's tokenizer
+    turns a word into [UNK], it is written again from the same vocabulary, so the scores
+    these tests compare depend on the words."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    build_tiny_model(path, hidden=hidden, seed=seed)
+    if AutoTokenizer.from_pretrained(path).tokenize("water") == ["[UNK]"]:
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + CHARACTERS + ["##" + c for c in CHARACTERS]
+        tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}, model_max_length=128)
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny BERT encoders of different widths (32 and 24) whose tokenizers know the characters."""
+    root = tmp_path_factory.mktemp("models")
+    return {"teacher": build_model(root / "teacher", 32, seed=1), "student": build_model(root / "student", 24, seed=2)}
+
+
+def test_the_tiny_tokenizer_knows_words(models):
+    """Two texts of one length but different words must not share a vector."""
+    emb, _ = evaluate.embed(
+        evaluate.LazyModel(models["teacher"], evaluate.get_args(["--no-cache"]), torch.device("cpu")),
+        ["water", "stone"],
+        "document",
+        "two words",
+        evaluate.get_args(["--no-cache"]),
+    )
+    assert not torch.allclose(emb[0], emb[1], atol=1e-3)
+
+
+def build_st_model(path, backbone, dense=True, prompts=None, seed=5):
+    """A sentence-transformers folder: Transformer (the tiny BERT backbone) + mean Pooling
+    (+ Dense 32 -> 16 with tanh) + Normalize, with the given prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    torch.manual_seed(seed)
+    modules = [Transformer(backbone), Pooling(32, "mean")] + ([Dense(32, 16)] if dense else []) + [Normalize()]
+    SentenceTransformer(modules=modules, prompts=prompts).save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def st_models(models, tmp_path_factory):
+    """The same backbone with and without a Dense layer, both with query/document prompts."""
+    root = tmp_path_factory.mktemp("st")
+    prompts = {"query": "query: ", "document": "passage: "}
+    return {
+        "dense": build_st_model(root / "dense", models["teacher"], dense=True, prompts=prompts),
+        "no_dense": build_st_model(root / "no_dense", models["teacher"], dense=False, prompts=prompts),
+    }
+
+
+TEXTS = [
+    "what is the river",
+    "bread from the oven is warm",
+    "стекло и свет",
+    "水是什么",
+    "the long river " * 60,  # 180 words, far past 8 tokens
+]
+
+
+def embed_as_evaluate_does(name, task, argv=()):
+    args = evaluate.get_args(["--no-cache", *argv])
+    lazy = evaluate.LazyModel(name, args, torch.device("cpu"))
+    return evaluate.embed(lazy, TEXTS, task, "test texts", args)
+
+
+def test_vectors_are_those_of_sentence_transformers(st_models):
+    """Transformer + Pooling + Dense + Normalize with prompts: evaluate.py's query and document
+    vectors equal SentenceTransformer(path).encode_query / encode_document's (16-d, the Dense
+    output), and the prompts they used are recorded; --no-prompts equals encode with no prompt."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(st_models["dense"], device="cpu")
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query")
+    torch.testing.assert_close(emb, reference.encode_query(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert emb.shape == (5, 16) and settings["prompt"] == "query: " and settings["max_length"] == 128
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "document")
+    torch.testing.assert_close(emb, reference.encode_document(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["prompt"] == "passage: " and settings["similarity"] == "cosine"
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query", ["--no-prompts"])
+    torch.testing.assert_close(emb, reference.encode(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["prompt"] == ""
+    assert not torch.allclose(emb, reference.encode_query(TEXTS, convert_to_tensor=True), atol=1e-4)
+
+
+def test_max_length_is_applied(st_models):
+    """--max-length 8 truncates the 180-word text (and only texts that long change);
+    the vectors equal sentence-transformers' with max_seq_length = 8. More than the
+    tokenizer's 128 is refused."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(st_models["dense"], device="cpu")
+    reference.max_seq_length = 8
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "document", ["--max-length", "8"])
+    torch.testing.assert_close(emb, reference.encode_document(TEXTS, convert_to_tensor=True), atol=1e-6, rtol=0)
+    assert settings["max_length"] == 8
+    full, _ = embed_as_evaluate_does(st_models["dense"], "document")
+    assert not torch.allclose(emb[4], full[4], atol=1e-4)
+    with pytest.raises(BadInput, match="--max-length 500 is more than model .* takes \\(128 tokens\\)"):
+        embed_as_evaluate_does(st_models["dense"], "document", ["--max-length", "500"])
+
+
+def test_precision_loads_the_weights_in_that_dtype(st_models):
+    """By default the checkpoint's own dtype (float32 here), as SentenceTransformer(path) loads it;
+    --precision bf16 loads bfloat16 weights: the vectors move by about bf16's resolution, no more."""
+    emb, settings = embed_as_evaluate_does(st_models["dense"], "query")
+    assert settings["dtype"] == "float32"
+    low, settings = embed_as_evaluate_does(st_models["dense"], "query", ["--precision", "bf16"])
+    assert settings["dtype"] == "bfloat16" and low.dtype == torch.float32
+    assert 0 < (low - emb).abs().max() < 0.05
+
+
+def test_our_run_folders_load_as_our_encoder_made_them(models, tmp_path):
+    """A run folder written by model.Encoder.save (what distill.py and joint_train.py leave):
+    evaluate.py's vectors equal the training code's own Encoder.encode, an independent
+    implementation of the same pooling and normalisation."""
+    import model as model_module
+
+    encoder = model_module.Encoder(models["student"])
+    encoder.save(tmp_path / "run")
+    emb, settings = embed_as_evaluate_does(str(tmp_path / "run"), "query")
+    torch.testing.assert_close(emb, encoder.encode(TEXTS), atol=1e-5, rtol=0)
+    assert settings["prompt"] == "" and settings["dimension"] == 24
+
+
+def test_unreproducible_modules_are_refused(st_models, tmp_path):
+    """A module type nobody can import, custom code without --trust-remote-code, and a sparse
+    (SPLADE) module: each is one sentence naming the module, before anything is loaded."""
+    import shutil
+
+    for kind, expected in [
+        ("sentence_transformers.models.NoSuchModule", r"module 3 .* 'sentence_transformers.models.NoSuchModule'"),
+        ("custom_module.Custom", r"'custom_module.Custom', cannot be loaded .*; pass --trust-remote-code"),
+        ("sentence_transformers.sparse_encoder.models.SpladePooling", r"is a sparse \(SPLADE-style\) module"),
+    ]:
+        path = tmp_path / kind
+        shutil.copytree(st_models["dense"], path)
+        modules = json.loads((path / "modules.json").read_text())
+        modules[2]["type"] = kind
+        (path / "modules.json").write_text(json.dumps(modules))
+        with pytest.raises(BadInput, match=expected):
+            evaluate.check_model(str(path), trust_remote_code=False)
+    evaluate.check_model(st_models["dense"], trust_remote_code=False)  # the unaltered model passes
+
+
 # ---------------------------------------------------------------------------
 # The script end to end, on tiny models
 
@@ -337,15 +677,131 @@ def rows(tmp_path_factory):
     return write_rows(tmp_path_factory.mktemp("eval") / "rows.jsonl", n=8)
 
 
-def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
+def run_lines(path):
+    """A TREC run file -> {query id: [(doc id, rank, score)]}, checking its six columns."""
+    out = {}
+    for line in path.read_text().splitlines():
+        query_id, q0, doc_id, rank, score, tag = line.split()
+        assert q0 == "Q0" and tag
+        out.setdefault(query_id, []).append((doc_id, int(rank), float(score)))
+    return out
+
+
+def test_dense_layer_changes_the_scores_and_the_run_files_say_so(st_models, tmp_path):
+    """Both models on a fully parallel MLIR-layout benchmark with --save-run: the run files
+    hold 9 documents for each of 9 queries, ranks 1..9, scores descending; the Dense model's
+    scores are not the Dense-less model's. The result files record each model's prompts and
+    max length."""
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    out = tmp_path / "out"
+    common = ["--benchmark", str(root), "--no-cache", "--out-dir", str(out), "--save-run"]
+    evaluate.main(["--model", st_models["dense"], "--model", st_models["no_dense"], *common])
+    folder = out / evaluate.slug(str(root))
+    runs = {name: run_lines(folder / f"{evaluate.slug(st_models[name])}.trec") for name in st_models}
+    for run in runs.values():
+        assert len(run) == 9 and all([rank for _, rank, _ in ranked] == list(range(1, 10)) for ranked in run.values())
+        assert all(ranked[i][2] >= ranked[i + 1][2] for ranked in run.values() for i in range(8))
+    dense_scores = sorted(score for ranked in runs["dense"].values() for _, _, score in ranked)
+    plain_scores = sorted(score for ranked in runs["no_dense"].values() for _, _, score in ranked)
+    assert max(abs(a - b) for a, b in zip(dense_scores, plain_scores)) > 1e-3
+    result = json.loads((folder / f"{evaluate.slug(st_models['dense'])}.json").read_text())
+    assert result["encoding"]["query_prompt"] == "query: " and result["encoding"]["document_prompt"] == "passage: "
+    assert result["encoding"]["max_length"] == 128 and result["encoding"]["dimension"] == 16
+
+
+def test_mlir_layout_end_to_end_with_pytrec_eval_on_the_run_file(st_models, tmp_path, capsys):
+    """The MLIR benchmarks' layout, fully parallel: the printed table has numbers for MRC,
+    align and unif (not n/a), and the result file is MTEB-shaped. pytrec_eval, reading the
+    TREC run file and the judgements, gives each query the nDCG@10, R@20, RR@10 (recip_rank on
+    a top 10) and AP@100 that the result file's per_query holds."""
+    import pytrec_eval
+
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    out = tmp_path / "out"
+    name = st_models["dense"]
+    report = evaluate.main(
+        ["--model", name, "--benchmark", str(root), "--no-cache", "--out-dir", str(out), "--save-run"]
+    )
+    summary = report[str(root)]["models"][name]
+    assert -100 <= summary["mrc_at_10"] <= 100 and summary["mrc_queries"] == 9 and summary["mrc_pairs"] == 9
+    assert 0 <= summary["alignment"] <= 4 and summary["uniformity"] <= 0 and summary["alignment_pairs"] == 9
+    assert summary["alignment_source"] == "judgements of parallel queries"
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)][-1].split()  # the table's
+    assert "n/a" not in row and float(row[7]) == pytest.approx(summary["mrc_at_10"], abs=0.01)  # MRC@10 column
+    folder = out / evaluate.slug(str(root))
+    result = json.loads((folder / f"{evaluate.slug(name)}.json").read_text())
+    default = result["scores"]["test"][0]
+    assert default["hf_subset"] == "default" and default["main_score"] == default["ndcg_at_10"]
+    assert default["languages"] == ["de", "en", "fr"] and len(result["scores"]["test"]) == 4
+    for key in ("ndcg_at_10", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100"):
+        assert 0 <= default[key] <= 1, key
+    qrels = {}
+    for line in (root / "qrels.jsonl").read_text().splitlines():
+        qrels.update(json.loads(line))
+    run = {
+        q: {d: score for d, _, score in ranked}
+        for q, ranked in run_lines(folder / f"{evaluate.slug(name)}.trec").items()
+    }
+    top10 = {
+        q: {d: score for d, rank, score in ranked if rank <= 10}
+        for q, ranked in run_lines(folder / f"{evaluate.slug(name)}.trec").items()
+    }
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.20", "map_cut.100"}).evaluate(run)
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    assert sorted(result["per_query"]) == sorted(full)
+    for query_id, values in result["per_query"].items():
+        assert values["ndcg_at_10"] == pytest.approx(full[query_id]["ndcg_cut_10"], abs=1e-9)
+        assert values["recall_at_20"] == pytest.approx(full[query_id]["recall_20"], abs=1e-9)
+        assert values["map_at_100"] == pytest.approx(full[query_id]["map_cut_100"], abs=1e-9)
+        assert values["mrr_at_10"] == pytest.approx(rr[query_id]["recip_rank"], abs=1e-9)
+        assert 0 <= values["own_at_10"] <= 1 and values["lang"] == query_id[:2]
+    assert (out / "au.png").stat().st_size > 1000
+
+
+def rows_as_mlir_dir(rows_path, root):
+    """The aligned rows written again in the MLIR benchmarks' layout: doc_<lang>_<n> with numbers
+    drawn per language, <lang>_q_<row> queries, and every version of a row's passage relevant to
+    every version of its query, as the authors build their benchmarks."""
+    import random
+
+    rows = [json.loads(line) for line in open(rows_path, encoding="utf-8")]
+    langs = sorted(key[len("passage_") :] for key in rows[0] if key.startswith("passage_"))
+    numbers = {lang: random.Random(lang).sample(range(100, 999), len(rows)) for lang in langs}
+    corpus, queries, qrels = [], [], []
+    for i, row in enumerate(rows):
+        docs = {lang: f"doc_{lang}_{numbers[lang][i]}" for lang in langs}
+        for lang in langs:
+            corpus.append({docs[lang]: {"text": row[f"passage_{lang}"], "lang": lang}})
+            queries.append({"_id": f"{lang}_q_{i:03d}", "text": row[f"query_{lang}"], "lang": lang})
+            qrels.append({f"{lang}_q_{i:03d}": {docs[other]: 1 for other in langs}})
+    for name, records in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        write_jsonl(root / f"{name}.jsonl", records)
+    return root
+
+
+def test_the_mlir_layout_scores_as_the_same_rows_do(models, rows, tmp_path):
+    """One benchmark two ways: 8 aligned rows, and the same texts and judgements in the MLIR
+    benchmarks' layout, where the parallel queries come from id prefixes and the parallel
+    documents from the judgements. Every number agrees, MRC and alignment included."""
+    common = ["--model", models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
+    from_rows = evaluate.main([*common, "--benchmark", rows])[rows]["models"][models["teacher"]]
+    root = str(rows_as_mlir_dir(rows, tmp_path / "Rows_test"))
+    from_mlir = evaluate.main([*common, "--benchmark", root])[root]["models"][models["teacher"]]
+    for key in ("ndcg_at_10", "recall_at_100", "map_at_100", "own_at_10", "peer_at_100", "mrc_at_10"):
+        assert from_mlir[key] == pytest.approx(from_rows[key], rel=1e-6), key
+    for key in ("alignment", "uniformity", "alignment_pairs", "mrc_pairs"):
+        assert from_mlir[key] == pytest.approx(from_rows[key], rel=1e-5), key
+
+
+def test_script_end_to_end_and_the_cache(models, rows, tmp_path, capsys):
     """Two tiny models on 8 rows x 4 languages (32 queries, 32 documents): every column
     in range, the table printed, results.json written; a second run embeds nothing
-    (cache hits) and reproduces the numbers exactly."""
+    (cache hits) and reproduces the numbers exactly, replacing the files it wrote."""
     args = [
         "--model",
-        tiny_models["teacher"],
+        models["teacher"],
         "--model",
-        tiny_models["student"],
+        models["student"],
         "--benchmark",
         rows,
         "--cache-dir",
@@ -359,36 +815,53 @@ def test_script_end_to_end_and_the_cache(tiny_models, rows, tmp_path, capsys):
     ]
     evaluate.main(args)
     printed = capsys.readouterr().out
-    assert "nDCG@10" in printed and "PEER@100" in printed and tiny_models["student"] in printed
+    assert "nDCG@10" in printed and "PEER@100" in printed and models["student"] in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    bench = results["benchmarks"][rows]
+    bench = results["benchmarks"][evaluate.slug(rows)]
     assert bench["queries"] == 32 and bench["documents"] == 32 and bench["languages"] == ["de", "en", "ru", "zh"]
-    for name in (tiny_models["teacher"], tiny_models["student"]):
+    for name in (models["teacher"], models["student"]):
         result = bench["models"][name]
-        for key in ("ndcg@10", "ndcg@20", "recall@20", "mrr@10", "map@100", "own@10", "peer@100"):
+        for key in ("ndcg_at_10", "ndcg_at_20", "recall_at_20", "mrr_at_10", "map_at_100", "own_at_10", "peer_at_100"):
             assert 0.0 <= result[key] <= 1.0, key
-        assert -100 <= result["mrc@10"] <= 100 and result["mrc_pairs"] == 8 * 6
+        assert -100 <= result["mrc_at_10"] <= 100 and result["mrc_pairs"] == 8 * 6 and result["mrc_queries"] == 32
         assert 0.0 <= result["alignment"] <= 4.0 and -8.0 <= result["uniformity"] <= 0.0
         assert sorted(result["per_language"]) == ["de", "en", "ru", "zh"]
-        assert result["peer_queries"] == 32
+        assert result["peer_queries"] == 32 and result["encoding"]["max_length"] == 128
     evaluate.main(args)
     printed = capsys.readouterr().out
     assert printed.count("cache hit") == 4  # 2 models x (documents, queries)
-    again = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"][rows]["models"]
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"][evaluate.slug(rows)]["models"]
     for name, result in again.items():
         for key, value in result.items():
-            if key != "seconds":
+            if key not in ("seconds", "written_at"):
                 assert value == bench["models"][name][key], key
 
 
-def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
+def test_a_second_run_adds_its_row(models, st_models, tmp_path, capsys):
+    """Model A, then model B in a second run into the same --out-dir: both result files are
+    there, and the second run's printed table and results.json hold both rows."""
+    root, _ = make_mlir_dir(tmp_path / "Belebele_test")
+    common = ["--benchmark", str(root), "--no-cache", "--out-dir", str(tmp_path / "out")]
+    evaluate.main(["--model", st_models["dense"], *common])
+    capsys.readouterr()
+    report = evaluate.main(["--model", models["teacher"], *common])
+    printed = capsys.readouterr().out
+    assert sorted(report[str(root)]["models"]) == sorted([st_models["dense"], models["teacher"]])
+    table = printed[printed.index("model  ") :]
+    assert st_models["dense"] in table and models["teacher"] in table
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results["benchmarks"][evaluate.slug(str(root))]["models"]) == 2
+    assert len(list((tmp_path / "out" / evaluate.slug(str(root))).glob("*.json"))) == 2
+
+
+def test_script_on_a_beir_dir_monolingual(models, tmp_path, capsys):
     """--monolingual: each language's queries search its 3 documents; the row metrics
     are the mean of the per-language values, and the language-bias columns are n/a."""
     root = make_beir_dir(tmp_path / "b")
     report = evaluate.main(
         [
             "--model",
-            tiny_models["teacher"],
+            models["teacher"],
             "--benchmark",
             str(root),
             "--monolingual",
@@ -397,31 +870,34 @@ def test_script_on_a_beir_dir_monolingual(tiny_models, tmp_path, capsys):
             str(tmp_path / "out"),
         ]
     )
-    result = report[str(root)]["models"][tiny_models["teacher"]]
+    result = report[str(root)]["models"][models["teacher"]]
     per_language = result["per_language"]
     assert sorted(per_language) == ["de", "en"]
-    assert result["ndcg@10"] == pytest.approx((per_language["de"]["ndcg@10"] + per_language["en"]["ndcg@10"]) / 2)
-    assert result.get("own@10") is None and result.get("mrc@10") is None and result.get("peer@100") is None
+    assert result["ndcg_at_10"] == pytest.approx(
+        (per_language["de"]["ndcg_at_10"] + per_language["en"]["ndcg_at_10"]) / 2
+    )
+    assert result.get("own_at_10") is None and result.get("mrc_at_10") is None and result.get("peer_at_100") is None
     assert "1 queries without judgements skipped" in capsys.readouterr().out
     assert not (tmp_path / "cache").exists()
+    assert (tmp_path / "out" / f"{evaluate.slug(str(root))}.monolingual").is_dir()
 
 
-def test_parallel_data_and_no_language_metrics(tiny_models, rows, tmp_path, capsys):
+def test_parallel_data_and_no_language_metrics(models, rows, tmp_path, capsys):
     """--parallel rows: 8 rows x 3 non-English languages x (query, passage) = 48 (English, X)
     pairs for alignment. --no-language-metrics on a corpus without `lang`: the ranking
     columns are filled, the language columns print n/a."""
-    common = ["--model", tiny_models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
+    common = ["--model", models["teacher"], "--no-cache", "--out-dir", str(tmp_path / "out")]
     report = evaluate.main(common + ["--benchmark", rows, "--parallel", rows])
-    result = report[rows]["models"][tiny_models["teacher"]]
+    result = report[rows]["models"][models["teacher"]]
     assert result["alignment_source"] == "--parallel" and result["alignment_pairs"] == 48
     assert sorted(result["alignment_per_language"]) == ["de", "en", "ru", "zh"]
     root = make_beir_dir(tmp_path / "b", lang=False)
     capsys.readouterr()
     report = evaluate.main(common + ["--benchmark", str(root), "--no-language-metrics"])
-    result = report[str(root)]["models"][tiny_models["teacher"]]
-    assert 0 <= result["ndcg@10"] <= 1 and result.get("own@10") is None and result.get("alignment") is None
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tiny_models["teacher"])][-1]
-    assert row.split()[-5:] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif
+    result = report[str(root)]["models"][models["teacher"]]
+    assert 0 <= result["ndcg_at_10"] <= 1 and result.get("own_at_10") is None and result.get("alignment") is None
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(models["teacher"])][-1]
+    assert row.split()[-6:-1] == ["n/a"] * 5  # own@10 MRC@10 PEER@100 align unif, then the max length
 
 
 def test_default_models_are_the_trained_stages_and_the_teacher(tmp_path, monkeypatch, capsys):
@@ -453,6 +929,72 @@ def test_plot_is_written_with_matplotlib(tmp_path):
     assert (tmp_path / "au.png").stat().st_size > 1000
 
 
+# ---------------------------------------------------------------------------
+# Files evaluate.py may replace, and bad input
+
+
+def test_only_files_evaluate_wrote_are_replaced(models, rows, tmp_path):
+    """A user's own results.json or au.png in --out-dir, a result file of ours edited since,
+    a user's file where --save-run would write: each stops the run before any work, with the
+    file untouched and nothing new written. The unaltered folder is written again."""
+    out = tmp_path / "out"
+    common = ["--model", models["teacher"], "--benchmark", rows, "--no-cache", "--out-dir", str(out)]
+    result = out / evaluate.slug(rows) / f"{evaluate.slug(models['teacher'])}.json"
+    for mine in ("results.json", "au.png"):
+        (out / mine).parent.mkdir(parents=True, exist_ok=True)
+        (out / mine).write_text("the user's own")
+        with pytest.raises(BadInput, match=f"holds {mine}, which evaluate.py did not write"):
+            evaluate.main(common)
+        assert (out / mine).read_text() == "the user's own" and not result.exists()
+        (out / mine).unlink()
+    evaluate.main(common)
+    result.write_text(result.read_text().replace("ndcg", "NDCG"))  # edited by hand since
+    edited = result.read_text()
+    with pytest.raises(BadInput, match="which evaluate.py did not write \\(or which changed since\\)"):
+        evaluate.main(common)
+    assert result.read_text() == edited
+    runs = tmp_path / "runs"
+    trec = runs / evaluate.slug(rows) / f"{evaluate.slug(models['teacher'])}.trec"
+    trec.parent.mkdir(parents=True)
+    trec.write_text("mine\n")
+    with pytest.raises(BadInput, match="--save-run .* holds .*\\.trec, which evaluate.py did not write"):
+        evaluate.main(common[:-2] + ["--out-dir", str(tmp_path / "out2"), "--save-run", str(runs)])
+    assert trec.read_text() == "mine\n" and not (tmp_path / "out2").exists()
+
+
+def test_two_models_never_share_a_result_file(models, rows, tmp_path):
+    """Models at x/m and x__m would both be written as ...x__m.json: the second is refused, in
+    one run or in a later one, and the first's file stays as it was. A --cache-dir that is a
+    file is refused too."""
+    import shutil
+
+    first, second = tmp_path / "x" / "m", tmp_path / "x__m"
+    shutil.copytree(models["teacher"], first)
+    shutil.copytree(models["teacher"], second)
+    common = ["--benchmark", rows, "--no-cache", "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(BadInput, match="would share the result file name"):
+        evaluate.main(["--model", str(first), "--model", str(second), *common])
+    evaluate.main(["--model", str(first), *common])
+    (written,) = (tmp_path / "out" / evaluate.slug(rows)).glob("*.json")
+    before = written.read_text()
+    with pytest.raises(BadInput, match=f"with the results of model '{first}', and model '{second}' would need"):
+        evaluate.main(["--model", str(second), *common])
+    assert written.read_text() == before
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(BadInput, match="--cache-dir .* is a file, not a folder"):
+        evaluate.main(
+            [
+                "--model",
+                str(first),
+                *common[:-3],
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+
+
 def run_script(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
@@ -460,29 +1002,56 @@ def run_script(*args):
     )
 
 
-@pytest.mark.parametrize("case", ["unloadable_model", "no_queries", "no_lang"])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, tiny_models, rows, tmp_path):
+@pytest.mark.parametrize(
+    "case", ["unloadable_model", "no_queries", "no_lang", "unknown_module", "out_dir_is_a_file", "corpus_line"]
+)
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(case, models, tmp_path):
     root = make_beir_dir(tmp_path / "b", lang=case != "no_lang")
+    model = "nobody/no-such-model" if case == "unloadable_model" else models["teacher"]
+    out = tmp_path / "out"
     if case == "no_queries":
         (root / "queries.jsonl").unlink()
-    model = "nobody/no-such-model" if case == "unloadable_model" else tiny_models["teacher"]
-    result = run_script(
-        "--model",
-        model,
-        "--benchmark",
-        str(root),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    elif case == "unknown_module":
+        model = str(tmp_path / "m")
+        build_tiny_model(model)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "somewhere.UnknownModule"}]
+        (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    elif case == "out_dir_is_a_file":
+        out.write_text("a file of the user's")
+    elif case == "corpus_line":
+        append_line(root / "corpus.jsonl", '{"text": "no id"}')
+    result = run_script("--model", model, "--benchmark", str(root), "--out-dir", str(out), "--no-cache")
     expected = {
         "unloadable_model": "cannot load model 'nobody/no-such-model'",
         "no_queries": "has no queries: expected queries.jsonl",
         "no_lang": "has no 'lang' field",
+        "unknown_module": "module 1 of its modules.json, type 'somewhere.UnknownModule', cannot be loaded",
+        "out_dir_is_a_file": "is a file, not a folder",
+        "corpus_line": "corpus.jsonl:7: expected a BEIR record",
     }[case]
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and expected in last, result.stderr
-    assert not (tmp_path / "out").exists()  # nothing written before the input is known good
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    if case == "out_dir_is_a_file":
+        assert out.read_text() == "a file of the user's"
+    else:
+        assert not out.exists()  # nothing written before the input is known good
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--query-chunk", "-3"], "--query-chunk must be at least 1, got -3"),
+        (["--doc-chunk", "0"], "--doc-chunk must be at least 1, got 0"),
+        (["--max-parallel", "0"], "--max-parallel must be at least 1, got 0"),
+        (["--max-length", "0"], "--max-length must be at least 1, got 0"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+        (["--split", "../test"], "--split must be a plain name"),
+        (["--no-prompts", "--query-prompt", "q: "], "--no-prompts and --query-prompt/--document-prompt contradict"),
+    ],
+)
+def test_flags_out_of_range_are_refused(flags, expected):
+    with pytest.raises(BadInput, match=expected.replace("(", "\\(")):
+        evaluate.get_args(flags)
