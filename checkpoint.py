@@ -80,7 +80,7 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="steps between log lines")
     group.add_argument("--save-every", "--save-steps", type=Range(int, 1), default=save_every,
                        help="steps between checkpoints (always one at the end)")
-    group.add_argument("--seed", type=Range(int, 0), default=0,
+    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
                        help="seed for data order, sampling, language pairs and initialisation")
     group.add_argument("--threads", type=Range(int, 0), default=0, help="CPU threads for torch (0: torch's default)")
     group.add_argument("--resume", action="store_true",

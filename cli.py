@@ -61,13 +61,14 @@ class Range:
     def describe(self):
         """'an integer >= 1', 'a number in [0, 1]', 'a number > 0', ..."""
         what = "an integer" if self.kind is int else "a number"
+        low, high = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (self.low, self.high))
         if self.low is not None and self.high is not None:
             left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+            return f"{what} in {left}{low}, {high}{right}"
         if self.low is not None:
-            return f"{what} {'>' if self.open_low else '>='} {self.low:g}"
+            return f"{what} {'>' if self.open_low else '>='} {low}"
         if self.high is not None:
-            return f"{what} {'<' if self.open_high else '<='} {self.high:g}"
+            return f"{what} {'<' if self.open_high else '<='} {high}"
         return f"a finite {what[3:] if self.kind is int else 'number'}"
 
 

@@ -80,14 +80,12 @@ main_score is ndcg_at_10. A query's entry in per_query holds ndcg_at_{10,20,100}
 recall_at_{20,100}, mrr_at_10, map_at_100, own_at_10 and peer_at_100 where defined.
 """
 
-import argparse
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 import uuid
@@ -98,9 +96,11 @@ import scipy.stats
 import torch
 
 import data
+import distributed
 import model as model_module
+import records
 import retrieval
-from data import BadInput
+from cli import BadInput, Parser, Range, entry_point, first_line
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, R@100, PEER@100)
@@ -130,133 +130,72 @@ COLUMNS = [  # (key in the result files, table header or None for the files only
 RANKING_KEYS = ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the docstring's metric definitions kept as written, not reflowed."""
+def build_parser():
+    # fmt: off
+    parser = Parser(__doc__)
+    parser.add_argument("--model", action="append", default=None,
+                        help="model to evaluate (repeat the flag for several): a run directory of ours, a "
+                             "sentence-transformers model or a Hugging Face id; default: runs/stage2 and runs/stage1 "
+                             "where present, and the demo teacher as the reference row")
+    parser.add_argument("--benchmark", action="append", default=None,
+                        help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
+                             "owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
+    parser.add_argument("--split", default=data.DEFAULT_SPLIT,
+                        help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
+    parser.add_argument("--monolingual", action="store_true",
+                        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
+                             "its language; scores per language and their mean")
+    parser.add_argument("--no-language-metrics", action="store_true",
+                        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry "
+                             "no `lang`")
+    parser.add_argument("--parallel", default=None,
+                        help="parallel texts for alignment and uniformity (any distill.py --data source); default: "
+                             "the benchmark's own parallel documents")
+    parser.add_argument("--max-parallel", type=Range(int, 1), default=2000,
+                        help="at most this many --parallel pairs, a seeded sample")
+    group = parser.add_argument_group("encoding")
+    group.add_argument("--no-prompts", action="store_true",
+                       help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
+                            "default: each model's own sentence-transformers 'query' and 'document' prompts")
+    group.add_argument("--query-prompt", default=None,
+                       help="prompt for every model's queries instead of its own 'query' prompt")
+    group.add_argument("--document-prompt", default=None,
+                       help="prompt for every model's documents instead of its own 'document' prompt")
+    group.add_argument("--max-length", type=Range(int, 1), default=None,
+                       help="max tokens per text for every model; default: each model's own (its max_seq_length)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="let models run the code their repository ships (custom modules or architectures)")
+    group.add_argument("--batch-size", type=Range(int, 1), default=64, help="texts per forward pass when embedding")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="dtype every model's weights are loaded in; auto: as SentenceTransformer(model) loads "
+                            "them (the checkpoint's own dtype), which gives sentence-transformers' own numbers")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
+    group = parser.add_argument_group("retrieval and output")
+    group.add_argument("--query-chunk", type=Range(int, 1), default=1024,
+                       help="queries scored at once; with --doc-chunk it bounds the score block in memory")
+    group.add_argument("--doc-chunk", type=Range(int, 1), default=65536,
+                       help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary")
+    group.add_argument("--cache-dir", default="runs/eval_cache",
+                       help="embeddings per (model files, prompt, max length, texts), reused when nothing changed")
+    group.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
+    group.add_argument("--out-dir", "--output-dir", default="runs/eval",
+                       help="folder of the result files (one per model and benchmark), results.json and au.png")
+    group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
+                       help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
+                            "under DIR, or under --out-dir when DIR is left out")
+    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
+                       help="seed for the uniformity and --parallel samples")
+    group.add_argument("--curves", nargs="+", default=None, metavar="RUN",
+                       help="instead of evaluating: draw the training curves of these run directories into "
+                            "--out-dir/curves.png (loss and its terms, learning rate, dev metrics)")
+    # fmt: on
+    return parser
 
 
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        help="model to evaluate (repeat the flag for several): a run directory of ours, a sentence-transformers "
-        "model or a Hugging Face id; default: runs/stage2 and runs/stage1 where present, "
-        "and the demo teacher as the reference row",
-    )
-    parser.add_argument(
-        "--benchmark",
-        action="append",
-        default=None,
-        help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset owner/name[/folder], "
-        "or a file of aligned rows; default: data/demo/test.jsonl",
-    )
-    parser.add_argument(
-        "--split",
-        default=data.DEFAULT_SPLIT,
-        help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl",
-    )
-    parser.add_argument(
-        "--monolingual",
-        action="store_true",
-        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in its language; "
-        "scores per language and their mean",
-    )
-    parser.add_argument(
-        "--no-language-metrics",
-        action="store_true",
-        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry no `lang`",
-    )
-    parser.add_argument(
-        "--parallel",
-        default=None,
-        help="parallel texts for alignment and uniformity (any distill.py --data source); "
-        "default: the benchmark's own parallel documents",
-    )
-    parser.add_argument(
-        "--max-parallel", type=int, default=2000, help="at most this many --parallel pairs, a seeded sample"
-    )
-    parser.add_argument(
-        "--no-prompts",
-        action="store_true",
-        help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
-        "default: each model's own sentence-transformers 'query' and 'document' prompts",
-    )
-    parser.add_argument(
-        "--query-prompt",
-        default=None,
-        help="prompt for every model's queries instead of its own 'query' prompt",
-    )
-    parser.add_argument(
-        "--document-prompt",
-        default=None,
-        help="prompt for every model's documents instead of its own 'document' prompt",
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="max tokens per text for every model; default: each model's own (its max_seq_length)",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let models run the code their repository ships (custom modules or architectures)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass when embedding")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="dtype every model's weights are loaded in; auto: as SentenceTransformer(model) loads them "
-        "(the checkpoint's own dtype), which gives sentence-transformers' own numbers",
-    )
-    parser.add_argument(
-        "--query-chunk",
-        type=int,
-        default=1024,
-        help="queries scored at once; with --doc-chunk it bounds the score block in memory",
-    )
-    parser.add_argument(
-        "--doc-chunk",
-        type=int,
-        default=65536,
-        help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="runs/eval_cache",
-        help="embeddings per (model files, prompt, max length, texts), reused when nothing changed",
-    )
-    parser.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
-    parser.add_argument(
-        "--out-dir",
-        default="runs/eval",
-        help="folder of the result files (one per model and benchmark), results.json and au.png",
-    )
-    parser.add_argument(
-        "--save-run",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="DIR",
-        help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
-        "under DIR, or under --out-dir when DIR is left out",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the uniformity and --parallel samples")
-    args = parser.parse_args(argv)
-    for flag, low, high in (
-        ("batch_size", 1, None),
-        ("query_chunk", 1, None),
-        ("doc_chunk", 1, None),
-        ("max_parallel", 1, None),
-        ("max_length", 1, None),
-        ("seed", 0, 2**32 - 1),  # numpy's and torch's seeds alike
-    ):
-        value = getattr(args, flag)
-        if value is not None and (value < low or (high is not None and value > high)):
-            allowed = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise BadInput(f"--{flag.replace('_', '-')} must be {allowed}, got {value}")
+    """The arguments, with the checks that involve more than one flag."""
+    args = build_parser().parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.split):
         raise BadInput(f"--split must be a plain name such as test or dev, got '{args.split}'")
     if args.no_prompts and (args.query_prompt is not None or args.document_prompt is not None):
@@ -461,7 +400,7 @@ def check_model(name, trust_remote_code):
         try:
             AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
-            raise BadInput(f"cannot load model '{name}' ({where}): {str(error).splitlines()[0]}") from None
+            raise BadInput(f"cannot load model '{name}' ({where}): {first_line(error)}") from None
         return
     from sentence_transformers.util import import_module_class
 
@@ -476,7 +415,7 @@ def check_model(name, trust_remote_code):
             )
             raise BadInput(
                 f"model '{name}': module {number} of its modules.json, type '{kind}', cannot be loaded "
-                f"by sentence-transformers here ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                f"by sentence-transformers here ({first_line(error)})"
                 f"{hint}"
             ) from None
         for prefix, what in REFUSED_MODULES.items():
@@ -514,8 +453,7 @@ class LazyModel:
                 path, device=str(self.device), trust_remote_code=self.args.trust_remote_code, model_kwargs=model_kwargs
             )
         except Exception as error:  # whatever loading raises, one sentence
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line}") from None
+            raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line(error)}") from None
         if self.args.max_length is not None:
             # a first module without a tokenizer (StaticEmbedding) states no limit
             limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
@@ -1180,13 +1118,15 @@ def plan_outputs(benchmarks, args, out, runs):
 def main(argv=None):
     started = time.time()
     args = get_args(argv)
+    if args.curves:
+        return draw_curves(args)
     args.model = args.model or default_models()
     args.benchmark = args.benchmark or ["data/demo/test.jsonl"]
     print("arguments: " + json.dumps(vars(args)))
     language_metrics = not args.no_language_metrics
 
     # --- device: embedding and retrieval on the GPU when there is one; the dtype is each model's (--precision)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.setup(args.device)[2]
 
     # --- output folders, benchmarks and models, all checked before any embedding starts
     out = OwnedFolder(args.out_dir, "--out-dir")
@@ -1252,12 +1192,42 @@ def main(argv=None):
             print(f"wrote {out.root / 'au.png'}")
         else:
             out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
+    for name in args.model:  # a run folder of ours shows its scores in its own model card
+        tables = [
+            card_table(report[folders[b.name]], name) for b in benchmarks if name in report[folders[b.name]]["models"]
+        ]
+        if Path(name).is_dir() and records.add_results_to_card(name, [line for table in tables for line in table],
+                                                                "Retrieval, scored by evaluate.py"):  # fmt: skip
+            print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
 
 
+def card_table(entry, name):
+    """One benchmark's row for a model, as a Markdown table for its model card."""
+    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
+    result = entry["models"][name]
+    cells = [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in columns]
+    return [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents)", "",
+            "| " + " | ".join(header for _, header, _ in columns) + " |", "|" + " ---: |" * len(columns),
+            "| " + " | ".join(cells) + " |", ""]  # fmt: skip
+
+
+def draw_curves(args):
+    """--curves RUN...: the training curves of finished (or running) runs, from their log.jsonl."""
+    for run in args.curves:
+        if not (Path(run) / "log.jsonl").is_file():
+            raise BadInput(
+                f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or joint_train.py"
+            )
+    out = OwnedFolder(args.out_dir, "--out-dir")
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = records.plot_curves(args.curves, Path(scratch) / "curves.png")
+        if plot:
+            out.write("curves.png", plot.read_bytes(), "plot")
+            print(f"wrote {out.root / 'curves.png'}")
+    return None
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInput as error:
-        sys.exit(f"error: {error}")
+    entry_point(main)

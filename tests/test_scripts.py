@@ -220,3 +220,24 @@ def test_unavailable_devices_and_trackers_are_one_sentence(flags, says, tiny_mod
     with pytest.raises(BadInput, match=says):
         distill.main(distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", *flags))
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_puts_its_table_in_the_card_and_draws_curves_after_the_fact(tiny_models, rows, tmp_path):
+    import evaluate
+
+    distill.main(distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--max-steps", "2"))
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Not yet scored" in card
+    eval_args = ["--model", str(tmp_path / "run"), "--benchmark", rows, "--out-dir", str(tmp_path / "eval"),
+                 "--cache-dir", str(tmp_path / "eval-cache")]  # fmt: skip
+    evaluate.main(eval_args)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Not yet scored" not in card and "| nDCG@10 | nDCG@20 |" in card and "96 queries, 96 documents" in card
+    assert card.count("## Retrieval, scored by evaluate.py") == 1
+    evaluate.main(eval_args)  # scored again: the table is replaced, not repeated
+    assert (tmp_path / "run" / "README.md").read_text().count("## Retrieval, scored by evaluate.py") == 1
+
+    evaluate.main(["--curves", str(tmp_path / "run"), "--out-dir", str(tmp_path / "eval")])
+    assert (tmp_path / "eval" / "curves.png").stat().st_size > 10_000
+    with pytest.raises(BadInput, match="holds no log.jsonl"):
+        evaluate.main(["--curves", str(tmp_path), "--out-dir", str(tmp_path / "eval")])
