@@ -55,7 +55,9 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     group = parser.add_argument_group("optimisation")
     group.add_argument("--lr", "--learning-rate", type=Range(float, 0, open_low=True), default=lr,
                        help=f"peak AdamW learning rate (paper: {paper['lr']:g})")
-    group.add_argument("--weight-decay", type=Range(float, 0), default=0.01, help="AdamW weight decay")
+    group.add_argument("--weight-decay", type=Range(float, 0), default=0.0,
+                       help="AdamW weight decay of the weight matrices; never of biases and normalisation weights "
+                            "(paper: 0, the Hugging Face Trainer's default)")
     group.add_argument("--warmup", "--warmup-ratio", type=Range(float, 0, 1), default=0.1,
                        help="fraction of steps of linear warm-up, then linear decay to 0 (paper: 0.1)")
     group.add_argument("--epochs", "--num-train-epochs", type=Range(int, 1), default=epochs,
@@ -181,11 +183,20 @@ def adamw_with_schedule(params, args, steps_per_epoch):
     """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else
     --epochs of steps_per_epoch), with --warmup of the steps of linear warm-up from 0
     and then linear decay to 0: the paper's schedule, the Hugging Face Trainer's
-    "linear" one, taken from transformers itself."""
+    "linear" one, taken from transformers itself.
+
+    --weight-decay (0, the Trainer's default and the authors') applies, as the Trainer
+    applies it, to weight matrices only: biases and normalisation weights (every 1-d
+    parameter) are never decayed, and W, a matrix, is.
+    """
     from transformers import get_scheduler
 
     max_steps = args.max_steps or steps_per_epoch * args.epochs
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    groups = [
+        {"params": [param for param in params if param.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [param for param in params if param.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup * max_steps),
                               num_training_steps=max_steps)  # fmt: skip
     return optimizer, scheduler, max_steps
@@ -428,9 +439,11 @@ class Run:
             print("arguments: " + json.dumps(vars(args)))
             records.check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
-        if args.batch_size % self.world:
-            raise BadInput(f"--batch-size {args.batch_size} does not split evenly over {self.world} processes")
-        self.per_rank = args.batch_size // self.world  # each rank's slice of every global batch
+        # subtle: the batch is per device, as in the Hugging Face Trainer and the authors' runs
+        # (2 GPUs x 2048 rows in stage 2): each rank's in-batch negatives are its own rows,
+        # and one step consumes per_rank x world rows of the data
+        self.per_rank = args.per_device_batch_size
+        self.global_batch = self.per_rank * self.world
         seed_everything(args.seed, self.rank, args.threads)
         # One block decides precision; the loop has no branches: autocast() is a no-op for
         # fp32, and the scaler is a no-op unless fp16 needs loss scaling.
@@ -473,6 +486,9 @@ class Run:
                                              self.saved_arguments())  # fmt: skip
         distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
         distributed.barrier()
+        if self.main:
+            print(f"{self.max_steps} steps of {self.global_batch} rows ({self.world} process(es) x "
+                  f"--per-device-batch-size {self.per_rank})")  # fmt: skip
         self.bar = tqdm(total=self.max_steps, initial=step, desc=description, dynamic_ncols=True, disable=not self.main)
         self.examples, self.last_log = 0, time.time()
         return step, history
@@ -524,7 +540,7 @@ class Run:
         before every save means a non-finite loss never reaches a checkpoint.
         """
         self.bar.update(1)
-        self.examples += self.args.batch_size
+        self.examples += self.global_batch
         saving = step % self.args.save_every == 0 and step < self.max_steps
         if step % self.args.log_every == 0 or step == self.max_steps or saving:
             values = {name: distributed.mean_over_ranks(term.detach()).item() for name, term in terms.items()}

@@ -316,6 +316,20 @@ def language_pairs(n, languages, seed, epoch, same_language=False):
     return [ordered[k % len(ordered)] for k in range(n)]
 
 
+def passage_languages(n, languages, seed, epoch):
+    """The passage language of each of an epoch's n examples for the LaKDA baseline, drawn
+    independently of the query pairs: every language floor(n/L) or ceil(n/L) times, in an
+    order shuffled with its own stream of (seed, epoch). So LaKDA's KL term compares the
+    query's two versions against passages in any language, its own included, as the
+    authors' sampler does."""
+    rng = random.Random(seed * 1_000_003 + epoch + 11)
+    cycle = list(languages)
+    rng.shuffle(cycle)
+    out = [cycle[k % len(cycle)] for k in range(n)]  # balanced ...
+    rng.shuffle(out)  # ... and unrelated to position, hence to the query pairs' cycle
+    return out
+
+
 def prepare_mmarco(triples, queries, collections, out, max_rows=None):
     """Translated MS MARCO (mMARCO) files -> aligned rows (id, query_<lang>, passage_<lang>).
 

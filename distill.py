@@ -43,8 +43,9 @@ PRESETS = {
         "data": [f"sentence-transformers/parallel-sentences-opus-100:en-{lang}" for lang in PAPER_LANGUAGES],
         "max_per_language": 500_000,
         "dev_size": 1000,
-        "batch_size": 128,
+        "per_device_batch_size": 128,  # on each of 2 GPUs, as the authors ran it
         "lr": 1e-4,
+        "weight_decay": 0.0,  # the Hugging Face Trainer's default, which the authors kept
         "max_length": 256,
         "epochs": 1,
         "eval_every": 1000,
@@ -94,7 +95,9 @@ def build_parser():
                        help="do not add English sentences paired with themselves")
     group.add_argument("--dev-size", type=Range(int, 1), default=40,
                        help="English sentences held out (with all their translations) for the dev set")
-    group.add_argument("--batch-size", type=Range(int, 1), default=32, help="pairs per step (paper: 128)")
+    group.add_argument("--per-device-batch-size", "--per-device-train-batch-size", type=Range(int, 1), default=32,
+                       help="pairs per step on each process (paper: 128 on each of 2 GPUs); one step takes this "
+                            "times the number of processes")
     group.add_argument("--eval-batch-size", type=Range(int, 1), default=128,
                        help="texts per forward when evaluating on the dev set")
     group.add_argument("--eval-every", type=Range(int, 0), default=0,
@@ -178,8 +181,9 @@ def main(argv=None):
         not args.no_identity_pairs, args.seed,
     )  # fmt: skip
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
-    if len(train) < args.batch_size:
-        raise BadInput(f"--batch-size {args.batch_size} is larger than the {len(train)} training pairs")
+    if len(train) < run.global_batch:
+        raise BadInput(f"a step takes {run.global_batch} pairs (--per-device-batch-size {run.per_rank} on "
+                       f"{run.world} process(es)), more than the {len(train)} training pairs")  # fmt: skip
     if run.main:
         kept = {key[5:]: value for key, value in stats.items() if key.startswith("lang_")}
         dropped = ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_"))
@@ -215,7 +219,7 @@ def main(argv=None):
 
     # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
     params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]
-    steps_per_epoch = len(train) // args.batch_size
+    steps_per_epoch = len(train) // run.global_batch
     optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
 
     # --- start or resume
@@ -237,7 +241,7 @@ def main(argv=None):
         if epoch != order_epoch:
             # subtle: the batch comes from (seed, epoch, position) alone, so a resumed run
             # picks up exactly where the checkpoint was taken, without replaying a loader
-            order_epoch, order = epoch, data.batches(data.epoch_order(len(train), args.seed, epoch), args.batch_size)
+            order_epoch, order = epoch, data.batches(data.epoch_order(len(train), args.seed, epoch), run.global_batch)
         mine = slice(run.rank * run.per_rank, (run.rank + 1) * run.per_rank)
         batch = [train[i] for i in order[position][mine]]  # this rank's slice of the global batch
 

@@ -15,8 +15,9 @@ anchored to the teacher's single English space.
     python joint_train.py --objective xlco          # baselines: xlco | infonce | lakda
     python joint_train.py --preset paper            # the paper's run (GPU, network)
 
---batch-size B with --mini-batch-size M < B uses gradient caching (Gao et al. 2021):
-the loss sees all B in-batch negatives while only M texts hold a graph at a time.
+--per-device-batch-size B with --mini-batch-size M < B uses gradient caching (Gao et
+al. 2021): the loss sees all B in-batch negatives while only M texts hold a graph at a
+time.
 """
 
 import json
@@ -49,9 +50,10 @@ PRESETS = {
         "data": "mmarco-14.parquet",
         "languages": "en ar de es fr hi id it ja nl pt ru vi zh".split(),
         "teacher_query_prompt": QWEN3_QUERY_PROMPT,
-        "batch_size": 2048,
+        "per_device_batch_size": 2048,  # on each of 2 GPUs, as the authors ran it: 2048 in-batch negatives
         "mini_batch_size": 64,
         "lr": 2e-5,
+        "weight_decay": 0.0,  # the Hugging Face Trainer's default, which the authors kept
         "max_length": 512,
         "epochs": 1,
         "dev_size": 1000,
@@ -115,10 +117,12 @@ def build_parser():
     group.add_argument("--languages", nargs="+", default=None,
                        help="languages to draw pairs from (default: all in the data; every row must hold each)")
     group.add_argument("--dev-size", type=Range(int, 1), default=20, help="rows held out as the dev set")
-    group.add_argument("--batch-size", type=Range(int, 1), default=32,
-                       help="queries per step, each with its passage; the in-batch negatives (paper: 2048)")
+    group.add_argument("--per-device-batch-size", "--per-device-train-batch-size", type=Range(int, 1), default=32,
+                       help="queries per step on each process, each with its passage: every query's in-batch "
+                            "negatives (paper: 2048 on each of 2 GPUs); one step takes this times the processes")
     group.add_argument("--mini-batch-size", type=Range(int, 1), default=16,
-                       help="texts per forward with a graph under gradient caching (>= --batch-size: no caching)")
+                       help="texts per forward with a graph under gradient caching (>= the per-device batch: no "
+                            "caching)")
     # fmt: on
     add_training_arguments(parser, PRESETS, lr=2e-5, epochs=4, max_length=64, log_every=2, save_every=10)
     return parser
@@ -135,10 +139,10 @@ def get_args(argv=None):
     if first.out_dir is None:
         argv += ["--out-dir", "runs/stage2" if first.objective == "mimo" else f"runs/stage2-{first.objective}"]
     args = parse_args(parser, PRESETS, "joint_train.py", argv)
-    if args.mini_batch_size > args.batch_size:
+    if args.mini_batch_size > args.per_device_batch_size:
         raise BadInput(
-            f"--mini-batch-size {args.mini_batch_size} is larger than --batch-size {args.batch_size}; "
-            "it must be at most the batch"
+            f"--mini-batch-size {args.mini_batch_size} is larger than --per-device-batch-size "
+            f"{args.per_device_batch_size}; it must be at most the batch"
         )
     if args.objective == "lakda" and args.symmetric:
         raise BadInput(
@@ -206,10 +210,11 @@ def base_model(args):
     return args.student
 
 
-def make_batch(rows, pairs, objective):
+def make_batch(rows, pairs, objective, passage_langs=None):
     """Texts for one step. Returns {view: list of texts}: 'q' the queries in X, 'p'
-    their passages in Y, 'q_en'/'p_en' the English versions for the teacher, and
-    for LaKDA 'q_b' the same queries in Y (a second language version)."""
+    their passages in Y, 'q_en'/'p_en' the English versions for the teacher, and for
+    LaKDA 'q_b' the same queries in Y (a second language version), with the passages
+    in passage_langs instead, a language drawn apart from X and Y."""
     views = {
         "q": [row["query"][x] for row, (x, y) in zip(rows, pairs)],
         "p": [row["passage"][y] for row, (x, y) in zip(rows, pairs)],
@@ -219,6 +224,7 @@ def make_batch(rows, pairs, objective):
         views["p_en"] = [row["passage"]["en"] for row in rows]
     if objective == "lakda":
         views["q_b"] = [row["query"][y] for row, (x, y) in zip(rows, pairs)]
+        views["p"] = [row["passage"][z] for row, z in zip(rows, passage_langs)]
     return views
 
 
@@ -335,9 +341,10 @@ def main(argv=None):
         )
     order = data.epoch_order(len(rows), args.seed, epoch=-1)  # a fixed split, independent of training order
     dev_rows, train_rows = [rows[i] for i in order[: args.dev_size]], [rows[i] for i in order[args.dev_size :]]
-    if len(train_rows) < args.batch_size:
+    if len(train_rows) < run.global_batch:
         raise BadInput(
-            f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows of '{args.data}'"
+            f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} process(es)), "
+            f"more than the {len(train_rows)} training rows of '{args.data}'"
         )
     same_language = args.objective == "infonce"  # the monolingual baseline: X = Y
     dev_pairs = data.language_pairs(len(dev_rows), languages, args.seed, epoch=-1, same_language=same_language)
@@ -353,7 +360,7 @@ def main(argv=None):
         W.to(device)
     distill_loss = DISTILL_LOSSES[args.distill_loss]
     # The InfoNCE implementation for this batch and width (--loss-impl auto: the one measured fastest)
-    passages = args.batch_size if args.gather_negatives else per_rank  # each query's candidates
+    passages = run.global_batch if args.gather_negatives else per_rank  # each query's candidates
     try:
         info_nce = pick_info_nce(args.loss_impl, device, per_rank, dim=student.dim, passages=passages)
     except ValueError as error:
@@ -378,7 +385,7 @@ def main(argv=None):
 
     # --- optimizer and schedule: AdamW over the student (and W), warm-up then linear decay
     params = [*student.parameters(), *([W.weight] if W is not None else [])]
-    steps_per_epoch = len(train_rows) // args.batch_size
+    steps_per_epoch = len(train_rows) // run.global_batch
     optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
 
     # --- start or resume
@@ -401,9 +408,11 @@ def main(argv=None):
         if epoch != order_epoch:  # order and language pairs are functions of (seed, epoch) alone
             order_epoch, order = epoch, data.epoch_order(len(train_rows), args.seed, epoch)
             pairs = data.language_pairs(len(order), languages, args.seed, epoch, same_language=same_language)
-        first = position * args.batch_size + run.rank * per_rank  # this rank's slice of the global batch
+            passage_langs = data.passage_languages(len(order), languages, args.seed, epoch)  # LaKDA's
+        first = position * run.global_batch + run.rank * per_rank  # this rank's slice of the global batch
         index = range(first, first + per_rank)
-        views = make_batch([train_rows[order[k]] for k in index], [pairs[k] for k in index], args.objective)
+        views = make_batch([train_rows[order[k]] for k in index], [pairs[k] for k in index], args.objective,
+                           [passage_langs[k] for k in index])  # fmt: skip
         t = {view: targets(view, views[view]).to(device) for view in ("q_en", "p_en") if view in views}  # (B, Dt)
 
         # embeddings: with gradient caching, leaves without a graph (pass 1) ...

@@ -60,8 +60,8 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
         tiny_models["student"],
         "--out-dir",
         str(tmp_path / "s1"),
-        "--batch-size",
-        "16",
+        "--per-device-batch-size",
+        "8",
         "--max-steps",
         "2",
         *common,
@@ -73,8 +73,8 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
         "--out-dir",
         str(tmp_path / "s2"),
         "--gather-negatives",
-        "--batch-size",
-        "8",
+        "--per-device-batch-size",
+        "4",
         "--mini-batch-size",
         "2",
         "--max-steps",
@@ -84,6 +84,7 @@ def test_joint_train_runs_under_torchrun_with_gathered_negatives(tiny_models, tm
         *common,
     )
     assert "2 process(es), negatives gathered over all ranks" in result.stdout
+    assert "2 steps of 8 rows (2 process(es) x --per-device-batch-size 4)" in result.stdout  # the batch is per device
     log = read_log(tmp_path / "s2")
     assert [record["step"] for record in log if "loss" in record] == [1, 2]  # logged once, by rank 0
     state = torch.load(tmp_path / "s2" / checkpoint.STATE, weights_only=False)

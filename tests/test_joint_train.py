@@ -114,6 +114,52 @@ def test_language_pairs_cycle_every_ordered_pair_evenly():
     assert pairs != data.language_pairs(100, languages, seed=0, epoch=1)  # another order next epoch
 
 
+def test_lakda_passage_languages_are_balanced_and_independent_of_the_query_pairs():
+    """Every language equally often (floor or ceil of n/L), and unrelated to the query
+    pair of the same example: each (passage language Y of the pair, LaKDA's passage
+    language Z) cell holds about n / (L L), which a language tied to the pair's cycle
+    (Z = Y, or Z a function of the position) would not."""
+    languages = ["en", "de", "ru", "zh"]
+    n = 9600
+    pairs = data.language_pairs(n, languages, seed=3, epoch=0)
+    langs = data.passage_languages(n, languages, seed=3, epoch=0)
+    assert set(Counter(langs).values()) == {n // 4}
+    cells = Counter((y, z) for (_, y), z in zip(pairs, langs))
+    assert len(cells) == 16 and all(abs(count - n / 16) < 5 * (n / 16) ** 0.5 for count in cells.values()), cells
+    same = sum(z == y for (_, y), z in zip(pairs, langs))
+    assert abs(same - n / 4) < 5 * (n * 3 / 16) ** 0.5  # as often as chance, not always (the old rule)
+    assert langs == data.passage_languages(n, languages, seed=3, epoch=0)  # seeded
+    assert langs != data.passage_languages(n, languages, seed=3, epoch=1)
+
+
+def test_lakda_batches_take_their_passages_in_the_drawn_language():
+    rows = [{"query": {"en": "q en", "de": "q de"}, "passage": {"en": "p en", "de": "p de"}}] * 2
+    views = joint_train.make_batch(rows, [("en", "de"), ("de", "en")], "lakda", ["en", "en"])
+    assert views == {"q": ["q en", "q de"], "p": ["p en", "p en"], "q_b": ["q de", "q en"]}
+
+
+def test_weight_decay_spares_biases_and_normalisation_weights(tiny_models):
+    """As the Hugging Face Trainer does: only matrices are decayed; every 1-d parameter
+    (biases, LayerNorm weights) is in a group with decay 0."""
+    import argparse
+
+    from checkpoint import adamw_with_schedule
+
+    student = Encoder(tiny_models["student"])
+    W = torch.nn.Linear(student.dim, 32, bias=False)
+    params = [*student.parameters(), W.weight]
+    args = argparse.Namespace(lr=1e-3, weight_decay=0.01, warmup=0.0, max_steps=5, epochs=1)
+    optimizer, _, _ = adamw_with_schedule(params, args, 5)
+    decayed, spared = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and spared["weight_decay"] == 0.0
+    assert any(param is W.weight for param in decayed["params"])
+    names = {id(param): name for name, param in student.named_parameters()}
+    assert {names[id(p)] for p in spared["params"]} == {n for n, p in student.named_parameters() if p.ndim == 1}
+    assert any("LayerNorm.weight" in names[id(p)] for p in spared["params"])
+    assert sum(map(len, (decayed["params"], spared["params"]))) == len(params)
+    assert joint_train.PRESETS["paper"]["weight_decay"] == distill.PRESETS["paper"]["weight_decay"] == 0.0
+
+
 def test_same_language_pairs_for_the_infonce_baseline():
     pairs = data.language_pairs(400, ["en", "de", "ru", "zh"], seed=1, epoch=0, same_language=True)
     assert all(x == y for x, y in pairs)
@@ -142,7 +188,7 @@ def stage1(tiny_models, tmp_path_factory):
             str(root / "cache"),
             "--dev-size",
             "4",
-            "--batch-size",
+            "--per-device-batch-size",
             "16",
             "--max-length",
             "32",
@@ -239,7 +285,7 @@ def test_missing_stage1_says_how_to_make_it(tiny_models, stage1, tmp_path):
 
 
 def test_mini_batch_larger_than_batch(tiny_models, stage1, tmp_path):
-    with pytest.raises(BadInput, match="--mini-batch-size 16 is larger than --batch-size 8"):
+    with pytest.raises(BadInput, match="--mini-batch-size 16 is larger than --per-device-batch-size 8"):
         joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--mini-batch-size", "16"))
 
 
