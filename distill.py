@@ -298,7 +298,13 @@ def main(argv=None):
     W.requires_grad_(not args.no_projection)
     # each rank appends to cache files of its own, so no locks are needed
     cache = TeacherCache(
-        args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim, teacher.pooling
+        args.cache_dir,
+        args.teacher,
+        args.teacher_prompt,
+        teacher.max_length,
+        teacher.dim,
+        teacher.pooling,
+        precision=precision,  # bf16 and fp32 targets never share a cache
     )
     distill_loss = DISTILL_LOSSES[args.distill_loss]
     if main_rank:

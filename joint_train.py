@@ -454,8 +454,11 @@ def main(argv=None):
                 teacher.max_length,
                 teacher.dim,
                 teacher.pooling,
+                precision=precision,
             ),
-            "p_en": TeacherCache(args.cache_dir, teacher_name, "", teacher.max_length, teacher.dim, teacher.pooling),
+            "p_en": TeacherCache(
+                args.cache_dir, teacher_name, "", teacher.max_length, teacher.dim, teacher.pooling, precision=precision
+            ),
         }
     distill_loss = DISTILL_LOSSES[args.distill_loss]
 
