@@ -25,6 +25,7 @@ import os
 import random
 import re
 import sys
+import zlib
 from collections import Counter, namedtuple
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def read_records(location, config=None):
         yield from read_hub_dataset(location, config)
         return
     path = Path(location)
+    if path.is_dir():
+        raise BadInput(f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file")
     if not path.is_file():
         raise BadInput(
             f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
@@ -65,14 +68,15 @@ def read_records(location, config=None):
         return
     opener = gzip.open if path.name.endswith(".gz") else open
     is_tsv = ".tsv" in path.name
-    header = None
+    header, number = None, 0
     try:
         with opener(path, "rb") as f:
             # Decode line by line (not the whole stream) so a bad byte names its line.
             for number, raw in enumerate(f, 1):
                 where = f"{path}:{number}"
                 try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
+                    # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError:
                     raise BadInput(f"{where}: not UTF-8 text") from None
                 if not line.strip():
@@ -95,7 +99,9 @@ def read_records(location, config=None):
                 if not isinstance(record, dict):
                     raise BadInput(f"{where}: expected a JSON object, found {type(record).__name__}")
                 yield where, record
-    except (OSError, EOFError) as error:  # unreadable, or a truncated .gz
+    except zlib.error as error:  # a damaged deflate stream inside an intact gzip header
+        raise BadInput(f"cannot read '{path}': its gzip data is corrupt after line {number} ({error})") from None
+    except (OSError, EOFError) as error:  # unreadable, not gzip at all, or a truncated .gz
         raise BadInput(f"cannot read '{path}': {error}") from None
 
 
@@ -130,6 +136,8 @@ def parse_source(spec):
     lang = None
     if "=" in spec.split("/")[0]:
         lang, spec = spec.split("=", 1)
+        if not lang.strip():
+            raise BadInput(f"'={spec}' names no language before '='; write LANG={spec}, e.g. de={spec}")
     config = None
     if not is_local(spec) and ":" in spec:
         spec, config = spec.rsplit(":", 1)
@@ -145,6 +153,25 @@ def row_languages(record):
     return sorted(lang for lang, count in found.items() if count == 2)
 
 
+def check_text(where, column, value):
+    """An aligned row's text must be a non-empty string: a number or a null is a broken row, never skipped."""
+    if not isinstance(value, str) or not value.strip():
+        found = "null" if value is None else (repr(value) if isinstance(value, str) else type(value).__name__)
+        raise BadInput(f"{where}: {column} must be a non-empty string, found {found}")
+
+
+def row_id(where, record, seen):
+    """The row's id as a string (its position when it has none); an id used twice is refused."""
+    value = record.get("id", where)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadInput(f"{where}: id must be a string or an integer, found {type(value).__name__}")
+    value = str(value)
+    if value in seen:
+        raise BadInput(f"{where}: id '{value}' is used twice (first at {seen[value]}); row ids must be unique")
+    seen[value] = where
+    return value
+
+
 # ---------------------------------------------------------------------------
 # Parallel sentences (stage 1)
 
@@ -152,6 +179,7 @@ def row_languages(record):
 def read_parallel_source(spec):
     """Yield Pair(lang, english, text) from one source spec, unfiltered."""
     lang, location, config = parse_source(spec)
+    ids = {}
     for where, record in read_records(location, config):
         if "english" in record or "non_english" in record:
             for column in ("english", "non_english"):
@@ -167,9 +195,13 @@ def read_parallel_source(spec):
                 f"{where}: expected columns 'english' and 'non_english', or aligned columns "
                 f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
             )
+        row_id(where, record, ids)
         for side in ("query", "passage"):
             for other in langs:
-                if other != "en" and isinstance(record.get(f"{side}_{other}"), str):
+                check_text(where, f"{side}_{other}", record[f"{side}_{other}"])
+        for side in ("query", "passage"):
+            for other in langs:
+                if other != "en":
                     yield Pair(other, record[f"{side}_en"], record[f"{side}_{other}"])
 
 
@@ -269,7 +301,7 @@ def load_rows(spec, min_languages=2):
     than min_languages is an error, since it cannot make a cross-lingual pair.
     """
     _, location, config = parse_source(spec)
-    rows = []
+    rows, ids = [], {}
     for where, record in read_records(location, config):
         langs = row_languages(record)
         if len(langs) < min_languages:
@@ -279,9 +311,8 @@ def load_rows(spec, min_languages=2):
         texts = {side: {lang: record[f"{side}_{lang}"] for lang in langs} for side in ("query", "passage")}
         for side, by_lang in texts.items():
             for lang, text in by_lang.items():
-                if not isinstance(text, str) or not text.strip():
-                    raise BadInput(f"{where}: {side}_{lang} must be a non-empty string")
-        rows.append({"id": str(record.get("id", where)), **texts})
+                check_text(where, f"{side}_{lang}", text)
+        rows.append({"id": row_id(where, record, ids), **texts})
     if not rows:
         raise BadInput(f"'{spec}' holds no rows")
     return rows

@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import zlib
+from pathlib import Path
 
 import pytest
 from conftest import ROWS_LANGUAGES, write_rows
@@ -252,3 +254,75 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
             ]
         )
     assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "new.jsonl.tmp").exists()
+
+
+def test_byte_order_mark_at_the_start_of_a_jsonl_file_is_read(tmp_path):
+    """Editors on Windows write a BOM (EF BB BF) before the first record; it is not part of the JSON."""
+    text = Path(write_rows(tmp_path / "rows.jsonl", n=3)).read_text(encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert [row["id"] for row in data.load_rows(str(tmp_path / "bom.jsonl"))] == ["r0", "r1", "r2"]
+    pairs = [json.dumps({"english": a, "non_english": b}) for a, b in GOOD]
+    (tmp_path / "en-de.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(pairs).encode("utf-8"))
+    loaded, _ = data.load_parallel([str(tmp_path / "en-de.jsonl")], identity_pairs=False)
+    assert sorted(pair.english for pair in loaded) == sorted(a for a, _ in GOOD)
+
+
+def test_directory_given_as_a_data_file_is_called_a_directory(tmp_path):
+    with pytest.raises(BadInput, match=rf"'{tmp_path}' is a directory; expected a .jsonl"):
+        data.load_parallel([str(tmp_path)])
+    with pytest.raises(BadInput, match="is a directory"):
+        data.load_rows(str(tmp_path))
+
+
+def test_corrupt_gzip_data_is_one_sentence(tmp_path):
+    """A .tsv.gz whose deflate stream is damaged (zlib.error, not an OSError) names the file."""
+    lines = "".join(f"english sentence number {i}\tdeutscher Satz Nummer {i}\n" for i in range(2000)).encode()
+    good = gzip.compress(lines)
+    for offset in range(100, len(good) - 20, 10):  # find damage that zlib itself reports (most only fail the CRC)
+        bad = bytearray(good)
+        bad[offset : offset + 8] = b"\xff" * 8
+        try:
+            gzip.decompress(bytes(bad))
+        except zlib.error:
+            break
+        except Exception:
+            continue
+    else:
+        pytest.skip("no corruption made zlib fail")
+    (tmp_path / "en-de.tsv.gz").write_bytes(bytes(bad))
+    with pytest.raises(BadInput, match=r"cannot read '.*en-de.tsv.gz': its gzip data is corrupt after line \d+"):
+        data.load_parallel([str(tmp_path / "en-de.tsv.gz")])
+
+
+def test_empty_language_tag_is_refused(tmp_path):
+    source = write_tsv(tmp_path / "pairs.tsv", GOOD)
+    with pytest.raises(BadInput, match=r"'=.*pairs.tsv' names no language before '='"):
+        data.load_parallel([f"={source}"])
+
+
+@pytest.mark.parametrize("value, found", [(5, "int"), (None, "null"), ("  ", "'  '")])
+def test_stage_1_refuses_aligned_rows_whose_texts_are_not_text(tmp_path, value, found):
+    """An aligned row with a number or a null where a text belongs is a broken file: refused
+    with its line, never dropped quietly (nor crashing later in the length filter)."""
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=3))
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["query_de"] = value
+    lines[1] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInput, match=rf"rows.jsonl:2: query_de must be a non-empty string, found {found}"):
+        data.load_parallel([str(path)])
+    with pytest.raises(BadInput, match=r"rows.jsonl:2: query_de must be a non-empty string"):
+        data.load_rows(str(path))
+
+
+def test_rows_sharing_an_id_are_refused(tmp_path):
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=3))
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace('"id": "r2"', '"id": "r0"')
+    path.write_text("\n".join(lines) + "\n")
+    message = r"rows.jsonl:3: id 'r0' is used twice \(first at .*rows.jsonl:1\)"
+    with pytest.raises(BadInput, match=message):
+        data.load_rows(str(path))
+    with pytest.raises(BadInput, match=message):
+        data.load_parallel([str(path)])
