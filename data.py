@@ -6,7 +6,8 @@ Two kinds of source:
 
 - Parallel sentences (stage 1): rows with columns `english`, `non_english`, from a
   Hugging Face dataset in the `sentence-transformers/parallel-sentences-*` layout
-  (`sentence-transformers/parallel-sentences-opus-100:en-de`), or from local
+  (`sentence-transformers/parallel-sentences-europarl:en-de`), from a local folder
+  in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or from local
   `.jsonl`, `.tsv`, `.tsv.gz` or `.parquet` files. A source is tagged with its
   language as `de=path`; without a tag the language is read from an `en-xx` in
   the file or config name.
@@ -15,7 +16,9 @@ Two kinds of source:
   demo data (data/demo/) is in this layout. Given as a parallel source, every
   (English, X) version of every query and passage becomes a parallel pair.
 
-Run `python data.py stats SOURCE...` to see what a source yields after filtering.
+Run `python data.py stats SOURCE...` to see what sources yield after filtering,
+de-duplication and caps, per language; `--collections ROOT --languages ...` reads
+the stage-1 collections the way `distill.py --preset paper` does.
 """
 
 import argparse
@@ -30,6 +33,7 @@ from collections import Counter, namedtuple
 from pathlib import Path
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
+PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset
 ROW_COLUMN = re.compile(r"^(query|passage)_([a-z]{2,3}(?:[-_][A-Za-z]+)?)$")
 
 # One parallel example: the student embeds `text` (in `lang`), the teacher `english`.
@@ -44,21 +48,37 @@ class BadInput(ValueError):
 # Reading records
 
 
+class MissingConfig(BadInput):
+    """A dataset or collection folder that exists but has no such config (e.g. en-ja in Europarl)."""
+
+
 def is_local(location):
     return location.endswith(LOCAL_SUFFIXES) or Path(location).exists()
 
 
 def read_records(location, config=None):
-    """Yield (where, record) for each row of a local file or hub dataset.
+    """Yield (where, record) for each row of a local file, a local collection folder or a hub dataset.
 
-    `where` is "file:line" (or "dataset row N") for error messages; records are dicts.
+    `where` is "file:line" (or "file row N", "dataset row N") for error messages;
+    records are dicts. A folder with a config reads the hub's layout of a
+    multi-config dataset, DIR/<config>/train*.parquet (what a snapshot download of
+    `sentence-transformers/parallel-sentences-*` holds); a config it lacks raises
+    MissingConfig.
     """
     if not is_local(location):
+        if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
+            raise BadInput(f"data file or folder '{location}' does not exist")
         yield from read_hub_dataset(location, config)
         return
     path = Path(location)
     if path.is_dir():
-        raise BadInput(f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file")
+        if config is None:
+            raise BadInput(
+                f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
+                f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
+            )
+        yield from read_collection_folder(path, config)
+        return
     if not path.is_file():
         raise BadInput(
             f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
@@ -106,14 +126,33 @@ def read_records(location, config=None):
 
 
 def read_parquet(path):
+    """Yield (where, record) from a parquet file, one row group batch at a time (never the whole file)."""
     import pyarrow.parquet as pq  # installed with datasets
 
+    number = 0
     try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several kinds for a bad file
-        raise BadInput(f"cannot read parquet file '{path}': {error}") from None
-    for number, record in enumerate(table.to_pylist(), 1):
-        yield f"{path} row {number}", record
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH):
+            for record in batch.to_pylist():
+                number += 1
+                yield f"{path} row {number}", record
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid and ArrowIOError are among these
+        raise BadInput(f"cannot read parquet file '{path}' after row {number}: {error}") from None
+
+
+def read_collection_folder(folder, config):
+    """DIR:CONFIG -> the records of DIR/CONFIG's train parquet files, in name order."""
+    config_folder = folder / config
+    if not config_folder.is_dir():
+        available = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise MissingConfig(f"'{folder}' has no config '{config}' (it has {', '.join(available) or 'none'})")
+    # train-00000-of-00002.parquet (the uploaded layout) or train/0000.parquet (the converted one)
+    files = sorted(
+        p for p in config_folder.rglob("*.parquet") if p.relative_to(config_folder).parts[0].startswith("train")
+    )
+    if not files:
+        raise BadInput(f"'{config_folder}' holds no train*.parquet files")
+    for path in files:
+        yield from read_parquet(path)
 
 
 def read_hub_dataset(name, config):
@@ -122,17 +161,25 @@ def read_hub_dataset(name, config):
     try:
         dataset = datasets.load_dataset(name, config, split="train")
     except Exception as error:  # offline, unknown id, unknown config: all one message
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = str(error)
+        first_line = message.splitlines()[0] if message else type(error).__name__
+        # The dataset is there (its other configs are listed) but this config is not: online
+        # "BuilderConfig 'x' not found. Available: [...]", offline "Available configs in the cache: [...]"
+        if config and re.search(r"Available(?: configs in the cache)?: \[.+\]", message):
+            raise MissingConfig(f"dataset '{name}' has no config '{config}'") from None
         raise BadInput(
             f"cannot load dataset '{name}'{' config ' + repr(config) if config else ''} "
             f"(not a local file, and the hub needs a network or a cached copy): {first_line}"
         ) from None
-    for number, record in enumerate(dataset, 1):
-        yield f"{name} row {number}", record
+    number = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=PARQUET_BATCH):  # Arrow batches, not row dicts
+        for record in batch.to_pylist():
+            number += 1
+            yield f"{name} row {number}", record
 
 
 def parse_source(spec):
-    """'de=path', 'path', 'hub/id:en-de' -> (lang or None, location, config or None)."""
+    """'de=path', 'path', 'hub/id:en-de', 'dir:en-de' -> (lang or None, location, config or None)."""
     lang = None
     if "=" in spec.split("/")[0]:
         lang, spec = spec.split("=", 1)
@@ -175,6 +222,29 @@ def row_id(where, record, seen):
 # ---------------------------------------------------------------------------
 # Parallel sentences (stage 1)
 
+# sentence-transformers' parallel-sentence collections the MIMO authors read in stage 1,
+# as hub datasets `sentence-transformers/parallel-sentences-<corpus>` with configs en-<lang>.
+# Not every corpus has every language (Europarl has no Arabic, News-Commentary no Chinese):
+# read them with skip_missing=True.
+PARALLEL_CORPORA = (
+    "europarl",
+    "global-voices",
+    "jw300",
+    "news-commentary",
+    "opensubtitles",
+    "talks",
+    "tatoeba",
+    "wikimatrix",
+)
+
+
+def parallel_sentences_sources(languages, root="sentence-transformers", corpora=PARALLEL_CORPORA):
+    """Source specs ROOT/parallel-sentences-<corpus>:en-<lang>, corpus by corpus, each corpus's
+    languages in the order given. ROOT is the hub owner, or a local folder holding snapshot
+    downloads of the collections. The order matters under de-duplication across languages:
+    an English sentence goes to the first (corpus, language) that has it."""
+    return [f"{root}/parallel-sentences-{corpus}:en-{lang}" for corpus in corpora for lang in languages]
+
 
 def read_parallel_source(spec):
     """Yield Pair(lang, english, text) from one source spec, unfiltered."""
@@ -216,45 +286,107 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
 
 
 def load_parallel(
-    sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True, seed=0
+    sources,
+    min_chars=10,
+    max_chars=512,
+    max_ratio=3.0,
+    max_per_language=None,
+    identity_pairs=True,
+    seed=0,
+    dedupe="language",
+    sample="random",
+    skip_missing=False,
 ):
     """Read, filter, de-duplicate and cap parallel sentences from several sources.
 
     Returns (pairs, stats): pairs is a list of Pair, shuffled with the seed; stats
-    counts what each filter dropped. Per language the English side is
-    de-duplicated (first occurrence kept) and a seeded sample of at most
-    max_per_language pairs is kept. With identity_pairs, each unique English
-    sentence is also paired with itself (lang 'en'), capped the same way.
+    counts what each rule dropped, the pairs kept per language (lang_xx) and lists
+    the sources skipped for lacking their config (missing_sources).
+
+    Sources are read in the order given, pairs in file order; a pair passing the
+    length filters is then
+    - dedupe="global": dropped if its English side was already taken by any earlier
+      pair, of any source and language (one English sentence serves one language);
+      dedupe="language": dropped if already taken within its own language;
+    - sample="first": kept while its language holds fewer than max_per_language
+      pairs; once every language a source yields is full, the rest of that source
+      is not read (so a full language takes no more English sentences);
+      sample="random": every pair is kept, then a seeded sample of max_per_language
+      per language.
+    With identity_pairs, unique English sentences are also paired with themselves
+    (lang 'en'), at most max_per_language: under "first" the first ones kept, in
+    order, so they cost the teacher nothing extra; under "random" a seeded sample.
+    skip_missing: a source whose dataset or folder lacks its config (MissingConfig)
+    is skipped and listed instead of being an error.
     """
+    if dedupe not in ("global", "language") or sample not in ("first", "random"):
+        raise ValueError(
+            f"dedupe must be 'global' or 'language' and sample 'first' or 'random', got {dedupe}, {sample}"
+        )
+    first = sample == "first"
+    cap = max_per_language or float("inf")
     rng = random.Random(seed)
-    by_lang, seen = {}, set()
-    stats = Counter()
+    by_lang, taken = {}, set()
+    english_order, english_kept = [], set()  # unique English of the kept pairs, in the order first kept
+    stats, missing = Counter(), []
     for spec in sources:
-        for pair in read_parallel_source(spec):
-            stats["read"] += 1
-            reason = keep_pair(pair, min_chars, max_chars, max_ratio)
-            if reason:
-                stats[f"dropped_{reason}"] += 1
-                continue
-            if (pair.lang, pair.english) in seen:
-                stats["dropped_duplicate"] += 1
-                continue
-            seen.add((pair.lang, pair.english))
-            by_lang.setdefault(pair.lang, []).append(pair)
+        open_languages = set()  # languages this source has yielded that are not full yet
+        try:
+            for pair in read_parallel_source(spec):
+                stats["read"] += 1
+                reason = keep_pair(pair, min_chars, max_chars, max_ratio)
+                if reason:
+                    stats[f"dropped_{reason}"] += 1
+                    continue
+                kept = by_lang.setdefault(pair.lang, [])
+                if first and len(kept) >= cap:
+                    stats["dropped_cap"] += 1
+                    open_languages.discard(pair.lang)
+                    if not open_languages:
+                        break  # everything this source yields is full: stop reading it
+                    continue
+                key = pair.english if dedupe == "global" else (pair.lang, pair.english)
+                if key in taken:
+                    stats["dropped_duplicate"] += 1
+                    continue
+                taken.add(key)
+                kept.append(pair)
+                open_languages.add(pair.lang)
+                if first and dedupe == "global":
+                    english_order.append(pair.english)  # it was just taken, so it is new
+                elif first and pair.english not in english_kept:
+                    english_kept.add(pair.english)
+                    english_order.append(pair.english)
+        except MissingConfig as error:
+            if not skip_missing:
+                raise BadInput(f"{error}; drop '{spec}' from the sources, or pass --skip-missing-configs") from None
+            missing.append(spec)
     if identity_pairs:
-        english = sorted({pair.english for pairs in by_lang.values() for pair in pairs if pair.lang != "en"})
-        by_lang.setdefault("en", []).extend(Pair("en", text, text) for text in english if ("en", text) not in seen)
+        identity = by_lang.setdefault("en", [])
+        already = {pair.english for pair in identity}  # English-only sources, if any, come first
+        if first:
+            room = max(max_per_language - len(identity), 0) if max_per_language else None
+            english = [text for text in english_order if text not in already][:room]
+        else:
+            english = sorted(
+                {pair.english for pairs in by_lang.values() for pair in pairs if pair.lang != "en"} - already
+            )
+        identity.extend(Pair("en", text, text) for text in english)
     out = []
     for lang in sorted(by_lang):
         pairs = by_lang[lang]
-        if max_per_language and len(pairs) > max_per_language:
+        if not first and max_per_language and len(pairs) > max_per_language:
             stats["dropped_cap"] += len(pairs) - max_per_language
             pairs = rng.sample(pairs, max_per_language)
         stats[f"lang_{lang}"] = len(pairs)
         out.extend(pairs)
+    if missing:
+        stats["missing_sources"] = missing
+        print(f"skipped {len(missing)} source(s) that lack their config: {', '.join(missing)}", file=sys.stderr)
     if not out:
         raise BadInput(
-            f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); check the files and --min-chars/--max-chars/--max-length-ratio"
+            f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); "
+            "check the files and --min-chars/--max-chars/--max-length-ratio"
         )
     rng.shuffle(out)
     return out, stats
@@ -657,9 +789,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     stats_parser = commands.add_parser(
-        "stats", help="count the parallel pairs a source yields after the paper's filters"
+        "stats", help="count the parallel pairs sources yield after the paper's filters, per language"
     )
-    stats_parser.add_argument("sources", nargs="+", help="parallel sources, as for distill.py --data")
+    stats_parser.add_argument("sources", nargs="*", help="parallel sources, as for distill.py --data")
+    stats_parser.add_argument(
+        "--collections",
+        default=None,
+        help="ROOT holding sentence-transformers' parallel-sentences-<corpus> collections (a folder of snapshot "
+        "downloads, or the hub owner sentence-transformers): read their en-<lang> configs for --languages, corpus "
+        "by corpus, as distill.py --preset paper does (after any SOURCES; configs a collection lacks are skipped)",
+    )
+    stats_parser.add_argument("--languages", nargs="+", default=[], help="languages for --collections")
+    stats_parser.add_argument("--max-per-language", type=int, default=None, help="as distill.py (paper: 500000)")
+    stats_parser.add_argument("--dedupe", default="language", choices=["language", "global"], help="as distill.py")
+    stats_parser.add_argument("--sample", default="random", choices=["random", "first"], help="as distill.py")
+    stats_parser.add_argument("--skip-missing-configs", action="store_true", help="as distill.py")
+    stats_parser.add_argument("--no-identity-pairs", action="store_true", help="as distill.py")
     mmarco = commands.add_parser(
         "prepare-mmarco", help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py"
     )
@@ -679,9 +824,26 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.command == "stats":
-        pairs, stats = load_parallel(args.sources)
+        sources = list(args.sources)
+        if args.collections:
+            if not args.languages:
+                raise BadInput("--collections needs --languages, e.g. --languages ar de zh")
+            sources += parallel_sentences_sources(args.languages, args.collections.rstrip("/"))
+        if not sources:
+            raise BadInput("give parallel sources, or --collections ROOT --languages ...")
+        pairs, stats = load_parallel(
+            sources,
+            max_per_language=args.max_per_language,
+            identity_pairs=not args.no_identity_pairs,
+            dedupe=args.dedupe,
+            sample=args.sample,
+            skip_missing=args.skip_missing_configs or bool(args.collections),
+        )
         print(json.dumps(dict(stats), indent=2))
-        print(f"{len(pairs)} pairs")
+        print(
+            f"{len(pairs)} pairs; per language: "
+            + ", ".join(f"{k[5:]} {v}" for k, v in stats.items() if k[:5] == "lang_")
+        )
     elif args.command == "prepare-mmarco":
 
         def by_language(specs, flag):

@@ -40,13 +40,18 @@ from model import Encoder, TeacherCache, freeze, teacher_embed
 PAPER_LANGUAGES = "ar de es fr hi id it ja nl pt ru vi zh".split()
 PRESETS = {
     "demo": {},
-    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4): OPUS for 13 languages plus
-    # English identity pairs, at most 500k pairs each, one epoch.
+    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4) as the authors ran it: eight of
+    # sentence-transformers' parallel-sentence collections (en-<lang> for 13 languages, where a
+    # collection has it), the English side de-duplicated across all of them at once, the first
+    # 500k pairs per language plus English identity pairs, one epoch.
     "paper": {
         "teacher": "Qwen/Qwen3-Embedding-8B",
         "student": "FacebookAI/xlm-roberta-large",
         "student_pooling": "mean",
-        "data": [f"sentence-transformers/parallel-sentences-opus-100:en-{lang}" for lang in PAPER_LANGUAGES],
+        "data": data.parallel_sentences_sources(PAPER_LANGUAGES),
+        "skip_missing_configs": True,
+        "dedupe": "global",
+        "sample": "first",
         "max_per_language": 500_000,
         "dev_size": 1000,
         "batch_size": 128,
@@ -113,7 +118,8 @@ def get_args(argv=None):
         "--data",
         nargs="+",
         default=["data/demo/train.jsonl"],
-        help="parallel sources: LANG=FILE, FILE named like en-de.tsv.gz, hub-id:en-de, or aligned rows (query_<lang>/passage_<lang>)",
+        help="parallel sources, read in this order: LANG=FILE, FILE named like en-de.tsv.gz, hub-id:en-de, "
+        "DIR:en-de (a folder in the hub's layout), or aligned rows (query_<lang>/passage_<lang>)",
     )
     parser.add_argument(
         "--min-chars", type=int, default=10, help="drop pairs with a side shorter than this (paper: 10)"
@@ -131,7 +137,30 @@ def get_args(argv=None):
         "--max-per-language",
         type=int,
         default=500_000,
-        help="at most this many pairs per language, a seeded sample (paper: 500k)",
+        help="at most this many pairs per language, chosen by --sample (paper: 500k)",
+    )
+    # The demo keeps per-language de-duplication and random sampling, which we think better
+    # where they are affordable: a sentence translated into several languages then pulls them
+    # all to one teacher target, and a sample spans every corpus instead of the first in order.
+    parser.add_argument(
+        "--dedupe",
+        default="language",
+        choices=["language", "global"],
+        help="language: an English sentence is kept once per language; global: once over all sources "
+        "and languages, so it serves one language (the authors')",
+    )
+    parser.add_argument(
+        "--sample",
+        default="random",
+        choices=["random", "first"],
+        help="random: a seeded sample of all pairs per language (reads every pair first); first: the first "
+        "--max-per-language pairs in source order, and a full language stops reading its sources (the authors')",
+    )
+    parser.add_argument(
+        "--skip-missing-configs",
+        action="store_true",
+        help="skip (and list) sources whose dataset or folder lacks their config (Europarl has no en-ja) "
+        "instead of failing",
     )
     parser.add_argument(
         "--no-identity-pairs", action="store_true", help="do not add English sentences paired with themselves"
@@ -262,6 +291,9 @@ def main(argv=None):
         args.max_per_language,
         not args.no_identity_pairs,
         args.seed,
+        args.dedupe,
+        args.sample,
+        args.skip_missing_configs,
     )
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
     if len(train) < args.batch_size:

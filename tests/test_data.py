@@ -326,3 +326,105 @@ def test_rows_sharing_an_id_are_refused(tmp_path):
         data.load_rows(str(path))
     with pytest.raises(BadInput, match=message):
         data.load_parallel([str(path)])
+
+
+# ---------------------------------------------------------------------------
+# Stage 1 as the authors built it: eight collections, English de-duplicated across
+# all of them, the first pairs per language
+
+
+def english_sentences(prefix, numbers):
+    return [(f"{prefix} english sentence number {i}", f"{prefix} translated sentence {i}") for i in numbers]
+
+
+def test_global_dedupe_gives_each_english_sentence_one_language(tmp_path):
+    """de has English sentences 0-5, fr 3-8. Per language both keep all 6; across
+    languages (fr read second) fr loses 3, 4 and 5 to de."""
+    de = write_tsv(tmp_path / "en-de.tsv", english_sentences("a", range(0, 6)))
+    fr = write_tsv(tmp_path / "en-fr.tsv", english_sentences("a", range(3, 9)))
+    per_language, stats = data.load_parallel([de, fr], identity_pairs=False)
+    assert stats["lang_de"] == 6 and stats["lang_fr"] == 6 and stats["dropped_duplicate"] == 0
+    across, stats = data.load_parallel([de, fr], identity_pairs=False, dedupe="global")
+    assert stats["lang_de"] == 6 and stats["lang_fr"] == 3 and stats["dropped_duplicate"] == 3
+    assert {p.english for p in across if p.lang == "fr"} == {a for a, _ in english_sentences("a", range(6, 9))}
+    assert len({p.english for p in across}) == len(across)  # one English sentence, one language
+
+
+def test_first_pairs_per_language_in_source_order(tmp_path):
+    """--sample first with a cap of 4: de takes source 1's four pairs (its fifth is over
+    the cap, which ends that source) and none of source 2, which is not read past its
+    first pair; the identity pairs are the first 4 English sentences kept, in order."""
+    one = write_tsv(tmp_path / "one-en-de.tsv", english_sentences("one", range(6)))
+    two = write_tsv(tmp_path / "two-en-de.tsv", english_sentences("two", range(6)))
+    fr = write_tsv(tmp_path / "en-fr.tsv", english_sentences("fr", range(2)))
+    pairs, stats = data.load_parallel([one, two, fr], max_per_language=4, sample="first", dedupe="global")
+    german = [p.english for p in pairs if p.lang == "de"]
+    assert sorted(german) == [a for a, _ in english_sentences("one", range(4))]
+    assert stats["read"] == 5 + 1 + 2 and stats["dropped_cap"] == 2
+    identity = sorted(p.english for p in pairs if p.lang == "en")
+    assert identity == sorted(german)  # the first four kept: all German, fr came later
+    again, _ = data.load_parallel([one, two, fr], max_per_language=4, sample="first", dedupe="global", seed=5)
+    assert sorted(again) == sorted(pairs)  # "first" does not depend on the seed
+
+
+def write_collection(root, corpus, lang, pairs):
+    """One config of a collection in the hub's layout: ROOT/parallel-sentences-<corpus>/en-<lang>/*.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / f"parallel-sentences-{corpus}" / f"en-{lang}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"english": [a for a, _ in pairs], "non_english": [b for _, b in pairs]})
+    pq.write_table(table, folder / "train-00000-of-00001.parquet")
+
+
+def test_stats_on_local_collections_applies_the_authors_rules(tmp_path, capsys):
+    """Eight collection folders, three holding data; `data.py stats --collections` reads
+    en-de, en-zh for each in the preset's corpus order with the authors' rules
+    (global de-duplication, first 5 per language), skipping the configs a collection lacks:
+      europarl en-de: 0-3 (4 kept)     global-voices en-de: 2-4 (2, 3 taken; 4 kept: de full)
+      talks en-zh: 0-2 and 9 (0-2 taken by de; 9 kept) -> de 5, zh 1, en 5 (identity: the first five)."""
+    for corpus in data.PARALLEL_CORPORA:
+        (tmp_path / f"parallel-sentences-{corpus}").mkdir()
+    write_collection(tmp_path, "europarl", "de", english_sentences("s", range(0, 4)))
+    write_collection(tmp_path, "global-voices", "de", english_sentences("s", range(2, 5)))
+    chinese = "这是一个足够长的中文句子"  # 12 characters: within the length ratio of its English side
+    write_collection(tmp_path, "talks", "zh", [(a, chinese) for a, _ in english_sentences("s", [0, 1, 2, 9])])
+    common = ["--max-per-language", "5", "--dedupe", "global", "--sample", "first"]
+    data.main(["stats", "--collections", str(tmp_path), "--languages", "de", "zh", *common])
+    out = capsys.readouterr()
+    stats = json.loads(out.out[: out.out.rindex("}") + 1])
+    assert (stats["lang_de"], stats["lang_zh"], stats["lang_en"]) == (5, 1, 5)
+    assert stats["dropped_duplicate"] == 2 + 3
+    assert len(stats["missing_sources"]) == 8 * 2 - 3 and "skipped 13 source(s)" in out.err
+    with pytest.raises(BadInput, match=r"has no config 'en-zh' \(it has en-de\).*--skip-missing-configs"):
+        data.load_parallel([f"{tmp_path}/parallel-sentences-europarl:en-zh"])
+
+
+def test_a_missing_hub_config_is_told_apart_from_an_unreachable_dataset(tmp_path, monkeypatch):
+    """The hub lists a dataset's configs when one is missing: only that is skipped."""
+    import datasets
+
+    def missing(name, config, split):
+        raise ValueError(f"BuilderConfig '{config}' not found. Available: ['en-de', 'en-fr']")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    _, stats = data.load_parallel(["owner/corpus:en-ja", write_tsv(tmp_path / "en-de.tsv", GOOD)], skip_missing=True)
+    assert stats["missing_sources"] == ["owner/corpus:en-ja"]
+
+    def offline(name, config, split):
+        raise ConnectionError("Couldn't reach 'owner/corpus' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(BadInput, match="cannot load dataset 'owner/corpus' config 'en-ja'"):
+        data.load_parallel(["owner/corpus:en-ja"], skip_missing=True)
+
+
+def test_paper_preset_reads_the_eight_collections_with_the_authors_rules():
+    import distill
+
+    preset = distill.PRESETS["paper"]
+    corpora = {spec.split(":")[0] for spec in preset["data"]}
+    assert corpora == {f"sentence-transformers/parallel-sentences-{corpus}" for corpus in data.PARALLEL_CORPORA}
+    assert {spec.split(":")[1] for spec in preset["data"]} == {f"en-{lang}" for lang in distill.PAPER_LANGUAGES}
+    assert (preset["dedupe"], preset["sample"], preset["skip_missing_configs"]) == ("global", "first", True)
