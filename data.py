@@ -22,15 +22,21 @@ the stage-1 collections the way `distill.py --preset paper` does.
 """
 
 import argparse
+import fcntl
 import gzip
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import sys
 import zlib
 from collections import Counter, namedtuple
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa  # installed with datasets
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset
@@ -424,40 +430,228 @@ def batches(order, batch_size, drop_last=True):
 
 # ---------------------------------------------------------------------------
 # Aligned retrieval rows (stage 2 and evaluation)
+#
+# Rows are held as Arrow string columns, not as Python objects: 532k rows in 14
+# languages are about 4 GB of text, which as Python dicts would cost each torchrun
+# process more than that again. A large local file is validated and converted once
+# into DATA_CACHE_DIR as uncompressed Arrow IPC and memory-mapped: its pages live in
+# the kernel's page cache, are read from disk only when touched, and are shared by
+# every process that maps them.
+
+DATA_CACHE_DIR = "runs/data_cache"
+CACHE_MIN_BYTES = 64 << 20  # smaller files are converted in memory on every load, leaving nothing on disk
+ROWS_BATCH = 8192  # rows per Arrow record batch written
+ROWS_FORMAT = 1  # part of the cache key: raise it when the converted layout changes
 
 
-def load_rows(spec, min_languages=2):
-    """Aligned rows -> list of {'id', 'query': {lang: text}, 'passage': {lang: text}}.
+class Rows:
+    """Aligned rows: len(rows); rows[i] -> {'id', 'query': {lang: text}, 'passage': {lang: text}}
+    with only the languages row i holds, built on access (only its texts become Python
+    strings); iteration; subset(indices), a view that shares the columns.
 
-    Only languages with both a query and a passage count; a row holding fewer
-    than min_languages is an error, since it cannot make a cross-lingual pair.
+    table: columns id, then query_<lang> and passage_<lang> (strings, null where a
+    row lacks the language), as row_batches() writes them.
+    """
+
+    def __init__(self, table, name, index=None):
+        self.table, self.name, self.index = table, name, index  # index: None (all rows) or int64 (N,)
+        names = set(table.column_names)
+        self.all_languages = sorted(
+            match.group(2)
+            for match in map(ROW_COLUMN.match, table.column_names)
+            if match and match.group(1) == "query" and f"passage_{match.group(2)}" in names
+        )
+        self.ids = table.column("id")
+        self.texts = [
+            (lang, table.column(f"query_{lang}"), table.column(f"passage_{lang}")) for lang in self.all_languages
+        ]
+
+    def __len__(self):
+        return self.table.num_rows if self.index is None else len(self.index)
+
+    def __getitem__(self, i):
+        n, i = len(self), int(i)
+        i = i + n if i < 0 else i
+        if not 0 <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        j = i if self.index is None else int(self.index[i])
+        query, passage = {}, {}
+        for lang, q, p in self.texts:
+            text = q[j].as_py()
+            if text is not None:
+                query[lang], passage[lang] = text, p[j].as_py()
+        return {"id": self.ids[j].as_py(), "query": query, "passage": passage}
+
+    def __iter__(self):
+        for start in range(0, len(self), ROWS_BATCH):  # one Arrow slice or take per batch, not one per row
+            if self.index is None:
+                chunk = self.table.slice(start, ROWS_BATCH)
+            else:
+                chunk = self.table.take(self.index[start : start + ROWS_BATCH])
+            for record in chunk.to_pylist():
+                langs = [lang for lang in self.all_languages if record[f"query_{lang}"] is not None]
+                yield {
+                    "id": record["id"],
+                    "query": {lang: record[f"query_{lang}"] for lang in langs},
+                    "passage": {lang: record[f"passage_{lang}"] for lang in langs},
+                }
+
+    def subset(self, indices):
+        """The rows at indices (positions in this view), as a view on the same columns."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"subset of {len(self)} rows asks for row {indices.min()} or {indices.max()}")
+        return Rows(self.table, self.name, indices if self.index is None else self.index[indices])
+
+    def lacking(self, lang):
+        """(N,) bool: the rows of this view that do not hold lang."""
+        if lang not in self.all_languages:
+            return np.ones(len(self), dtype=bool)
+        missing = self.table.column(f"query_{lang}").is_null().to_numpy(zero_copy_only=False)
+        return missing if self.index is None else missing[self.index]
+
+
+def load_rows(spec, min_languages=2, cache_dir=DATA_CACHE_DIR):
+    """Aligned rows (a .jsonl or .parquet file, or a hub dataset) -> Rows.
+
+    Only languages with both a query and a passage count. Refused, naming the file
+    and line (or row): a row holding fewer than min_languages (it cannot make a
+    cross-lingual pair), a text that is not a non-empty string, an id used twice.
+    A local file of CACHE_MIN_BYTES or more is converted once into cache_dir (keyed
+    by its path, size and modification time) and memory-mapped; processes that
+    start together wait for the one converting it (a file lock), then map its
+    result. cache_dir=None converts in memory.
     """
     _, location, config = parse_source(spec)
-    rows, ids = [], {}
-    for where, record in read_records(location, config):
+    path = Path(location)
+    if cache_dir is not None and is_local(location) and path.is_file() and path.stat().st_size >= CACHE_MIN_BYTES:
+        tables = cached_row_tables(path, spec, min_languages, Path(cache_dir))
+    else:
+        batches = row_batches(read_records(location, config), min_languages, spec)
+        sinks = write_parts(batches, lambda index: pa.BufferOutputStream())
+        tables = [pa.ipc.open_file(sink.getvalue()).read_all() for sink in sinks]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    return Rows(table, spec)
+
+
+def row_batches(records, min_languages, name):
+    """Validate aligned records -> Arrow record batches of ROWS_BATCH rows, with the
+    columns id, query_<lang>, passage_<lang> for every language seen so far (null
+    where a row lacks one). Errors name the record's file and line."""
+    seen, languages, columns = {}, [], {"id": []}
+
+    def batch():
+        names = ["id"] + [f"{side}_{lang}" for lang in languages for side in ("query", "passage")]
+        return pa.RecordBatch.from_arrays([pa.array(columns[n], type=pa.string()) for n in names], names=names)
+
+    for where, record in records:
         langs = row_languages(record)
         if len(langs) < min_languages:
             raise BadInput(
-                f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, found {langs or 'none'}"
+                f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
+                f"found {langs or 'none'}"
             )
-        texts = {side: {lang: record[f"{side}_{lang}"] for lang in langs} for side in ("query", "passage")}
-        for side, by_lang in texts.items():
-            for lang, text in by_lang.items():
-                check_text(where, f"{side}_{lang}", text)
-        rows.append({"id": row_id(where, record, ids), **texts})
-    if not rows:
-        raise BadInput(f"'{spec}' holds no rows")
-    return rows
+        for lang in langs:
+            check_text(where, f"query_{lang}", record[f"query_{lang}"])
+            check_text(where, f"passage_{lang}", record[f"passage_{lang}"])
+        identifier = row_id(where, record, seen)
+        held = set(langs)
+        if not held <= set(languages):  # a language first seen here: the batch's earlier rows lack it
+            for lang in held - set(languages):
+                columns[f"query_{lang}"] = [None] * len(columns["id"])
+                columns[f"passage_{lang}"] = [None] * len(columns["id"])
+            languages = sorted(held | set(languages))
+        columns["id"].append(identifier)
+        for lang in languages:
+            columns[f"query_{lang}"].append(record[f"query_{lang}"] if lang in held else None)
+            columns[f"passage_{lang}"].append(record[f"passage_{lang}"] if lang in held else None)
+        if len(columns["id"]) == ROWS_BATCH:
+            yield batch()
+            columns = {column: [] for column in columns}
+    if columns["id"]:
+        yield batch()
+    if not seen:
+        raise BadInput(f"'{name}' holds no rows")
+
+
+def write_parts(batches, open_sink):
+    """Write record batches as Arrow IPC files, a new part whenever the columns change
+    (a language first seen mid-file); returns the sinks, each holding one part."""
+    writer, schema, sinks = None, None, []
+    for batch in batches:
+        if batch.schema != schema:
+            if writer is not None:
+                writer.close()
+            sinks.append(open_sink(len(sinks)))
+            writer, schema = pa.ipc.new_file(sinks[-1], batch.schema), batch.schema
+        writer.write_batch(batch)
+    if writer is not None:
+        writer.close()
+    return sinks
+
+
+def cached_row_tables(path, name, min_languages, cache_dir):
+    """Memory-mapped Arrow tables of a large rows file, converting it on the first call."""
+    stat = path.stat()
+    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, min_languages, ROWS_FORMAT]
+    folder = cache_dir / f"{path.name}-{hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:16]}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if folder.is_dir():
+            try:
+                return [pa.ipc.open_file(pa.memory_map(str(part))).read_all() for part in sorted(folder.iterdir())]
+            except (OSError, pa.ArrowInvalid):  # a damaged conversion is redone, never trusted
+                shutil.rmtree(folder)
+        tmp = folder.with_name(f"{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed conversion's leftovers (we hold the lock)
+        tmp.mkdir()
+        print(f"converting {path} to memory-mapped Arrow columns in {folder} (once)", file=sys.stderr)
+        try:
+            sinks = write_parts(
+                row_batches(read_records(str(path)), min_languages, name),
+                lambda index: pa.OSFile(str(tmp / f"part-{index:04d}.arrow"), "wb"),
+            )
+            for sink in sinks:
+                sink.close()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.replace(tmp, folder)  # all parts appear at once
+        return [pa.ipc.open_file(pa.memory_map(str(part))).read_all() for part in sorted(folder.iterdir())]
+
+
+def subset(rows, indices):
+    """rows[i] for i in indices: a view for Rows, a list for a list of row dicts."""
+    return rows.subset(indices) if isinstance(rows, Rows) else [rows[i] for i in indices]
+
+
+def common_languages(rows):
+    """The languages every row holds, sorted."""
+    if isinstance(rows, Rows):
+        return [lang for lang in rows.all_languages if not rows.lacking(lang).any()]
+    return sorted(set.intersection(*(set(row["query"]) for row in rows))) if rows else []
 
 
 def require_languages(rows, languages, spec):
     """Stage 2 draws any language for any row: every row must hold all of them."""
-    for row in rows:
-        lacking = [lang for lang in languages if lang not in row["query"]]
-        if lacking:
-            raise BadInput(
-                f"row '{row['id']}' of '{spec}' lacks {', '.join(lacking)}; every row needs all of --languages {' '.join(languages)}"
-            )
+    if not languages:
+        return
+    if isinstance(rows, Rows):
+        lacking = np.stack([rows.lacking(lang) for lang in languages], axis=1)  # (N, L): row n lacks language l
+        bad = np.flatnonzero(lacking.any(1))
+        if not len(bad):
+            return
+        row, lacks = rows[int(bad[0])], lacking[bad[0]]
+    else:
+        row = next((row for row in rows if not set(languages) <= row["query"].keys()), None)
+        if row is None:
+            return
+        lacks = [lang not in row["query"] for lang in languages]
+    missing = ", ".join(lang for lang, lacked in zip(languages, lacks) if lacked)
+    raise BadInput(
+        f"row '{row['id']}' of '{spec}' lacks {missing}; every row needs all of --languages {' '.join(languages)}"
+    )
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):

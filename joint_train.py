@@ -384,7 +384,7 @@ def main(argv=None):
 
     # --- data: aligned rows, a dev split, every row in every language
     rows = data.load_rows(args.data)
-    languages = args.languages or sorted(set.intersection(*(set(row["query"]) for row in rows)))
+    languages = args.languages or data.common_languages(rows)
     if len(set(languages)) != len(languages):
         raise BadInput(f"--languages names a language twice ({' '.join(languages)}); give each once")
     data.require_languages(rows, languages, args.data)
@@ -397,7 +397,7 @@ def main(argv=None):
             f"--objective mimo needs English in every row (the teacher's side); '{args.data}' has {languages}"
         )
     order = data.epoch_order(len(rows), args.seed, epoch=-1)  # a fixed split, independent of training order
-    dev_rows, train_rows = [rows[i] for i in order[: args.dev_size]], [rows[i] for i in order[args.dev_size :]]
+    dev_rows, train_rows = data.subset(rows, order[: args.dev_size]), data.subset(rows, order[args.dev_size :])
     if len(train_rows) < args.batch_size:
         raise BadInput(
             f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows of '{args.data}'"

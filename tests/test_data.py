@@ -428,3 +428,102 @@ def test_paper_preset_reads_the_eight_collections_with_the_authors_rules():
     assert corpora == {f"sentence-transformers/parallel-sentences-{corpus}" for corpus in data.PARALLEL_CORPORA}
     assert {spec.split(":")[1] for spec in preset["data"]} == {f"en-{lang}" for lang in distill.PAPER_LANGUAGES}
     assert (preset["dedupe"], preset["sample"], preset["skip_missing_configs"]) == ("global", "first", True)
+
+
+# ---------------------------------------------------------------------------
+# Aligned rows as Arrow columns, converted once and memory-mapped
+
+
+def test_rows_view_languages_and_ragged_files(tmp_path):
+    """A language first seen mid-file (row 9000, past the first Arrow batch) is absent
+    from the rows before it; views pick rows by position; common_languages and
+    require_languages see the whole view."""
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as f:
+        for i in range(9001):
+            row = {"id": f"r{i}", "query_en": f"question {i}", "passage_en": f"answer {i}"}
+            row.update({"query_de": f"Frage {i}", "passage_de": f"Antwort {i}"})
+            if i >= 9000:
+                row.update({"query_fr": f"question fr {i}", "passage_fr": f"réponse {i}"})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = data.load_rows(str(path))
+    assert len(rows) == 9001 and rows[-1]["passage"] == {
+        "de": "Antwort 9000",
+        "en": "answer 9000",
+        "fr": "réponse 9000",
+    }
+    assert rows[3] == {
+        "id": "r3",
+        "query": {"de": "Frage 3", "en": "question 3"},
+        "passage": {"de": "Antwort 3", "en": "answer 3"},
+    }
+    assert data.common_languages(rows) == ["de", "en"]
+    view = data.subset(rows, [9000, 5, 9000])
+    assert [row["id"] for row in view] == ["r9000", "r5", "r9000"] and view[1] == rows[5]
+    assert data.common_languages(data.subset(rows, [9000])) == ["de", "en", "fr"]
+    data.require_languages(data.subset(rows, [9000]), ["en", "fr"], "rows")
+    with pytest.raises(BadInput, match=r"row 'r5' of 'rows' lacks fr; every row needs all of --languages en fr"):
+        data.require_languages(view, ["en", "fr"], "rows")
+    assert [row["id"] for row in data.subset(view, [2, 0])] == ["r9000", "r9000"]  # a view of a view
+
+
+def test_large_rows_file_is_converted_once_then_memory_mapped(tmp_path, monkeypatch):
+    """Over CACHE_MIN_BYTES (lowered here) a file is validated and converted once into the
+    cache; a second load maps it without reading the source, allocating next to nothing
+    from Arrow's memory pool (its text stays in the page cache); rewriting the source
+    makes a new conversion. The rows are the same as an in-memory load's."""
+    import pyarrow as pa
+
+    source = write_rows(tmp_path / "rows.jsonl", n=300)
+    in_memory = list(data.load_rows(source, cache_dir=None))
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    first = data.load_rows(source, cache_dir=tmp_path / "cache")
+    assert list(first) == in_memory
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+    def no_reading(*args):
+        raise AssertionError("the source was read again")
+
+    monkeypatch.setattr(data, "row_batches", no_reading)
+    before = pa.total_allocated_bytes()
+    second = data.load_rows(source, cache_dir=tmp_path / "cache")
+    assert pa.total_allocated_bytes() - before < Path(source).stat().st_size / 10
+    assert list(second) == in_memory
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    write_rows(tmp_path / "rows.jsonl", n=10, seed=1)  # the file rewritten in place
+    assert len(data.load_rows(source, cache_dir=tmp_path / "cache")) == 10
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2 and folder.is_dir()
+
+
+def test_bad_line_in_a_large_file_leaves_no_conversion_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=20))
+    path.write_text(path.read_text() + "{broken\n")
+    with pytest.raises(BadInput, match=r"rows.jsonl:21: not valid JSON"):
+        data.load_rows(str(path), cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+
+def test_processes_that_start_together_convert_once(tmp_path):
+    """Two processes load the same large file at once (as torchrun's ranks do): one
+    converts under the file lock, the other waits and maps its result."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    source = write_rows(tmp_path / "rows.jsonl", n=2000)
+    program = (
+        "import sys, data; data.CACHE_MIN_BYTES = 0; "
+        f"rows = data.load_rows({source!r}, cache_dir={str(tmp_path / 'cache')!r}); print(len(rows), rows[1999]['id'])"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [out for out, _ in outputs] == ["2000 r1999\n", "2000 r1999\n"]
+    assert sum(err.count("converting") for _, err in outputs) == 1
