@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa  # installed with datasets
+import pyarrow.compute as pc
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
-PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset
+PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset, at most
+PARQUET_BATCH_BYTES = 64 << 20  # and about this much text, read into Python at once
 ROW_COLUMN = re.compile(r"^(query|passage)_([a-z]{2,3}(?:[-_][A-Za-z]+)?)$")
 
 # One parallel example: the student embeds `text` (in `lang`), the teacher `english`.
@@ -71,27 +73,16 @@ def read_records(location, config=None):
     `sentence-transformers/parallel-sentences-*` holds); a config it lacks raises
     MissingConfig.
     """
-    if not is_local(location):
-        if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
-            raise BadInput(f"data file or folder '{location}' does not exist")
-        yield from read_hub_dataset(location, config)
+    if is_columnar(location):
+        for label, first, batch in read_batches(location, config):
+            for offset, record in enumerate(batch.to_pylist()):
+                yield f"{label} row {first + offset}", record
         return
     path = Path(location)
-    if path.is_dir():
-        if config is None:
-            raise BadInput(
-                f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
-                f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
-            )
-        yield from read_collection_folder(path, config)
-        return
     if not path.is_file():
         raise BadInput(
             f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
         )
-    if path.name.endswith(".parquet"):
-        yield from read_parquet(path)
-        return
     opener = gzip.open if path.name.endswith(".gz") else open
     is_tsv = ".tsv" in path.name
     header, number = None, 0
@@ -131,34 +122,62 @@ def read_records(location, config=None):
         raise BadInput(f"cannot read '{path}': {error}") from None
 
 
-def read_parquet(path):
-    """Yield (where, record) from a parquet file, one row group batch at a time (never the whole file)."""
-    import pyarrow.parquet as pq  # installed with datasets
-
-    number = 0
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH):
-            for record in batch.to_pylist():
-                number += 1
-                yield f"{path} row {number}", record
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid and ArrowIOError are among these
-        raise BadInput(f"cannot read parquet file '{path}' after row {number}: {error}") from None
+def is_columnar(location):
+    """Sources read as Arrow batches: parquet files, folders in the hub's layout, hub datasets."""
+    return location.endswith(".parquet") or Path(location).is_dir() or not is_local(location)
 
 
-def read_collection_folder(folder, config):
-    """DIR:CONFIG -> the records of DIR/CONFIG's train parquet files, in name order."""
-    config_folder = folder / config
+def read_batches(location, config=None):
+    """Yield (label, first, batch) for a columnar source: Arrow record batches of about
+    PARQUET_BATCH_BYTES of text, row `first + i` of `label` being the batch's row i (rows
+    are counted from 1 per file, for messages: "file row N")."""
+    if not is_local(location):
+        if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
+            raise BadInput(f"data file or folder '{location}' does not exist")
+        yield from read_hub_dataset(location, config)
+        return
+    path = Path(location)
+    if not path.is_dir():
+        yield from read_parquet(path)
+        return
+    if config is None:
+        raise BadInput(
+            f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
+            f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
+        )
+    config_folder = path / config
     if not config_folder.is_dir():
-        available = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise MissingConfig(f"'{folder}' has no config '{config}' (it has {', '.join(available) or 'none'})")
+        available = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise MissingConfig(f"'{path}' has no config '{config}' (it has {', '.join(available) or 'none'})")
     # train-00000-of-00002.parquet (the uploaded layout) or train/0000.parquet (the converted one)
     files = sorted(
         p for p in config_folder.rglob("*.parquet") if p.relative_to(config_folder).parts[0].startswith("train")
     )
     if not files:
         raise BadInput(f"'{config_folder}' holds no train*.parquet files")
-    for path in files:
-        yield from read_parquet(path)
+    for file in files:
+        yield from read_parquet(file)
+
+
+def read_parquet(path):
+    """Yield (label, first, batch) from a parquet file, a batch at a time (never the whole file)."""
+    import pyarrow.parquet as pq  # installed with datasets
+
+    if not path.is_file():
+        raise BadInput(f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file)")
+    first = 1
+    try:
+        # pre_buffer=False: read page by page, not a whole row group (a file written in one is the whole file)
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        metadata = parquet.metadata
+        total_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+        # about PARQUET_BATCH_BYTES a batch: 65,536 short sentence pairs, fewer long 14-language rows
+        batch_size = max(min(PARQUET_BATCH, PARQUET_BATCH_BYTES * metadata.num_rows // max(total_bytes, 1)), 256)
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield str(path), first, batch
+            first += batch.num_rows
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid and ArrowIOError are among these
+        raise BadInput(f"cannot read parquet file '{path}' after row {first - 1}: {error}") from None
 
 
 def read_hub_dataset(name, config):
@@ -177,11 +196,11 @@ def read_hub_dataset(name, config):
             f"cannot load dataset '{name}'{' config ' + repr(config) if config else ''} "
             f"(not a local file, and the hub needs a network or a cached copy): {first_line}"
         ) from None
-    number = 0
-    for batch in dataset.with_format("arrow").iter(batch_size=PARQUET_BATCH):  # Arrow batches, not row dicts
-        for record in batch.to_pylist():
-            number += 1
-            yield f"{name} row {number}", record
+    first = 1
+    for table in dataset.with_format("arrow").iter(batch_size=PARQUET_BATCH):  # Arrow batches, not row dicts
+        for batch in table.to_batches():
+            yield name, first, batch
+            first += batch.num_rows
 
 
 def parse_source(spec):
@@ -256,29 +275,50 @@ def read_parallel_source(spec):
     """Yield Pair(lang, english, text) from one source spec, unfiltered."""
     lang, location, config = parse_source(spec)
     ids = {}
-    for where, record in read_records(location, config):
-        if "english" in record or "non_english" in record:
-            for column in ("english", "non_english"):
-                if not isinstance(record.get(column), str):
-                    raise BadInput(f"{where}: expected a string column '{column}'")
-            if lang is None:
-                raise BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
-            yield Pair(lang, record["english"], record["non_english"])
+    if not is_columnar(location):
+        for where, record in read_records(location, config):
+            yield from record_pairs(where, record, lang, spec, ids)
+        return
+    for label, first, batch in read_batches(location, config):
+        columns = batch.schema.names
+        english, text = (batch.column(c) if c in columns else None for c in ("english", "non_english"))
+        if lang is not None and all(
+            column is not None and is_string_type(column.type) and column.null_count == 0 for column in (english, text)
+        ):  # the usual case, column by column: no dict per row
+            yield from (Pair(lang, a, b) for a, b in zip(english.to_pylist(), text.to_pylist()))
             continue
-        langs = row_languages(record)
-        if "en" not in langs or len(langs) < 2:
-            raise BadInput(
-                f"{where}: expected columns 'english' and 'non_english', or aligned columns "
-                f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
-            )
-        row_id(where, record, ids)
-        for side in ("query", "passage"):
-            for other in langs:
-                check_text(where, f"{side}_{other}", record[f"{side}_{other}"])
-        for side in ("query", "passage"):
-            for other in langs:
-                if other != "en":
-                    yield Pair(other, record[f"{side}_en"], record[f"{side}_{other}"])
+        for offset, record in enumerate(batch.to_pylist()):  # anything else, row by row, as from a text file
+            yield from record_pairs(f"{label} row {first + offset}", record, lang, spec, ids)
+
+
+def is_string_type(arrow_type):
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def record_pairs(where, record, lang, spec, ids):
+    """The pairs of one record: (english, non_english), or every (English, X) of an aligned row."""
+    if "english" in record or "non_english" in record:
+        for column in ("english", "non_english"):
+            if not isinstance(record.get(column), str):
+                raise BadInput(f"{where}: expected a string column '{column}'")
+        if lang is None:
+            raise BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
+        yield Pair(lang, record["english"], record["non_english"])
+        return
+    langs = row_languages(record)
+    if "en" not in langs or len(langs) < 2:
+        raise BadInput(
+            f"{where}: expected columns 'english' and 'non_english', or aligned columns "
+            f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
+        )
+    row_id(where, record, ids)
+    for side in ("query", "passage"):
+        for other in langs:
+            check_text(where, f"{side}_{other}", record[f"{side}_{other}"])
+    for side in ("query", "passage"):
+        for other in langs:
+            if other != "en":
+                yield Pair(other, record[f"{side}_en"], record[f"{side}_{other}"])
 
 
 def keep_pair(pair, min_chars, max_chars, max_ratio):
@@ -388,7 +428,11 @@ def load_parallel(
         out.extend(pairs)
     if missing:
         stats["missing_sources"] = missing
-        print(f"skipped {len(missing)} source(s) that lack their config: {', '.join(missing)}", file=sys.stderr)
+        by_location = {}
+        for spec in missing:
+            by_location.setdefault(spec.rsplit(":", 1)[0], []).append(spec.rsplit(":", 1)[-1])
+        listed = "; ".join(f"{location}: {' '.join(configs)}" for location, configs in by_location.items())
+        print(f"skipped {len(missing)} source(s) that lack their config ({listed})", file=sys.stderr)
     if not out:
         raise BadInput(
             f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); "
@@ -528,15 +572,77 @@ def load_rows(spec, min_languages=2, cache_dir=DATA_CACHE_DIR):
     if cache_dir is not None and is_local(location) and path.is_file() and path.stat().st_size >= CACHE_MIN_BYTES:
         tables = cached_row_tables(path, spec, min_languages, Path(cache_dir))
     else:
-        batches = row_batches(read_records(location, config), min_languages, spec)
-        sinks = write_parts(batches, lambda index: pa.BufferOutputStream())
+        sinks = write_parts(
+            source_row_batches(location, config, min_languages, spec), lambda i: pa.BufferOutputStream()
+        )
         tables = [pa.ipc.open_file(sink.getvalue()).read_all() for sink in sinks]
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     return Rows(table, spec)
 
 
+def source_row_batches(location, config, min_languages, name):
+    """Checked aligned rows of a source -> Arrow record batches in the layout Rows reads:
+    column by column for columnar sources, record by record for text files."""
+    if is_columnar(location):
+        return columnar_row_batches(read_batches(location, config), min_languages, name)
+    return row_batches(read_records(location, config), min_languages, name)
+
+
+def check_record(where, record, min_languages):
+    """The languages of an aligned record, after the checks every row must pass."""
+    langs = row_languages(record)
+    if len(langs) < min_languages:
+        raise BadInput(
+            f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
+            f"found {langs or 'none'}"
+        )
+    for lang in langs:
+        check_text(where, f"query_{lang}", record[f"query_{lang}"])
+        check_text(where, f"passage_{lang}", record[f"passage_{lang}"])
+    return langs
+
+
+def columnar_row_batches(batches, min_languages, name):
+    """Aligned rows that arrive as Arrow batches (parquet, hub) -> record batches with the
+    columns id, query_<lang>, passage_<lang>, checked column by column: no Python object
+    per text. The first row a column check flags goes through check_record, so its
+    message is the one a JSONL file would get; ids go through row_id one by one."""
+    seen, langs = {}, None
+    for label, first, batch in batches:
+        if langs is None:  # a parquet file's columns are fixed: every row holds the same languages
+            langs = row_languages(batch.schema.names)
+        names = [f"{side}_{lang}" for lang in langs for side in ("query", "passage")]
+        bad = np.full(batch.num_rows, len(langs) < min_languages)  # (n,) rows a check flags
+        for column in [batch.column(name) for name in names]:
+            if not is_string_type(column.type):
+                bad[:] = True
+                continue
+            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)  # null where the text is null
+            bad |= empty.fill_null(True).to_numpy(zero_copy_only=False)
+        ids = batch.column("id") if "id" in batch.schema.names else None
+        if ids is not None and (pa.types.is_integer(ids.type) or is_string_type(ids.type)):
+            bad |= ids.is_null().to_numpy(zero_copy_only=False)
+            ids = pc.cast(ids, pa.string()).to_pylist()
+        elif ids is not None:
+            bad[:] = True
+        flagged = set(np.flatnonzero(bad).tolist())
+        checked = []
+        for offset in range(batch.num_rows):
+            where = f"{label} row {first + offset}"
+            if offset in flagged:  # raises, unless Python's view of whitespace is Arrow's after all
+                check_record(where, batch.slice(offset, 1).to_pylist()[0], min_languages)
+                record = {"id": batch.column("id")[offset].as_py()} if ids is not None else {}
+            else:
+                record = {"id": ids[offset]} if ids is not None else {}
+            checked.append(row_id(where, record, seen))
+        columns = [pa.array(checked, type=pa.string())] + [batch.column(name).cast(pa.string()) for name in names]
+        yield pa.RecordBatch.from_arrays(columns, names=["id"] + names)
+    if not seen:
+        raise BadInput(f"'{name}' holds no rows")
+
+
 def row_batches(records, min_languages, name):
-    """Validate aligned records -> Arrow record batches of ROWS_BATCH rows, with the
+    """Checked aligned records -> Arrow record batches of ROWS_BATCH rows, with the
     columns id, query_<lang>, passage_<lang> for every language seen so far (null
     where a row lacks one). Errors name the record's file and line."""
     seen, languages, columns = {}, [], {"id": []}
@@ -546,15 +652,7 @@ def row_batches(records, min_languages, name):
         return pa.RecordBatch.from_arrays([pa.array(columns[n], type=pa.string()) for n in names], names=names)
 
     for where, record in records:
-        langs = row_languages(record)
-        if len(langs) < min_languages:
-            raise BadInput(
-                f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
-                f"found {langs or 'none'}"
-            )
-        for lang in langs:
-            check_text(where, f"query_{lang}", record[f"query_{lang}"])
-            check_text(where, f"passage_{lang}", record[f"passage_{lang}"])
+        langs = check_record(where, record, min_languages)
         identifier = row_id(where, record, seen)
         held = set(langs)
         if not held <= set(languages):  # a language first seen here: the batch's earlier rows lack it
@@ -610,7 +708,7 @@ def cached_row_tables(path, name, min_languages, cache_dir):
         print(f"converting {path} to memory-mapped Arrow columns in {folder} (once)", file=sys.stderr)
         try:
             sinks = write_parts(
-                row_batches(read_records(str(path)), min_languages, name),
+                source_row_batches(str(path), None, min_languages, name),
                 lambda index: pa.OSFile(str(tmp / f"part-{index:04d}.arrow"), "wb"),
             )
             for sink in sinks:

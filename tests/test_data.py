@@ -5,6 +5,7 @@ import json
 import zlib
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import ROWS_LANGUAGES, write_rows
 
@@ -527,3 +528,50 @@ def test_processes_that_start_together_convert_once(tmp_path):
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [out for out, _ in outputs] == ["2000 r1999\n", "2000 r1999\n"]
     assert sum(err.count("converting") for _, err in outputs) == 1
+
+
+def rows_parquet(tmp_path, n=6, change=None):
+    """write_rows' rows as a parquet file, with change(table) -> table applied."""
+    import pyarrow.parquet as pq
+
+    records = [json.loads(line) for line in Path(write_rows(tmp_path / "rows.jsonl", n=n)).read_text().splitlines()]
+    table = pa.Table.from_pylist(records)
+    pq.write_table(change(table) if change else table, tmp_path / "rows.parquet", row_group_size=4)
+    return str(tmp_path / "rows.parquet")
+
+
+def test_parquet_rows_are_checked_column_by_column_with_the_same_result(tmp_path):
+    """Parquet rows go through Arrow's column checks, JSONL rows through Python's: same rows,
+    same pairs for stage 1 (row groups of 4, so batches and row numbers span several)."""
+    parquet = rows_parquet(tmp_path)
+    jsonl = str(tmp_path / "rows.jsonl")
+    assert list(data.load_rows(parquet)) == list(data.load_rows(jsonl))
+    assert data.load_parallel([parquet])[0] == data.load_parallel([jsonl])[0]
+
+
+def replace_value(column, row, value):
+    """A change for rows_parquet: value at row of column, or in every row when row is None
+    (a number column, which a parquet file cannot mix with strings)."""
+
+    def change(table):
+        values = [value] * table.num_rows if row is None else table.column(column).to_pylist()
+        values[row if row is not None else 0] = value
+        index = table.schema.get_field_index(column)
+        return table.set_column(index, column, pa.array(values, pa.int64() if isinstance(value, int) else pa.string()))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "column, row, value, message",
+    [
+        ("query_de", 4, None, r"rows.parquet row 5: query_de must be a non-empty string, found null"),
+        ("passage_ru", 5, " \t", r"rows.parquet row 6: passage_ru must be a non-empty string, found ' \\t'"),
+        ("query_zh", None, 7, r"rows.parquet row 1: query_zh must be a non-empty string, found int"),
+        ("id", 5, "r1", r"rows.parquet row 6: id 'r1' is used twice \(first at .*rows.parquet row 2\)"),
+    ],
+)
+def test_bad_parquet_rows_are_named_by_row(tmp_path, column, row, value, message):
+    path = rows_parquet(tmp_path, change=replace_value(column, row, value))
+    with pytest.raises(BadInput, match=message):
+        data.load_rows(path)
