@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,3 +224,32 @@ def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tin
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line]
     assert steps == list(range(1, 31))  # none trained twice, none skipped
+
+
+def test_bench_scale_small_mode(tmp_path):
+    """bench/bench_scale.py at 1/1000 of the paper's sizes with one process: it generates
+    the data, runs distill.py and joint_train.py (converting the rows, then mapping the
+    cache) for one step each, and prints a row for every phase. The generator leaves
+    every language enough pairs, so stage 1 keeps its cap of 500 in each of the 13
+    languages and 500 identity pairs; the dev set holds 16 English sentences."""
+    command = [sys.executable, "bench/bench_scale.py", "--scale", "0.001", "--one-process", "--dev-size", "16"]
+    command += ["--steps", "1", "--work-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for phase in (
+        "read sources, filter, de-duplicate, cap",
+        "dev split",
+        "teacher cache: key, fill for the dev sample",
+    ):
+        assert phase in out
+    for phase in ("first step", "read, validate, convert rows", "map cached rows", "language checks"):
+        assert phase in out
+    counts = json.loads(out.split("per language ")[1].split(";")[0].replace("'", '"'))
+    assert sorted(counts) == sorted(["en", *distill.PAPER_LANGUAGES]) and set(counts.values()) == {500}
+    rows = int(re.search(r"stage 2 ([\d,]+) rows", out).group(1).replace(",", ""))
+    trained = re.findall(r"data: (\d+) training and 16 dev rows in 14 languages", out)
+    assert trained and all(int(n) + 16 == rows for n in trained)  # both stage-2 runs, cold and warm
+    for run in ("stage1-1", "stage2-cold-1", "stage2-warm-1"):
+        state = torch.load(tmp_path / "runs" / run / "trainer_state.pt", weights_only=False)
+        assert state["step"] == 1
