@@ -210,7 +210,7 @@ class Probe:
     def __init__(self):
         self.lock = threading.Lock()
         self.last = time.perf_counter()
-        self.phases, self.extra = [], {}
+        self.phases = []
         self.peak = read_memory()
         threading.Thread(target=self.sample_forever, daemon=True).start()
 
@@ -232,7 +232,8 @@ class Probe:
             phase = {"phase": label, "seconds": now - self.last, **self.peak, **extra}
             if self.phases and self.phases[-1]["phase"] == label:
                 previous = self.phases.pop()
-                phase = {key: phase[key] + previous["seconds"] if key == "seconds" else phase[key] for key in phase}
+                merged = {key: max(phase[key], previous[key]) for key in ("rss", "private", "pss", "hwm")}
+                phase = {**phase, **merged, "seconds": phase["seconds"] + previous["seconds"]}
             self.phases.append(phase)
             self.peak, self.last = current, now
 
