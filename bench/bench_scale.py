@@ -516,7 +516,8 @@ def main(argv=None):
     kept = len(STAGE1_LANGUAGES) * pairs_per_language + pairs_per_language
     print("\ntargets")
     print(
-        f"  stage 1: read, filter, de-duplicate {kept:,} pairs: {load['seconds']:.0f} s (target at paper scale: < 300 s)"
+        f"  stage 1: read, filter, de-duplicate {kept:,} pairs: {load['seconds']:.0f} s "
+        "(target at paper scale: < 300 s)"
     )
     cold = phase(stage2["cold", 1][0], "read, validate, convert rows")
     warm = phase(stage2["warm", 1][0], "map cached rows")
