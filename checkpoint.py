@@ -556,6 +556,8 @@ class Run:
                 record = {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": lr}
                 self.log({**record, "ex/s": round(rate, 1)})
             self.examples, self.last_log = 0, time.time()
+        if step == self.max_steps:
+            self.bar.close()  # the summary the script prints next starts on a line of its own
         return saving
 
     def save(self, step, history, **extra):
@@ -588,8 +590,9 @@ class Run:
     def write_records(self, folder, step, history):
         """What a checkpoint holds for people: the model card and curves.png."""
         steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
-        records.write_card(folder, self.saved_arguments(), {**history, **steps}, **self.card)
-        records.plot_curves([folder], folder / "curves.png", quiet=True)
+        name = self.out_dir.name
+        records.write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card)
+        records.plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
 
     def finish(self, step, history, **extra):
         """The final checkpoint, written whether or not one was due; the upload of the model

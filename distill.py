@@ -34,13 +34,18 @@ from model import POOLING_MODES, Encoder, TeacherCache, freeze, teacher_embed
 PAPER_LANGUAGES = "ar de es fr hi id it ja nl pt ru vi zh".split()
 PRESETS = {
     "demo": {},
-    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4): OPUS for 13 languages plus
-    # English identity pairs, at most 500k pairs each, one epoch.
+    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4) as the authors ran it: eight of
+    # sentence-transformers' parallel-sentence collections (en-<lang> for 13 languages, where a
+    # collection has it), the English side de-duplicated across all of them at once, the first
+    # 500k pairs per language plus English identity pairs, one epoch.
     "paper": {
         "teacher": "Qwen/Qwen3-Embedding-8B",
         "student": "FacebookAI/xlm-roberta-large",
         "student_pooling": "mean",
-        "data": [f"sentence-transformers/parallel-sentences-opus-100:en-{lang}" for lang in PAPER_LANGUAGES],
+        "data": data.parallel_sentences_sources(PAPER_LANGUAGES),
+        "skip_missing_configs": True,
+        "dedupe": "global",
+        "sample": "first",
         "max_per_language": 500_000,
         "dev_size": 1000,
         "per_device_batch_size": 128,  # on each of 2 GPUs, as the authors ran it
@@ -81,8 +86,9 @@ def build_parser():
                        help="cosine: 1 - cos(W s, t), the paper's; mse: Reimers and Gurevych 2020")
     group = parser.add_argument_group("data")
     group.add_argument("--data", nargs="+", default=["data/demo/train.jsonl"],
-                       help="parallel sources: LANG=FILE, FILE named like en-de.tsv.gz, hub-id:en-de, "
-                            "or aligned rows (query_<lang>/passage_<lang>)")
+                       help="parallel sources, read in this order: LANG=FILE, FILE named like en-de.tsv.gz, "
+                            "hub-id:en-de, DIR:en-de (a folder in the hub's layout), or aligned rows "
+                            "(query_<lang>/passage_<lang>)")
     group.add_argument("--min-chars", type=Range(int, 0), default=10,
                        help="drop pairs with a side shorter than this (paper: 10)")
     group.add_argument("--max-chars", type=Range(int, 1), default=512,
@@ -90,7 +96,20 @@ def build_parser():
     group.add_argument("--max-length-ratio", type=Range(float, 1), default=3.0,
                        help="drop pairs whose character lengths differ by more than this factor (paper: 3)")
     group.add_argument("--max-per-language", type=Range(int, 1), default=500_000,
-                       help="at most this many pairs per language, a seeded sample (paper: 500k)")
+                       help="at most this many pairs per language, chosen by --sample (paper: 500k)")
+    # The demo keeps per-language de-duplication and random sampling, which we think better
+    # where they are affordable: a sentence translated into several languages then pulls them
+    # all to one teacher target, and a sample spans every corpus instead of the first in order.
+    group.add_argument("--dedupe", default="language", choices=["language", "global"],
+                       help="language: an English sentence is kept once per language; global: once over all "
+                            "sources and languages, so it serves one language (the authors')")
+    group.add_argument("--sample", default="random", choices=["random", "first"],
+                       help="random: a seeded sample of all pairs per language (reads every pair first); first: "
+                            "the first --max-per-language pairs in source order, and a full language stops reading "
+                            "its sources (the authors')")
+    group.add_argument("--skip-missing-configs", action="store_true",
+                       help="skip (and list) sources whose dataset or folder lacks their config (Europarl has no "
+                            "en-ja) instead of failing")
     group.add_argument("--no-identity-pairs", action="store_true",
                        help="do not add English sentences paired with themselves")
     group.add_argument("--dev-size", type=Range(int, 1), default=40,
@@ -178,7 +197,7 @@ def main(argv=None):
     # --- data: every rank reads the same pairs and takes its slice of each batch
     pairs, stats = data.load_parallel(
         args.data, args.min_chars, args.max_chars, args.max_length_ratio, args.max_per_language,
-        not args.no_identity_pairs, args.seed,
+        not args.no_identity_pairs, args.seed, args.dedupe, args.sample, args.skip_missing_configs,
     )  # fmt: skip
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
     if len(train) < run.global_batch:
@@ -206,9 +225,10 @@ def main(argv=None):
         # semi-orthogonal: either way W starts by preserving the student's angles.
         torch.nn.init.eye_(W.weight) if student.dim == teacher.dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
-    # each rank appends to cache files of its own, so no locks are needed
+    # each rank appends to cache files of its own, so no locks are needed; the key holds the
+    # teacher's weights and precision, so bf16 and fp32 targets are never mixed
     cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim,
-                         teacher.pooling)  # fmt: skip
+                         teacher.pooling, precision=run.precision)  # fmt: skip
     distill_loss = DISTILL_LOSSES[args.distill_loss]
     if run.main:
         projection = "fixed identity" if args.no_projection else "trainable"

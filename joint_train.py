@@ -161,7 +161,7 @@ def get_args(argv=None):
 # Models, batches, gradient caching, evaluation
 
 
-def load_models(args, device, amp_dtype):
+def load_models(args, device, amp_dtype, precision):
     """(student, teacher, W, caches): the student from stage 1 or a raw backbone; for MIMO
     also stage 1's frozen teacher, its projection W and the teacher caches for queries
     and passages (teacher, W and caches are None for the baselines)."""
@@ -197,7 +197,9 @@ def load_models(args, device, amp_dtype):
     # Queries and passages differ in prompt, so they have one cache each; with an empty
     # query prompt the query cache is stage 1's, and its English texts are reused.
     caches = {
-        view: TeacherCache(args.cache_dir, name, prompt, teacher.max_length, teacher.dim, teacher.pooling)
+        view: TeacherCache(
+            args.cache_dir, name, prompt, teacher.max_length, teacher.dim, teacher.pooling, precision=precision
+        )
         for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))
     }
     return student, teacher, W, caches
@@ -333,14 +335,14 @@ def main(argv=None):
 
     # --- data: aligned rows, a dev split, every row in every language
     rows = data.load_rows(args.data)
-    languages = args.languages or sorted(set.intersection(*(set(row["query"]) for row in rows)))
+    languages = args.languages or data.common_languages(rows)
     data.require_languages(rows, languages, args.data)
     if args.objective == "mimo" and "en" not in languages:
         raise BadInput(
             f"--objective mimo needs English in every row (the teacher's side); '{args.data}' has {languages}"
         )
     order = data.epoch_order(len(rows), args.seed, epoch=-1)  # a fixed split, independent of training order
-    dev_rows, train_rows = [rows[i] for i in order[: args.dev_size]], [rows[i] for i in order[args.dev_size :]]
+    dev_rows, train_rows = data.subset(rows, order[: args.dev_size]), data.subset(rows, order[args.dev_size :])
     if len(train_rows) < run.global_batch:
         raise BadInput(
             f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} process(es)), "
@@ -353,7 +355,7 @@ def main(argv=None):
               f"({' '.join(languages)})")  # fmt: skip
 
     # --- models: the student (and W, teacher) from stage 1, or a raw backbone
-    student, teacher, W, caches = load_models(args, device, amp_dtype)
+    student, teacher, W, caches = load_models(args, device, amp_dtype, run.precision)
     student.to(device).train()
     if teacher is not None:
         teacher.to(device)

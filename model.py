@@ -7,8 +7,8 @@ The encoder code that distill.py, joint_train.py and evaluate.py share.
 - `Encoder.save(out_dir)` writes a directory that both
   `SentenceTransformer(out_dir)` and `AutoModel.from_pretrained(out_dir)` load.
 - `TeacherCache`: teacher embeddings on disk (fp16, memory-mapped), so each
-  unique (teacher, prompt, max length, text) is embedded once across epochs,
-  runs and stages.
+  unique (teacher weights, precision, prompt, max length, text) is embedded once
+  across epochs, runs and stages.
 """
 
 import hashlib
@@ -239,11 +239,61 @@ def freeze(model):
 # Teacher embedding cache
 
 
+def teacher_fingerprint(name_or_path, memo_dir=None):
+    """What identifies a teacher's weights, for the cache key.
+
+    A local folder: a SHA-1 over its files' names and contents (hidden ones aside), so
+    a model retrained in place gets new targets; its modification times do not count,
+    so copying or touching it costs nothing. Hashing an 8B model's 16 GB takes a minute
+    once: memo_dir/fingerprints.json remembers each file's digest by (path, size,
+    modification time). A hub id: the commit of the snapshot in the Hugging Face cache
+    (the one its weights were loaded from), or None when it is not cached.
+    """
+    path = resolve_model(name_or_path)
+    if not Path(path).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            config = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json when cached
+        except ValueError:  # not a valid hub id either
+            config = None
+        return {"hub": path, "commit": Path(config).parent.name if isinstance(config, str) else None}
+    memo_file = Path(memo_dir) / "fingerprints.json" if memo_dir is not None else None
+    try:
+        memo = json.loads(memo_file.read_text()) if memo_file is not None and memo_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):  # a damaged memo only costs hashing again
+        memo = {}
+    folder, digest, changed = Path(path).resolve(), hashlib.sha1(), False
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # .git, .cache/huggingface: bookkeeping, not weights
+        stat = file.stat()
+        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in memo:
+            content = hashlib.sha1()
+            with open(file, "rb") as f:
+                while block := f.read(1 << 20):
+                    content.update(block)
+            memo[key], changed = content.hexdigest(), True
+        digest.update(f"{relative.as_posix()}\0{memo[key]}\n".encode())
+    if changed and memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)  # whole or not at all; a lost race only means hashing again
+    return {"content": digest.hexdigest()}
+
+
 class TeacherCache:
     """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
 
-    One folder per (teacher, prompt, max length, dim, pooling): `meta.json` names
-    them. Each cache object that adds texts appends to files of its own,
+    One folder per (teacher weights, precision, prompt, max length, dim, pooling):
+    `meta.json` names them. The weights enter as teacher_fingerprint(): a local
+    teacher retrained in place, or a hub teacher at a new commit, starts a new
+    cache. precision ("fp32", "bf16", "fp16") is the dtype the teacher computes in:
+    bf16 targets differ from fp32 ones by far more than the fp16 rounding of the
+    stored rows, so the two never share a cache. Each cache object that adds texts appends to files of its own,
     `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (one SHA-1
     of the text per line, line i naming row i), with a writer name unique to it
     (host, process, random suffix). So ranks under torchrun and runs side by side
@@ -253,8 +303,16 @@ class TeacherCache:
     an unindexed row or half a line, never a key without its row.
     """
 
-    def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean"):
-        identity = {"teacher": teacher_name, "prompt": prompt, "max_length": max_length, "dim": dim, "pooling": pooling}
+    def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean", *, precision, fingerprint=None):
+        identity = {
+            "teacher": teacher_name,
+            "weights": teacher_fingerprint(teacher_name, root) if fingerprint is None else fingerprint,
+            "precision": precision,
+            "prompt": prompt,
+            "max_length": max_length,
+            "dim": dim,
+            "pooling": pooling,
+        }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = Path(root) / digest
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -133,10 +133,11 @@ CURVE_PANELS = (  # (title, keys it draws when the log has them)
 )
 
 
-def plot_curves(run_dirs, path, quiet=False):
+def plot_curves(run_dirs, path, quiet=False, names=None):
     """curves.png: a row of panels per run directory (loss and its terms, learning rate,
     dev metrics) against the step. Returns the path, or None (with a note on stdout
-    unless quiet) when matplotlib is missing or no log has anything to draw."""
+    unless quiet) when matplotlib is missing or no log has anything to draw. names: the
+    runs' titles, by default their folders' names."""
     try:
         import matplotlib
 
@@ -146,8 +147,9 @@ def plot_curves(run_dirs, path, quiet=False):
         if not quiet:
             print("note: matplotlib is not installed, so no curves (pip install matplotlib)")
         return None
-    runs = [(Path(run), read_log(run)) for run in run_dirs]
-    runs = [(run, log) for run, log in runs if log]
+    names = names or [Path(run).name for run in run_dirs]
+    runs = [(name, read_log(run)) for run, name in zip(run_dirs, names)]
+    runs = [(name, log) for name, log in runs if log]
     if not runs:
         if not quiet:
             print(f"note: no log records in {', '.join(map(str, run_dirs))}, so no curves")
@@ -160,7 +162,7 @@ def plot_curves(run_dirs, path, quiet=False):
                 points = [(record["step"], record[key]) for record in log if isinstance(record.get(key), (int, float))]
                 if points:
                     axis.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3, label=key)
-            axis.set(title=f"{run.name}: {title}", xlabel="step")
+            axis.set(title=f"{run}: {title}", xlabel="step")
             if axis.lines:
                 axis.legend(fontsize=8)
     figure.tight_layout()
@@ -175,11 +177,12 @@ def plot_curves(run_dirs, path, quiet=False):
 CARD_RESULTS_START, CARD_RESULTS_END = "<!-- evaluate.py results -->", "<!-- end of evaluate.py results -->"
 
 
-def write_card(folder, arguments, history, base_model, teacher, languages):
+def write_card(folder, name, arguments, history, base_model, teacher, languages):
     """README.md of a run directory: front matter the Hugging Face hub reads, then what a
     reader needs to use and judge the model. A table evaluate.py added earlier is kept.
 
-    arguments: args.json's content (with "script"); history: the dev numbers so far;
+    name: the model's name (the run folder's); arguments: args.json's content (with
+    "script"); history: the dev numbers so far;
     base_model: the backbone the student started from; teacher: the teacher's name or
     None; languages: the languages trained on, or None where the data decides them.
     """
@@ -197,7 +200,7 @@ def write_card(folder, arguments, history, base_model, teacher, languages):
     lines = [
         *front,
         "",
-        f"# {folder.name}",
+        f"# {name}",
         "",
         f"A multilingual embedding model for retrieval over mixed-language corpora, trained with MIMO, {stage}, "
         f"by `{script}` of the mimo repository.",
@@ -205,7 +208,7 @@ def write_card(folder, arguments, history, base_model, teacher, languages):
         "```python",
         "from sentence_transformers import SentenceTransformer",
         "",
-        f'model = SentenceTransformer("{folder.name}")',
+        f'model = SentenceTransformer("{name}")  # this folder, or the hub repository it was pushed to',
         'embeddings = model.encode(["Where is the nearest train station?", "¿Dónde está la estación de tren?"])',
         "```",
         "",
@@ -218,7 +221,7 @@ def write_card(folder, arguments, history, base_model, teacher, languages):
         f"| objective | {objective_line(arguments)} |",
         f"| data | {', '.join(f'`{source}`' for source in as_list(arguments.get('data')))} |",
         f"| languages | {' '.join(languages) if languages else 'as in the data'} |",
-        f"| batch | {arguments.get('batch_size')} per step"
+        f"| batch | {arguments.get('per_device_batch_size')} per device and step"
         + (
             f", mini-batches of {arguments['mini_batch_size']} (gradient caching)"
             if "mini_batch_size" in arguments

@@ -113,17 +113,18 @@ def write_rows(path, n=24, seed=0):
 def distill_argv(models, rows, out_dir, cache_dir, *extra):
     """distill.py on the tiny models: 6 steps of 16 pairs, a checkpoint every 2 steps."""
     return ["--teacher", models["teacher"], "--student", models["student"], "--data", rows,
-            "--out-dir", str(out_dir), "--cache-dir", str(cache_dir), "--dev-size", "4", "--per-device-batch-size", "16",
-            "--max-length", "32", "--max-steps", "6", "--save-every", "2", "--log-every", "2", *extra]  # fmt: skip
+            "--out-dir", str(out_dir), "--cache-dir", str(cache_dir), "--dev-size", "4",
+            "--per-device-batch-size", "16", "--max-length", "32", "--max-steps", "6", "--save-every", "2",
+            "--log-every", "2", *extra]  # fmt: skip
 
 
 def joint_argv(models, stage1, out_dir, *extra):
     """joint_train.py from a stage-1 run (see test_joint_train's fixture): 4 steps of 8 rows,
     gradient caching in mini-batches of 4, a checkpoint every 2 steps."""
     return ["--stage1", stage1["stage1"], "--student", models["student"], "--data", stage1["rows"],
-            "--cache-dir", stage1["cache"], "--out-dir", str(out_dir), "--dev-size", "4", "--per-device-batch-size", "8",
-            "--mini-batch-size", "4", "--max-length", "32", "--max-steps", "4", "--save-every", "2",
-            "--log-every", "2", *extra]  # fmt: skip
+            "--cache-dir", stage1["cache"], "--out-dir", str(out_dir), "--dev-size", "4",
+            "--per-device-batch-size", "8", "--mini-batch-size", "4", "--max-length", "32", "--max-steps", "4",
+            "--save-every", "2", "--log-every", "2", *extra]  # fmt: skip
 
 
 def script_env(**extra):

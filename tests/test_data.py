@@ -2,7 +2,10 @@
 
 import gzip
 import json
+import zlib
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import ROWS_LANGUAGES, write_rows
 
@@ -252,3 +255,323 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
             ]
         )
     assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "new.jsonl.tmp").exists()
+
+
+def test_byte_order_mark_at_the_start_of_a_jsonl_file_is_read(tmp_path):
+    """Editors on Windows write a BOM (EF BB BF) before the first record; it is not part of the JSON."""
+    text = Path(write_rows(tmp_path / "rows.jsonl", n=3)).read_text(encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert [row["id"] for row in data.load_rows(str(tmp_path / "bom.jsonl"))] == ["r0", "r1", "r2"]
+    pairs = [json.dumps({"english": a, "non_english": b}) for a, b in GOOD]
+    (tmp_path / "en-de.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(pairs).encode("utf-8"))
+    loaded, _ = data.load_parallel([str(tmp_path / "en-de.jsonl")], identity_pairs=False)
+    assert sorted(pair.english for pair in loaded) == sorted(a for a, _ in GOOD)
+
+
+def test_directory_given_as_a_data_file_is_called_a_directory(tmp_path):
+    with pytest.raises(BadInput, match=rf"'{tmp_path}' is a directory; expected a .jsonl"):
+        data.load_parallel([str(tmp_path)])
+    with pytest.raises(BadInput, match="is a directory"):
+        data.load_rows(str(tmp_path))
+
+
+def test_corrupt_gzip_data_is_one_sentence(tmp_path):
+    """A .tsv.gz whose deflate stream is damaged (zlib.error, not an OSError) names the file."""
+    lines = "".join(f"english sentence number {i}\tdeutscher Satz Nummer {i}\n" for i in range(2000)).encode()
+    good = gzip.compress(lines)
+    for offset in range(100, len(good) - 20, 10):  # find damage that zlib itself reports (most only fail the CRC)
+        bad = bytearray(good)
+        bad[offset : offset + 8] = b"\xff" * 8
+        try:
+            gzip.decompress(bytes(bad))
+        except zlib.error:
+            break
+        except Exception:
+            continue
+    else:
+        pytest.skip("no corruption made zlib fail")
+    (tmp_path / "en-de.tsv.gz").write_bytes(bytes(bad))
+    with pytest.raises(BadInput, match=r"cannot read '.*en-de.tsv.gz': its gzip data is corrupt after line \d+"):
+        data.load_parallel([str(tmp_path / "en-de.tsv.gz")])
+
+
+def test_empty_language_tag_is_refused(tmp_path):
+    source = write_tsv(tmp_path / "pairs.tsv", GOOD)
+    with pytest.raises(BadInput, match=r"'=.*pairs.tsv' names no language before '='"):
+        data.load_parallel([f"={source}"])
+
+
+@pytest.mark.parametrize("value, found", [(5, "int"), (None, "null"), ("  ", "'  '")])
+def test_stage_1_refuses_aligned_rows_whose_texts_are_not_text(tmp_path, value, found):
+    """An aligned row with a number or a null where a text belongs is a broken file: refused
+    with its line, never dropped quietly (nor crashing later in the length filter)."""
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=3))
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["query_de"] = value
+    lines[1] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInput, match=rf"rows.jsonl:2: query_de must be a non-empty string, found {found}"):
+        data.load_parallel([str(path)])
+    with pytest.raises(BadInput, match=r"rows.jsonl:2: query_de must be a non-empty string"):
+        data.load_rows(str(path))
+
+
+def test_rows_sharing_an_id_are_refused(tmp_path):
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=3))
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace('"id": "r2"', '"id": "r0"')
+    path.write_text("\n".join(lines) + "\n")
+    message = r"rows.jsonl:3: id 'r0' is used twice \(first at .*rows.jsonl:1\)"
+    with pytest.raises(BadInput, match=message):
+        data.load_rows(str(path))
+    with pytest.raises(BadInput, match=message):
+        data.load_parallel([str(path)])
+
+
+# ---------------------------------------------------------------------------
+# Stage 1 as the authors built it: eight collections, English de-duplicated across
+# all of them, the first pairs per language
+
+
+def english_sentences(prefix, numbers):
+    return [(f"{prefix} english sentence number {i}", f"{prefix} translated sentence {i}") for i in numbers]
+
+
+def test_global_dedupe_gives_each_english_sentence_one_language(tmp_path):
+    """de has English sentences 0-5, fr 3-8. Per language both keep all 6; across
+    languages (fr read second) fr loses 3, 4 and 5 to de."""
+    de = write_tsv(tmp_path / "en-de.tsv", english_sentences("a", range(0, 6)))
+    fr = write_tsv(tmp_path / "en-fr.tsv", english_sentences("a", range(3, 9)))
+    per_language, stats = data.load_parallel([de, fr], identity_pairs=False)
+    assert stats["lang_de"] == 6 and stats["lang_fr"] == 6 and stats["dropped_duplicate"] == 0
+    across, stats = data.load_parallel([de, fr], identity_pairs=False, dedupe="global")
+    assert stats["lang_de"] == 6 and stats["lang_fr"] == 3 and stats["dropped_duplicate"] == 3
+    assert {p.english for p in across if p.lang == "fr"} == {a for a, _ in english_sentences("a", range(6, 9))}
+    assert len({p.english for p in across}) == len(across)  # one English sentence, one language
+
+
+def test_first_pairs_per_language_in_source_order(tmp_path):
+    """--sample first with a cap of 4: de takes source 1's four pairs (its fifth is over
+    the cap, which ends that source) and none of source 2, which is not read past its
+    first pair; the identity pairs are the first 4 English sentences kept, in order."""
+    one = write_tsv(tmp_path / "one-en-de.tsv", english_sentences("one", range(6)))
+    two = write_tsv(tmp_path / "two-en-de.tsv", english_sentences("two", range(6)))
+    fr = write_tsv(tmp_path / "en-fr.tsv", english_sentences("fr", range(2)))
+    pairs, stats = data.load_parallel([one, two, fr], max_per_language=4, sample="first", dedupe="global")
+    german = [p.english for p in pairs if p.lang == "de"]
+    assert sorted(german) == [a for a, _ in english_sentences("one", range(4))]
+    assert stats["read"] == 5 + 1 + 2 and stats["dropped_cap"] == 2
+    identity = sorted(p.english for p in pairs if p.lang == "en")
+    assert identity == sorted(german)  # the first four kept: all German, fr came later
+    again, _ = data.load_parallel([one, two, fr], max_per_language=4, sample="first", dedupe="global", seed=5)
+    assert sorted(again) == sorted(pairs)  # "first" does not depend on the seed
+
+
+def write_collection(root, corpus, lang, pairs):
+    """One config of a collection in the hub's layout: ROOT/parallel-sentences-<corpus>/en-<lang>/*.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / f"parallel-sentences-{corpus}" / f"en-{lang}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"english": [a for a, _ in pairs], "non_english": [b for _, b in pairs]})
+    pq.write_table(table, folder / "train-00000-of-00001.parquet")
+
+
+def test_stats_on_local_collections_applies_the_authors_rules(tmp_path, capsys):
+    """Eight collection folders, three holding data; `data.py stats --collections` reads
+    en-de, en-zh for each in the preset's corpus order with the authors' rules
+    (global de-duplication, first 5 per language), skipping the configs a collection lacks:
+      europarl en-de: 0-3 (4 kept)     global-voices en-de: 2-4 (2, 3 taken; 4 kept: de full)
+      talks en-zh: 0-2 and 9 (0-2 taken by de; 9 kept) -> de 5, zh 1, en 5 (identity: the first five)."""
+    for corpus in data.PARALLEL_CORPORA:
+        (tmp_path / f"parallel-sentences-{corpus}").mkdir()
+    write_collection(tmp_path, "europarl", "de", english_sentences("s", range(0, 4)))
+    write_collection(tmp_path, "global-voices", "de", english_sentences("s", range(2, 5)))
+    chinese = "这是一个足够长的中文句子"  # 12 characters: within the length ratio of its English side
+    write_collection(tmp_path, "talks", "zh", [(a, chinese) for a, _ in english_sentences("s", [0, 1, 2, 9])])
+    common = ["--max-per-language", "5", "--dedupe", "global", "--sample", "first"]
+    data.main(["stats", "--collections", str(tmp_path), "--languages", "de", "zh", *common])
+    out = capsys.readouterr()
+    stats = json.loads(out.out[: out.out.rindex("}") + 1])
+    assert (stats["lang_de"], stats["lang_zh"], stats["lang_en"]) == (5, 1, 5)
+    assert stats["dropped_duplicate"] == 2 + 3
+    assert len(stats["missing_sources"]) == 8 * 2 - 3 and "skipped 13 source(s)" in out.err
+    with pytest.raises(BadInput, match=r"has no config 'en-zh' \(it has en-de\).*--skip-missing-configs"):
+        data.load_parallel([f"{tmp_path}/parallel-sentences-europarl:en-zh"])
+
+
+def test_a_missing_hub_config_is_told_apart_from_an_unreachable_dataset(tmp_path, monkeypatch):
+    """The hub lists a dataset's configs when one is missing: only that is skipped."""
+    import datasets
+
+    def missing(name, config, split):
+        raise ValueError(f"BuilderConfig '{config}' not found. Available: ['en-de', 'en-fr']")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    _, stats = data.load_parallel(["owner/corpus:en-ja", write_tsv(tmp_path / "en-de.tsv", GOOD)], skip_missing=True)
+    assert stats["missing_sources"] == ["owner/corpus:en-ja"]
+
+    def offline(name, config, split):
+        raise ConnectionError("Couldn't reach 'owner/corpus' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(BadInput, match="cannot load dataset 'owner/corpus' config 'en-ja'"):
+        data.load_parallel(["owner/corpus:en-ja"], skip_missing=True)
+
+
+def test_paper_preset_reads_the_eight_collections_with_the_authors_rules():
+    import distill
+
+    preset = distill.PRESETS["paper"]
+    corpora = {spec.split(":")[0] for spec in preset["data"]}
+    assert corpora == {f"sentence-transformers/parallel-sentences-{corpus}" for corpus in data.PARALLEL_CORPORA}
+    assert {spec.split(":")[1] for spec in preset["data"]} == {f"en-{lang}" for lang in distill.PAPER_LANGUAGES}
+    assert (preset["dedupe"], preset["sample"], preset["skip_missing_configs"]) == ("global", "first", True)
+
+
+# ---------------------------------------------------------------------------
+# Aligned rows as Arrow columns, converted once and memory-mapped
+
+
+def test_rows_view_languages_and_ragged_files(tmp_path):
+    """A language first seen mid-file (row 9000, past the first Arrow batch) is absent
+    from the rows before it; views pick rows by position; common_languages and
+    require_languages see the whole view."""
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as f:
+        for i in range(9001):
+            row = {"id": f"r{i}", "query_en": f"question {i}", "passage_en": f"answer {i}"}
+            row.update({"query_de": f"Frage {i}", "passage_de": f"Antwort {i}"})
+            if i >= 9000:
+                row.update({"query_fr": f"question fr {i}", "passage_fr": f"réponse {i}"})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = data.load_rows(str(path))
+    assert len(rows) == 9001 and rows[-1]["passage"] == {
+        "de": "Antwort 9000",
+        "en": "answer 9000",
+        "fr": "réponse 9000",
+    }
+    assert rows[3] == {
+        "id": "r3",
+        "query": {"de": "Frage 3", "en": "question 3"},
+        "passage": {"de": "Antwort 3", "en": "answer 3"},
+    }
+    assert data.common_languages(rows) == ["de", "en"]
+    view = data.subset(rows, [9000, 5, 9000])
+    assert [row["id"] for row in view] == ["r9000", "r5", "r9000"] and view[1] == rows[5]
+    assert data.common_languages(data.subset(rows, [9000])) == ["de", "en", "fr"]
+    data.require_languages(data.subset(rows, [9000]), ["en", "fr"], "rows")
+    with pytest.raises(BadInput, match=r"row 'r5' of 'rows' lacks fr; every row needs all of --languages en fr"):
+        data.require_languages(view, ["en", "fr"], "rows")
+    assert [row["id"] for row in data.subset(view, [2, 0])] == ["r9000", "r9000"]  # a view of a view
+
+
+def test_large_rows_file_is_converted_once_then_memory_mapped(tmp_path, monkeypatch):
+    """Over CACHE_MIN_BYTES (lowered here) a file is validated and converted once into the
+    cache; a second load maps it without reading the source, allocating next to nothing
+    from Arrow's memory pool (its text stays in the page cache); rewriting the source
+    makes a new conversion. The rows are the same as an in-memory load's."""
+    import pyarrow as pa
+
+    source = write_rows(tmp_path / "rows.jsonl", n=300)
+    in_memory = list(data.load_rows(source, cache_dir=None))
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    first = data.load_rows(source, cache_dir=tmp_path / "cache")
+    assert list(first) == in_memory
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+    def no_reading(*args):
+        raise AssertionError("the source was read again")
+
+    monkeypatch.setattr(data, "row_batches", no_reading)
+    before = pa.total_allocated_bytes()
+    second = data.load_rows(source, cache_dir=tmp_path / "cache")
+    assert pa.total_allocated_bytes() - before < Path(source).stat().st_size / 10
+    assert list(second) == in_memory
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    write_rows(tmp_path / "rows.jsonl", n=10, seed=1)  # the file rewritten in place
+    assert len(data.load_rows(source, cache_dir=tmp_path / "cache")) == 10
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2 and folder.is_dir()
+
+
+def test_bad_line_in_a_large_file_leaves_no_conversion_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=20))
+    path.write_text(path.read_text() + "{broken\n")
+    with pytest.raises(BadInput, match=r"rows.jsonl:21: not valid JSON"):
+        data.load_rows(str(path), cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+
+
+def test_processes_that_start_together_convert_once(tmp_path):
+    """Two processes load the same large file at once (as torchrun's ranks do): one
+    converts under the file lock, the other waits and maps its result."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    source = write_rows(tmp_path / "rows.jsonl", n=2000)
+    program = (
+        "import sys, data; data.CACHE_MIN_BYTES = 0; "
+        f"rows = data.load_rows({source!r}, cache_dir={str(tmp_path / 'cache')!r}); print(len(rows), rows[1999]['id'])"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [out for out, _ in outputs] == ["2000 r1999\n", "2000 r1999\n"]
+    assert sum(err.count("converting") for _, err in outputs) == 1
+
+
+def rows_parquet(tmp_path, n=6, change=None):
+    """write_rows' rows as a parquet file, with change(table) -> table applied."""
+    import pyarrow.parquet as pq
+
+    records = [json.loads(line) for line in Path(write_rows(tmp_path / "rows.jsonl", n=n)).read_text().splitlines()]
+    table = pa.Table.from_pylist(records)
+    pq.write_table(change(table) if change else table, tmp_path / "rows.parquet", row_group_size=4)
+    return str(tmp_path / "rows.parquet")
+
+
+def test_parquet_rows_are_checked_column_by_column_with_the_same_result(tmp_path):
+    """Parquet rows go through Arrow's column checks, JSONL rows through Python's: same rows,
+    same pairs for stage 1 (row groups of 4, so batches and row numbers span several)."""
+    parquet = rows_parquet(tmp_path)
+    jsonl = str(tmp_path / "rows.jsonl")
+    assert list(data.load_rows(parquet)) == list(data.load_rows(jsonl))
+    assert data.load_parallel([parquet])[0] == data.load_parallel([jsonl])[0]
+
+
+def replace_value(column, row, value):
+    """A change for rows_parquet: value at row of column, or in every row when row is None
+    (a number column, which a parquet file cannot mix with strings)."""
+
+    def change(table):
+        values = [value] * table.num_rows if row is None else table.column(column).to_pylist()
+        values[row if row is not None else 0] = value
+        index = table.schema.get_field_index(column)
+        return table.set_column(index, column, pa.array(values, pa.int64() if isinstance(value, int) else pa.string()))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "column, row, value, message",
+    [
+        ("query_de", 4, None, r"rows.parquet row 5: query_de must be a non-empty string, found null"),
+        ("passage_ru", 5, " \t", r"rows.parquet row 6: passage_ru must be a non-empty string, found ' \\t'"),
+        ("query_zh", None, 7, r"rows.parquet row 1: query_zh must be a non-empty string, found int"),
+        ("id", 5, "r1", r"rows.parquet row 6: id 'r1' is used twice \(first at .*rows.parquet row 2\)"),
+    ],
+)
+def test_bad_parquet_rows_are_named_by_row(tmp_path, column, row, value, message):
+    path = rows_parquet(tmp_path, change=replace_value(column, row, value))
+    with pytest.raises(BadInput, match=message):
+        data.load_rows(path)

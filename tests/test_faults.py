@@ -65,7 +65,7 @@ def write_long(tmp_path):
 
 def test_a_language_the_data_does_not_hold(tiny_models, rows, tmp_path):
     argv = ["--objective", "xlco", "--student", tiny_models["student"], "--data", rows, "--languages", "en", "xx",
-            "--out-dir", str(tmp_path / "run"), "--batch-size", "8", "--mini-batch-size", "4"]  # fmt: skip
+            "--out-dir", str(tmp_path / "run"), "--per-device-batch-size", "8", "--mini-batch-size", "4"]  # fmt: skip
     with pytest.raises(BadInput, match=r"lacks xx; every row needs all of --languages en xx"):
         joint_train.main(argv)
     assert not (tmp_path / "run").exists()
