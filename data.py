@@ -21,7 +21,6 @@ de-duplication and caps, per language; `--collections ROOT --languages ...` read
 the stage-1 collections the way `distill.py --preset paper` does.
 """
 
-import argparse
 import fcntl
 import gzip
 import hashlib
@@ -39,7 +38,7 @@ import numpy as np
 import pyarrow as pa  # installed with datasets
 import pyarrow.compute as pc
 
-from cli import BadInput, first_line
+from cli import BadInput, Parser, Range, entry_point, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset, at most
@@ -948,10 +947,9 @@ def download_benchmark(spec):
         # fnmatch's '*' also matches '/', so "folder/*" takes the folder's qrels/ too
         root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{folder}/*"] if folder else None)
     except Exception as error:  # offline and not cached, unknown repo, no access: one message
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInput(
             f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
-            f"loaded (the hub needs a network or a cached copy): {first_line}"
+            f"loaded (the hub needs a network or a cached copy): {first_line(error)}"
         ) from None
     path = Path(root) / folder
     if not path.is_dir():
@@ -1230,43 +1228,40 @@ def parallel_groups(spec, max_groups=None, seed=0):
 # Command line: inspect a source
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    # fmt: off
+    parser = Parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    stats_parser = commands.add_parser(
-        "stats", help="count the parallel pairs sources yield after the paper's filters, per language"
-    )
-    stats_parser.add_argument("sources", nargs="*", help="parallel sources, as for distill.py --data")
-    stats_parser.add_argument(
-        "--collections",
-        default=None,
-        help="ROOT holding sentence-transformers' parallel-sentences-<corpus> collections (a folder of snapshot "
-        "downloads, or the hub owner sentence-transformers): read their en-<lang> configs for --languages, corpus "
-        "by corpus, as distill.py --preset paper does (after any SOURCES; configs a collection lacks are skipped)",
-    )
-    stats_parser.add_argument("--languages", nargs="+", default=[], help="languages for --collections")
-    stats_parser.add_argument("--max-per-language", type=int, default=None, help="as distill.py (paper: 500000)")
-    stats_parser.add_argument("--dedupe", default="language", choices=["language", "global"], help="as distill.py")
-    stats_parser.add_argument("--sample", default="random", choices=["random", "first"], help="as distill.py")
-    stats_parser.add_argument("--skip-missing-configs", action="store_true", help="as distill.py")
-    stats_parser.add_argument("--no-identity-pairs", action="store_true", help="as distill.py")
-    mmarco = commands.add_parser(
-        "prepare-mmarco", help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py"
-    )
-    mmarco.add_argument(
-        "--triples", required=True, help="training triples of ids: qid<TAB>positive pid<TAB>negative pid"
-    )
-    mmarco.add_argument(
-        "--queries",
-        nargs="+",
-        required=True,
-        help="LANG=FILE of qid<TAB>query, one per language (e.g. de=german_queries.train.tsv)",
-    )
+    stats = commands.add_parser("stats",
+                                help="count the parallel pairs sources yield after the paper's filters, per language")
+    stats.add_argument("sources", nargs="*", help="parallel sources, as for distill.py --data")
+    stats.add_argument("--collections", default=None,
+                       help="ROOT holding sentence-transformers' parallel-sentences-<corpus> collections (a folder of "
+                            "snapshot downloads, or the hub owner sentence-transformers): read their en-<lang> configs "
+                            "for --languages, corpus by corpus, as distill.py --preset paper does (after any SOURCES; "
+                            "configs a collection lacks are skipped)")
+    stats.add_argument("--languages", nargs="+", default=[], help="languages for --collections")
+    stats.add_argument("--max-per-language", type=Range(int, 1), default=None, help="as distill.py (paper: 500000)")
+    stats.add_argument("--dedupe", default="language", choices=["language", "global"], help="as distill.py")
+    stats.add_argument("--sample", default="random", choices=["random", "first"], help="as distill.py")
+    stats.add_argument("--skip-missing-configs", action="store_true", help="as distill.py")
+    stats.add_argument("--no-identity-pairs", action="store_true", help="as distill.py")
+    mmarco = commands.add_parser("prepare-mmarco",
+                                 help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py")
+    mmarco.add_argument("--triples", required=True,
+                        help="training triples of ids: qid<TAB>positive pid<TAB>negative pid")
+    mmarco.add_argument("--queries", nargs="+", required=True,
+                        help="LANG=FILE of qid<TAB>query, one per language (e.g. de=german_queries.train.tsv)")
     mmarco.add_argument("--collection", nargs="+", required=True, help="LANG=FILE of pid<TAB>passage, one per language")
     mmarco.add_argument("--out", required=True, help="output .jsonl or .parquet of aligned rows")
-    mmarco.add_argument(
-        "--max-rows", type=int, default=None, help="keep at most this many queries (the first in the triples file)"
-    )
+    mmarco.add_argument("--max-rows", type=Range(int, 1), default=None,
+                        help="keep at most this many queries (the first in the triples file)")
+    # fmt: on
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "stats":
         sources = list(args.sources)
@@ -1312,7 +1307,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInput as error:
-        sys.exit(f"error: {error}")
+    entry_point(main)

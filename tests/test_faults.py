@@ -3,6 +3,7 @@ range, folders no run can live in, damaged checkpoints, a full disk, a second wr
 Each gets one sentence naming the file and line or the flag, a non-zero status, and
 nothing the user had is changed."""
 
+import argparse
 import json
 import shutil
 import signal
@@ -83,7 +84,7 @@ def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
 # ---------------------------------------------------------------------------
 # Every numeric flag refuses a value outside its range, and nan, before anything is written
 
-SCRIPTS = {"distill.py": distill, "joint_train.py": joint_train, "evaluate.py": evaluate}
+SCRIPTS = {"distill.py": distill, "joint_train.py": joint_train, "evaluate.py": evaluate, "data.py": data}
 
 
 def outside(check):
@@ -96,21 +97,37 @@ def outside(check):
     return values
 
 
+def flags_of(parser, prefix=()):
+    """(argv prefix, action) for every option of parser and of its subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from flags_of(subparser, (*prefix, name))
+        elif action.option_strings:
+            yield prefix, action
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_every_numeric_flag_is_range_checked(script, tmp_path, capsys):
-    """Walks the script's parser: a numeric flag without a Range fails this test (so a new
-    flag cannot forget its range); each Range refuses values just outside it and nan in
-    one line naming the flag, the value and the range, and no output folder appears."""
-    parser = SCRIPTS[script].build_parser()
-    numeric = [action for action in parser._actions if action.type in (int, float)]
-    assert not numeric, f"numeric flags without a Range: {[action.option_strings[0] for action in numeric]}"
-    checked = [action for action in parser._actions if isinstance(action.type, Range)]
-    assert len(checked) >= 6
+def test_every_numeric_flag_is_range_checked(script, tmp_path):
+    """Walks the script's parser (and its subcommands'): a numeric flag without a Range
+    fails this test, so a new flag cannot forget its range; each Range refuses values
+    just outside it and nan in one line naming the flag, the value and the range, and
+    no output folder appears."""
+    module = SCRIPTS[script]
+    flags = list(flags_of(module.build_parser()))
+    numeric = [action.option_strings[0] for _, action in flags if action.type in (int, float)]
+    assert not numeric, f"numeric flags without a Range: {numeric}"
+    checked = [(prefix, action) for prefix, action in flags if isinstance(action.type, Range)]
+    assert checked
     out = tmp_path / "run"
-    for action in checked:
+    for prefix, action in checked:
         for value in outside(action.type):
+            argv = [*prefix, action.option_strings[0], value]
             with pytest.raises(SystemExit) as stop:
-                SCRIPTS[script].get_args([action.option_strings[0], value, "--out-dir", str(out)])
+                if hasattr(module, "get_args"):
+                    module.get_args([*argv, "--out-dir", str(out)])
+                else:
+                    module.build_parser().parse_args(argv)
             message = str(stop.value.code)
             assert message.startswith(f"error: argument {'/'.join(action.option_strings)}: expected "), message
             assert f"got '{value}'" in message and "\n" not in message
@@ -259,3 +276,60 @@ def test_a_second_writer_is_refused_and_a_killed_owner_leaves_no_lock(tiny_model
     c = run_script("distill.py", *argv[:-6], "--max-steps", "2", "--overwrite")
     assert c.returncode == 0, c.stderr[-2000:]
     assert trained_steps(tmp_path / "run")[-1] == 2
+
+
+# ---------------------------------------------------------------------------
+# Awkward files, through each script that reads them
+
+
+def awkward_files(tmp_path):
+    """Each case's file, a few lines written in tmp_path."""
+    import gzip
+
+    row = {"id": "a", "query_en": "what is this thing", "passage_en": "this thing is a stone",
+           "query_de": "was ist dieses Ding", "passage_de": "dieses Ding ist ein Stein"}  # fmt: skip
+    files = {}
+    (tmp_path / "folder.jsonl").mkdir()
+    files["directory"] = tmp_path / "folder.jsonl"
+    files["corrupt_gzip"] = tmp_path / "en-de.tsv.gz"
+    good = gzip.compress(b"the cat sleeps on the mat\tdie Katze schlaeft auf der Matte\n" * 50)
+    files["corrupt_gzip"].write_bytes(good[:40] + bytes(60) + good[100:])
+    files["null_text"] = tmp_path / "null.jsonl"
+    files["null_text"].write_text(json.dumps({**row, "passage_de": None}) + "\n")
+    files["shared_id"] = tmp_path / "twice.jsonl"
+    files["shared_id"].write_text((json.dumps(row) + "\n") * 2)
+    files["bom"] = tmp_path / "bom.jsonl"
+    files["bom"].write_text("\ufeff" + json.dumps(row) + "\n", encoding="utf-8")
+    files["empty_query"] = tmp_path / "empty.jsonl"
+    files["empty_query"].write_text(json.dumps({**row, "query_de": "  "}) + "\n")
+    return files
+
+
+AWKWARD = [  # (script and its arguments with {file}, what the error line says; None: it must work)
+    (["data.py", "stats", "de={file}"], "directory", "is a directory; expected a .jsonl"),
+    (["distill.py", "--data", "de={file}"], "directory", "is a directory; expected a .jsonl"),
+    (["data.py", "stats", "{file}"], "corrupt_gzip", "en-de.tsv.gz"),
+    (["distill.py", "--data", "{file}"], "corrupt_gzip", "en-de.tsv.gz"),
+    (["data.py", "stats", "={file}"], "null_text", "names no language before '='"),
+    (["data.py", "stats", "{file}"], "null_text", "passage_de"),
+    (["joint_train.py", "--objective", "xlco", "--data", "{file}"], "shared_id", "'a'"),
+    (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "shared_id", "'a'"),
+    (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "empty_query", "query_de"),
+    (["data.py", "stats", "{file}"], "bom", None),
+]
+
+
+@pytest.mark.parametrize("command, case, says", AWKWARD, ids=[f"{c[0]}-{case}" for c, case, _ in AWKWARD])
+def test_awkward_files_through_the_scripts(command, case, says, tiny_models, tmp_path):
+    path = awkward_files(tmp_path)[case]
+    argv = [part.format(file=path, model=tiny_models["student"]) for part in command]
+    if argv[0] != "data.py":
+        argv += ["--out-dir", str(tmp_path / "out")]
+    result = run_script(*argv)
+    if says is None:
+        assert result.returncode == 0, result.stderr[-2000:]
+        return
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and says in last, last
+    assert not (tmp_path / "out").exists()
