@@ -199,6 +199,7 @@ def main(argv=None):
         args.data, args.min_chars, args.max_chars, args.max_length_ratio, args.max_per_language,
         not args.no_identity_pairs, args.seed, args.dedupe, args.sample, args.skip_missing_configs,
     )  # fmt: skip
+    # the dev pairs are held out of training: the summary's before/after numbers come from them
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
     if len(train) < run.global_batch:
         raise BadInput(f"a step takes {run.global_batch} pairs (--per-device-batch-size {run.per_rank} on "
@@ -238,6 +239,7 @@ def main(argv=None):
               f"({len(cache)} texts)")  # fmt: skip
 
     # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
+    # W trains with the student (same learning rate), unless --no-projection fixes it
     params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]
     steps_per_epoch = len(train) // run.global_batch
     optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
@@ -248,6 +250,8 @@ def main(argv=None):
         dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
     languages = sorted(key[5:] for key in stats if key.startswith("lang_"))
     card = {"base_model": args.student, "teacher": args.teacher, "languages": languages}
+    # A new run starts at step 0; --resume restores the weights, W, optimizer, scheduler, RNG,
+    # step and history (dev numbers, epoch times) that the last checkpoint saved.
     step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill", card)
     if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
@@ -265,6 +269,8 @@ def main(argv=None):
         mine = slice(run.rank * run.per_rank, (run.rank + 1) * run.per_rank)
         batch = [train[i] for i in order[position][mine]]  # this rank's slice of the global batch
 
+        # The teacher's targets come from the cache after their first epoch: an 8B teacher
+        # is then paid for once per unique English sentence, not once per step.
         tick = time.time()
         english = [pair.english for pair in batch]
         t = teacher_embed(teacher, cache, english, args.teacher_batch_size, amp_dtype).to(device)  # (B, Dt)
@@ -273,6 +279,9 @@ def main(argv=None):
             s = student.embed([pair.text for pair in batch])  # (B, Ds)
             loss = distill_loss(W(s), t)  # L = mean_i d(W s(x_X,i), t(x_en,i))
 
+        # The optimizer step. The scaler is a no-op unless the precision is fp16, where it
+        # keeps small gradients from underflowing; unscale before clipping so that the
+        # norm is the true one. --grad-clip 0 clips nothing but still measures the norm.
         run.scaler.scale(loss).backward()
         distributed.average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
@@ -283,6 +292,8 @@ def main(argv=None):
         scheduler.step()
         step += 1
 
+        # Logs on log steps (the only .item() calls, which wait for the GPU), stops the run
+        # on a non-finite loss or gradient norm, and says whether a checkpoint is due.
         checkpoint_due = run.after_step(step, loss, {}, grad_norm)
         if run.main and args.eval_every and step % args.eval_every == 0 and step < max_steps:
             run.log(dev_record(step, evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)))
