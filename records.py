@@ -239,7 +239,7 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages)
         "",
         "## Dev set, before and after training",
         "",
-        *dev_table(history),
+        *dev_table(history, arguments.get("script")),
         "",
         "![training curves](curves.png)",
         "",
@@ -267,17 +267,24 @@ def objective_line(arguments):
     return f"{'cross-lingual' if objective == 'xlco' else 'same-language'} InfoNCE, scale {arguments.get('scale'):g}"
 
 
-def dev_table(history):
+# What each script's dev numbers measure, as the card names them
+DEV_METRICS = {
+    ("distill.py", "distance"): "cosine distance to the teacher, through W (lower is better)",
+    ("distill.py", "accuracy"): "translation retrieval top-1, X -> English, in the student's space",
+    ("joint_train.py", "distance"): "distillation distance to the teacher (lower is better)",
+    ("joint_train.py", "accuracy"): "cross-lingual in-batch accuracy, query in X -> passage in Y",
+}
+
+
+def dev_table(history, script):
     before, after = history.get("before") or {}, history.get("after") or {}
     keys = [key for key in before if isinstance(before[key], (int, float))]
     if not keys:
         return ["No dev evaluation yet."]
     rows = ["| metric | before | after |", "| --- | ---: | ---: |"]
     for key in keys:
-        value = after.get(key)
-        rows.append(
-            f"| {key} | {before[key]:.4f} | {value:.4f} |" if value is not None else f"| {key} | {before[key]:.4f} | |"
-        )
+        name, value = DEV_METRICS.get((script, key), key), after.get(key)
+        rows.append(f"| {name} | {before[key]:.4f} | " + (f"{value:.4f} |" if value is not None else "|"))
     return rows
 
 

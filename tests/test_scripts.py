@@ -147,6 +147,7 @@ def test_the_run_folder_is_a_published_model(tiny_models, rows, tmp_path):
     assert f"| teacher | `{tiny_models['teacher']}` (frozen, English) |" in card
     assert f"base_model: {tiny_models['student']}" in card and "library_name: sentence-transformers" in card
     assert "- de\n- en\n- ru\n- zh" in card  # the languages trained on
+    assert "| translation retrieval top-1, X -> English, in the student's space | " in card  # named, not a key
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "training_state" / "trainer_state.pt").is_file() and not (out / "trainer_state.pt").exists()
     uploaded = records.model_files(out)
