@@ -1087,8 +1087,15 @@ def plot_alignment_uniformity(report, path):
         if len(trajectory) > 1:  # the sweep's path, lambda rising along it
             xs, ys = zip(*(where[model_name] for model_name in trajectory))
             axis.plot(xs, ys, color="tab:blue", linewidth=1, zorder=1, label="MIMO, lambda rising")
-        middle = (min(x for x, _ in where.values()) + max(x for x, _ in where.values())) / 2
+        xs, ys = zip(*where.values())
+        middle = (min(xs) + max(xs)) / 2
+        near = (0.03 * (max(xs) - min(xs) or 1), 0.03 * (max(ys) - min(ys) or 1))  # 3% of the spread
+        placed = []
         for model_name, label, x, y in points:
+            # subtle: runs a sweep barely moves (lambda 0.5, 0.8, 1 on the demo) sit on one spot;
+            # each label goes one line above those already placed near it, so none overwrites another
+            stacked = max((n + 1 for px, py, n in placed if abs(x - px) < near[0] and abs(y - py) < near[1]), default=0)
+            placed.append((x, y, stacked))
             on_path = model_name in trajectory
             axis.scatter(x, y, color="tab:blue" if on_path else "tab:red", marker="o" if on_path else "s", zorder=2)
             # labels point inwards, so a long model name at the right edge stays inside the figure
@@ -1097,7 +1104,7 @@ def plot_alignment_uniformity(report, path):
                 label,
                 (x, y),
                 textcoords="offset points",
-                xytext=(-4 if right_half else 4, 4),
+                xytext=(-4 if right_half else 4, 4 + 10 * stacked),
                 ha="right" if right_half else "left",
                 fontsize=8,
             )

@@ -126,7 +126,8 @@ def build_parser():
     group.add_argument("--no-teacher-check", action="store_true",
                        help="skip the check before training that compares teacher and student on English query -> "
                             "passage retrieval over the dev rows (nDCG@10); MIMO only, as the baselines have no "
-                            "teacher (distill.py has no such check: its parallel sentences hold no query/passage rows)")
+                            "teacher (distill.py has none: it reads even aligned rows as parallel sentences and holds "
+                            "out sentences, not query/passage rows)")
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="data/demo/train.jsonl",
                        help="aligned rows: .jsonl/.parquet or hub id with columns id, query_<lang>, passage_<lang>")
