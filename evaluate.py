@@ -2,8 +2,9 @@
 Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
 (MLIR): one corpus that mixes languages, queries in any language.
 
-    python evaluate.py                     # runs/stage2, runs/stage1 and the demo teacher on the demo's
+    python evaluate.py                     # runs/stage2*, runs/stage1 and the demo teacher on the demo's
                                            # 50 held-out rows (350 queries, 350 passages)
+    python evaluate.py --model runs/stage1 runs/stage2-lam* runs/stage2-xlco   # a --lam sweep's trajectory
     python evaluate.py --model runs/stage2 --model runs/stage1 \\
         --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test --save-run
     python evaluate.py --model intfloat/multilingual-e5-small \\
@@ -21,7 +22,10 @@ the table. --out-dir holds:
   <benchmark>/<model>.trec  with --save-run: the top 100 of every query as a TREC run
                             (qid Q0 docid rank score tag), for trec_eval, ranx or a significance test
   results.json, au.png      rebuilt on every run from the result files there: every number per
-                            benchmark and model, and alignment against uniformity (matplotlib)
+                            benchmark and model, and alignment against uniformity (matplotlib), each
+                            point labelled with its nDCG@10; MIMO runs (joint_train.py, read from their
+                            args.json) joined in lambda order, the trade-off a --lam sweep traces, beside
+                            stage 1 and the baselines
 A later run adds its models' files and rebuilds the table from all of them.
 evaluate.py replaces only files it wrote itself: each folder it writes keeps a list
 of them with their SHA-256 (.evaluate-files.json), and a file not on that list, or
@@ -133,9 +137,10 @@ RANKING_KEYS = ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "reca
 def build_parser():
     # fmt: off
     parser = Parser(__doc__)
-    parser.add_argument("--model", action="append", default=None,
-                        help="model to evaluate (repeat the flag for several): a run directory of ours, a "
-                             "sentence-transformers model or a Hugging Face id; default: runs/stage2 and runs/stage1 "
+    parser.add_argument("--model", action="extend", nargs="+", default=None,
+                        help="models to evaluate (several after one flag, or the flag repeated): run directories of "
+                             "ours, sentence-transformers models or Hugging Face ids; default: runs/stage2, the "
+                             "runs/stage2-* of a --lam sweep (in lambda order) and of the baselines, and runs/stage1, "
                              "where present, and the demo teacher as the reference row")
     parser.add_argument("--benchmark", action="append", default=None,
                         help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
@@ -1015,8 +1020,49 @@ def print_benchmark(entry, order):
         )
 
 
+def run_arguments(name):
+    """The args.json of a run directory of ours (with "script"), or {} for any other model."""
+    try:
+        arguments = json.loads((Path(name) / "args.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def au_points(models):
+    """The points of one au.png panel: (points, trajectory).
+
+    points: [(name, label, alignment, uniformity)] for every model that has both values;
+    trajectory: the names of the MIMO runs among them in lambda order, which the plot
+    joins, so a --lam sweep reads as the path from lambda 0 (distillation alone) to 1
+    (XLCO alone, still from stage 1). What a run is comes from its args.json: a MIMO run
+    is labelled with its lambda, a stage-1 run "stage 1", a baseline with its objective and
+    where it started (xlco from the backbone); any other model with its name. Every label
+    ends with the model's nDCG@10.
+    """
+    points, lams = [], {}
+    for name, result in models.items():
+        if result.get("alignment") is None or result.get("uniformity") is None:
+            continue
+        arguments = run_arguments(name)
+        if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
+            lams[name] = arguments["lam"]
+            label = f"λ = {arguments['lam']:g}"
+        elif arguments.get("script") == "distill.py":
+            label = "stage 1"
+        elif arguments.get("script") == "joint_train.py":
+            label = f"{arguments.get('objective')} from {arguments.get('init')}"
+        else:
+            label = name
+        if result.get("ndcg_at_10") is not None:
+            label += f", nDCG@10 {result['ndcg_at_10']:.3f}"
+        points.append((name, label, result["alignment"], result["uniformity"]))
+    return points, sorted(lams, key=lambda name: (lams[name], name))
+
+
 def plot_alignment_uniformity(report, path):
-    """au.png: one labelled point per model (and benchmark panel); lower-left is better (Wang and Isola 2020, Fig. 1).
+    """au.png: one labelled point per model (and benchmark panel), MIMO runs joined in lambda
+    order (au_points); lower-left is better (Wang and Isola 2020, Fig. 1).
     Returns the PNG's bytes, or None (with a note) where there is nothing to plot or no matplotlib."""
     try:
         import matplotlib
@@ -1036,25 +1082,35 @@ def plot_alignment_uniformity(report, path):
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (name, models) in zip(axes[0], panels):
-        points = {
-            model_name: (r["alignment"], r["uniformity"])
-            for model_name, r in models.items()
-            if r.get("alignment") is not None and r.get("uniformity") is not None
-        }
-        middle = (min(x for x, _ in points.values()) + max(x for x, _ in points.values())) / 2
-        for model_name, (x, y) in points.items():
-            axis.scatter(x, y)
+        points, trajectory = au_points(models)
+        where = {model_name: (x, y) for model_name, _, x, y in points}
+        if len(trajectory) > 1:  # the sweep's path, lambda rising along it
+            xs, ys = zip(*(where[model_name] for model_name in trajectory))
+            axis.plot(xs, ys, color="tab:blue", linewidth=1, zorder=1, label="MIMO, lambda rising")
+        xs, ys = zip(*where.values())
+        middle = (min(xs) + max(xs)) / 2
+        near = (0.03 * (max(xs) - min(xs) or 1), 0.03 * (max(ys) - min(ys) or 1))  # 3% of the spread
+        placed = []
+        for model_name, label, x, y in points:
+            # subtle: runs a sweep barely moves (lambda 0.5, 0.8, 1 on the demo) sit on one spot;
+            # each label goes one line above those already placed near it, so none overwrites another
+            stacked = max((n + 1 for px, py, n in placed if abs(x - px) < near[0] and abs(y - py) < near[1]), default=0)
+            placed.append((x, y, stacked))
+            on_path = model_name in trajectory
+            axis.scatter(x, y, color="tab:blue" if on_path else "tab:red", marker="o" if on_path else "s", zorder=2)
             # labels point inwards, so a long model name at the right edge stays inside the figure
             right_half = x > middle
             axis.annotate(
-                model_name,
+                label,
                 (x, y),
                 textcoords="offset points",
-                xytext=(-4 if right_half else 4, 4),
+                xytext=(-4 if right_half else 4, 4 + 10 * stacked),
                 ha="right" if right_half else "left",
                 fontsize=8,
             )
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
+        if len(trajectory) > 1:
+            axis.legend(fontsize=8)
         axis.margins(0.3)  # room for the labels of the outermost points
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -1066,14 +1122,28 @@ def plot_alignment_uniformity(report, path):
 
 
 def default_models():
-    """runs/stage2 and runs/stage1 where they hold a model (config.json, written with the
-    first checkpoint), then the demo teacher as the reference row."""
+    """The runs in runs/ that hold a model (config.json, written with the first checkpoint):
+    runs/stage2, then the other stage-2 runs of joint_train.py (a --lam sweep's in lambda
+    order, then the baselines by name), then runs/stage1; then the demo teacher as the
+    reference row. runs/stage2 and runs/stage1 get a note where they hold none."""
     models = []
-    for path, script in (("runs/stage2", "joint_train.py"), ("runs/stage1", "distill.py")):
-        if (Path(path) / "config.json").is_file():
-            models.append(path)
-        else:
-            print(f"note: {path} holds no model yet (train it with {script}); not evaluated")
+    if (Path("runs/stage2") / "config.json").is_file():
+        models.append("runs/stage2")
+    else:
+        print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
+    others = [
+        path.as_posix()
+        for path in Path("runs").glob("stage2-*")
+        if path.suffix not in (".tmp", ".old")  # a checkpoint being swapped in, not a run
+        and (path / "config.json").is_file()
+        and run_arguments(path).get("script") == "joint_train.py"
+    ]
+    models += sorted(others, key=lambda path: (run_arguments(path).get("objective") != "mimo",
+                                               run_arguments(path).get("lam", 0), path))  # fmt: skip
+    if (Path("runs/stage1") / "config.json").is_file():
+        models.append("runs/stage1")
+    else:
+        print("note: runs/stage1 holds no model yet (train it with distill.py); not evaluated")
     return models + [TEACHER]
 
 

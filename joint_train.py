@@ -12,8 +12,16 @@ languages drift apart as clusters; the distillation term keeps every language
 anchored to the teacher's single English space.
 
     python joint_train.py                           # MIMO on the demo, from runs/stage1
+    python joint_train.py --lam 0 0.2 0.5 0.8 1     # one run per lambda: runs/stage2-lam0, -lam0.2, ...
     python joint_train.py --objective xlco          # baselines: xlco | infonce | lakda
     python joint_train.py --preset paper            # the paper's run (GPU, network)
+
+Before training, MIMO checks its premise, that the teacher's space is the better one:
+teacher and student each retrieve the English passages of the dev rows for their
+English queries, and the line `teacher check ... nDCG@10` gives both scores. Where the
+student is already clearly better, the distillation term pulls it down towards the
+teacher, and the line says what to try. `python evaluate.py` over a lambda sweep draws
+the runs' alignment/uniformity trajectory (runs/eval/au.png).
 
 --per-device-batch-size B with --mini-batch-size M < B uses gradient caching (Gao et
 al. 2021): the loss sees all B in-batch negatives while only M texts hold a graph at a
@@ -21,6 +29,7 @@ time.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +37,8 @@ import torch
 
 import data
 import distributed
-from checkpoint import Run, adamw_with_schedule, add_training_arguments, load_projection, parse_args
+import retrieval
+from checkpoint import Run, adamw_with_schedule, add_training_arguments, after_recovery, load_projection, parse_args
 from cli import Parser, Range, entry_point
 from data import BadInput
 from losses import (
@@ -78,9 +88,11 @@ def build_parser():
     group.add_argument("--objective", choices=OBJECTIVES, default="mimo",
                        help="mimo: lam*XLCO + (1-lam)*Distill; xlco: cross-lingual InfoNCE alone; infonce: "
                             "same-language InfoNCE; lakda: (1-a)*InfoNCE + a*KL(p_b||p_a)")
-    group.add_argument("--lam", type=Range(float, 0, 1), default=0.2,
+    group.add_argument("--lam", type=Range(float, 0, 1), nargs="+", default=0.2,
                        help="lambda: weight of the cross-lingual InfoNCE term; 1 - lambda weighs distillation "
-                            "(paper: 0.2)")
+                            "(paper: 0.2). Several values train one run each from the same stage 1, into "
+                            "--out-dir plus -lam<value>; with --resume, each of those folders that holds a run "
+                            "is resumed and the others are started")
     group.add_argument("--scale", type=Range(float, 0, open_low=True), default=20.0,
                        help="InfoNCE logit scale 1/tau (paper: 20, i.e. tau 0.05)")
     group.add_argument("--symmetric", action="store_true",
@@ -111,6 +123,11 @@ def build_parser():
     group.add_argument("--teacher-query-prompt", default="",
                        help="prompt the teacher sees before English queries (Qwen3-Embedding: its web-search "
                             "instruction); passages get none")
+    group.add_argument("--no-teacher-check", action="store_true",
+                       help="skip the check before training that compares teacher and student on English query -> "
+                            "passage retrieval over the dev rows (nDCG@10); MIMO only, as the baselines have no "
+                            "teacher (distill.py has none: it reads even aligned rows as parallel sentences and holds "
+                            "out sentences, not query/passage rows)")
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="data/demo/train.jsonl",
                        help="aligned rows: .jsonl/.parquet or hub id with columns id, query_<lang>, passage_<lang>")
@@ -128,17 +145,25 @@ def build_parser():
     return parser
 
 
+def default_out_dir(objective):
+    return "runs/stage2" if objective == "mimo" else f"runs/stage2-{objective}"
+
+
 def get_args(argv=None):
-    """The arguments: a preset's (or, with --resume, the run's saved ones), then the flags
-    given; with the checks that involve more than one flag."""
+    """The arguments of one run: a preset's (or, with --resume, the run's saved ones), then
+    the flags given; with the checks that involve more than one flag."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     # subtle: --out-dir's default depends on --objective, and --resume reads args.json
     # from --out-dir, so settle it before the preset/resume parse
     first, _ = parser.parse_known_args(argv)
     if first.out_dir is None:
-        argv += ["--out-dir", "runs/stage2" if first.objective == "mimo" else f"runs/stage2-{first.objective}"]
+        argv += ["--out-dir", default_out_dir(first.objective)]
     args = parse_args(parser, PRESETS, "joint_train.py", argv)
+    if isinstance(args.lam, list):  # given on the command line; a preset's or args.json's is one number
+        if len(args.lam) > 1:
+            raise BadInput(f"one run takes one --lam, got {' '.join(f'{lam:g}' for lam in args.lam)}")
+        args.lam = args.lam[0]
     if args.mini_batch_size > args.per_device_batch_size:
         raise BadInput(
             f"--mini-batch-size {args.mini_batch_size} is larger than --per-device-batch-size "
@@ -155,6 +180,44 @@ def get_args(argv=None):
     if args.objective == "mimo" and args.init != "stage1":
         raise BadInput("--objective mimo continues from stage 1 and needs --init stage1 (or auto)")
     return args
+
+
+def get_runs(argv=None):
+    """The arguments of each run, one per --lam value.
+
+    One value is one run, in --out-dir as given. Several are a sweep from the same stage 1:
+    the run for value v has the arguments of `joint_train.py <the same flags> --lam v
+    --out-dir <out-dir>-lam<v>` (runs/stage2-lam0.2 by default), so each folder keeps its
+    own args.json, lock and checkpoints. With --resume, a sweep resumes each of its folders
+    that holds a run and starts the others, so an interrupted sweep goes on where it stopped.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first, _ = build_parser().parse_known_args(argv)
+    lams = first.lam if isinstance(first.lam, list) else [first.lam]
+    if len(lams) == 1:
+        return [get_args(argv)]
+    if first.objective != "mimo":
+        raise BadInput(f"several --lam values sweep MIMO's lambda, and --objective {first.objective} has none")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BadInput(
+            "several --lam values train one run after another in one process; under torchrun give one --lam per launch"
+        )
+    base = first.out_dir or default_out_dir(first.objective)
+    out_dirs = [f"{base}-lam{lam:g}" for lam in lams]
+    if len(set(out_dirs)) != len(out_dirs):
+        raise BadInput(f"--lam {' '.join(f'{lam:g}' for lam in lams)} names one value twice; give each once")
+    runs = []
+    for lam, out_dir in zip(lams, out_dirs):
+        run_argv = [*argv, "--lam", repr(lam), "--out-dir", out_dir]  # the last --lam and --out-dir count
+        if first.resume and not (after_recovery(Path(out_dir)) / "args.json").is_file():
+            run_argv = [token for token in run_argv if not is_resume_flag(token)]  # not started yet: start it
+        runs.append(get_args(run_argv))
+    return runs
+
+
+def is_resume_flag(token):
+    """--resume, or a prefix of it that argparse accepts as an abbreviation (--res, --resu, ...)."""
+    return token.startswith("--res") and "--resume".startswith(token)
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +370,32 @@ def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, a
     return result
 
 
+@torch.no_grad()
+def check_teacher(student, dev_rows, dev_targets, batch_size, autocast_dtype):
+    """MIMO's premise, checked before training (retrieval.teacher_check): English query ->
+    English passage retrieval among the dev rows' passages, nDCG@10, teacher against student.
+    The teacher's side is dev_targets, the embeddings the distillation term uses (its query
+    prompt included); the student embeds the dev rows' English queries and passages."""
+    q = student.encode([row["query"]["en"] for row in dev_rows], batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
+    p = student.encode([row["passage"]["en"] for row in dev_rows], batch_size, autocast_dtype=autocast_dtype)
+    return retrieval.teacher_check(*dev_targets, q, p)
+
+
+def teacher_check_message(check):
+    """The check's line, and where the student is clearly better, what that means and what to try."""
+    line = (
+        f"teacher check (English query -> English passage among the {check['queries']} dev passages, nDCG@10): "
+        f"teacher {check['teacher_ndcg_at_10']:.3f}, student {check['student_ndcg_at_10']:.3f}"
+    )
+    if check["student_better"]:
+        line += (
+            f"\nThe student already retrieves English better than the teacher (by {check['difference']:.3f}, "
+            f"beyond the margin {check['margin']:.3f}), so the distillation term pulls it toward a weaker space: "
+            "try a stronger teacher (stage 1 again with distill.py --teacher) or a larger --lam."
+        )
+    return line
+
+
 def print_summary(args, step, history, dev_size):
     """Before and after on the dev rows: in-batch accuracy, and the distance to the teacher."""
     before, after = history.get("before"), history["after"]
@@ -328,7 +417,19 @@ def print_summary(args, step, history, dev_size):
 
 
 def main(argv=None):
-    args = get_args(argv)
+    """Train one run per --lam value (see get_runs). Returns its dev history; several
+    values return the list of their histories, in --lam order."""
+    runs = get_runs(argv)
+    histories = []
+    for index, args in enumerate(runs):
+        if len(runs) > 1:
+            print(f"\nlambda sweep, run {index + 1} of {len(runs)}: --lam {args.lam:g} into {args.out_dir}")
+        histories.append(train(args))
+    return histories[0] if len(histories) == 1 else histories
+
+
+def train(args):
+    """One run of stage 2 with these arguments; returns its dev history."""
     # --- process, seed, device, precision: one Run per rank; rank 0 alone prints, evaluates and saves
     run = Run(args, "joint_train.py")
     device, amp_dtype, per_rank = run.device, run.amp_dtype, run.per_rank
@@ -397,11 +498,19 @@ def main(argv=None):
             targets("q_en", [row["query"]["en"] for row in dev_rows]),
             targets("p_en", [row["passage"]["en"] for row in dev_rows]),
         )
+    # The teacher check, before training: a resumed run has it in its history already
+    check = None
+    if dev_targets is not None and not args.no_teacher_check and not args.resume:
+        check = check_teacher(student, dev_rows, dev_targets, 64, amp_dtype)
+        print(teacher_check_message(check))
     card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages}
     step, history = run.start(student, W, optimizer, scheduler, max_steps, f"joint_train {args.objective}", card)
     if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
         run.log({"step": 0, **{f"dev_{key}": value for key, value in history["before"].items()}})
+        if check is not None:
+            history["teacher_check"] = check
+            run.log({"step": 0, **{f"dev_en_{key}": value for key, value in check.items() if key != "queries"}})
 
     # --- the loop
     order_epoch = None

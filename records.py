@@ -241,6 +241,7 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages)
         "",
         *dev_table(history, arguments.get("script")),
         "",
+        *teacher_check_lines(history),
         "![training curves](curves.png)",
         "",
         CARD_RESULTS_START,
@@ -286,6 +287,27 @@ def dev_table(history, script):
         name, value = DEV_METRICS.get((script, key), key), after.get(key)
         rows.append(f"| {name} | {before[key]:.4f} | " + (f"{value:.4f} |" if value is not None else "|"))
     return rows
+
+
+def teacher_check_lines(history):
+    """The teacher check joint_train.py ran before training, if it ran: English query ->
+    English passage retrieval over the dev rows, nDCG@10 of the teacher and the student."""
+    check = history.get("teacher_check")
+    if not check:
+        return []
+    verdict = (
+        "clearly better than the teacher, so the distillation term pulled it toward a weaker space"
+        if check["student_better"]
+        else "not clearly better than the teacher"
+    )
+    return [
+        "## Teacher check, before training",
+        "",
+        f"English query -> English passage among the {check['queries']} dev passages, nDCG@10: teacher "
+        f"{check['teacher_ndcg_at_10']:.4f}, student {check['student_ndcg_at_10']:.4f} (margin "
+        f"{check['margin']:.4f}); the student was {verdict}.",
+        "",
+    ]
 
 
 def as_list(value):

@@ -1,14 +1,21 @@
 """
 Exact top-k retrieval by inner product, in trec_eval's order, without the whole
 query-by-corpus score matrix: what evaluate.py ranks with, and what
-bench/bench_retrieval.py times.
+bench/bench_retrieval.py times. Also the teacher check joint_train.py runs before
+training: does the frozen teacher retrieve English better than the student it anchors?
 
 trec_eval orders a query's documents by score descending, then by document id
 descending (strcmp). Here a document's id enters as its rank among all ids sorted
 ascending (id_ranks), so every tie is settled exactly as trec_eval settles it.
 """
 
+import math
+
 import torch
+
+# The student counts as clearly better than the teacher when its mean nDCG@10 exceeds the
+# teacher's by more than max(CHECK_MIN_MARGIN, 2 standard errors of the per-query difference).
+CHECK_MIN_MARGIN = 0.02
 
 
 def trec_order(scores, rank):
@@ -89,3 +96,47 @@ def id_ranks(ids):
     rank = torch.empty(len(ids), dtype=torch.long)
     rank[torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long)] = torch.arange(len(ids))
     return rank
+
+
+# ---------------------------------------------------------------------------
+# The teacher check
+
+
+def gold_ndcg_at_k(q, p, k=10):
+    """Per-query nDCG@k when query i has one relevant passage, passage i, among all rows of p.
+
+    q: (N, D), p: (N, D), unit rows -> (N,) float64. With a single relevant passage at
+    rank r the ideal DCG is 1, so nDCG@k = 1 / log2(r + 1) for r <= k, else 0. r counts
+    the passages scoring at least as high as the gold one (itself included): a tie goes
+    against the gold, so an embedder that gives every text one vector scores its worst.
+    """
+    scores = q @ p.T  # (N, N)
+    rank = (scores >= scores.diagonal()[:, None]).sum(1).double()  # (N,), 1 = the gold passage is first
+    return torch.where(rank <= k, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
+
+
+def teacher_check(teacher_q, teacher_p, student_q, student_p, k=10):
+    """Teacher against student on English query -> English passage retrieval over the same rows.
+
+    teacher_q, teacher_p: (N, Dt), student_q, student_p: (N, Ds), unit rows; query i's
+    relevant passage is passage i, the other N - 1 are its candidates too. MIMO's
+    distillation term pulls the student towards the teacher's space, which helps only
+    while that space is the better one. Returns the mean nDCG@k of each, the mean of
+    the per-query difference d_i = student_i - teacher_i, the margin
+    max(CHECK_MIN_MARGIN, 2 SE(d)) with SE(d) = std(d) / sqrt(N), and student_better:
+    whether the mean difference exceeds the margin (never with a single query).
+    """
+    teacher = gold_ndcg_at_k(teacher_q.float(), teacher_p.float(), k)  # (N,)
+    student = gold_ndcg_at_k(student_q.float(), student_p.float(), k)  # (N,)
+    difference = student - teacher  # (N,)
+    n = len(difference)
+    standard_error = difference.std().item() / math.sqrt(n) if n > 1 else math.inf
+    margin = max(CHECK_MIN_MARGIN, 2 * standard_error)
+    return {
+        "queries": n,
+        f"teacher_ndcg_at_{k}": teacher.mean().item(),
+        f"student_ndcg_at_{k}": student.mean().item(),
+        "difference": difference.mean().item(),
+        "margin": margin,
+        "student_better": difference.mean().item() > margin,
+    }

@@ -912,6 +912,50 @@ def test_default_models_are_the_trained_stages_and_the_teacher(tmp_path, monkeyp
     assert "runs/stage2 holds no model yet" in capsys.readouterr().out
 
 
+def test_default_models_put_a_lambda_sweep_in_lambda_order(tmp_path, monkeypatch, capsys):
+    """Every joint_train.py run in runs/stage2-* with a model: the sweep's by lambda (0 before 0.5,
+    not by name), then the baselines; a checkpoint being swapped in (.tmp) and a folder that is
+    not a joint_train.py run are left out. Several models follow one --model flag."""
+    monkeypatch.chdir(tmp_path)
+    runs = {"stage2-lam0.5": ("mimo", 0.5), "stage2-lam0": ("mimo", 0.0), "stage2-xlco": ("xlco", 0.2),
+            "stage2-lam1.tmp": ("mimo", 1.0), "stage2-other": (None, None), "stage1": (None, None)}  # fmt: skip
+    for name, (objective, lam) in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text("{}")
+        script = "joint_train.py" if objective else "distill.py" if name == "stage1" else "other.py"
+        (tmp_path / "runs" / name / "args.json").write_text(json.dumps({"script": script, "objective": objective,
+                                                                         "lam": lam}))  # fmt: skip
+    expected = ["runs/stage2-lam0", "runs/stage2-lam0.5", "runs/stage2-xlco", "runs/stage1", evaluate.TEACHER]
+    assert evaluate.default_models() == expected
+    assert evaluate.get_args(["--model", "a", "b", "--model", "c"]).model == ["a", "b", "c"]
+
+
+def test_au_points_label_each_kind_of_run(tmp_path):
+    """A MIMO run by its lambda, stage 1, the XLCO baseline by where it started, any other model by
+    its name, each with its nDCG@10; the MIMO runs ordered by lambda; a model without alignment is
+    not a point."""
+    folders = {"b": {"script": "joint_train.py", "objective": "mimo", "lam": 0.8},
+               "a": {"script": "joint_train.py", "objective": "mimo", "lam": 0.2},
+               "s1": {"script": "distill.py"},
+               "x": {"script": "joint_train.py", "objective": "xlco", "lam": 0.2, "init": "backbone"}}  # fmt: skip
+    for name, arguments in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "args.json").write_text(json.dumps(arguments))
+    models = {str(tmp_path / name): {"alignment": 1.0, "uniformity": -2.0, "ndcg_at_10": 0.5} for name in folders}
+    models["hub/model"] = {"alignment": 1.0, "uniformity": -2.0, "ndcg_at_10": 0.25}
+    models["no-au"] = {"alignment": None, "uniformity": None, "ndcg_at_10": 0.25}
+    points, trajectory = evaluate.au_points(models)
+    assert trajectory == [str(tmp_path / "a"), str(tmp_path / "b")]
+    labels = {name: label for name, label, _, _ in points}
+    assert labels == {
+        str(tmp_path / "a"): "λ = 0.2, nDCG@10 0.500",
+        str(tmp_path / "b"): "λ = 0.8, nDCG@10 0.500",
+        str(tmp_path / "s1"): "stage 1, nDCG@10 0.500",
+        str(tmp_path / "x"): "xlco from backbone, nDCG@10 0.500",
+        "hub/model": "hub/model, nDCG@10 0.250",
+    }
+
+
 def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     report = {"b": {"models": {"m": {"alignment": 1.0, "uniformity": -2.0}}}}

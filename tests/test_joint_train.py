@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import ROOT, interrupt_after_step, joint_argv, read_log, trained_steps, write_rows
+from conftest import ROOT, interrupt_after_step, joint_argv, read_log, run_script, trained_steps, write_rows
 from test_scripts import assert_same_weights
 
 import checkpoint
@@ -323,3 +323,102 @@ def test_ctrl_c_says_where_resume_goes_on_and_resume_matches(tiny_models, stage1
     joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "b", *argv, "--resume"))
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     assert trained_steps(tmp_path / "b") == list(range(1, 31))
+
+
+# ---------------------------------------------------------------------------
+# The teacher check and the lambda sweep
+
+
+def write_echo_rows(path, n=24):
+    """conftest's rows with each English query equal to its passage: any embedder that gives
+    one text one vector retrieves every English passage first (nDCG@10 = 1)."""
+    rows = [json.loads(line) for line in open(write_rows(path, n=n), encoding="utf-8")]
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({**row, "query_en": row["passage_en"]}) + "\n")
+    return str(path)
+
+
+def with_data(argv, rows):
+    argv = list(argv)
+    argv[argv.index("--data") + 1] = rows
+    return argv
+
+
+def test_teacher_check_advises_only_where_the_student_is_better(tiny_models, stage1, tmp_path, capsys):
+    """On 16 dev rows whose English query is its passage, the student retrieves each first: 1.
+    A teacher query prompt of 40 characters fills the teacher's 32 tokens, so its queries are
+    one vector and each gold passage lands where that vector ranks it: a permutation of the
+    ranks 1..16, mean nDCG@10 about 0.28. The student is clearly better, and the line says
+    what to try; the log and the card have both numbers. --no-teacher-check skips it all."""
+    rows = write_echo_rows(tmp_path / "rows.jsonl")
+    argv = with_data(joint_argv(tiny_models, stage1, tmp_path / "run", "--dev-size", "16", "--max-steps", "1",
+                                "--teacher-query-prompt", "x" * 40), rows)  # fmt: skip
+    joint_train.main(argv)
+    printed = capsys.readouterr().out
+    assert "teacher check (English query -> English passage among the 16 dev passages, nDCG@10): teacher " in printed
+    assert "try a stronger teacher (stage 1 again with distill.py --teacher) or a larger --lam." in printed
+    check = next(record for record in read_log(tmp_path / "run") if "dev_en_teacher_ndcg_at_10" in record)
+    assert check["dev_en_student_ndcg_at_10"] == 1.0 and check["dev_en_teacher_ndcg_at_10"] < 0.5
+    assert check["step"] == 0 and check["dev_en_student_better"] is True
+    assert "## Teacher check, before training" in (tmp_path / "run" / "README.md").read_text()
+
+    joint_train.main([*with_data(argv, rows), "--overwrite", "--no-teacher-check"])
+    assert "teacher check" not in capsys.readouterr().out
+    assert not any("dev_en_teacher_ndcg_at_10" in record for record in read_log(tmp_path / "run"))
+    assert "Teacher check" not in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_lambda_sweep_writes_one_run_per_value_and_resumes_each(tiny_models, stage1, tmp_path, capsys):
+    """--lam 0 0.5 trains two runs from the same stage 1 into <out-dir>-lam0 and -lam0.5, each
+    with args.json holding its own lambda and its own log; the teacher check (teacher and
+    student both 1 on rows whose query is the passage) gives no advice. --resume --lam 0 0.5 1
+    resumes the two finished runs, training nothing again, and starts the third.
+    evaluate.py over the sweep and stage 1 draws au.png with the runs in lambda order."""
+    import evaluate
+
+    rows = write_echo_rows(tmp_path / "rows.jsonl")
+    argv = with_data(joint_argv(tiny_models, stage1, tmp_path / "run", "--max-steps", "2"), rows)
+    histories = joint_train.main([*argv, "--lam", "0", "0.5"])
+    printed = capsys.readouterr().out
+    assert len(histories) == 2 and not (tmp_path / "run").exists()
+    assert printed.count("teacher 1.000, student 1.000") == 2 and "try a stronger teacher" not in printed
+    for lam, folder in ((0.0, "run-lam0"), (0.5, "run-lam0.5")):
+        saved = json.loads((tmp_path / folder / "args.json").read_text())
+        assert saved["lam"] == lam and saved["script"] == "joint_train.py"
+        assert saved["out_dir"] == str(tmp_path / folder)
+        record = [r for r in read_log(tmp_path / folder) if "loss" in r][-1]
+        assert record["loss"] == pytest.approx(lam * record["xlco"] + (1 - lam) * record["distill"], rel=1e-5)
+
+    joint_train.main([*argv, "--lam", "0", "0.5", "1", "--resume"])
+    assert "resumed from step 2 of 2" in capsys.readouterr().out
+    assert trained_steps(tmp_path / "run-lam0") == [2] and trained_steps(tmp_path / "run-lam1") == [2]
+    assert json.loads((tmp_path / "run-lam1" / "args.json").read_text())["lam"] == 1.0
+
+    sweep = [str(tmp_path / folder) for folder in ("run-lam1", "run-lam0", "run-lam0.5")]  # out of order
+    report = evaluate.main(["--model", stage1["stage1"], *sweep, "--benchmark", rows, "--no-cache",
+                            "--out-dir", str(tmp_path / "eval")])  # fmt: skip
+    assert (tmp_path / "eval" / "au.png").stat().st_size > 1000
+    points, trajectory = evaluate.au_points(report[rows]["models"])
+    assert trajectory == [sweep[1], sweep[2], sweep[0]]  # lambda 0, 0.5, 1
+    labels = {name: label for name, label, _, _ in points}
+    assert labels[sweep[2]].startswith("λ = 0.5, nDCG@10 ") and labels[stage1["stage1"]].startswith("stage 1, nDCG@10")
+
+
+def test_lambda_sweep_refusals(tiny_models, stage1, tmp_path):
+    """A sweep's values each in [0, 1], each once, and only for MIMO, refused before any run starts."""
+    argv = joint_argv(tiny_models, stage1, tmp_path / "run")
+    with pytest.raises(SystemExit, match=r"^error: argument --lam: expected a number in \[0, 1\], got '1.5'$"):
+        joint_train.get_runs([*argv, "--lam", "0", "1.5"])
+    with pytest.raises(BadInput, match=r"--lam 0.2 0.5 0.2 names one value twice"):
+        joint_train.get_runs([*argv, "--lam", "0.2", "0.5", "0.2"])
+    with pytest.raises(BadInput, match=r"--objective xlco has none"):
+        joint_train.get_runs([*argv, "--lam", "0.2", "0.5", "--objective", "xlco"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_lambda_out_of_range_is_one_line_and_status_1(tmp_path):
+    result = run_script("joint_train.py", "--lam", "0", "0.5", "-1", "--out-dir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: argument --lam: expected a number in [0, 1], got '-1'"
+    assert not list(tmp_path.iterdir())
