@@ -317,6 +317,8 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
     device = next(student.parameters()).device
     after = (torch.get_rng_state(), cuda_rng_state(device))
     for index, start in enumerate(range(0, len(texts), mini_batch_size)):
+        # subtle: without the replayed RNG state dropout would draw new masks, and the
+        # cached dL/de would belong to a different network than the one differentiated here
         torch.set_rng_state(states[index][0])
         if states[index][1] is not None:
             torch.cuda.set_rng_state(states[index][1], device)
@@ -449,6 +451,8 @@ def train(args):
             f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} process(es)), "
             f"more than the {len(train_rows)} training rows of '{args.data}'"
         )
+    # Each example's (query language X, passage language Y): every ordered pair X != Y in
+    # turn, so each occurs equally often; the dev rows get a pairing of their own.
     same_language = args.objective == "infonce"  # the monolingual baseline: X = Y
     dev_pairs = data.language_pairs(len(dev_rows), languages, args.seed, epoch=-1, same_language=same_language)
     if run.main:
@@ -487,6 +491,7 @@ def train(args):
               f"{device} {run.precision}, {cache_note}, {run.world} process(es){gathered}")  # fmt: skip
 
     # --- optimizer and schedule: AdamW over the student (and W), warm-up then linear decay
+    # W keeps training in stage 2: the distillation term goes through it, as in stage 1
     params = [*student.parameters(), *([W.weight] if W is not None else [])]
     steps_per_epoch = len(train_rows) // run.global_batch
     optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
@@ -524,6 +529,8 @@ def train(args):
         index = range(first, first + per_rank)
         views = make_batch([train_rows[order[k]] for k in index], [pairs[k] for k in index], args.objective,
                            [passage_langs[k] for k in index])  # fmt: skip
+        # The teacher's English query and passage, from the cache after their first epoch (an
+        # 8B teacher is paid for once per unique text); MIMO's distillation term needs them.
         t = {view: targets(view, views[view]).to(device) for view in ("q_en", "p_en") if view in views}  # (B, Dt)
 
         # embeddings: with gradient caching, leaves without a graph (pass 1) ...
@@ -551,6 +558,8 @@ def train(args):
             p_all = distributed.gather_own_first(p) if args.gather_negatives else p
             loss = terms["lakda"] = lakda_loss(q, e["q_b"], p_all, args.scale, args.lakda_alpha)
 
+        # The optimizer step. The scaler is a no-op unless the precision is fp16; unscale
+        # before clipping so that the norm is the true one.
         run.scaler.scale(loss).backward()  # into the parameters, or, when caching, into the embeddings
         if caching:  # pass 2, mini-batch by mini-batch; the cached gradients carry fp16's loss scale
             for view, (_, states) in cached.items():
@@ -563,6 +572,8 @@ def train(args):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
+        # Logs on log steps (the only .item() calls, which wait for the GPU), stops the run on a
+        # non-finite loss or gradient norm, and says whether a checkpoint is due.
         if run.after_step(step, loss, terms, grad_norm):
             run.save(step, history)
 
