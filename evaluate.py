@@ -1073,7 +1073,7 @@ def plot_alignment_uniformity(report, path):
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
         return None
     panels = [
-        (name, entry["models"])
+        (entry.get("name", name), entry["models"])  # the benchmark as the user named it, not its file slug
         for name, entry in report.items()
         if any(r.get("alignment") is not None and r.get("uniformity") is not None for r in entry["models"].values())
     ]
@@ -1089,29 +1089,32 @@ def plot_alignment_uniformity(report, path):
             axis.plot(xs, ys, color="tab:blue", linewidth=1, zorder=1, label="MIMO, lambda rising")
         xs, ys = zip(*where.values())
         middle = (min(xs) + max(xs)) / 2
-        near = (0.03 * (max(xs) - min(xs) or 1), 0.03 * (max(ys) - min(ys) or 1))  # 3% of the spread
-        placed = []
-        for model_name, label, x, y in points:
-            # subtle: runs a sweep barely moves (lambda 0.5, 0.8, 1 on the demo) sit on one spot;
-            # each label goes one line above those already placed near it, so none overwrites another
-            stacked = max((n + 1 for px, py, n in placed if abs(x - px) < near[0] and abs(y - py) < near[1]), default=0)
-            placed.append((x, y, stacked))
+        for model_name, _, x, y in points:
             on_path = model_name in trajectory
             axis.scatter(x, y, color="tab:blue" if on_path else "tab:red", marker="o" if on_path else "s", zorder=2)
-            # labels point inwards, so a long model name at the right edge stays inside the figure
+        axis.margins(0.3)  # room for the labels of the outermost points
+        bottom, top = axis.get_ylim()
+        # one label line (10 points of 8-point text) in data units, from the axes' height in points
+        line = 10 * (top - bottom) / (axis.get_window_extent().height * 72 / figure.dpi)
+        # subtle: a sweep's runs can sit closer than a line of text (lambda 0.2 and 1 on the demo).
+        # Labels point inwards (a long name at the right edge stays inside), so those on one side
+        # can collide: going up, each is raised to at least a line above the one below it.
+        floor = {True: -math.inf, False: -math.inf}
+        for _, label, x, y in sorted(points, key=lambda point: point[3]):
             right_half = x > middle
+            label_y = max(y, floor[right_half] + line)
+            floor[right_half] = label_y
             axis.annotate(
                 label,
                 (x, y),
+                xytext=(-4 if right_half else 4, 4 + 10 * (label_y - y) / line),
                 textcoords="offset points",
-                xytext=(-4 if right_half else 4, 4 + 10 * stacked),
                 ha="right" if right_half else "left",
                 fontsize=8,
             )
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         if len(trajectory) > 1:
             axis.legend(fontsize=8)
-        axis.margins(0.3)  # room for the labels of the outermost points
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
