@@ -230,6 +230,48 @@ def test_nonfinite_loss_stops_before_it_is_saved(tiny_models, rows, tmp_path, mo
     assert all(torch.isfinite(p).all() for p in saved.parameters())
 
 
+def test_a_nonfinite_gradient_norm_stops_the_run_though_the_loss_is_finite(tiny_models, rows, tmp_path, monkeypatch):
+    """From the third call on, clipping reports an infinite gradient norm while the loss
+    stays finite: the check on the step-4 save names the gradient norm, and the step-2
+    checkpoint stays."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def reports_inf(params, max_norm):
+        calls["n"] += 1
+        norm = real(params, max_norm)
+        return norm * float("inf") if calls["n"] >= 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", reports_inf)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
+    with pytest.raises(SystemExit, match=r"the gradient norm is inf at step 4; .* --resume"):
+        distill.main(argv)
+    assert state_step(tmp_path / "run") == 2
+
+
+def test_weights_gone_bad_between_checks_are_never_saved(tiny_models, rows, tmp_path, monkeypatch):
+    """The fourth optimizer step writes NaN into the weights; the loss and gradient norm
+    of step 4 were computed before it, so only the check inside save() can see it: the
+    run stops there, and the step-2 checkpoint stays, finite."""
+    real = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def poisoning_step(self, *args, **kwargs):
+        calls["n"] += 1
+        result = real(self, *args, **kwargs)
+        if calls["n"] == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
+    with pytest.raises(SystemExit, match=r"the weights are not finite at step 4"):
+        distill.main(argv)
+    assert state_step(tmp_path / "run") == 2
+    assert all(torch.isfinite(p).all() for p in Encoder(str(tmp_path / "run")).parameters())
+
+
 def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
     """The advice after a non-finite loss is `--resume --lr X`: the resumed steps must
     run at X's schedule, not at the saved optimizer's peak."""

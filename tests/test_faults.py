@@ -302,6 +302,8 @@ def awkward_files(tmp_path):
     files["bom"].write_text("\ufeff" + json.dumps(row) + "\n", encoding="utf-8")
     files["empty_query"] = tmp_path / "empty.jsonl"
     files["empty_query"].write_text(json.dumps({**row, "query_de": "  "}) + "\n")
+    files["empty_file"] = tmp_path / "nothing.jsonl"
+    files["empty_file"].write_text("")
     return files
 
 
@@ -316,6 +318,9 @@ AWKWARD = [  # (script and its arguments with {file}, what the error line says; 
     (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "shared_id", "'a'"),
     (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "empty_query", "query_de"),
     (["data.py", "stats", "{file}"], "bom", None),
+    (["distill.py", "--data", "de={file}"], "empty_file", "no parallel pairs left"),
+    (["joint_train.py", "--objective", "xlco", "--data", "{file}"], "empty_file", "holds no rows"),
+    (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "empty_file", "holds no rows"),
 ]
 
 
