@@ -10,7 +10,7 @@ space, and the loss pulls it onto the teacher's embedding of the English side:
 The English space of the teacher is the anchor: every language is pulled towards
 the same target, so translations meet instead of clustering by language.
 
-    python distill.py                      # offline demo, ~3 min on 2 CPU cores
+    python distill.py                      # offline demo, ~2 min on 2 CPU cores
     python distill.py --preset paper       # the paper's run (GPU, network)
     python distill.py --resume             # continue the run in --out-dir
 
