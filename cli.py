@@ -104,6 +104,7 @@ def entry_point(main):
     except BadInput as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        lines = [line for line in (hint() for hint in interrupt_hints.values()) if line]
+        # the innermost work first: the interrupted run's checkpoint, then the sweep around it
+        lines = [line for line in (hint() for hint in reversed(interrupt_hints.values())) if line]
         print("\n".join(lines) or "interrupted", file=sys.stderr)
         sys.exit(130)

@@ -30,6 +30,7 @@ time.
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import data
 import distributed
 import retrieval
 from checkpoint import Run, adamw_with_schedule, add_training_arguments, after_recovery, load_projection, parse_args
-from cli import Parser, Range, entry_point
+from cli import Parser, Range, entry_point, interrupt_hints
 from data import BadInput
 from losses import (
     DISTILL_LOSSES,
@@ -422,6 +423,10 @@ def main(argv=None):
     """Train one run per --lam value (see get_runs). Returns its dev history; several
     values return the list of their histories, in --lam order."""
     runs = get_runs(argv)
+    if len(runs) > 1:  # Ctrl-C: besides the interrupted run's own checkpoint, how the whole sweep goes on
+        given = sys.argv[1:] if argv is None else list(argv)
+        again = shlex.join(["python", "joint_train.py", *[token for token in given if not is_resume_flag(token)]])
+        interrupt_hints["sweep"] = lambda: f"the whole sweep goes on with `{again} --resume`"
     histories = []
     for index, args in enumerate(runs):
         if len(runs) > 1:

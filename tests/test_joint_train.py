@@ -405,6 +405,24 @@ def test_lambda_sweep_writes_one_run_per_value_and_resumes_each(tiny_models, sta
     assert labels[sweep[2]].startswith("λ = 0.5, nDCG@10 ") and labels[stage1["stage1"]].startswith("stage 1, nDCG@10")
 
 
+def test_ctrl_c_in_a_sweep_says_how_the_whole_sweep_goes_on(tiny_models, stage1, tmp_path):
+    """Ctrl-C in the first run of a two-value sweep: the run's own checkpoint line, then the
+    sweep command again with --resume, which finishes the first run and starts the second."""
+    argv = [*joint_argv(tiny_models, stage1, tmp_path / "s", "--max-steps", "12", "--save-every", "4",
+                        "--log-every", "1"), "--lam", "0.2", "0.8"]  # fmt: skip
+    status, stderr = interrupt_after_step(["joint_train.py", *argv], tmp_path / "s-lam0.2", 5, signal.SIGINT)
+    assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-2].startswith("interrupted; the checkpoint of step ") and "s-lam0.2" in lines[-2], lines[-2:]
+    assert lines[-1].startswith("the whole sweep goes on with `python joint_train.py ") and lines[-1].endswith(
+        " --lam 0.2 0.8 --resume`"
+    ), lines[-1]
+    assert not (tmp_path / "s-lam0.8").exists()
+    joint_train.main([*argv, "--resume"])
+    assert trained_steps(tmp_path / "s-lam0.2") == list(range(1, 13))
+    assert trained_steps(tmp_path / "s-lam0.8") == list(range(1, 13))
+
+
 def test_lambda_sweep_refusals(tiny_models, stage1, tmp_path):
     """A sweep's values each in [0, 1], each once, and only for MIMO, refused before any run starts."""
     argv = joint_argv(tiny_models, stage1, tmp_path / "run")
