@@ -4,7 +4,7 @@ disk, each training script run for a few steps on tiny models the bench builds,
 and per phase the seconds and the memory, for one process and for two under
 torchrun (gloo, CPU).
 
-    python bench/bench_scale.py                 # the paper's sizes (~25 min on 2 CPU cores)
+    python bench/bench_scale.py                 # the paper's sizes (~7 min on 2 CPU cores)
     python bench/bench_scale.py --scale 0.002   # the same, 500x smaller (~1 min; the test runs a smaller one)
 
 Data (generated once into --work-dir, reused while --scale and --seed stay):
