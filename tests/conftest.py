@@ -27,9 +27,9 @@ def seeded():
 # ---------------------------------------------------------------------------
 # Tiny models, built in the test's own temporary directory: no download, ~1 s each.
 
-CHARACTERS = (
-    list("abcdefghijklmnopqrstuvwxyz0123456789") + list("абвгдеёжзийклмнопрстуфхцчшщъыьэюя") + list("的是水天气为什么")
-)
+LATIN = "abcdefghijklmnopqrstuvwxyz0123456789"
+CYRILLIC = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
+CHARACTERS = list(LATIN) + list(CYRILLIC) + list("的是水天气为什么")
 
 
 def build_tiny_model(path, hidden=32, arch="bert", padding_side="right", seed=0, layers=2):
