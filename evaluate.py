@@ -1134,15 +1134,15 @@ def default_models():
         models.append("runs/stage2")
     else:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
-    others = [
-        path.as_posix()
+    others = {
+        path.as_posix(): run_arguments(path)
         for path in Path("runs").glob("stage2-*")
         if path.suffix not in (".tmp", ".old")  # a checkpoint being swapped in, not a run
         and (path / "config.json").is_file()
-        and run_arguments(path).get("script") == "joint_train.py"
-    ]
-    models += sorted(others, key=lambda path: (run_arguments(path).get("objective") != "mimo",
-                                               run_arguments(path).get("lam", 0), path))  # fmt: skip
+    }
+    others = {path: arguments for path, arguments in others.items() if arguments.get("script") == "joint_train.py"}
+    # MIMO runs first, in lambda order; then the baselines by name
+    models += sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
     if (Path("runs/stage1") / "config.json").is_file():
         models.append("runs/stage1")
     else:

@@ -129,14 +129,14 @@ def teacher_check(teacher_q, teacher_p, student_q, student_p, k=10):
     teacher = gold_ndcg_at_k(teacher_q.float(), teacher_p.float(), k)  # (N,)
     student = gold_ndcg_at_k(student_q.float(), student_p.float(), k)  # (N,)
     difference = student - teacher  # (N,)
-    n = len(difference)
+    n, mean_difference = len(difference), difference.mean().item()
     standard_error = difference.std().item() / math.sqrt(n) if n > 1 else math.inf
     margin = max(CHECK_MIN_MARGIN, 2 * standard_error)
     return {
         "queries": n,
         f"teacher_ndcg_at_{k}": teacher.mean().item(),
         f"student_ndcg_at_{k}": student.mean().item(),
-        "difference": difference.mean().item(),
+        "difference": mean_difference,
         "margin": margin,
-        "student_better": difference.mean().item() > margin,
+        "student_better": mean_difference > margin,
     }

@@ -339,12 +339,6 @@ def write_echo_rows(path, n=24):
     return str(path)
 
 
-def with_data(argv, rows):
-    argv = list(argv)
-    argv[argv.index("--data") + 1] = rows
-    return argv
-
-
 def test_teacher_check_advises_only_where_the_student_is_better(tiny_models, stage1, tmp_path, capsys):
     """On 16 dev rows whose English query is its passage, the student retrieves each first: 1.
     A teacher query prompt of 40 characters fills the teacher's 32 tokens, so its queries are
@@ -352,8 +346,9 @@ def test_teacher_check_advises_only_where_the_student_is_better(tiny_models, sta
     ranks 1..16, mean nDCG@10 about 0.28. The student is clearly better, and the line says
     what to try; the log and the card have both numbers. --no-teacher-check skips it all."""
     rows = write_echo_rows(tmp_path / "rows.jsonl")
-    argv = with_data(joint_argv(tiny_models, stage1, tmp_path / "run", "--dev-size", "16", "--max-steps", "1",
-                                "--teacher-query-prompt", "x" * 40), rows)  # fmt: skip
+    # the last --data wins over joint_argv's
+    argv = joint_argv(tiny_models, stage1, tmp_path / "run", "--dev-size", "16", "--max-steps", "1",
+                      "--teacher-query-prompt", "x" * 40, "--data", rows)  # fmt: skip
     joint_train.main(argv)
     printed = capsys.readouterr().out
     assert "teacher check (English query -> English passage among the 16 dev passages, nDCG@10): teacher " in printed
@@ -363,7 +358,7 @@ def test_teacher_check_advises_only_where_the_student_is_better(tiny_models, sta
     assert check["step"] == 0 and check["dev_en_student_better"] is True
     assert "## Teacher check, before training" in (tmp_path / "run" / "README.md").read_text()
 
-    joint_train.main([*with_data(argv, rows), "--overwrite", "--no-teacher-check"])
+    joint_train.main([*argv, "--overwrite", "--no-teacher-check"])
     assert "teacher check" not in capsys.readouterr().out
     assert not any("dev_en_teacher_ndcg_at_10" in record for record in read_log(tmp_path / "run"))
     assert "Teacher check" not in (tmp_path / "run" / "README.md").read_text()
@@ -378,7 +373,7 @@ def test_lambda_sweep_writes_one_run_per_value_and_resumes_each(tiny_models, sta
     import evaluate
 
     rows = write_echo_rows(tmp_path / "rows.jsonl")
-    argv = with_data(joint_argv(tiny_models, stage1, tmp_path / "run", "--max-steps", "2"), rows)
+    argv = joint_argv(tiny_models, stage1, tmp_path / "run", "--max-steps", "2", "--data", rows)  # the last --data wins
     histories = joint_train.main([*argv, "--lam", "0", "0.5"])
     printed = capsys.readouterr().out
     assert len(histories) == 2 and not (tmp_path / "run").exists()
