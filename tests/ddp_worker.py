@@ -13,10 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import distributed  # noqa: E402
+import checkpoint  # noqa: E402
 import joint_train  # noqa: E402
 from losses import cosine_distill_loss, info_nce  # noqa: E402
-from model import Encoder  # noqa: E402
 
 QUERIES = [
     "what is water",
@@ -43,8 +42,8 @@ PASSAGES = [
 def setup(model_path):
     """The same student, W and teacher targets on every rank (and in the test)."""
     torch.manual_seed(0)
-    student = Encoder(model_path).double().eval()
-    W = torch.nn.Linear(student.dim, 16, bias=False).double()
+    student = checkpoint.load_model(model_path).double().eval()
+    W = torch.nn.Linear(student.get_embedding_dimension(), 16, bias=False).double()
     t_q, t_p = torch.randn(8, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
     return student, W, t_q, t_p
 
@@ -55,7 +54,7 @@ def mimo_loss(xlco, q, p, W, t_q, t_p):
 
 def main():
     model_path, out_file, symmetric = sys.argv[1], sys.argv[2], sys.argv[3] == "symmetric"
-    rank, world, _ = distributed.setup()
+    rank, world, _ = checkpoint.setup()
     student, W, t_q, t_p = setup(model_path)
     mine = slice(rank * 4, rank * 4 + 4)
     no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
@@ -68,11 +67,11 @@ def main():
     joint_train.backward_through_cache(student, QUERIES[mine], q.grad, q_states, 2, no_autocast)
     joint_train.backward_through_cache(student, PASSAGES[mine], p.grad, p_states, 2, no_autocast)
     params = dict(student.named_parameters(), W=W.weight)
-    distributed.average_gradients(list(params.values()))
-    mean_loss = distributed.mean_over_ranks(loss.detach())
+    checkpoint.average_gradients(list(params.values()))
+    mean_loss = checkpoint.mean_over_ranks(loss.detach())
     if rank == 0:
         torch.save({"loss": mean_loss, "grads": {name: param.grad for name, param in params.items()}}, out_file)
-    distributed.shutdown()
+    checkpoint.shutdown()
 
 
 if __name__ == "__main__":

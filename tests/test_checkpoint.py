@@ -1,4 +1,4 @@
-"""checkpoint.py and cli.py: arguments and their ranges, the crash-safe checkpoint
+"""checkpoint.py: arguments and their ranges, the crash-safe checkpoint
 (write whole, swap in, recover), resuming to the same weights, and the stops that
 keep non-finite numbers out of a checkpoint."""
 
@@ -14,9 +14,8 @@ from test_scripts import assert_same_weights
 
 import checkpoint
 import distill
-from cli import Parser, Range
-from data import BadInput
-from model import Encoder
+from checkpoint import BadInput, Parser, Range, load_model
+from losses import Distance
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +212,7 @@ def test_nonfinite_loss_stops_before_it_is_saved(tiny_models, rows, tmp_path, mo
     """From step 3 on the loss is NaN (and so are the weights after the update). The
     run stops at the step-4 save check, naming the step and a resume command with a
     lower learning rate; the step-2 checkpoint stays, with finite weights."""
-    real = distill.DISTILL_LOSSES["cosine"]
+    real = distill.DISTILL_LOSSES["cosine"].loss
     calls = {"n": 0}
 
     def poisoned(student, teacher):
@@ -221,12 +220,12 @@ def test_nonfinite_loss_stops_before_it_is_saved(tiny_models, rows, tmp_path, mo
         loss = real(student, teacher)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setitem(distill.DISTILL_LOSSES, "cosine", poisoned)
+    monkeypatch.setitem(distill.DISTILL_LOSSES, "cosine", Distance(poisoned, "1 - cos"))
     argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--log-every", "100")
     with pytest.raises(SystemExit, match=r"the loss is nan at step 4; .* --resume .* --lr 2\.5e-05"):
         distill.main(argv)
     assert state_step(tmp_path / "run") == 2
-    saved = Encoder(str(tmp_path / "run"))
+    saved = load_model(str(tmp_path / "run"))
     assert all(torch.isfinite(p).all() for p in saved.parameters())
 
 
@@ -269,7 +268,7 @@ def test_weights_gone_bad_between_checks_are_never_saved(tiny_models, rows, tmp_
     with pytest.raises(SystemExit, match=r"the weights are not finite at step 4"):
         distill.main(argv)
     assert state_step(tmp_path / "run") == 2
-    assert all(torch.isfinite(p).all() for p in Encoder(str(tmp_path / "run")).parameters())
+    assert all(torch.isfinite(p).all() for p in load_model(str(tmp_path / "run")).parameters())
 
 
 def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):

@@ -7,6 +7,7 @@ import torch
 from conftest import ROOT, read_log, torchrun, write_rows
 
 import checkpoint
+import joint_train
 from losses import info_nce
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -23,7 +24,7 @@ def test_gathered_loss_and_gradients_equal_one_process(tiny_models, tmp_path, di
     ranks = torch.load(tmp_path / "ranks.pt")
 
     student, W, t_q, t_p = ddp_worker.setup(tiny_models["student"])
-    q, p = student.embed(ddp_worker.QUERIES), student.embed(ddp_worker.PASSAGES)
+    q, p = joint_train.embed(student, ddp_worker.QUERIES), joint_train.embed(student, ddp_worker.PASSAGES)
     loss = ddp_worker.mimo_loss(info_nce(q, p, 20.0, symmetric=direction == "symmetric"), q, p, W, t_q, t_p)
     loss.backward()
     torch.testing.assert_close(ranks["loss"], loss.detach(), rtol=1e-10, atol=1e-12)

@@ -21,9 +21,8 @@ import data
 import distill
 import evaluate
 import joint_train
-from cli import Range
+from checkpoint import Range, load_model
 from data import BadInput
-from model import Encoder
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +49,10 @@ def test_empty_strings_in_rows(tmp_path):
 
 
 def test_a_100000_character_text_is_truncated_not_a_crash(tiny_models, tmp_path):
-    encoder = Encoder(tiny_models["student"], max_length=32)
+    encoder = load_model(tiny_models["student"], max_length=32)
     long_text = "ab " * 33_334  # 100,002 characters of many words (one 100k-character word is a single [UNK])
-    assert encoder.tokenize([long_text])["input_ids"].shape == (1, 32)
-    assert torch.isfinite(encoder.encode([long_text, "a" * 100_000])).all()
+    assert encoder.preprocess([long_text])["input_ids"].shape == (1, 32)
+    assert torch.isfinite(encoder.encode([long_text, "a" * 100_000], convert_to_tensor=True)).all()
     pairs, stats = data.load_parallel([f"de={write_long(tmp_path)}"], identity_pairs=False)
     assert stats["dropped_length"] == 1 and len(pairs) == 1  # stage 1's 512-character filter drops it
 
@@ -78,7 +77,7 @@ def test_a_model_directory_with_missing_files(tiny_models, tmp_path):
     # a config, but no weights and no tokenizer
     (broken / "config.json").write_text((Path(tiny_models["student"]) / "config.json").read_text())
     with pytest.raises(BadInput, match=r"cannot load model '.*broken' \(local directory\)"):
-        Encoder(str(broken))
+        load_model(str(broken))
 
 
 # ---------------------------------------------------------------------------
@@ -223,15 +222,15 @@ def test_joint_train_refuses_to_resume_a_stage_1_run(finished_run, tiny_models, 
 
 FULL_DISK = """
 import errno, sys
-import model
+import checkpoint
 from safetensors import SafetensorError
 
 def full(*args, **kwargs):
     raise {error}
 
-model.Encoder.save = full  # the first thing a checkpoint writes after args.json
-import cli, distill
-cli.entry_point(distill.main)
+checkpoint.save_model = full  # the first thing a checkpoint writes after args.json
+import distill
+checkpoint.entry_point(distill.main)
 """
 
 

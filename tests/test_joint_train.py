@@ -17,9 +17,8 @@ import checkpoint
 import data
 import distill
 import joint_train
-from data import BadInput
+from checkpoint import BadInput, load_model
 from losses import cosine_distill_loss, info_nce
-from model import Encoder
 
 TEXTS_Q = [
     "what is water",
@@ -53,12 +52,13 @@ def test_gradient_cache_equals_full_batch(tiny_models, mini_batch_size):
     through the whole batch. float64 and no dropout, so they agree to ~1e-12;
     mini-batches of 3 leave a ragged last one."""
     torch.manual_seed(0)
-    student = Encoder(tiny_models["student"]).double().eval()
-    W = torch.nn.Linear(student.dim, 32, bias=False).double()
-    t_q, t_p = torch.randn(7, 32, dtype=torch.float64), torch.randn(7, 32, dtype=torch.float64)
+    device = torch.device(os.environ.get("MIMO_TEST_DEVICE", "cpu"))  # bench/gpu_check.sh runs it on CUDA
+    student = load_model(tiny_models["student"]).double().eval().to(device)
+    W = torch.nn.Linear(student.get_embedding_dimension(), 32, bias=False).double().to(device)
+    t_q, t_p = (torch.randn(7, 32, dtype=torch.float64, device=device) for _ in range(2))
     no_autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
-    loss_of(student.embed(TEXTS_Q), student.embed(TEXTS_P), W, t_q, t_p).backward()
+    loss_of(joint_train.embed(student, TEXTS_Q), joint_train.embed(student, TEXTS_P), W, t_q, t_p).backward()
     plain = {name: param.grad.clone() for name, param in student.named_parameters() if param.grad is not None}
     plain["W"] = W.weight.grad.clone()
     student.zero_grad()
@@ -78,27 +78,29 @@ def test_gradient_cache_equals_full_batch(tiny_models, mini_batch_size):
         torch.testing.assert_close(cached[name], plain[name], rtol=1e-7, atol=1e-10, msg=name)
 
 
-def test_gradient_cache_replays_dropout(tiny_models):
+def test_gradient_cache_replays_dropout(tiny_models, monkeypatch):
     """In training mode (dropout on), pass 2 re-encodes under pass 1's RNG states, so
-    it sees the same dropout masks and reproduces pass 1's embeddings exactly."""
-    student = Encoder(tiny_models["student"]).train()
-    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    it sees the same dropout masks and reproduces pass 1's embeddings exactly (on CUDA
+    too, where bench/gpu_check.sh runs it: the CUDA generator is replayed as well)."""
+    device = torch.device(os.environ.get("MIMO_TEST_DEVICE", "cpu"))
+    student = load_model(tiny_models["student"]).train().to(device)
+    autocast = lambda: torch.autocast(device.type, enabled=False)  # noqa: E731
     first, states = joint_train.embed_without_graph(student, TEXTS_Q, 3, autocast)
 
-    seen, embed = [], student.embed
+    seen, embed = [], joint_train.embed
 
-    def recording_embed(texts, prompt=None):
-        out = embed(texts, prompt)
+    def recording_embed(model, texts):
+        out = embed(model, texts)
         seen.append(out.detach().float())
         return out
 
-    student.embed = recording_embed
+    monkeypatch.setattr(joint_train, "embed", recording_embed)
     joint_train.backward_through_cache(student, TEXTS_Q, torch.ones_like(first), states, 3, autocast)
     torch.testing.assert_close(torch.cat(seen), first, rtol=0, atol=0)
 
     with torch.no_grad():
         student.eval()
-        without_dropout = embed(TEXTS_Q)
+        without_dropout = embed(student, TEXTS_Q)
     assert not torch.allclose(first, without_dropout)  # dropout really was on: the check above is not vacuous
 
 
@@ -145,8 +147,8 @@ def test_weight_decay_spares_biases_and_normalisation_weights(tiny_models):
 
     from checkpoint import adamw_with_schedule
 
-    student = Encoder(tiny_models["student"])
-    W = torch.nn.Linear(student.dim, 32, bias=False)
+    student = load_model(tiny_models["student"])
+    W = torch.nn.Linear(student.get_embedding_dimension(), 32, bias=False)
     params = [*student.parameters(), W.weight]
     args = argparse.Namespace(lr=1e-3, weight_decay=0.01, warmup=0.0, max_steps=5, epochs=1)
     optimizer, _, _ = adamw_with_schedule(params, args, 5)

@@ -1,0 +1,185 @@
+"""
+The teacher cache of distill.py and joint_train.py: teacher embeddings on disk (fp16,
+memory-mapped), so each unique (teacher weights, precision, prompt, max length, text)
+is embedded once across epochs, runs and stages. An 8B teacher's forward is the cost
+that dominates training; no library keeps such a cache, so it is written here.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from checkpoint import resolve_model
+
+def teacher_fingerprint(name_or_path, memo_dir=None):
+    """What identifies a teacher's weights, for the cache key.
+
+    A local folder: a SHA-1 over its files' names and contents (hidden ones aside), so
+    a model retrained in place gets new targets; its modification times do not count,
+    so copying or touching it costs nothing. Hashing an 8B model's 16 GB takes a minute
+    once: memo_dir/fingerprints.json remembers each file's digest by (path, size,
+    modification time). A hub id: the commit of the snapshot in the Hugging Face cache
+    (the one its weights were loaded from), or None when it is not cached.
+    """
+    path = resolve_model(name_or_path)
+    if not Path(path).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            config = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json when cached
+        except ValueError:  # not a valid hub id either
+            config = None
+        return {"hub": path, "commit": Path(config).parent.name if isinstance(config, str) else None}
+    memo_file = Path(memo_dir) / "fingerprints.json" if memo_dir is not None else None
+    try:
+        memo = json.loads(memo_file.read_text()) if memo_file is not None and memo_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):  # a damaged memo only costs hashing again
+        memo = {}
+    folder, digest, changed = Path(path).resolve(), hashlib.sha1(), False
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # .git, .cache/huggingface: bookkeeping, not weights
+        stat = file.stat()
+        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in memo:
+            content = hashlib.sha1()
+            with open(file, "rb") as f:
+                while block := f.read(1 << 20):
+                    content.update(block)
+            memo[key], changed = content.hexdigest(), True
+        digest.update(f"{relative.as_posix()}\0{memo[key]}\n".encode())
+    if changed and memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)  # whole or not at all; a lost race only means hashing again
+    return {"content": digest.hexdigest()}
+
+
+class TeacherCache:
+    """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
+
+    One folder per (teacher weights, precision, prompt, max length, dim, pooling):
+    `meta.json` names them. The weights enter as teacher_fingerprint(): a local
+    teacher retrained in place, or a hub teacher at a new commit, starts a new
+    cache. precision ("fp32", "bf16", "fp16") is the dtype the teacher computes in:
+    bf16 targets differ from fp32 ones by far more than the fp16 rounding of the
+    stored rows, so the two never share a cache. Each cache object that adds texts appends to files of its own,
+    `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (one SHA-1
+    of the text per line, line i naming row i), with a writer name unique to it
+    (host, process, random suffix). So ranks under torchrun and runs side by side
+    need no locks, and no one ever appends to a file a crashed writer left: readers
+    take the union of all files, each cut to its whole rows that have whole key
+    lines. A row is written (and synced) before its key, so a kill leaves at worst
+    an unindexed row or half a line, never a key without its row.
+    """
+
+    def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean", *, precision, fingerprint=None):
+        identity = {
+            "teacher": teacher_name,
+            "weights": teacher_fingerprint(teacher_name, root) if fingerprint is None else fingerprint,
+            "precision": precision,
+            "prompt": prompt,
+            "max_length": max_length,
+            "dim": dim,
+            "pooling": pooling,
+        }
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "meta.json"
+        if not meta.exists():
+            meta.write_text(json.dumps(identity, indent=2))
+        self.dim = dim
+        self.prompt = prompt
+        writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.emb_file, self.keys_file = self.folder / f"emb-{writer}.f16", self.folder / f"keys-{writer}.txt"
+        self.rows = {}  # text hash -> (shard index, row)
+        self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer's file
+        self.own = None  # index of this object's own shard, once it has added texts
+        for keys_file in sorted(self.folder.glob("keys-*.txt")):
+            emb_file = keys_file.with_name("emb-" + keys_file.name[len("keys-") : -len(".txt")] + ".f16")
+            keys = keys_file.read_text().split("\n")[:-1]  # whole lines: a line cut short has no newline
+            keys = keys[: emb_file.stat().st_size // (2 * dim) if emb_file.exists() else 0]  # whole rows
+            if keys:
+                self.map_shard(len(self.shards), emb_file, keys, 0)
+
+    def map_shard(self, index, emb_file, new_keys, first_row):
+        """(Re)map a writer's file as shard `index` and index its rows first_row.. by new_keys."""
+        rows = first_row + len(new_keys)
+        shard = np.memmap(emb_file, dtype=np.float16, mode="r", shape=(rows, self.dim))
+        if index == len(self.shards):
+            self.shards.append(shard)
+        else:
+            self.shards[index] = shard
+        for row, key in enumerate(new_keys, first_row):
+            self.rows[key] = (index, row)
+
+    @staticmethod
+    def key(text):
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def missing(self, texts):
+        """The unique texts that are not cached yet, in first-seen order."""
+        seen, out = set(), []
+        for text in texts:
+            key = self.key(text)
+            if key not in self.rows and key not in seen:
+                seen.add(key)
+                out.append(text)
+        return out
+
+    def add(self, texts, embeddings):
+        """Append (N, D) embeddings of texts; returns them rounded to fp16 as stored.
+
+        Nothing stays in memory but the index: the rows are read back through the
+        map, so a paper-scale cache (millions of 4096-d rows) costs disk, not RAM."""
+        stored = embeddings.detach().to("cpu", torch.float16)
+        with open(self.emb_file, "ab") as f:
+            f.write(stored.numpy().tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        with open(self.keys_file, "a") as f:
+            f.write("".join(self.key(text) + "\n" for text in texts))
+        if self.own is None:
+            self.own, first_row = len(self.shards), 0
+        else:
+            first_row = self.shards[self.own].shape[0]
+        self.map_shard(self.own, self.emb_file, [self.key(text) for text in texts], first_row)
+        return stored
+
+    def get(self, texts):
+        """(N, D) float32 CPU tensor for texts that are all cached."""
+        out = torch.empty(len(texts), self.dim, dtype=torch.float16)
+        for i, text in enumerate(texts):
+            shard, row = self.rows[self.key(text)]
+            out[i] = torch.from_numpy(np.array(self.shards[shard][row]))  # a copy: the map is read-only
+        return out.float()
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
+    """Teacher embeddings of texts, (N, D) float32 CPU, normalised, via the cache;
+    the teacher sees the cache's prompt, so a cache never mixes prompts.
+
+    subtle: freshly computed vectors are rounded to fp16 before use, exactly as the
+    cache stores them, so a run that finds its targets cached and one that computes
+    them see the same numbers (and resuming reproduces an uninterrupted run).
+    """
+    todo = cache.missing(texts)
+    if todo:
+        device = teacher.device
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            vectors = teacher.encode(todo, prompt=cache.prompt, batch_size=batch_size, convert_to_tensor=True,
+                                     normalize_embeddings=True)  # fmt: skip
+        cache.add(todo, vectors.float())
+    return cache.get(texts)
