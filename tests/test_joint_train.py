@@ -225,6 +225,28 @@ def test_each_objective_trains_and_writes_the_same_layout(objective, tiny_models
         assert "distance" in history["after"]
 
 
+def test_a_new_objective_is_one_function_and_one_table_entry(tiny_models, stage1, tmp_path, monkeypatch):
+    """The method changes in one place: an objective registered in losses.OBJECTIVES (here
+    a toy one, 1 - cos between each query and its passage, plus a term that uses the
+    teacher) trains with joint_train.py as it stands, and its term reaches the log and its
+    line the model card, with no other file taught about it."""
+    import losses
+
+    def toy(e, t, W, h):
+        pull = (1 - torch.nn.functional.cosine_similarity(e["q"], e["p"])).mean()
+        anchor = h.distance(W(e["p"]), t["p_en"])  # the stage-1 distance, to the teacher's English passage
+        return pull + anchor, {"pull": pull, "anchor": anchor}
+
+    entry = losses.Objective(toy, {"q": ("query", "x"), "p": ("passage", "y")}, teacher=True, same_language=False,
+                             label="Toy", card=lambda a: f"L = mean(1 - cos(q, p)) + d, lr {a['lr']:g}")  # fmt: skip
+    monkeypatch.setitem(losses.OBJECTIVES, "toy", entry)
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--objective", "toy", "--max-steps", "2"))
+    trained = [record for record in read_log(tmp_path / "run") if "loss" in record]
+    assert trained and all(record["loss"] == pytest.approx(record["pull"] + record["anchor"]) for record in trained)
+    assert "| objective | L = mean(1 - cos(q, p)) + d, lr 2e-05 |" in (tmp_path / "run" / "README.md").read_text()
+    assert (tmp_path / "run" / "projection.safetensors").is_file()  # it asked for the teacher, so W trained on
+
+
 def test_fused_kernel_gets_the_autocast_dtype(tiny_models, stage1, tmp_path):
     """With --loss-impl triton under bf16 autocast, the kernel receives bf16 operands (its
     tensor-core path), and MIMO trains through it with finite loss terms. On CPU through
