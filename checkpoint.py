@@ -41,8 +41,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-import losses
-
 try:
     import fcntl  # advisory locks: Linux and macOS
 except ImportError:  # Windows: runs are not locked against a second writer
@@ -222,7 +220,9 @@ def encode(model, texts, batch_size, autocast=contextlib.nullcontext):
     eval mode; a student in training is put back, or it would lose its dropout."""
     training = model.training
     with autocast():
-        vectors = model.encode(texts, prompt="", batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+        vectors = model.encode(
+            texts, prompt="", batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True
+        )
     model.train(training)
     return vectors.float().cpu()
 
@@ -232,7 +232,6 @@ def freeze(model):
     model.eval()
     model.requires_grad_(False)
     return model
-
 
 
 # ---------------------------------------------------------------------------
@@ -1074,7 +1073,8 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages,
     """
     folder, script = Path(folder), arguments["script"]
     stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective')})"
-    caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments else ""
+    caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments \
+        else ""  # fmt: skip
     data = arguments["data"] if isinstance(arguments["data"], list) else [arguments["data"]]
     before, after = history.get("before") or {}, history.get("after") or {}
     dev = [f"| {dev_metrics.get(key, key)} | {value:.4f} | " + (f"{after[key]:.4f} |" if key in after else "|")

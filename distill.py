@@ -274,7 +274,7 @@ def main(argv=None):
         dev_targets = teacher_embed(teacher, cache, [pair.english for pair in dev], args.teacher_batch_size, amp_dtype)
     languages = sorted(key[5:] for key in stats if key.startswith("lang_"))
     card = {"base_model": args.student, "teacher": args.teacher, "languages": languages, "dev_metrics": DEV_METRICS,
-            "objective": f"L = mean d(W s(x_X), t(x_en)), d = {DISTILL_LOSSES[args.distill_loss].label}"}
+            "objective": f"L = mean d(W s(x_X), t(x_en)), d = {DISTILL_LOSSES[args.distill_loss].label}"}  # fmt: skip
     # A new run starts at step 0; --resume restores the weights, W, optimizer, scheduler, RNG,
     # step and history (dev numbers, epoch times) that the last checkpoint saved.
     step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill", card)

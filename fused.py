@@ -45,7 +45,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453  # the kernels use exp2 / log2
 
 
@@ -58,6 +57,7 @@ def normalize_backward(grad_unit, x, inv_norm):
     """Chain rule through u = x / ||x||: dL/dx = (dL/du - u (u . dL/du)) / ||x||; (R, D) fp32."""
     unit = x.float() * inv_norm[:, None]  # (R, D)
     return (grad_unit - unit * (unit * grad_unit).sum(-1, keepdim=True)) * inv_norm[:, None]
+
 
 # Triton decides at @triton.jit time whether kernels are compiled or interpreted
 # (triton.knobs in recent Triton; the environment variable itself in older ones).

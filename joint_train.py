@@ -274,8 +274,9 @@ def load_models(args, device, amp_dtype, precision):
     # Queries and passages differ in prompt, so they have one cache each; with an empty
     # query prompt the query cache is stage 1's, and its English texts are reused.
     caches = {
-        view: TeacherCache(args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling,
-                           precision=precision)  # fmt: skip
+        view: TeacherCache(
+            args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling, precision=precision
+        )  # fmt: skip
         for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))
     }
     return student, teacher, W, caches
@@ -530,8 +531,9 @@ def train(args):
     # of this run, every rank's rows for --gather-negatives, and the distance d of L_Distill.
     h = SimpleNamespace(
         **vars(args),
-        info_nce=lambda q, p: contrastive(info_nce, q, p, args.scale, args.symmetric, args.gather_negatives,
-                                          contrastive_dtype),  # fmt: skip
+        info_nce=lambda q, p: contrastive(
+            info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype
+        ),  # fmt: skip
         gather=gather_own_first if args.gather_negatives else lambda x: x,
         distance=DISTILL_LOSSES[args.distill_loss].loss,
     )

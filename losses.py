@@ -198,18 +198,21 @@ class Objective:
     card: Callable
 
 
+def nce(a):
+    """The InfoNCE settings in an objective's card line."""
+    return f"InfoNCE scale {a['scale']:g}" + (", symmetric" if a.get("symmetric") else "")
+
+
 QP = {"q": ("query", "x"), "p": ("passage", "y")}
-OBJECTIVES = {
+OBJECTIVES = {  # --objective: Objective(loss, views, teacher, same_language, label, card)
     "mimo": Objective(mimo_objective, QP, True, False, "MIMO", lambda a: (
-        f"L = {a['lam']:g} L_XLCO + {1 - a['lam']:g} L_Distill (lambda = {a['lam']:g}); InfoNCE scale {a['scale']:g}"
-        f"{', symmetric' if a['symmetric'] else ''}; d = {DISTILL_LOSSES[a['distill_loss']].label}")),
-    "xlco": Objective(xlco_objective, QP, False, False, "XLCO", lambda a: (
-        f"cross-lingual InfoNCE, scale {a['scale']:g}{', symmetric' if a['symmetric'] else ''}")),
-    "infonce": Objective(infonce_objective, QP, False, True, "InfoNCE", lambda a: (
-        f"same-language InfoNCE, scale {a['scale']:g}{', symmetric' if a['symmetric'] else ''}")),
+        f"L = {a['lam']:g} L_XLCO + {1 - a['lam']:g} L_Distill (lambda = {a['lam']:g}); {nce(a)}; "
+        f"d = {DISTILL_LOSSES[a['distill_loss']].label}")),
+    "xlco": Objective(xlco_objective, QP, False, False, "XLCO", lambda a: f"cross-lingual InfoNCE; {nce(a)}"),
+    "infonce": Objective(infonce_objective, QP, False, True, "InfoNCE", lambda a: f"same-language InfoNCE; {nce(a)}"),
     "lakda": Objective(lakda_objective, {"q": ("query", "x"), "p": ("passage", "z"), "q_b": ("query", "y")}, False,
-                       False, "LaKDA", lambda a: f"LaKDA, a = {a['lakda_alpha']:g}, InfoNCE scale {a['scale']:g}"),
-}
+                       False, "LaKDA", lambda a: f"LaKDA, a = {a['lakda_alpha']:g}; {nce(a)}"),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from checkpoint import resolve_model
 
+
 def teacher_fingerprint(name_or_path, memo_dir=None):
     """What identifies a teacher's weights, for the cache key.
 
