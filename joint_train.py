@@ -38,26 +38,9 @@ from types import SimpleNamespace
 
 import torch
 
+import checkpoint
 import data
-from checkpoint import (
-    POOLING_MODES,
-    BadInput,
-    Parser,
-    Range,
-    Run,
-    adamw_with_schedule,
-    add_training_arguments,
-    after_recovery,
-    average_gradients,
-    encode,
-    entry_point,
-    freeze,
-    gather_own_first,
-    interrupt_hints,
-    load_model,
-    load_projection,
-    parse_args,
-)
+from checkpoint import BadInput, Parser, Range, Run, entry_point
 from losses import DISTILL_LOSSES, OBJECTIVES, fp32, info_nce_triton, pick_info_nce, query_passage_distill
 from teacher import TeacherCache, teacher_embed
 
@@ -126,11 +109,11 @@ def build_parser():
                        help="auto: mimo starts from --stage1, the baselines from the raw --student backbone")
     group.add_argument("--student", default="sentence-transformers/all-MiniLM-L6-v2",
                        help="raw backbone for --init backbone (the demo's, as in stage 1)")
-    group.add_argument("--student-pooling", default=None, choices=sorted(POOLING_MODES),
+    group.add_argument("--student-pooling", default=None, choices=sorted(checkpoint.POOLING_MODES),
                        help="student pooling; default: from its config, else mean")
     group.add_argument("--teacher", default=None,
                        help="frozen English teacher; default: the one --stage1 was trained with")
-    group.add_argument("--teacher-pooling", default=None, choices=sorted(POOLING_MODES),
+    group.add_argument("--teacher-pooling", default=None, choices=sorted(checkpoint.POOLING_MODES),
                        help="teacher pooling; default: from its config")
     group.add_argument("--teacher-query-prompt", default="",
                        help="prompt the teacher sees before English queries (Qwen3-Embedding: its web-search "
@@ -153,7 +136,7 @@ def build_parser():
                        help="texts per forward with a graph under gradient caching (>= the per-device batch: no "
                             "caching)")
     # fmt: on
-    add_training_arguments(parser, PRESETS, lr=2e-5, epochs=4, max_length=64, log_every=2, save_every=10)
+    checkpoint.add_training_arguments(parser, PRESETS, lr=2e-5, epochs=4, max_length=64, log_every=2, save_every=10)
     return parser
 
 
@@ -171,7 +154,7 @@ def get_args(argv=None):
     first, _ = parser.parse_known_args(argv)
     if first.out_dir is None:
         argv += ["--out-dir", default_out_dir(first.objective)]
-    args = parse_args(parser, PRESETS, "joint_train.py", argv)
+    args = checkpoint.parse_args(parser, PRESETS, "joint_train.py", argv)
     if isinstance(args.lam, list):  # given on the command line; a preset's or args.json's is one number
         if len(args.lam) > 1:
             raise BadInput(f"one run takes one --lam, got {' '.join(f'{lam:g}' for lam in args.lam)}")
@@ -222,7 +205,7 @@ def get_runs(argv=None):
     runs = []
     for lam, out_dir in zip(lams, out_dirs):
         run_argv = [*argv, "--lam", repr(lam), "--out-dir", out_dir]  # the last --lam and --out-dir count
-        if first.resume and not (after_recovery(Path(out_dir)) / "args.json").is_file():
+        if first.resume and not (checkpoint.after_recovery(Path(out_dir)) / "args.json").is_file():
             run_argv = [token for token in run_argv if not is_resume_flag(token)]  # not started yet: start it
         runs.append(get_args(run_argv))
     return runs
@@ -249,7 +232,9 @@ def load_models(args, device, amp_dtype, precision):
             f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and projection.safetensors): "
             "run `python distill.py` first, or use --objective xlco, which needs no stage 1"
         )
-    student = load_model(str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length)
+    student = checkpoint.load_model(
+        str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length
+    )
     if not OBJECTIVES[args.objective].teacher:
         return student, None, None, None
     if not (stage1 / "args.json").is_file():
@@ -261,9 +246,11 @@ def load_models(args, device, amp_dtype, precision):
     # the teacher, and how it pools, as in stage 1: W maps into that space
     name = args.teacher or stage1_args["teacher"]
     pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")
-    teacher = freeze(load_model(name, pooling, args.max_length, amp_dtype if device.type == "cuda" else None))
+    teacher = checkpoint.freeze(
+        checkpoint.load_model(name, pooling, args.max_length, amp_dtype if device.type == "cuda" else None)
+    )
     student_dim, teacher_dim = student.get_embedding_dimension(), teacher.get_embedding_dimension()
-    projection = load_projection(stage1)  # (Dt, Ds)
+    projection = checkpoint.load_projection(stage1)  # (Dt, Ds)
     if projection.shape != (teacher_dim, student_dim):
         raise BadInput(
             f"{stage1}/projection.safetensors maps {projection.shape[1]} to {projection.shape[0]} dimensions, "
@@ -331,7 +318,7 @@ def embed_without_graph(student, texts, mini_batch_size, autocast):
 
 
 def backward_through_cache(student, texts, grad, states, mini_batch_size, autocast):
-    """Gradient caching, pass 2: re-encode each mini-batch with a graph, under the RNG
+    """Gradient caching, pass 2: re-checkpoint.encode each mini-batch with a graph, under the RNG
     state pass 1 saw, and back-propagate the cached dL/d(embedding) rows into the
     parameters. By the chain rule the parameter gradients are those of the full batch."""
     device = student.device
@@ -368,11 +355,11 @@ def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
         q, p = q.to(dtype), p.to(dtype)
     if not gather:
         return info_nce(q, p, scale, symmetric)
-    forward = info_nce(q, gather_own_first(p), scale)
+    forward = info_nce(q, checkpoint.gather_own_first(p), scale)
     if not symmetric:
         return forward
     # passage-to-query is the same loss with the roles swapped: passage j against all queries
-    return (forward + info_nce(p, gather_own_first(q), scale)) / 2
+    return (forward + info_nce(p, checkpoint.gather_own_first(q), scale)) / 2
 
 
 @torch.no_grad()
@@ -380,8 +367,12 @@ def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, a
     """In-batch accuracy over the whole dev set (each query in X finds its passage in
     Y among all dev passages, each in its own Y) and, with a teacher, the dev
     distillation distance through W averaged over queries and passages."""
-    q = encode(student, [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)], batch_size, autocast)  # (N, Ds)
-    p = encode(student, [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)], batch_size, autocast)
+    q = checkpoint.encode(
+        student, [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)], batch_size, autocast
+    )  # (N, Ds)
+    p = checkpoint.encode(
+        student, [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)], batch_size, autocast
+    )
     result = {"accuracy": ((q @ p.T).argmax(1) == torch.arange(len(q))).float().mean().item()}
     if W is not None:
         device = W.weight.device
@@ -411,8 +402,8 @@ def check_teacher(student, dev_rows, dev_targets, batch_size, autocast):
     teacher against student. The teacher's side is dev_targets, the embeddings the
     distillation term uses (its query prompt included). The student is clearly better
     when the mean per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
-    q = encode(student, [row["query"]["en"] for row in dev_rows], batch_size, autocast)  # (N, Ds)
-    p = encode(student, [row["passage"]["en"] for row in dev_rows], batch_size, autocast)
+    q = checkpoint.encode(student, [row["query"]["en"] for row in dev_rows], batch_size, autocast)  # (N, Ds)
+    p = checkpoint.encode(student, [row["passage"]["en"] for row in dev_rows], batch_size, autocast)
     teacher, student = gold_ndcg_at_10(*dev_targets), gold_ndcg_at_10(q, p)  # (N,) each
     difference = student - teacher
     n, mean_difference = len(difference), difference.mean().item()
@@ -469,7 +460,7 @@ def main(argv=None):
     if len(runs) > 1:  # Ctrl-C: besides the interrupted run's own checkpoint, how the whole sweep goes on
         given = sys.argv[1:] if argv is None else list(argv)
         again = shlex.join(["python", "joint_train.py", *[token for token in given if not is_resume_flag(token)]])
-        interrupt_hints["sweep"] = lambda: f"the whole sweep goes on with `{again} --resume`"
+        checkpoint.interrupt_hints["sweep"] = lambda: f"the whole sweep goes on with `{again} --resume`"
     histories = []
     for index, args in enumerate(runs):
         if len(runs) > 1:
@@ -534,7 +525,7 @@ def train(args):
         info_nce=lambda q, p: contrastive(
             info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype
         ),  # fmt: skip
-        gather=gather_own_first if args.gather_negatives else lambda x: x,
+        gather=checkpoint.gather_own_first if args.gather_negatives else lambda x: x,
         distance=DISTILL_LOSSES[args.distill_loss].loss,
     )
 
@@ -554,7 +545,7 @@ def train(args):
     # W keeps training in stage 2: the distillation term goes through it, as in stage 1
     params = [*student.parameters(), *([W.weight] if W is not None else [])]
     steps_per_epoch = len(train_rows) // run.global_batch
-    optimizer, scheduler, max_steps = adamw_with_schedule(params, args, steps_per_epoch)
+    optimizer, scheduler, max_steps = checkpoint.adamw_with_schedule(params, args, steps_per_epoch)
 
     # --- start or resume
     dev_targets = None  # teacher embeddings of the dev rows' English queries and passages, (N, Dt) each, on rank 0
@@ -614,7 +605,7 @@ def train(args):
         if caching:  # pass 2, mini-batch by mini-batch; the cached gradients carry fp16's loss scale
             for view, (_, states) in cached.items():
                 backward_through_cache(student, views[view], e[view].grad, states, args.mini_batch_size, run.autocast)
-        average_gradients(params)  # the mean over ranks: the global batch's gradient
+        checkpoint.average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip or float("inf"))
         run.scaler.step(optimizer)
