@@ -11,73 +11,63 @@ Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
         --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test       # adds a row to the same table
     python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Output. One table per benchmark, a row for every model scored on it so far in
---out-dir (runs/eval/), with the max length each was scored with; the prompts follow
-the table. --out-dir holds:
-  <benchmark>/<model>.json  one file per (model, benchmark), in MTEB's shape: scores.<split> is a list
-                            of {hf_subset, languages, main_score, ndcg_at_10, ...}, "default" first,
-                            then one per query language; beside it the encoding (prompts, max length,
+Output. One table per benchmark, a row (with the max length it was scored with) for every
+model scored on it so far in --out-dir (runs/eval/); the prompts follow the table. --out-dir holds:
+  <benchmark>/<model>.json  per (model, benchmark), in MTEB's shape: scores.<split> is a list of
+                            {hf_subset, languages, main_score, ndcg_at_10, ...}, "default" first, then
+                            one per query language; beside it the encoding (prompts, max length,
                             precision, similarity), the benchmark's counts and layout, every note, and
                             per_query: each query's metrics, for paired significance tests
-  <benchmark>/<model>.trec  with --save-run: the top 100 of every query as a TREC run
-                            (qid Q0 docid rank score tag), for trec_eval, ranx or a significance test
-  results.json, au.png      rebuilt on every run from the result files there: every number per
-                            benchmark and model, and alignment against uniformity (matplotlib), each
-                            point labelled with its nDCG@10; MIMO runs (joint_train.py, read from their
-                            args.json) joined in lambda order, the trade-off a --lam sweep traces, beside
-                            stage 1 and the baselines
-A later run adds its models' files and rebuilds the table from all of them.
-evaluate.py replaces only files it wrote itself: each folder it writes keeps a list
-of them with their SHA-256 (.evaluate-files.json), and a file not on that list, or
-changed since, is never replaced; the run stops before any work instead.
+  <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank
+                            score tag), for trec_eval, ranx or a significance test
+  results.json, au.png      rebuilt from every result file there: every number, and alignment against
+                            uniformity (matplotlib), each point labelled with its nDCG@10; MIMO runs
+                            (joint_train.py, read from their args.json) joined in lambda order, the
+                            trade-off a --lam sweep traces, beside stage 1 and the baselines
+evaluate.py replaces only files it wrote itself: each folder it writes lists them with their
+SHA-256 (.evaluate-files.json), and a file not on that list, or changed since, stops the run
+before any work.
 
-Models are encoded by sentence-transformers itself, as
-SentenceTransformer(model).encode_query / .encode_document encode them: every module
-of its modules.json (Dense, Normalize, a Router's query and document routes), its own
-'query' and 'document' prompts (--no-prompts for none, as the MIMO paper's scripts
-use), its own max length (--max-length to change it). A plain Hugging Face model gets
-what sentence-transformers gives it: mean pooling. A module that sentence-transformers
-cannot import here (custom code needs --trust-remote-code), or a sparse, multi-vector
-or cross-encoder module, is refused. Runs of distill.py / joint_train.py and the
-shipped demo teacher are sentence-transformers folders (Transformer, Pooling, Normalize).
+Models are encoded as SentenceTransformer(model).encode_query / .encode_document encode them:
+every module of its modules.json (Dense, Normalize, a Router's routes), its own 'query' and
+'document' prompts (--no-prompts for none, as the MIMO paper's scripts use), its own max length
+(--max-length to change it); a plain Hugging Face model gets mean pooling. A module that
+sentence-transformers cannot import here (custom code needs --trust-remote-code), or a sparse,
+multi-vector or cross-encoder module, is refused. Runs of distill.py / joint_train.py and the
+demo teacher are sentence-transformers folders (Transformer, Pooling, Normalize).
 
-Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read
-through the Hugging Face cache), or a file of aligned rows.
-  folder   corpus.jsonl and queries.jsonl, each in the BEIR layout (one record per line: _id,
-           text, optional title, lang, group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks:
-           corpus lines {doc_id: {"text", "lang"}}); judgements qrels/<split>.tsv or .jsonl (for
-           the default split "test" also qrels.tsv, qrels.jsonl), as BEIR/TREC columns, BEIR
-           records, or the MLIR benchmarks' {query_id: {doc_id: grade}} lines. Each file's layout
-           is read from its first line; grades must be integers.
-  rows     id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every language version of every
-           passage in one corpus, queries in every language, every version of the gold passage relevant.
-  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids that name their
-  language as a suffix (q17/de, q17-de, q17_de) or a prefix (de_q_005a, as the MLIR
-  benchmarks' queries do). Documents whose ids name no group (the MLIR benchmarks'
-  doc_<lang>_<n>) are grouped by the judgements: the relevant documents of one group of
-  parallel queries, one in each language, are the versions of one passage.
+Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read through
+the Hugging Face cache), or a file of aligned rows.
+  folder  corpus.jsonl and queries.jsonl in the BEIR layout (one record per line: _id, text,
+          optional title, lang, group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks: corpus
+          lines {doc_id: {"text", "lang"}}); judgements qrels/<split>.tsv or .jsonl (for the default
+          split "test" also qrels.tsv, qrels.jsonl) as BEIR/TREC columns, BEIR records, or
+          {query_id: {doc_id: grade}} lines. Each file's layout is read from its first line;
+          grades must be integers.
+  rows    id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every language version of every
+          passage in one corpus, queries in every language, every version of the gold passage relevant.
+  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids naming their language as
+  a suffix (q17/de, q17-de, q17_de) or a prefix (de_q_005a). Documents whose ids name no group
+  (doc_<lang>_<n>) are grouped by the judgements: the relevant documents of one group of parallel
+  queries, one in each language, are the versions of one passage.
 
-Metrics. Documents are ranked by the model's similarity (cosine; dot product where
-the model declares it), ties broken by document id descending, as trec_eval does;
-every query that has judgements counts. Keys as in the result files:
-  ndcg_at_k    sum_{r<=k} g_r / log2(r + 1), g_r the grade of the document at rank r,
-               over the same sum for the ideal order of all judged documents (trec_eval ndcg_cut)
-  recall_at_k  relevant documents in the top k / all relevant documents (grade >= 1)
-  mrr_at_10    RR@10: 1 / rank of the first relevant document if it is in the top 10, else 0
-  map_at_100   AP@100: sum of precision@r over the ranks r <= 100 holding a relevant
-               document, over the number of relevant documents (trec_eval map_cut_100)
+Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model
+declares it), ties broken by document id descending, as trec_eval does; every judged query counts.
+  ndcg_at_k    sum_{r<=k} g_r / log2(r + 1), g_r the grade at rank r, over the same sum for the
+               ideal order of all judged documents           (trec_eval ndcg_cut, by pytrec_eval)
+  recall_at_k  relevant documents (grade >= 1) in the top k / all relevant documents (recall)
+  mrr_at_10    1 / rank of the first relevant document if it is in the top 10, else 0 (recip_rank)
+  map_at_100   sum of precision@r over the ranks r <= 100 holding a relevant document, over the
+               number of relevant documents                                          (map_cut)
   own_at_10    share of a query's top 10 in the query's own language
   mrc_at_10    mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
-                 rho_ab = Spearman's rho of the scores of parallel queries a and b over the
-                          union of their two top 10s (a constant score vector: pair left out)
-                 RC(a)  = mean of rho_ab over a's parallel partners b        (per query)
-                 MRC(l) = mean of RC(a) over the queries a in language l    (per language)
-                 mrc_at_10 = 100 * mean over languages of MRC(l)
-               A query with few partners weighs as much as one with many; on a fully
-               parallel benchmark this equals the mean over the pairs involving each language.
-  peer_at_100  (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test
-               of the ranks of its relevant documents grouped by document language (ranks
-               past 100 count as 101); the mean over queries. 1 = no language is favoured
+                 rho_ab = Spearman's rho of the scores of parallel queries a and b over the union
+                          of their two top 10s (a constant score vector: pair left out)
+                 RC(a) = mean of rho_ab over a's partners b; MRC(l) = mean of RC(a) over the
+                 queries a in language l; mrc_at_10 = 100 * mean over languages of MRC(l)
+  peer_at_100  (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test of the
+               ranks of its relevant documents grouped by document language (ranks past 100 count
+               as 101); the mean over queries. 1 = no language is favoured
   alignment    (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
   uniformity   log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
 main_score is ndcg_at_10. A query's entry in per_query holds ndcg_at_{10,20,100},
@@ -96,14 +86,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytrec_eval
 import scipy.stats
 import torch
 
 import data
-import distributed
 import model as model_module
 import records
-import retrieval
 from cli import BadInput, Parser, Range, entry_point, first_line
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -116,6 +105,16 @@ REFUSED_MODULES = {
     "sentence_transformers.sparse_encoder": "a sparse (SPLADE-style) module",
     "sentence_transformers.multi_vector_encoder": "a multi-vector (late-interaction) module",
     "sentence_transformers.cross_encoder": "a cross-encoder module",
+}
+# key in the result files -> the trec_eval measure it is (mrr_at_10: recip_rank cut at rank 10)
+TREC_MEASURES = {
+    "ndcg_at_10": "ndcg_cut_10",
+    "ndcg_at_20": "ndcg_cut_20",
+    "ndcg_at_100": "ndcg_cut_100",
+    "recall_at_20": "recall_20",
+    "recall_at_100": "recall_100",
+    "mrr_at_10": "recip_rank",
+    "map_at_100": "map_cut_100",
 }
 COLUMNS = [  # (key in the result files, table header or None for the files only, format)
     ("ndcg_at_10", "nDCG@10", "{:.4f}"),
@@ -131,7 +130,7 @@ COLUMNS = [  # (key in the result files, table header or None for the files only
     ("alignment", "align", "{:.4f}"),
     ("uniformity", "unif", "{:.4f}"),
 ]
-RANKING_KEYS = ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100")
+TABLE = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
 
 
 def build_parser():
@@ -211,43 +210,91 @@ def get_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# Ranking metrics, as trec_eval computes them. `ranking` is a list of document ids,
-# best first (no repeats); `judged` is {doc id: grade}, grade >= 1 relevant.
+# Exact top-k by inner product, in trec_eval's order: score descending, then document id
+# descending (strcmp). Hand-written: torch.topk and vector indexes keep an arbitrary subset of
+# tied scores, and the full (Q, N) score matrix of a million documents does not fit.
 
 
-def ndcg(ranking, judged, k):
-    """trec_eval ndcg_cut.k: DCG@k = sum_{r=1..k} g_r / log2(r + 1), g_r = max(grade, 0)
-    of the document at rank r (0 if unjudged), over the DCG@k of the ideal order of
-    all the query's judged documents; 0 when none is relevant."""
-    dcg = sum(max(judged.get(doc, 0), 0) / math.log2(r + 1) for r, doc in enumerate(ranking[:k], 1))
-    ideal = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:k]
-    ideal_dcg = sum(grade / math.log2(r + 1) for r, grade in enumerate(ideal, 1))
-    return dcg / ideal_dcg if ideal_dcg > 0 else 0.0
+def id_ranks(ids):
+    """(N,) int64: each id's position in ascending code-point order (strcmp on UTF-8), the tie-break key."""
+    rank = torch.empty(len(ids), dtype=torch.long)
+    rank[torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long)] = torch.arange(len(ids))
+    return rank
 
 
-def recall(ranking, judged, k):
-    """trec_eval recall.k: relevant documents in the top k / all relevant documents."""
-    relevant = sum(grade > 0 for grade in judged.values())
-    return sum(judged.get(doc, 0) > 0 for doc in ranking[:k]) / relevant if relevant else 0.0
+def trec_order(scores, rank):
+    """scores, rank: (Q, C) -> (Q, C) column order by score descending, then id rank descending."""
+    by_id = rank.argsort(dim=1, descending=True)
+    by_score = scores.gather(1, by_id).argsort(dim=1, descending=True, stable=True)  # stable: keeps the id order
+    return by_id.gather(1, by_score)
 
 
-def mrr(ranking, judged, k):
-    """Reciprocal rank of the first relevant document, 0 if none is in the top k."""
-    for r, doc in enumerate(ranking[:k], 1):
-        if judged.get(doc, 0) > 0:
-            return 1.0 / r
-    return 0.0
+def top_k(scores, rank, k):
+    """scores (Q, C), rank (C,) -> the first k <= C columns of each row in trec_eval's order: scores, columns (Q, k).
+
+    subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more
+    tie with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare
+    rows without another (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py),
+    and they alone are redone with a full two-key sort.
+    """
+    values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:
+        crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        values, columns = values[:, :k].contiguous(), columns[:, :k].contiguous()
+        if len(crowded):
+            full = trec_order(scores[crowded], rank.expand(len(crowded), -1))[:, :k]
+            columns[crowded] = full
+            values[crowded] = scores[crowded].gather(1, full)
+    order = trec_order(values, rank[columns])
+    return values.gather(1, order), columns.gather(1, order)
 
 
-def average_precision(ranking, judged, k):
-    """trec_eval map_cut.k: sum of precision@r over relevant ranks r <= k, over all relevant."""
-    relevant = sum(grade > 0 for grade in judged.values())
-    hits, total = 0, 0.0
-    for r, doc in enumerate(ranking[:k], 1):
-        if judged.get(doc, 0) > 0:
-            hits += 1
-            total += hits / r
-    return total / relevant if relevant else 0.0
+@torch.no_grad()
+def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
+    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, on one device -> the exact top k' = min(k, N):
+    scores (Q, k') and document indices (Q, k') on CPU. Each (query_chunk, doc_chunk) block's top k
+    is merged into its queries' running top k: the top k of the union of the blocks' top k is the
+    true top k, ties included."""
+    k = min(k, d.shape[0])
+    # one score block, reused: on CPU 8% faster than a fresh 256 MB block per chunk (bench_retrieval.py, N = 10^6)
+    buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
+    out_scores, out_index = [], []
+    for start in range(0, q.shape[0], query_chunk):
+        block_q = q[start : start + query_chunk]  # (q, D)
+        best_scores = torch.empty(len(block_q), 0, device=q.device)  # (q, <=k) running top k
+        best_index = torch.empty(len(block_q), 0, dtype=torch.long, device=q.device)
+        for doc_start in range(0, d.shape[0], doc_chunk):
+            block_d = d[doc_start : doc_start + doc_chunk]  # (c, D)
+            block = buffer[: len(block_q) * len(block_d)].view(len(block_q), len(block_d))
+            scores = torch.mm(block_q, block_d.T, out=block)  # (q, c)
+            scores, columns = top_k(scores, doc_rank[doc_start : doc_start + doc_chunk], min(k, scores.shape[1]))
+            candidates = torch.cat([best_scores, scores], 1)  # (q, <=2k)
+            candidate_index = torch.cat([best_index, columns + doc_start], 1)
+            order = trec_order(candidates, doc_rank[candidate_index])[:, :k]
+            best_scores, best_index = candidates.gather(1, order), candidate_index.gather(1, order)
+        out_scores.append(best_scores.cpu())
+        out_index.append(best_index.cpu())
+    return torch.cat(out_scores), torch.cat(out_index)
+
+
+# ---------------------------------------------------------------------------
+# Metrics: the ranking ones are trec_eval's own (pytrec_eval); the language-bias ones are
+# hand-written, as no library computes them: own@10, PEER, MRC, alignment, uniformity
+
+
+def ranking_metrics(rankings, qrels):
+    """{query id: [doc id, best first]}, {query id: {doc id: grade}} -> {query id: {key: value}}, TREC_MEASURES."""
+    # trec_eval sorts by score: scores falling with the rank keep our order, whose ties are already settled
+    run = {query_id: {doc: -float(r) for r, doc in enumerate(ranking)} for query_id, ranking in rankings.items()}
+    measures = {"ndcg_cut.10,20,100", "recall.20,100", "recip_rank", "map_cut.100"}
+    found = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    out = {}
+    for query_id in rankings:
+        values = {key: found[query_id][name] for key, name in TREC_MEASURES.items()}
+        if values["mrr_at_10"] < 0.1:  # recip_rank counts a first relevant document past rank 10 too
+            values["mrr_at_10"] = 0.0
+        out[query_id] = values
+    return out
 
 
 def own_language_share(ranking_langs, query_lang, k):
@@ -256,19 +303,11 @@ def own_language_share(ranking_langs, query_lang, k):
     return sum(lang == query_lang for lang in top) / len(top) if top else 0.0
 
 
-# ---------------------------------------------------------------------------
-# Language-bias metrics: PEER (Kruskal-Wallis), MRC (Spearman), alignment, uniformity
-
-
 def kruskal_wallis(groups):
-    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
-
-    Pool the N values, rank them (mid-ranks for ties), R_i = rank sum of group i of size n_i:
-        H = [12 / (N (N + 1)) * sum_i R_i^2 / n_i - 3 (N + 1)] / C,  C = 1 - sum_ties (t^3 - t) / (N^3 - N)
-    Under the null hypothesis H ~ chi^2 with g - 1 degrees of freedom: p = P(chi^2_{g-1} > H).
-    subtle: all values equal (C = 0), where scipy raises, nothing tells the groups apart:
-    p = 1, as in the MIMO reference code.
-    """
+    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal:
+    H = [12 / (N (N + 1)) sum_i R_i^2 / n_i - 3 (N + 1)] / C over mid-ranks, p = P(chi^2_{g-1} > H).
+    subtle: all values equal (tie correction C = 0), where scipy raises, tells no group apart:
+    p = 1, as in the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
     result = scipy.stats.kruskal(*groups)
@@ -276,10 +315,8 @@ def kruskal_wallis(groups):
 
 
 def peer_groups(ranking, judged, doc_lang, k):
-    """Ranks of a query's relevant documents by document language, ranks past k set to k + 1.
-
-    doc_lang: {doc id: lang}; relevant documents not in the corpus have no language and are left out.
-    """
+    """{lang: ranks} of a query's relevant documents, ranks past k set to k + 1; relevant documents
+    not in the corpus (doc_lang: {doc id: lang}) have no language and are left out."""
     position = {doc: r for r, doc in enumerate(ranking[:k], 1)}
     groups = {}
     for doc, grade in judged.items():
@@ -289,8 +326,7 @@ def peer_groups(ranking, judged, doc_lang, k):
 
 
 def spearman(x, y):
-    """Spearman's rho of x, y (n,): the Pearson correlation of their mid-ranks (scipy.stats.spearmanr);
-    nan if either is constant, where no rank order exists."""
+    """Spearman's rho (scipy.stats.spearmanr, mid-ranks); nan if x or y is constant: no rank order."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
@@ -298,31 +334,25 @@ def spearman(x, y):
 
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
-    """Mean rank correlation (Yang et al., MRL 2024) x 100, aggregated as the MIMO reference code
-    aggregates it -> (overall, {lang: value}, queries used, pairs used).
+    """Mean rank correlation x 100, aggregated as the MIMO reference code does (module docstring)
+    -> (overall, {lang: value}, queries used, pairs used).
 
-    query_emb: (Q, D), doc_emb: (N, D), top: (Q, k) indices of each query's top k;
-    groups: lists of query indices that are translations of each other. For every
-    pair (a, b) of a group, U = top_k(a) | top_k(b) and rho_ab = Spearman(s(a, U), s(b, U));
-        RC(a)  = mean_b rho_ab over a's partners b (pairs whose rho is undefined left out),
-        MRC(l) = mean of RC(a) over the queries a in language l,
-        MRC    = 100 * mean_l MRC(l).
+    query_emb: (Q, D), doc_emb: (N, D), top: (Q, k) indices of each query's top k; groups: lists
+    of query indices that are translations of each other.
     """
     # subtle: all in numpy. Interleaving torch's small matmuls with scipy's (numpy's BLAS) made the
     # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
-    per_query = {}  # query index -> rho with each of its partners
-    pairs = 0
+    per_query, pairs = {}, 0  # query index -> rho with each of its partners
     for group in groups:
         for i, a in enumerate(group):
             for b in group[i + 1 :]:
                 union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
                 rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
-                if math.isnan(rho):
-                    continue
-                pairs += 1
-                per_query.setdefault(a, []).append(rho)
-                per_query.setdefault(b, []).append(rho)
+                if not math.isnan(rho):
+                    pairs += 1
+                    per_query.setdefault(a, []).append(rho)
+                    per_query.setdefault(b, []).append(rho)
     if not per_query:
         return None, {}, 0, 0
     by_lang = {}
@@ -333,11 +363,8 @@ def mrc(query_emb, doc_emb, top, groups, query_langs):
 
 
 def alignment(emb, left, right, chunk=65536):
-    """Wang and Isola (2020), alpha = 2: mean_i ||x_i - y_i||^2 over translation pairs
-    x_i = emb[left[i]], y_i = emb[right[i]] of normalised embeddings emb: (N, D).
-
-    Summed chunk by chunk: a million passages in 14 languages make 6.5M pairs, whose
-    gathered (P, D) copies alone would take tens of GB."""
+    """Wang and Isola (2020), alpha = 2: mean ||emb[left[i]] - emb[right[i]]||^2 over pairs of unit rows.
+    Chunked: a million passages in 14 languages make 6.5M pairs, tens of GB as gathered copies."""
     total = 0.0
     for start in range(0, len(left), chunk):
         x, y = emb[left[start : start + chunk]], emb[right[start : start + chunk]]  # (c, D) each
@@ -351,8 +378,8 @@ def uniformity(x, t=2.0):
 
 
 def sampled_uniformity(emb, indices, generator):
-    """Uniformity of emb[indices], over a seeded sample of MAX_UNIFORMITY_TEXTS of them when
-    there are more (all pairs of 10^5 texts would not fit); None for fewer than 2 texts."""
+    """Uniformity of emb[indices], of a seeded sample of MAX_UNIFORMITY_TEXTS where there are more
+    (all pairs of 10^5 texts would not fit); None for fewer than 2 texts."""
     if len(indices) < 2:
         return None
     if len(indices) > MAX_UNIFORMITY_TEXTS:
@@ -362,11 +389,9 @@ def sampled_uniformity(emb, indices, generator):
 
 
 def alignment_uniformity(emb, langs, groups, seed):
-    """Alignment over all translation pairs inside groups, uniformity over the grouped texts;
-    overall and per language (pairs that involve the language, texts in it).
-
-    emb: (N, D) normalised; langs: N languages; groups: lists of indices into emb.
-    """
+    """Alignment over all translation pairs inside groups, uniformity over the grouped texts; overall
+    and per language (the pairs that involve it, the texts in it). emb: (N, D) unit rows, langs: N,
+    groups: lists of indices into emb."""
     pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
     if not pairs:
         return None
@@ -393,25 +418,25 @@ def alignment_uniformity(emb, langs, groups, seed):
 
 
 def check_model(name, trust_remote_code):
-    """Fail early, in one sentence, for a model that cannot be encoded as sentence-transformers
-    encodes it: not loadable here (offline: not in the cache), a module type it cannot import,
-    a module that makes no single dense vector, or a similarity that inner products do not rank by."""
+    """Refuse early, in one sentence, a model that cannot be encoded as sentence-transformers encodes
+    it: not loadable here (offline: not in the cache), a module type it cannot import, a module that
+    makes no single dense vector, or a similarity that inner products do not rank by."""
+    from sentence_transformers.util import import_module_class
     from transformers import AutoConfig
 
     path = model_module.resolve_model(name)
-    where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the cache"
     modules_file = model_module.config_file(path, "modules.json")
     if modules_file is None:  # a plain Hugging Face model: sentence-transformers adds mean pooling
         try:
             AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
+            where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the cache"
             raise BadInput(f"cannot load model '{name}' ({where}): {first_line(error)}") from None
         return
-    from sentence_transformers.util import import_module_class
-
     modules = model_module.read_json(modules_file)
     for number, module in enumerate(modules if isinstance(modules, list) else [], 1):
         kind = module.get("type", "?") if isinstance(module, dict) else "?"
+        what = f"model '{name}': module {number} of its modules.json, type '{kind}',"
         try:
             cls = import_module_class(kind, path, trust_remote_code=trust_remote_code)
         except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
@@ -419,16 +444,11 @@ def check_model(name, trust_remote_code):
                 "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
             )
             raise BadInput(
-                f"model '{name}': module {number} of its modules.json, type '{kind}', cannot be loaded "
-                f"by sentence-transformers here ({first_line(error)})"
-                f"{hint}"
+                f"{what} cannot be loaded by sentence-transformers here ({first_line(error)}){hint}"
             ) from None
-        for prefix, what in REFUSED_MODULES.items():
+        for prefix, refused in REFUSED_MODULES.items():
             if cls.__module__.startswith(prefix):
-                raise BadInput(
-                    f"model '{name}': module {number} of its modules.json, type '{kind}', is {what}; "
-                    "evaluate.py scores dense single-vector models only"
-                )
+                raise BadInput(f"{what} is {refused}; evaluate.py scores dense single-vector models only")
     st_config = model_module.config_file(path, "config_sentence_transformers.json")
     similarity = (model_module.read_json(st_config) if st_config else {}).get("similarity_fn_name") or "cosine"
     if similarity not in SIMILARITIES:
@@ -450,23 +470,25 @@ class LazyModel:
             return self.model
         from sentence_transformers import SentenceTransformer
 
-        path = model_module.resolve_model(self.name)
-        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        model_kwargs = {"dtype": dtype[self.args.precision]} if self.args.precision != "auto" else None
+        args = self.args
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
         try:
             model = SentenceTransformer(
-                path, device=str(self.device), trust_remote_code=self.args.trust_remote_code, model_kwargs=model_kwargs
+                model_module.resolve_model(self.name),
+                device=str(self.device),
+                trust_remote_code=args.trust_remote_code,
+                model_kwargs={"dtype": dtype} if dtype is not None else None,
             )
         except Exception as error:  # whatever loading raises, one sentence
             raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line(error)}") from None
-        if self.args.max_length is not None:
+        if args.max_length is not None:
             # a first module without a tokenizer (StaticEmbedding) states no limit
             limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
-            if limit is not None and limit < 10**6 and self.args.max_length > limit:
+            if limit is not None and limit < 10**6 and args.max_length > limit:
                 raise BadInput(
-                    f"--max-length {self.args.max_length} is more than model '{self.name}' takes ({limit} tokens)"
+                    f"--max-length {args.max_length} is more than model '{self.name}' takes ({limit} tokens)"
                 )
-            model.max_seq_length = self.args.max_length
+            model.max_seq_length = args.max_length
         if model.similarity_fn_name not in SIMILARITIES:
             raise BadInput(f"model '{self.name}' declares the similarity '{model.similarity_fn_name}'; not ranked here")
         self.model = model.eval()
@@ -477,10 +499,9 @@ class LazyModel:
 
 
 def resolve_prompt(model, task, args):
-    """The prompt a text of `task` ("query" or "document") is encoded with: none with --no-prompts,
-    the flag's when given, else the one sentence-transformers' encode_query / encode_document
-    would pick: the model's "query" prompt (for documents the first of "document", "passage",
-    "corpus"), else its default prompt, else none."""
+    """The prompt a text of `task` ("query" or "document") gets: none with --no-prompts, else the
+    flag's, else the one encode_query / encode_document would pick: the model's "query" prompt (for
+    documents the first of "document", "passage", "corpus"), else its default prompt, else none."""
     if args.no_prompts:
         return ""
     given = args.query_prompt if task == "query" else args.document_prompt
@@ -489,41 +510,30 @@ def resolve_prompt(model, task, args):
     for prompt_name in ("query",) if task == "query" else ("document", "passage", "corpus"):
         if prompt_name in model.prompts:
             return model.prompts[prompt_name] or ""
-    if model.default_prompt_name is not None:
-        return model.prompts.get(model.default_prompt_name) or ""
-    return ""
+    return model.prompts.get(model.default_prompt_name) or ""
 
 
 def model_fingerprint(name):
-    """What identifies a model's weights for the cache: file names, sizes and times of a
-    local directory (a retrained run gets new embeddings), or the cached hub snapshot."""
+    """What identifies a model's weights for the cache: a local folder's file names, sizes and times
+    (a retrained run gets new embeddings), or the cached hub snapshot."""
     path = model_module.resolve_model(name)
     if Path(path).is_dir():
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        return [str(Path(path).resolve())] + [
-            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-        ]
+        stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        return [str(Path(path).resolve())] + stats
     from huggingface_hub import try_to_load_from_cache
 
     snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
     return [path, snapshot if isinstance(snapshot, str) else None]
 
 
-def texts_digest(texts):
-    digest = hashlib.sha1()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
-
-
 def read_cached(npy, meta, count):
-    """(embeddings, settings) from a cache entry evaluate.py wrote, or None when there is none
+    """(embeddings, settings) of a cache entry evaluate.py wrote, or None where there is none
     (a damaged entry is embedded afresh, not trusted)."""
     if not (npy.is_file() and meta.is_file()):
         return None
     try:
-        settings = json.loads(meta.read_text())["settings"]
-        cached = np.load(npy)
+        settings, cached = json.loads(meta.read_text())["settings"], np.load(npy)
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"  cache entry {npy} is unreadable ({error}); embedding again")
         return None
@@ -531,52 +541,42 @@ def read_cached(npy, meta, count):
 
 
 def write_cached(npy, meta, emb, settings, identity):
-    """Write a cache entry, the .json (which marks it as ours) before the .npy (which completes it).
-    An entry whose names hold something evaluate.py did not write is left alone."""
-    if (npy.exists() or meta.exists()) and not cache_entry_is_ours(meta):
+    """A cache entry: the .json, which marks it as ours, before the .npy, which completes it.
+    Names that hold something evaluate.py did not write are left alone."""
+    try:
+        ours = json.loads(meta.read_text()).get("written_by") == "evaluate.py"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if (npy.exists() or meta.exists()) and not ours:
         print(
             f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; not cached"
         )
         return
-    npy.parent.mkdir(parents=True, exist_ok=True)
     record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
     atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
     buffer = io.BytesIO()
     np.save(buffer, emb.numpy())
-    atomic_write(npy, buffer.getvalue())  # a crash never leaves half a cache file
-
-
-def cache_entry_is_ours(meta):
-    try:
-        return json.loads(meta.read_text()).get("written_by") == "evaluate.py"
-    except (OSError, ValueError, AttributeError):
-        return False
+    atomic_write(npy, buffer.getvalue())
 
 
 def embed(lazy, texts, task, what, args):
-    """texts -> ((N, D) float32 CPU embeddings exactly as sentence-transformers' encode_query /
-    encode_document return them, {prompt, max_length, similarity, dimension, dtype} they were made
-    with), from the cache when the model's files, the prompt, length and precision asked for and
-    the texts are unchanged."""
+    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the
+    settings they were made with), from --cache-dir when the model's files, the prompt, length and
+    precision asked for and the texts are unchanged."""
     import sentence_transformers
 
+    digest = hashlib.sha1()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
     prompt_asked = "none" if args.no_prompts else (args.query_prompt if task == "query" else args.document_prompt)
-    identity = [
-        f"sentence-transformers {sentence_transformers.__version__}",
-        model_fingerprint(lazy.name),
-        task,
-        prompt_asked,
-        args.max_length,
-        args.precision,
-        texts_digest(texts),
-    ]
+    identity = [f"sentence-transformers {sentence_transformers.__version__}", model_fingerprint(lazy.name), task,
+                prompt_asked, args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
-    if not args.no_cache:
-        cached = read_cached(npy, meta, len(texts))
-        if cached is not None:
-            print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
-            return cached
+    cached = None if args.no_cache else read_cached(npy, meta, len(texts))
+    if cached is not None:
+        print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
+        return cached
     model = lazy.get()
     prompt = resolve_prompt(model, task, args)
     encode = model.encode_query if task == "query" else model.encode_document
@@ -596,7 +596,6 @@ def embed(lazy, texts, task, what, args):
 
 
 def unit(emb):
-    """Rows scaled to length 1 (cosine scores, alignment, uniformity)."""
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
@@ -604,13 +603,12 @@ def unit(emb):
 # One model on one benchmark
 
 
-def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual, args, device):
-    """Top-DEPTH of every query -> (document indices per query, their scores per query, and the
-    (Q, <=DEPTH) index tensor for MRC, None with --monolingual)."""
-    doc_rank = retrieval.id_ranks(doc_ids).to(device)
-    d = doc_emb.to(device)
-    if not monolingual:
-        scores, index = retrieval.retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
+def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device):
+    """Top DEPTH of every query -> (document indices per query, their scores, and the (Q, <=DEPTH)
+    index tensor for MRC, None with --monolingual)."""
+    doc_rank, d = id_ranks(doc_ids).to(device), doc_emb.to(device)
+    if not args.monolingual:
+        scores, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
         return index.tolist(), scores.tolist(), index
     rankings, ranking_scores = [[] for _ in query_ids], [[] for _ in query_ids]
     query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
@@ -620,8 +618,9 @@ def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual,
         ds = torch.tensor([j for j, doc_lang in enumerate(doc_langs) if doc_lang == lang], dtype=torch.long)
         if len(ds) == 0:
             continue  # no document in this language: empty rankings, every metric 0
-        scores, local = retrieval.retrieve(
-            query_emb[qs].to(device), d[ds.to(device)], doc_rank[ds.to(device)], DEPTH, args.query_chunk, args.doc_chunk
+        on_device = ds.to(device)
+        scores, local = retrieve(
+            query_emb[qs].to(device), d[on_device], doc_rank[on_device], DEPTH, args.query_chunk, args.doc_chunk
         )
         for i, row, row_scores in zip(qs, ds[local].tolist(), scores.tolist()):
             rankings[i], ranking_scores[i] = row, row_scores
@@ -629,37 +628,32 @@ def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual,
 
 
 def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, language_metrics):
-    """Per-query ranking metrics -> (overall means, per query language, PEER; and {query id: metrics})."""
+    """Per-query metrics -> (means overall and per query language, PEER; {query id: metrics})."""
     doc_lang = {doc_id: lang for doc_id, (_, lang) in benchmark.corpus.items() if lang is not None}
-    per_query, p_values, no_peer, skipped = {}, [], 0, 0
+    judged, ranked = {}, {}
     for i, query_id in enumerate(query_ids):
-        judged, query_lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
+        judged[query_id], query_lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
         if monolingual:  # only documents in the query's language can be found, so only they are judged
-            judged = {doc: grade for doc, grade in judged.items() if doc_lang.get(doc) == query_lang}
-            if not judged:
-                skipped += 1
-                continue
-        ranking = [doc_ids[j] for j in rankings[i]]
-        values = {
-            "ndcg_at_10": ndcg(ranking, judged, 10),
-            "ndcg_at_20": ndcg(ranking, judged, 20),
-            "ndcg_at_100": ndcg(ranking, judged, 100),
-            "recall_at_20": recall(ranking, judged, 20),
-            "recall_at_100": recall(ranking, judged, 100),
-            "mrr_at_10": mrr(ranking, judged, 10),
-            "map_at_100": average_precision(ranking, judged, 100),
-        }
+            judged[query_id] = {
+                doc: grade for doc, grade in judged[query_id].items() if doc_lang.get(doc) == query_lang
+            }
+        if judged[query_id]:
+            ranked[query_id] = [doc_ids[j] for j in rankings[i]]
+    metrics = ranking_metrics(ranked, {query_id: judged[query_id] for query_id in ranked})
+    per_query, p_values, no_peer = {}, [], 0
+    for query_id, ranking in ranked.items():
+        query_lang = benchmark.queries[query_id][1]
+        per_query[query_id] = values = {"lang": query_lang, **metrics[query_id]}
         if language_metrics and not monolingual:
             values["own_at_10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
-            groups = peer_groups(ranking, judged, doc_lang, DEPTH)
+            groups = peer_groups(ranking, judged[query_id], doc_lang, DEPTH)
             if len(groups) >= 2:
                 values["peer_at_100"] = kruskal_wallis(list(groups.values()))[1]
                 p_values.append(values["peer_at_100"])
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
-        per_query[query_id] = {"lang": query_lang, **values}
 
-    keys = [key for key in (*RANKING_KEYS, "own_at_10") if any(key in values for values in per_query.values())]
+    keys = [key for key in (*TREC_MEASURES, "own_at_10") if any(key in values for values in per_query.values())]
     per_language = {}
     for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
         rows = [values for values in per_query.values() if values["lang"] == lang]
@@ -667,17 +661,12 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
         peers = [row["peer_at_100"] for row in rows if "peer_at_100" in row]
         if peers:
             per_language[lang]["peer_at_100"] = sum(peers) / len(peers)
-    if monolingual:  # the mean over languages, as MIRACL reports it
-        overall = (
-            {key: sum(scores[key] for scores in per_language.values()) / len(per_language) for key in keys}
-            if per_language
-            else {}
-        )
-    else:  # the mean over queries, as trec_eval reports it
-        overall = {key: sum(values[key] for values in per_query.values()) / len(per_query) for key in keys}
+    # the mean over languages, as MIRACL reports it; else over queries, as trec_eval does
+    means = per_language.values() if monolingual else per_query.values()
+    overall = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
     result = {**overall, "queries_scored": len(per_query), "per_language": per_language}
     if monolingual:
-        result["queries_without_judgements_in_their_language"] = skipped
+        result["queries_without_judgements_in_their_language"] = len(query_ids) - len(ranked)
     if p_values:
         result["peer_at_100"] = sum(p_values) / len(p_values)
     result["peer_queries"], result["peer_skipped_one_language"] = len(p_values), no_peer
@@ -691,30 +680,26 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scorin
         position = {query_id: i for i, query_id in enumerate(query_ids)}
         groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
         query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-        value, per_lang, queries, pairs = (
-            mrc(query_scoring, doc_scoring, top[:, :10], groups, query_langs) if groups else (None, {}, 0, 0)
-        )
-        result.update({"mrc_at_10": value, "mrc_per_language": per_lang, "mrc_queries": queries, "mrc_pairs": pairs})
+        found = mrc(query_scoring, doc_scoring, top[:, :10], groups, query_langs) if groups else (None, {}, 0, 0)
+        result.update(zip(("mrc_at_10", "mrc_per_language", "mrc_queries", "mrc_pairs"), found))
         if not groups:
             notes.append(
                 "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or 'de_q1')"
             )
-        elif value is None:
+        elif found[0] is None:
             notes.append("MRC n/a: every pair of parallel queries scores its top 10 with one constant value")
+    groups = []
     if parallel:
-        texts, langs, groups = [], [], []
+        texts, langs = [], []
         for group in parallel:
             groups.append(list(range(len(texts), len(texts) + len(group))))
             texts.extend(group.values())
             langs.extend(group)
-        emb, _ = embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)
-        emb, source = unit(emb), "--parallel"
+        emb, source = unit(embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)[0]), "--parallel"
     elif benchmark.doc_groups:
         position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         emb, langs, source = doc_unit, [benchmark.corpus[i][1] for i in doc_ids], benchmark.layout["document_groups"]
         groups = [[position[doc_id] for doc_id in ids] for ids in benchmark.doc_groups.values()]
-    else:
-        groups = []
     au = alignment_uniformity(emb, langs, groups, args.seed) if groups else None
     if au:
         result.update(au, alignment_source=source)
@@ -731,12 +716,10 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
     doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
     tick = time.time()
-    doc_emb, doc_settings = embed(
-        lazy, [benchmark.corpus[i][0] for i in doc_ids], "document", f"{lazy.name} documents", args
-    )  # (N, D)
-    query_emb, query_settings = embed(
-        lazy, [benchmark.queries[i][0] for i in query_ids], "query", f"{lazy.name} queries", args
-    )  # (Q, D)
+    doc_emb, doc_settings = embed(lazy, [benchmark.corpus[i][0] for i in doc_ids], "document",
+                                  f"{lazy.name} documents", args)  # fmt: skip
+    query_emb, query_settings = embed(lazy, [benchmark.queries[i][0] for i in query_ids], "query",
+                                      f"{lazy.name} queries", args)  # fmt: skip
     similarity = doc_settings["similarity"]
     encoding = {
         "query_prompt": query_settings["prompt"],
@@ -746,24 +729,21 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
         "dimension": doc_settings["dimension"],
         "precision": doc_settings["dtype"],
     }
-    # What retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model.
-    doc_unit, query_unit = unit(doc_emb), unit(query_emb)
+    # what retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model
+    doc_unit, query_unit = unit(doc_emb), unit(query_emb)  # (N, D), (Q, D)
     doc_scoring, query_scoring = (doc_unit, query_unit) if similarity == "cosine" else (doc_emb, query_emb)
     seconds = {"embed": time.time() - tick}
-
     tick = time.time()
     rankings, ranking_scores, top = rank_queries(
-        benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args.monolingual, args, device
+        benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args, device
     )
     seconds["retrieve"] = time.time() - tick
     tick = time.time()
     result, per_query = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
     notes = []
     if result.get("queries_without_judgements_in_their_language"):
-        notes.append(
-            f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
-            "in their own language: skipped (--monolingual)"
-        )
+        notes.append(f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
+                     "in their own language: skipped (--monolingual)")  # fmt: skip
     if language_metrics:
         if not args.monolingual and result["peer_queries"] == 0:
             notes.append("PEER n/a: no query has relevant documents in two or more languages")
@@ -797,18 +777,9 @@ def slug(name):
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in parts) or "_"
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def atomic_write(path, content):
-    """Write bytes under a fresh temporary name in the same folder, then rename: never half a file,
-    and no name but `path` itself is ever replaced. ("xb" fails rather than reuse a name, and
-    keeps the user's umask, which tempfile's private 0600 files would not.)"""
+    """Bytes to a fresh temporary name in the same folder, renamed to `path`: never half a file, and
+    no other name replaced ("xb" refuses to reuse a name, and keeps the user's umask, unlike tempfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".evaluate-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     with open(tmp, "xb") as f:
@@ -817,12 +788,9 @@ def atomic_write(path, content):
 
 
 class OwnedFolder:
-    """A folder evaluate.py writes into, and the list of what it wrote there.
-
-    As the training scripts replace only run directories of their own, evaluate.py replaces
-    only files it wrote: MANIFEST lists each with its kind and the SHA-256 of what was written,
-    so a user's own results.json, or one of ours edited since, is never replaced.
-    """
+    """A folder evaluate.py writes into, and MANIFEST there: each file it wrote, with its kind and
+    SHA-256. As the training scripts replace only run directories of their own, evaluate.py replaces
+    only files it wrote and nobody changed since: a user's own results.json is never replaced."""
 
     def __init__(self, root, flag):
         self.root, self.flag = Path(root), flag
@@ -838,10 +806,8 @@ class OwnedFolder:
             files = json.loads(path.read_text(encoding="utf-8"))["files"]
             assert all(isinstance(entry["sha256"], str) for entry in files.values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
-            raise BadInput(
-                f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
-                f"choose another {self.flag}"
-            ) from None
+            raise BadInput(f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
+                           f"choose another {self.flag}") from None  # fmt: skip
         return files
 
     def ours(self, relative):
@@ -849,7 +815,10 @@ class OwnedFolder:
         path = self.root / relative
         if not path.exists():
             return True
-        return path.is_file() and relative in self.files and self.files[relative]["sha256"] == sha256(path)
+        if not path.is_file() or relative not in self.files:
+            return False
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == self.files[relative]["sha256"]
 
     def require(self, relatives):
         for relative in relatives:
@@ -860,7 +829,6 @@ class OwnedFolder:
                 )
 
     def write(self, relative, content, kind):
-        """Write bytes to root/relative (checked ours), then record it in the manifest."""
         self.require([relative])
         atomic_write(self.root / relative, content)
         self.record(relative, {"kind": kind, "sha256": hashlib.sha256(content).hexdigest()})
@@ -872,8 +840,7 @@ class OwnedFolder:
 
     def record(self, relative, entry):
         # subtle: re-read first, so two runs writing one folder one after the other keep each other's entries
-        self.files = {**self.read_manifest(), relative: entry}
-        self.files = {key: value for key, value in self.files.items() if value is not None}
+        self.files = {key: value for key, value in {**self.read_manifest(), relative: entry}.items() if value}
         atomic_write(self.root / MANIFEST, json.dumps({"files": self.files}, indent=1, sort_keys=True).encode())
 
     def of_kind(self, kind):
@@ -884,10 +851,8 @@ class OwnedFolder:
 
 def benchmark_folder(benchmark, args):
     """The folder of a benchmark's result files: its name, with the split and mode where not the default."""
-    name = slug(benchmark.name)
-    if args.split != data.DEFAULT_SPLIT:
-        name += f".{args.split}"
-    return name + (".monolingual" if args.monolingual else "")
+    split = f".{args.split}" if args.split != data.DEFAULT_SPLIT else ""
+    return slug(benchmark.name) + split + (".monolingual" if args.monolingual else "")
 
 
 def benchmark_info(benchmark, args):
@@ -913,19 +878,14 @@ def benchmark_info(benchmark, args):
 
 def result_file(name, info, result, per_query, encoding, args, seconds):
     """One (model, benchmark) result, in the shape of an MTEB result file plus what MTEB lacks."""
-    languages = info["languages"]
-    default = {"hf_subset": "default", "languages": languages, "main_score": result.get("ndcg_at_10")}
-    default.update({key: result[key] for key, _, _ in COLUMNS if key in result})
-    subsets = [default]
+    default = {"hf_subset": "default", "languages": info["languages"], "main_score": result.get("ndcg_at_10")}
+    subsets = [{**default, **{key: result[key] for key, _, _ in COLUMNS if key in result}}]
     for lang, values in result["per_language"].items():
         subset = {"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values}
-        for key, per_lang in (
-            ("mrc_at_10", "mrc_per_language"),
-            ("alignment", "alignment_per_language"),
-            ("uniformity", "uniformity_per_language"),
-        ):
-            if lang in result.get(per_lang, {}):
-                subset[key] = result[per_lang][lang]
+        for key in ("mrc_at_10", "alignment", "uniformity"):
+            per_lang = result.get(key.removesuffix("_at_10") + "_per_language", {})
+            if lang in per_lang:
+                subset[key] = per_lang[lang]
         subsets.append(subset)
     path = model_module.resolve_model(name)
     return {
@@ -944,8 +904,10 @@ def result_file(name, info, result, per_query, encoding, args, seconds):
     }
 
 
-def collect(out):
-    """{benchmark folder: {model name: result file}} of every result file evaluate.py wrote in out."""
+def build_report(out, digests):
+    """results.json's benchmarks, from every result file evaluate.py wrote in out: per benchmark folder
+    its description and every model's summary and encoding. A folder's version is this run's (digests)
+    or else its newest file's; models scored on another version are listed apart, not mixed in."""
     found = {}
     for relative in out.of_kind("result"):
         try:
@@ -953,13 +915,6 @@ def collect(out):
         except (OSError, ValueError):
             continue
         found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
-    return found
-
-
-def build_report(found, digests):
-    """results.json: per benchmark folder its description and every model's summary and encoding.
-    A folder's version is this run's (digests) or else its newest file's; models scored on
-    another version of the benchmark (another digest) are listed apart, not mixed in."""
     report = {}
     for folder, documents in sorted(found.items()):
         newest = max(documents.values(), key=lambda document: document["written_at"])
@@ -973,29 +928,25 @@ def build_report(found, digests):
             },
             "models_on_another_version": sorted(set(documents) - set(same)),
         }
-    return {"benchmarks": report}
+    return report
 
 
-def format_table(models, order):
-    """One fixed-width row per model (in `order`), n/a where a metric does not apply, and the max length."""
-    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
-    width = max(len("model"), *(len(name) for name in order))
-    lines = [f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in columns) + "  max len"]
-    for name in order:
-        result = models[name]
-        cells = [(fmt.format(result[key]) if result.get(key) is not None else "n/a") for key, _, fmt in columns]
-        length = result["encoding"].get("max_length")
-        lines.append(f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells) + f"  {length!s:>7}")
-    return "\n".join(lines)
+def cells(result):
+    """A model's table cells, n/a where a metric does not apply."""
+    return [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in TABLE]
 
 
 def print_benchmark(entry, order):
-    """The table of one benchmark folder, its counts, each model's prompts and the notes."""
-    print(
-        f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
-        f"{entry['documents']} documents, {len(entry['languages'])} languages)"
-    )
-    print(format_table(entry["models"], order))
+    """The table of one benchmark folder (a row per model in `order`), its counts, the prompts, the notes."""
+    print(f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
+          f"{entry['documents']} documents, {len(entry['languages'])} languages)")  # fmt: skip
+    width = max(len("model"), *(len(name) for name in order))
+    print(f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in TABLE) + "  max len")
+    for name in order:
+        length = entry["models"][name]["encoding"].get("max_length")
+        print(
+            f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells(entry["models"][name])) + f"  {length!s:>7}"
+        )
     counts = [
         f"{entry['skipped_queries']} queries without judgements skipped",
         f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
@@ -1007,17 +958,20 @@ def print_benchmark(entry, order):
     print("  " + "; ".join(counts))
     for name in order:
         encoding = entry["models"][name]["encoding"]
-        print(
-            f"  {name}: query prompt {encoding['query_prompt']!r}, document prompt {encoding['document_prompt']!r}, "
-            f"{encoding['similarity']}, {encoding['precision']}"
-        )
+        print(f"  {name}: query prompt {encoding['query_prompt']!r}, document prompt "
+              f"{encoding['document_prompt']!r}, {encoding['similarity']}, {encoding['precision']}")  # fmt: skip
     for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
         print(f"  {note}")
     if entry["models_on_another_version"]:
-        print(
-            f"  not in this table, scored on another version of this benchmark: "
-            f"{', '.join(entry['models_on_another_version'])}"
-        )
+        print(f"  not in this table, scored on another version of this benchmark: "
+              f"{', '.join(entry['models_on_another_version'])}")  # fmt: skip
+
+
+def card_table(entry, name):
+    """One benchmark's row for a model, as a Markdown table for its model card."""
+    return [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents)", "",
+            "| " + " | ".join(header for _, header, _ in TABLE) + " |", "|" + " ---: |" * len(TABLE),
+            "| " + " | ".join(cells(entry["models"][name])) + " |", ""]  # fmt: skip
 
 
 def run_arguments(name):
@@ -1029,31 +983,30 @@ def run_arguments(name):
     return arguments if isinstance(arguments, dict) else {}
 
 
-def au_points(models):
-    """The points of one au.png panel: (points, trajectory).
+def objective_label(arguments):
+    """How au.png names a joint_train.py baseline run: its objective and where it started."""
+    return f"{arguments.get('objective')} from {arguments.get('init')}"
 
-    points: [(name, label, alignment, uniformity)] for every model that has both values;
-    trajectory: the names of the MIMO runs among them in lambda order, which the plot
-    joins, so a --lam sweep reads as the path from lambda 0 (distillation alone) to 1
-    (XLCO alone, still from stage 1). What a run is comes from its args.json: a MIMO run
-    is labelled with its lambda, a stage-1 run "stage 1", a baseline with its objective and
-    where it started (xlco from the backbone); any other model with its name. Every label
-    ends with the model's nDCG@10.
-    """
+
+def au_points(models):
+    """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models that have both,
+    the MIMO runs among them in lambda order, which the plot joins: a --lam sweep reads as the path
+    from lambda 0, distillation alone, to 1, XLCO alone). A run is known by its args.json: a MIMO run
+    is labelled by its lambda, a distill.py run "stage 1", a baseline by objective_label, any other
+    model by its name; every label ends with the model's nDCG@10."""
     points, lams = [], {}
     for name, result in models.items():
         if result.get("alignment") is None or result.get("uniformity") is None:
             continue
         arguments = run_arguments(name)
+        label = name
         if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
             lams[name] = arguments["lam"]
             label = f"λ = {arguments['lam']:g}"
         elif arguments.get("script") == "distill.py":
             label = "stage 1"
         elif arguments.get("script") == "joint_train.py":
-            label = f"{arguments.get('objective')} from {arguments.get('init')}"
-        else:
-            label = name
+            label = objective_label(arguments)
         if result.get("ndcg_at_10") is not None:
             label += f", nDCG@10 {result['ndcg_at_10']:.3f}"
         points.append((name, label, result["alignment"], result["uniformity"]))
@@ -1061,9 +1014,9 @@ def au_points(models):
 
 
 def plot_alignment_uniformity(report, path):
-    """au.png: one labelled point per model (and benchmark panel), MIMO runs joined in lambda
-    order (au_points); lower-left is better (Wang and Isola 2020, Fig. 1).
-    Returns the PNG's bytes, or None (with a note) where there is nothing to plot or no matplotlib."""
+    """au.png: a labelled point per model, a panel per benchmark, MIMO runs joined in lambda order
+    (au_points); lower-left is better (Wang and Isola 2020, Fig. 1). Returns the path, or None (with
+    a note) where there is nothing to plot or no matplotlib."""
     try:
         import matplotlib
 
@@ -1072,17 +1025,13 @@ def plot_alignment_uniformity(report, path):
     except ImportError:
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
         return None
-    panels = [
-        (entry.get("name", name), entry["models"])  # the benchmark as the user named it, not its file slug
-        for name, entry in report.items()
-        if any(r.get("alignment") is not None and r.get("uniformity") is not None for r in entry["models"].values())
-    ]
+    panels = [(entry.get("name", folder), au_points(entry["models"])) for folder, entry in report.items()]
+    panels = [(name, points, trajectory) for name, (points, trajectory) in panels if points]
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for axis, (name, models) in zip(axes[0], panels):
-        points, trajectory = au_points(models)
+    for axis, (name, points, trajectory) in zip(axes[0], panels):
         where = {model_name: (x, y) for model_name, _, x, y in points}
         if len(trajectory) > 1:  # the sweep's path, lambda rising along it
             xs, ys = zip(*(where[model_name] for model_name in trajectory))
@@ -1102,16 +1051,9 @@ def plot_alignment_uniformity(report, path):
         floor = {True: -math.inf, False: -math.inf}
         for _, label, x, y in sorted(points, key=lambda point: point[3]):
             right_half = x > middle
-            label_y = max(y, floor[right_half] + line)
-            floor[right_half] = label_y
-            axis.annotate(
-                label,
-                (x, y),
-                xytext=(-4 if right_half else 4, 4 + 10 * (label_y - y) / line),
-                textcoords="offset points",
-                ha="right" if right_half else "left",
-                fontsize=8,
-            )
+            label_y = floor[right_half] = max(y, floor[right_half] + line)
+            axis.annotate(label, (x, y), xytext=(-4 if right_half else 4, 4 + 10 * (label_y - y) / line),
+                          textcoords="offset points", ha="right" if right_half else "left", fontsize=8)  # fmt: skip
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         if len(trajectory) > 1:
             axis.legend(fontsize=8)
@@ -1126,22 +1068,18 @@ def plot_alignment_uniformity(report, path):
 
 def default_models():
     """The runs in runs/ that hold a model (config.json, written with the first checkpoint):
-    runs/stage2, then the other stage-2 runs of joint_train.py (a --lam sweep's in lambda
-    order, then the baselines by name), then runs/stage1; then the demo teacher as the
-    reference row. runs/stage2 and runs/stage1 get a note where they hold none."""
+    runs/stage2, the other joint_train.py runs runs/stage2-* (a --lam sweep's in lambda order, then
+    the baselines by name), runs/stage1; then the demo teacher as the reference row. runs/stage2 and
+    runs/stage1 get a note where they hold none."""
     models = []
     if (Path("runs/stage2") / "config.json").is_file():
         models.append("runs/stage2")
     else:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
-    others = {
-        path.as_posix(): run_arguments(path)
-        for path in Path("runs").glob("stage2-*")
-        if path.suffix not in (".tmp", ".old")  # a checkpoint being swapped in, not a run
-        and (path / "config.json").is_file()
-    }
+    # a .tmp or .old folder is a checkpoint being swapped in, not a run
+    others = {path.as_posix(): run_arguments(path) for path in Path("runs").glob("stage2-*")
+              if path.suffix not in (".tmp", ".old") and (path / "config.json").is_file()}  # fmt: skip
     others = {path: arguments for path, arguments in others.items() if arguments.get("script") == "joint_train.py"}
-    # MIMO runs first, in lambda order; then the baselines by name
     models += sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
     if (Path("runs/stage1") / "config.json").is_file():
         models.append("runs/stage1")
@@ -1156,34 +1094,28 @@ def plan_outputs(benchmarks, args, out, runs):
     models = {}
     for name in args.model:
         if slug(name) in models:
-            raise BadInput(
-                f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
-                f"'{slug(name)}'; give each model once"
-            )
+            raise BadInput(f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
+                           f"'{slug(name)}'; give each model once")  # fmt: skip
         models[slug(name)] = name
     folders = {benchmark.name: benchmark_folder(benchmark, args) for benchmark in benchmarks}
     for benchmark in benchmarks:
-        folder = folders[benchmark.name]
         for model_slug, name in models.items():
-            relative = f"{folder}/{model_slug}.json"
+            relative = f"{folders[benchmark.name]}/{model_slug}.json"
             out.require([relative])
             if (out.root / relative).exists():
                 stored = json.loads((out.root / relative).read_text(encoding="utf-8")).get("model_name")
                 if stored != name:
-                    raise BadInput(
-                        f"--out-dir '{out.root}' holds {relative} with the results of model '{stored}', "
-                        f"and model '{name}' would need that file name; choose another --out-dir"
-                    )
+                    raise BadInput(f"--out-dir '{out.root}' holds {relative} with the results of model '{stored}', "
+                                   f"and model '{name}' would need that file name; choose another --out-dir")  # fmt: skip
             if runs is not None:
-                runs.require([f"{folder}/{model_slug}.trec"])
-        if runs is not None:
-            for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")):
-                spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
-                if spaced is not None:
-                    raise BadInput(
-                        f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
-                        "white space, which a TREC run's columns cannot carry"
-                    )
+                runs.require([f"{folders[benchmark.name]}/{model_slug}.trec"])
+        if runs is None:
+            continue
+        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")):
+            spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
+            if spaced is not None:
+                raise BadInput(f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
+                               "white space, which a TREC run's columns cannot carry")  # fmt: skip
     out.require(["results.json", "au.png"])
     return folders
 
@@ -1199,7 +1131,11 @@ def main(argv=None):
     language_metrics = not args.no_language_metrics
 
     # --- device: embedding and retrieval on the GPU when there is one; the dtype is each model's (--precision)
-    device = distributed.setup(args.device)[2]
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    device = next(name for name, there in available.items() if there) if args.device == "auto" else args.device
+    if not available[device]:
+        raise BadInput(f"--device {device}: no {device} device is available here; use --device auto or cpu")
+    device = torch.device(device)
 
     # --- output folders, benchmarks and models, all checked before any embedding starts
     out = OwnedFolder(args.out_dir, "--out-dir")
@@ -1212,19 +1148,15 @@ def main(argv=None):
     benchmarks = [data.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]
     for name in args.model:
         check_model(name, args.trust_remote_code)
-    parallel = (
-        data.parallel_groups(args.parallel, args.max_parallel, args.seed)
-        if args.parallel and language_metrics
-        else None
-    )
+    parallel = None
+    if args.parallel and language_metrics:
+        parallel = data.parallel_groups(args.parallel, args.max_parallel, args.seed)
     folders = plan_outputs(benchmarks, args, out, runs)
     infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in benchmarks}
     for benchmark in benchmarks:
         info = infos[benchmark.name]
-        print(
-            f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, "
-            f"languages {' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}"
-        )
+        print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, "
+              f"languages {' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
 
     # --- each model on each benchmark; a model is loaded only if some embedding is not cached.
     # Each result file is written as soon as it is known, so an interrupted run keeps what it finished.
@@ -1242,20 +1174,16 @@ def main(argv=None):
             if runs is not None:
                 runs.write(f"{relative}.trec", "".join(run).encode("utf-8"), "run")
                 print(f"  wrote {runs.root / relative}.trec")
-            print(
-                f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
-                f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json"
-            )
+            print(f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
+                  f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json")  # fmt: skip
         lazy.release()  # free the weights before the next model
 
     # --- the tables, results.json and au.png, rebuilt from every result file in --out-dir
-    digests = {folders[b.name]: infos[b.name]["digest"] for b in benchmarks}
-    report = build_report(collect(out), digests)["benchmarks"]
+    report = build_report(out, {folders[b.name]: infos[b.name]["digest"] for b in benchmarks})
     for benchmark in benchmarks:
         entry = report[folders[benchmark.name]]
         order = [name for name in args.model if name in entry["models"]]
-        order += sorted(name for name in entry["models"] if name not in order)
-        print_benchmark(entry, order)
+        print_benchmark(entry, order + sorted(name for name in entry["models"] if name not in order))
     out.write("results.json", json.dumps({"benchmarks": report}, indent=1, ensure_ascii=False).encode(), "table")
     print(f"\nwrote {out.root / 'results.json'}")
     with tempfile.TemporaryDirectory() as scratch:
@@ -1266,24 +1194,12 @@ def main(argv=None):
         else:
             out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
-        tables = [
-            card_table(report[folders[b.name]], name) for b in benchmarks if name in report[folders[b.name]]["models"]
-        ]
-        if Path(name).is_dir() and records.add_results_to_card(name, [line for table in tables for line in table],
-                                                                "Retrieval, scored by evaluate.py"):  # fmt: skip
+        entries = [report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]]
+        lines = [line for entry in entries for line in card_table(entry, name)]
+        if Path(name).is_dir() and records.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
-
-
-def card_table(entry, name):
-    """One benchmark's row for a model, as a Markdown table for its model card."""
-    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
-    result = entry["models"][name]
-    cells = [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in columns]
-    return [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents)", "",
-            "| " + " | ".join(header for _, header, _ in columns) + " |", "|" + " ---: |" * len(columns),
-            "| " + " | ".join(cells) + " |", ""]  # fmt: skip
 
 
 def draw_curves(args):
