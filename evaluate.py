@@ -5,27 +5,24 @@ Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
     python evaluate.py                     # runs/stage2*, runs/stage1 and the demo teacher on the demo's
                                            # 50 held-out rows (350 queries, 350 passages)
     python evaluate.py --model runs/stage1 runs/stage2-lam* runs/stage2-xlco   # a --lam sweep's trajectory
-    python evaluate.py --model runs/stage2 --model runs/stage1 \\
-        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test --save-run
-    python evaluate.py --model intfloat/multilingual-e5-small \\
-        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test       # adds a row to the same table
+    python evaluate.py --model intfloat/multilingual-e5-small --save-run \\
+        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test   # adds a row to that benchmark's table
     python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Output. One table per benchmark, a row (with the max length it was scored with) for every
-model scored on it so far in --out-dir (runs/eval/); the prompts follow the table. --out-dir holds:
-  <benchmark>/<model>.json  per (model, benchmark), in MTEB's shape: scores.<split> is a list of
-                            {hf_subset, languages, main_score, ndcg_at_10, ...}, "default" first, then
-                            one per query language; beside it the encoding (prompts, max length,
-                            precision, similarity), the benchmark's counts and layout, every note, and
-                            per_query: each query's metrics, for paired significance tests
+Output. Per benchmark, a table with a row for every model scored on it so far in --out-dir
+(runs/eval/) and the max length each was scored with; then each model's prompts. --out-dir holds:
+  <benchmark>/<model>.json  in MTEB's shape (scores.<split>: a list of {hf_subset, languages,
+                            main_score, ndcg_at_10, ...}, "default" first, then one per query
+                            language), with the encoding (prompts, max length, precision, similarity),
+                            the benchmark's counts and layout, the notes, and per_query: each
+                            query's metrics, for paired significance tests
   <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank
                             score tag), for trec_eval, ranx or a significance test
   results.json, au.png      rebuilt from every result file there: every number, and alignment against
-                            uniformity (matplotlib), each point labelled with its nDCG@10; MIMO runs
-                            (joint_train.py, read from their args.json) joined in lambda order, the
-                            trade-off a --lam sweep traces, beside stage 1 and the baselines
-evaluate.py replaces only files it wrote itself: each folder it writes lists them with their
-SHA-256 (.evaluate-files.json), and a file not on that list, or changed since, stops the run
+                            uniformity, each point labelled with its nDCG@10; MIMO runs (known by
+                            their args.json) joined in lambda order, the trade-off a --lam sweep traces
+evaluate.py replaces only files it wrote and nobody changed since (each folder it writes lists
+them with their SHA-256 in .evaluate-files.json); any other file in the way stops the run
 before any work.
 
 Models are encoded as SentenceTransformer(model).encode_query / .encode_document encode them:
@@ -33,45 +30,39 @@ every module of its modules.json (Dense, Normalize, a Router's routes), its own 
 'document' prompts (--no-prompts for none, as the MIMO paper's scripts use), its own max length
 (--max-length to change it); a plain Hugging Face model gets mean pooling. A module that
 sentence-transformers cannot import here (custom code needs --trust-remote-code), or a sparse,
-multi-vector or cross-encoder module, is refused. Runs of distill.py / joint_train.py and the
-demo teacher are sentence-transformers folders (Transformer, Pooling, Normalize).
+multi-vector or cross-encoder module, is refused.
 
 Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read through
 the Hugging Face cache), or a file of aligned rows.
-  folder  corpus.jsonl and queries.jsonl in the BEIR layout (one record per line: _id, text,
-          optional title, lang, group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks: corpus
-          lines {doc_id: {"text", "lang"}}); judgements qrels/<split>.tsv or .jsonl (for the default
-          split "test" also qrels.tsv, qrels.jsonl) as BEIR/TREC columns, BEIR records, or
-          {query_id: {doc_id: grade}} lines. Each file's layout is read from its first line;
-          grades must be integers.
-  rows    id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every language version of every
-          passage in one corpus, queries in every language, every version of the gold passage relevant.
-  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids naming their language as
-  a suffix (q17/de, q17-de, q17_de) or a prefix (de_q_005a). Documents whose ids name no group
-  (doc_<lang>_<n>) are grouped by the judgements: the relevant documents of one group of parallel
-  queries, one in each language, are the versions of one passage.
+  folder  corpus.jsonl and queries.jsonl in the BEIR layout (_id, text, optional title, lang,
+          group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks: {doc_id: {"text", "lang"}}
+          lines); judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl)
+          as BEIR/TREC columns, BEIR records or {query_id: {doc_id: grade}} lines. Each file's
+          layout is read from its first line; grades must be integers.
+  rows    id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every version of every passage
+          in one corpus, queries in every language, every version of the gold passage relevant.
+  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids that name their language
+  (q17/de, q17-de, q17_de, de_q_005a). Documents whose ids name no group (doc_<lang>_<n>) are
+  grouped by the judgements: the relevant documents of a group of parallel queries.
 
 Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model
-declares it), ties broken by document id descending, as trec_eval does; every judged query counts.
-  ndcg_at_k    sum_{r<=k} g_r / log2(r + 1), g_r the grade at rank r, over the same sum for the
-               ideal order of all judged documents           (trec_eval ndcg_cut, by pytrec_eval)
-  recall_at_k  relevant documents (grade >= 1) in the top k / all relevant documents (recall)
-  mrr_at_10    1 / rank of the first relevant document if it is in the top 10, else 0 (recip_rank)
-  map_at_100   sum of precision@r over the ranks r <= 100 holding a relevant document, over the
-               number of relevant documents                                          (map_cut)
-  own_at_10    share of a query's top 10 in the query's own language
-  mrc_at_10    mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
-                 rho_ab = Spearman's rho of the scores of parallel queries a and b over the union
-                          of their two top 10s (a constant score vector: pair left out)
-                 RC(a) = mean of rho_ab over a's partners b; MRC(l) = mean of RC(a) over the
-                 queries a in language l; mrc_at_10 = 100 * mean over languages of MRC(l)
-  peer_at_100  (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test of the
-               ranks of its relevant documents grouped by document language (ranks past 100 count
-               as 101); the mean over queries. 1 = no language is favoured
-  alignment    (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
-  uniformity   log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
-main_score is ndcg_at_10. A query's entry in per_query holds ndcg_at_{10,20,100},
-recall_at_{20,100}, mrr_at_10, map_at_100, own_at_10 and peer_at_100 where defined.
+declares it), ties by document id descending, as trec_eval ranks; every judged query counts.
+  ndcg_at_k     trec_eval's ndcg_cut, recall, map_cut and recip_rank (cut at rank 10), computed
+  recall_at_k   by pytrec_eval; gains are the grades, grade >= 1 is relevant, and the ideal
+  map_at_100    order for nDCG is that of all judged documents
+  mrr_at_10
+  own_at_10     share of a query's top 10 in the query's own language
+  mrc_at_10     mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
+                rho_ab = Spearman's rho of the scores of parallel queries a and b over the union
+                of their two top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over
+                a's partners; MRC(l) = mean of RC(a) over the queries a in language l;
+                mrc_at_10 = 100 * mean over languages of MRC(l)
+  peer_at_100   (Yang et al., SIGIR 2024) the mean over queries of the p-value of a Kruskal-Wallis
+                test of the ranks of its relevant documents grouped by language (ranks past 100
+                count as 101); 1 = no language is favoured
+  alignment     (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
+  uniformity    log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
+main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
 """
 
 import hashlib
@@ -100,37 +91,27 @@ DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, R@100
 MAX_UNIFORMITY_TEXTS = 4096  # uniformity looks at all pairs: cap the texts (seeded sample)
 MANIFEST = ".evaluate-files.json"  # the files evaluate.py wrote in a folder, with their SHA-256
 SIMILARITIES = ("cosine", "dot")  # what retrieval by inner product reproduces
-# Module families that do not make one dense vector per text: refused by name.
-REFUSED_MODULES = {
+REFUSED_MODULES = {  # module families that make no single dense vector per text
     "sentence_transformers.sparse_encoder": "a sparse (SPLADE-style) module",
     "sentence_transformers.multi_vector_encoder": "a multi-vector (late-interaction) module",
     "sentence_transformers.cross_encoder": "a cross-encoder module",
 }
-# key in the result files -> the trec_eval measure it is (mrr_at_10: recip_rank cut at rank 10)
-TREC_MEASURES = {
-    "ndcg_at_10": "ndcg_cut_10",
-    "ndcg_at_20": "ndcg_cut_20",
-    "ndcg_at_100": "ndcg_cut_100",
-    "recall_at_20": "recall_20",
-    "recall_at_100": "recall_100",
-    "mrr_at_10": "recip_rank",
-    "map_at_100": "map_cut_100",
-}
-COLUMNS = [  # (key in the result files, table header or None for the files only, format)
-    ("ndcg_at_10", "nDCG@10", "{:.4f}"),
-    ("ndcg_at_20", "nDCG@20", "{:.4f}"),
-    ("ndcg_at_100", None, "{:.4f}"),
-    ("recall_at_20", "R@20", "{:.4f}"),
-    ("recall_at_100", None, "{:.4f}"),
-    ("mrr_at_10", "MRR@10", "{:.4f}"),
-    ("map_at_100", "MAP@100", "{:.4f}"),
-    ("own_at_10", "own@10", "{:.4f}"),
-    ("mrc_at_10", "MRC@10", "{:.2f}"),
-    ("peer_at_100", "PEER@100", "{:.4f}"),
-    ("alignment", "align", "{:.4f}"),
-    ("uniformity", "unif", "{:.4f}"),
+COLUMNS = [  # (key in the result files, table header or None for the files only, format, trec_eval measure)
+    ("ndcg_at_10", "nDCG@10", "{:.4f}", "ndcg_cut_10"),
+    ("ndcg_at_20", "nDCG@20", "{:.4f}", "ndcg_cut_20"),
+    ("ndcg_at_100", None, "{:.4f}", "ndcg_cut_100"),
+    ("recall_at_20", "R@20", "{:.4f}", "recall_20"),
+    ("recall_at_100", None, "{:.4f}", "recall_100"),
+    ("mrr_at_10", "MRR@10", "{:.4f}", "recip_rank"),
+    ("map_at_100", "MAP@100", "{:.4f}", "map_cut_100"),
+    ("own_at_10", "own@10", "{:.4f}", None),
+    ("mrc_at_10", "MRC@10", "{:.2f}", None),
+    ("peer_at_100", "PEER@100", "{:.4f}", None),
+    ("alignment", "align", "{:.4f}", None),
+    ("uniformity", "unif", "{:.4f}", None),
 ]
-TABLE = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
+TREC_MEASURES = {key: measure for key, _, _, measure in COLUMNS if measure}
+TABLE = [(key, header, fmt) for key, header, fmt, _ in COLUMNS if header]
 
 
 def build_parser():
@@ -150,8 +131,7 @@ def build_parser():
                         help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
                              "its language; scores per language and their mean")
     parser.add_argument("--no-language-metrics", action="store_true",
-                        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry "
-                             "no `lang`")
+                        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
     parser.add_argument("--parallel", default=None,
                         help="parallel texts for alignment and uniformity (any distill.py --data source); default: "
                              "the benchmark's own parallel documents")
@@ -161,10 +141,8 @@ def build_parser():
     group.add_argument("--no-prompts", action="store_true",
                        help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
                             "default: each model's own sentence-transformers 'query' and 'document' prompts")
-    group.add_argument("--query-prompt", default=None,
-                       help="prompt for every model's queries instead of its own 'query' prompt")
-    group.add_argument("--document-prompt", default=None,
-                       help="prompt for every model's documents instead of its own 'document' prompt")
+    group.add_argument("--query-prompt", default=None, help="prompt for every model's queries instead of its own")
+    group.add_argument("--document-prompt", default=None, help="prompt for every model's documents instead of its own")
     group.add_argument("--max-length", type=Range(int, 1), default=None,
                        help="max tokens per text for every model; default: each model's own (its max_seq_length)")
     group.add_argument("--trust-remote-code", action="store_true",
@@ -210,40 +188,37 @@ def get_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# Exact top-k by inner product, in trec_eval's order: score descending, then document id
-# descending (strcmp). Hand-written: torch.topk and vector indexes keep an arbitrary subset of
-# tied scores, and the full (Q, N) score matrix of a million documents does not fit.
+# Exact top-k by inner product in trec_eval's order: score descending, then document id descending
+# (strcmp). Hand-written: torch.topk and vector indexes keep an arbitrary subset of tied scores,
+# and the whole (Q, N) score matrix of a million documents does not fit in memory.
 
 
 def id_ranks(ids):
-    """(N,) int64: each id's position in ascending code-point order (strcmp on UTF-8), the tie-break key."""
-    rank = torch.empty(len(ids), dtype=torch.long)
-    rank[torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long)] = torch.arange(len(ids))
-    return rank
+    """(N,) int64: each id's place in ascending code-point order (strcmp on UTF-8), the tie-break key."""
+    return torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long).argsort()
 
 
 def trec_order(scores, rank):
-    """scores, rank: (Q, C) -> (Q, C) column order by score descending, then id rank descending."""
+    """scores, rank: (Q, C) -> (Q, C) column order, by score descending, then by id rank descending."""
     by_id = rank.argsort(dim=1, descending=True)
     by_score = scores.gather(1, by_id).argsort(dim=1, descending=True, stable=True)  # stable: keeps the id order
     return by_id.gather(1, by_score)
 
 
 def top_k(scores, rank, k):
-    """scores (Q, C), rank (C,) -> the first k <= C columns of each row in trec_eval's order: scores, columns (Q, k).
+    """scores (Q, C), rank (C,) -> each row's first k <= C columns in trec_eval's order: scores, columns (Q, k).
 
     subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more
     tie with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare
     rows without another (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py),
-    and they alone are redone with a full two-key sort.
+    and only they are redone with a full two-key sort.
     """
     values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
     if values.shape[1] > k:
         crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
         values, columns = values[:, :k].contiguous(), columns[:, :k].contiguous()
         if len(crowded):
-            full = trec_order(scores[crowded], rank.expand(len(crowded), -1))[:, :k]
-            columns[crowded] = full
+            columns[crowded] = full = trec_order(scores[crowded], rank.expand(len(crowded), -1))[:, :k]
             values[crowded] = scores[crowded].gather(1, full)
     order = trec_order(values, rank[columns])
     return values.gather(1, order), columns.gather(1, order)
@@ -251,12 +226,11 @@ def top_k(scores, rank, k):
 
 @torch.no_grad()
 def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
-    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, on one device -> the exact top k' = min(k, N):
-    scores (Q, k') and document indices (Q, k') on CPU. Each (query_chunk, doc_chunk) block's top k
-    is merged into its queries' running top k: the top k of the union of the blocks' top k is the
-    true top k, ties included."""
+    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, on one device -> scores and document indices
+    (Q, min(k, N)) on CPU. Each (query_chunk, doc_chunk) block's top k is merged into its queries'
+    running top k: the top k of the union of the blocks' top k is exact, ties included."""
     k = min(k, d.shape[0])
-    # one score block, reused: on CPU 8% faster than a fresh 256 MB block per chunk (bench_retrieval.py, N = 10^6)
+    # one score block, reused: on CPU 8% faster than a fresh 256 MB one per chunk (bench_retrieval.py, N = 10^6)
     buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
     out_scores, out_index = [], []
     for start in range(0, q.shape[0], query_chunk):
@@ -278,22 +252,20 @@ def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
 
 
 # ---------------------------------------------------------------------------
-# Metrics: the ranking ones are trec_eval's own (pytrec_eval); the language-bias ones are
-# hand-written, as no library computes them: own@10, PEER, MRC, alignment, uniformity
+# Metrics: the ranking ones are trec_eval's own (pytrec_eval); no library computes the
+# language-bias ones (own@10, PEER, MRC, alignment, uniformity), so they are written here.
 
 
 def ranking_metrics(rankings, qrels):
-    """{query id: [doc id, best first]}, {query id: {doc id: grade}} -> {query id: {key: value}}, TREC_MEASURES."""
+    """{query id: [doc id, best first]}, {query id: {doc id: grade}} -> {query id: {TREC_MEASURES key: value}}."""
     # trec_eval sorts by score: scores falling with the rank keep our order, whose ties are already settled
     run = {query_id: {doc: -float(r) for r, doc in enumerate(ranking)} for query_id, ranking in rankings.items()}
     measures = {"ndcg_cut.10,20,100", "recall.20,100", "recip_rank", "map_cut.100"}
     found = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    out = {}
-    for query_id in rankings:
-        values = {key: found[query_id][name] for key, name in TREC_MEASURES.items()}
-        if values["mrr_at_10"] < 0.1:  # recip_rank counts a first relevant document past rank 10 too
+    out = {query_id: {key: found[query_id][name] for key, name in TREC_MEASURES.items()} for query_id in rankings}
+    for values in out.values():
+        if values["mrr_at_10"] < 0.1:  # recip_rank also counts a first relevant document past rank 10
             values["mrr_at_10"] = 0.0
-        out[query_id] = values
     return out
 
 
@@ -304,10 +276,9 @@ def own_language_share(ranking_langs, query_lang, k):
 
 
 def kruskal_wallis(groups):
-    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal:
-    H = [12 / (N (N + 1)) sum_i R_i^2 / n_i - 3 (N + 1)] / C over mid-ranks, p = P(chi^2_{g-1} > H).
-    subtle: all values equal (tie correction C = 0), where scipy raises, tells no group apart:
-    p = 1, as in the MIMO reference code."""
+    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
+    subtle: all values equal (tie correction 0), where scipy raises, tells no group apart: p = 1,
+    as in the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
     result = scipy.stats.kruskal(*groups)
@@ -326,7 +297,7 @@ def peer_groups(ranking, judged, doc_lang, k):
 
 
 def spearman(x, y):
-    """Spearman's rho (scipy.stats.spearmanr, mid-ranks); nan if x or y is constant: no rank order."""
+    """Spearman's rho (scipy.stats.spearmanr: Pearson's r of mid-ranks); nan if x or y is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
@@ -335,11 +306,8 @@ def spearman(x, y):
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
     """Mean rank correlation x 100, aggregated as the MIMO reference code does (module docstring)
-    -> (overall, {lang: value}, queries used, pairs used).
-
-    query_emb: (Q, D), doc_emb: (N, D), top: (Q, k) indices of each query's top k; groups: lists
-    of query indices that are translations of each other.
-    """
+    -> (overall, {lang: value}, queries used, pairs used). query_emb: (Q, D), doc_emb: (N, D),
+    top: (Q, k) each query's top k; groups: lists of query indices that translate each other."""
     # subtle: all in numpy. Interleaving torch's small matmuls with scipy's (numpy's BLAS) made the
     # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
@@ -363,8 +331,8 @@ def mrc(query_emb, doc_emb, top, groups, query_langs):
 
 
 def alignment(emb, left, right, chunk=65536):
-    """Wang and Isola (2020), alpha = 2: mean ||emb[left[i]] - emb[right[i]]||^2 over pairs of unit rows.
-    Chunked: a million passages in 14 languages make 6.5M pairs, tens of GB as gathered copies."""
+    """Wang and Isola (2020), alpha = 2: mean ||emb[left[i]] - emb[right[i]]||^2 over pairs of unit rows,
+    chunked: a million passages in 14 languages make 6.5M pairs, tens of GB as gathered copies."""
     total = 0.0
     for start in range(0, len(left), chunk):
         x, y = emb[left[start : start + chunk]], emb[right[start : start + chunk]]  # (c, D) each
@@ -377,39 +345,27 @@ def uniformity(x, t=2.0):
     return torch.pdist(x.double(), p=2).pow(2).mul(-t).exp().mean().log().item()
 
 
-def sampled_uniformity(emb, indices, generator):
-    """Uniformity of emb[indices], of a seeded sample of MAX_UNIFORMITY_TEXTS where there are more
-    (all pairs of 10^5 texts would not fit); None for fewer than 2 texts."""
-    if len(indices) < 2:
-        return None
-    if len(indices) > MAX_UNIFORMITY_TEXTS:
-        keep = torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()
-        indices = [indices[i] for i in keep]
-    return uniformity(emb[indices])
-
-
 def alignment_uniformity(emb, langs, groups, seed):
-    """Alignment over all translation pairs inside groups, uniformity over the grouped texts; overall
-    and per language (the pairs that involve it, the texts in it). emb: (N, D) unit rows, langs: N,
-    groups: lists of indices into emb."""
+    """Alignment over the translation pairs inside groups (lists of indices into emb: (N, D), unit rows),
+    uniformity over the grouped texts; overall and per language (the pairs that involve it, its texts)."""
     pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
     if not pairs:
         return None
     left, right = torch.tensor([a for a, _ in pairs]), torch.tensor([b for _, b in pairs])  # (P,)
     members = sorted({index for group in groups for index in group})
     generator = torch.Generator().manual_seed(seed)
-    out = {
-        "alignment": alignment(emb, left, right),
-        "uniformity": sampled_uniformity(emb, members, generator),
-        "alignment_per_language": {},
-        "uniformity_per_language": {},
-        "alignment_pairs": len(pairs),
-    }
+
+    def sampled_uniformity(indices):  # all pairs of 10^5 texts would not fit: a seeded sample
+        if len(indices) > MAX_UNIFORMITY_TEXTS:
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS]]
+        return uniformity(emb[indices]) if len(indices) > 1 else None
+
+    out = {"alignment": alignment(emb, left, right), "uniformity": sampled_uniformity(members)}
+    out.update(alignment_per_language={}, uniformity_per_language={}, alignment_pairs=len(pairs))
     for lang in sorted({langs[index] for index in members}):
         mask = torch.tensor([langs[a] == lang or langs[b] == lang for a, b in pairs])
         out["alignment_per_language"][lang] = alignment(emb, left[mask], right[mask])
-        in_lang = [index for index in members if langs[index] == lang]
-        out["uniformity_per_language"][lang] = sampled_uniformity(emb, in_lang, generator)
+        out["uniformity_per_language"][lang] = sampled_uniformity([i for i in members if langs[i] == lang])
     return out
 
 
@@ -418,9 +374,9 @@ def alignment_uniformity(emb, langs, groups, seed):
 
 
 def check_model(name, trust_remote_code):
-    """Refuse early, in one sentence, a model that cannot be encoded as sentence-transformers encodes
-    it: not loadable here (offline: not in the cache), a module type it cannot import, a module that
-    makes no single dense vector, or a similarity that inner products do not rank by."""
+    """Refuse early, in one sentence, a model that cannot be encoded as sentence-transformers encodes it:
+    not loadable here (offline: not in the cache), a module type it cannot import, a module that makes
+    no single dense vector, or a similarity that inner products do not rank by."""
     from sentence_transformers.util import import_module_class
     from transformers import AutoConfig
 
@@ -437,12 +393,10 @@ def check_model(name, trust_remote_code):
     for number, module in enumerate(modules if isinstance(modules, list) else [], 1):
         kind = module.get("type", "?") if isinstance(module, dict) else "?"
         what = f"model '{name}': module {number} of its modules.json, type '{kind}',"
+        hint = "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
         try:
             cls = import_module_class(kind, path, trust_remote_code=trust_remote_code)
         except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
-            hint = (
-                "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
-            )
             raise BadInput(
                 f"{what} cannot be loaded by sentence-transformers here ({first_line(error)}){hint}"
             ) from None
@@ -452,61 +406,48 @@ def check_model(name, trust_remote_code):
     st_config = model_module.config_file(path, "config_sentence_transformers.json")
     similarity = (model_module.read_json(st_config) if st_config else {}).get("similarity_fn_name") or "cosine"
     if similarity not in SIMILARITIES:
-        raise BadInput(
-            f"model '{name}' declares the similarity '{similarity}'; evaluate.py ranks by cosine or dot product only"
-        )
+        raise BadInput(f"model '{name}' declares the similarity '{similarity}'; evaluate.py ranks by cosine or "
+                       "dot product only")  # fmt: skip
 
 
 class LazyModel:
-    """A SentenceTransformer loaded on first use, so that a model whose embeddings are all
-    cached is never loaded, and released before the next model is."""
+    """A SentenceTransformer loaded on first use: a model whose embeddings are all cached is never loaded."""
 
     def __init__(self, name, args, device):
-        self.name, self.args, self.device = name, args, device
-        self.model = None
+        self.name, self.args, self.device, self.model = name, args, device, None
 
     def get(self):
-        if self.model is not None:
-            return self.model
         from sentence_transformers import SentenceTransformer
 
-        args = self.args
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+        if self.model is not None:
+            return self.model
+        args, dtype = self.args, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        kwargs = {"dtype": dtype[args.precision]} if args.precision in dtype else None
         try:
-            model = SentenceTransformer(
-                model_module.resolve_model(self.name),
-                device=str(self.device),
-                trust_remote_code=args.trust_remote_code,
-                model_kwargs={"dtype": dtype} if dtype is not None else None,
-            )
+            model = SentenceTransformer(model_module.resolve_model(self.name), device=str(self.device),
+                                        trust_remote_code=args.trust_remote_code, model_kwargs=kwargs)  # fmt: skip
         except Exception as error:  # whatever loading raises, one sentence
             raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line(error)}") from None
         if args.max_length is not None:
             # a first module without a tokenizer (StaticEmbedding) states no limit
             limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
             if limit is not None and limit < 10**6 and args.max_length > limit:
-                raise BadInput(
-                    f"--max-length {args.max_length} is more than model '{self.name}' takes ({limit} tokens)"
-                )
+                raise BadInput(f"--max-length {args.max_length} is more than model '{self.name}' takes "
+                               f"({limit} tokens)")  # fmt: skip
             model.max_seq_length = args.max_length
         if model.similarity_fn_name not in SIMILARITIES:
             raise BadInput(f"model '{self.name}' declares the similarity '{model.similarity_fn_name}'; not ranked here")
         self.model = model.eval()
         return self.model
 
-    def release(self):
-        self.model = None
-
 
 def resolve_prompt(model, task, args):
-    """The prompt a text of `task` ("query" or "document") gets: none with --no-prompts, else the
-    flag's, else the one encode_query / encode_document would pick: the model's "query" prompt (for
-    documents the first of "document", "passage", "corpus"), else its default prompt, else none."""
-    if args.no_prompts:
-        return ""
+    """The prompt a text of `task` ("query" or "document") gets: none with --no-prompts, else the flag's,
+    else the one encode_query / encode_document picks: the model's "query" prompt (for documents the
+    first of "document", "passage", "corpus"), else its default prompt, else none."""
     given = args.query_prompt if task == "query" else args.document_prompt
-    if given is not None:
-        return given
+    if args.no_prompts or given is not None:
+        return given or ""
     for prompt_name in ("query",) if task == "query" else ("document", "passage", "corpus"):
         if prompt_name in model.prompts:
             return model.prompts[prompt_name] or ""
@@ -519,50 +460,18 @@ def model_fingerprint(name):
     path = model_module.resolve_model(name)
     if Path(path).is_dir():
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        return [str(Path(path).resolve())] + stats
+        return [str(Path(path).resolve())] + [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                                              for p in files]  # fmt: skip
     from huggingface_hub import try_to_load_from_cache
 
     snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
     return [path, snapshot if isinstance(snapshot, str) else None]
 
 
-def read_cached(npy, meta, count):
-    """(embeddings, settings) of a cache entry evaluate.py wrote, or None where there is none
-    (a damaged entry is embedded afresh, not trusted)."""
-    if not (npy.is_file() and meta.is_file()):
-        return None
-    try:
-        settings, cached = json.loads(meta.read_text())["settings"], np.load(npy)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"  cache entry {npy} is unreadable ({error}); embedding again")
-        return None
-    return (torch.from_numpy(cached), settings) if cached.ndim == 2 and cached.shape[0] == count else None
-
-
-def write_cached(npy, meta, emb, settings, identity):
-    """A cache entry: the .json, which marks it as ours, before the .npy, which completes it.
-    Names that hold something evaluate.py did not write are left alone."""
-    try:
-        ours = json.loads(meta.read_text()).get("written_by") == "evaluate.py"
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if (npy.exists() or meta.exists()) and not ours:
-        print(
-            f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; not cached"
-        )
-        return
-    record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
-    atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
-    buffer = io.BytesIO()
-    np.save(buffer, emb.numpy())
-    atomic_write(npy, buffer.getvalue())
-
-
 def embed(lazy, texts, task, what, args):
-    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the
-    settings they were made with), from --cache-dir when the model's files, the prompt, length and
-    precision asked for and the texts are unchanged."""
+    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the settings
+    they were made with), from --cache-dir when the model's files, the prompt, length and precision asked
+    for and the texts are unchanged. A damaged cache entry is embedded afresh, not trusted."""
     import sentence_transformers
 
     digest = hashlib.sha1()
@@ -573,30 +482,39 @@ def embed(lazy, texts, task, what, args):
                 prompt_asked, args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
-    cached = None if args.no_cache else read_cached(npy, meta, len(texts))
-    if cached is not None:
-        print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
-        return cached
+    if not args.no_cache and npy.is_file() and meta.is_file():
+        try:
+            settings, cached = json.loads(meta.read_text())["settings"], np.load(npy)
+            if cached.ndim == 2 and cached.shape[0] == len(texts):
+                print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
+                return torch.from_numpy(cached), settings
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"  cache entry {npy} is unreadable ({error}); embedding again")
     model = lazy.get()
     prompt = resolve_prompt(model, task, args)
     encode = model.encode_query if task == "query" else model.encode_document
     # the prompt is passed even when empty: "" also stops sentence-transformers' fall-back to a default prompt
     emb = encode(texts, prompt=prompt, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=True)
-    emb = emb.float().cpu()  # (N, D)
-    settings = {
-        "prompt": prompt,
-        "max_length": model.max_seq_length,
-        "similarity": model.similarity_fn_name,
-        "dimension": emb.shape[1],
-        "dtype": str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch."),
-    }
-    if not args.no_cache:
-        write_cached(npy, meta, emb, settings, identity)
+    emb, dtype = emb.float().cpu(), next(model.parameters(), torch.empty(0)).dtype  # (N, D)
+    settings = {"prompt": prompt, "max_length": model.max_seq_length, "similarity": model.similarity_fn_name,
+                "dimension": emb.shape[1], "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+    if args.no_cache:
+        return emb, settings
+    try:
+        ours = json.loads(meta.read_text()).get("written_by") == "evaluate.py"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if (npy.exists() or meta.exists()) and not ours:
+        print(f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; "
+              "not cached")  # fmt: skip
+        return emb, settings
+    # the .json, which marks the entry as ours, before the .npy, which completes it
+    record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
+    atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    buffer = io.BytesIO()
+    np.save(buffer, emb.numpy())
+    atomic_write(npy, buffer.getvalue())
     return emb, settings
-
-
-def unit(emb):
-    return torch.nn.functional.normalize(emb, dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -604,27 +522,25 @@ def unit(emb):
 
 
 def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device):
-    """Top DEPTH of every query -> (document indices per query, their scores, and the (Q, <=DEPTH)
-    index tensor for MRC, None with --monolingual)."""
+    """Each query's top DEPTH -> (document indices, scores) per query; with --monolingual each
+    language's queries search only the documents in that language."""
     doc_rank, d = id_ranks(doc_ids).to(device), doc_emb.to(device)
     if not args.monolingual:
         scores, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
-        return index.tolist(), scores.tolist(), index
+        return index.tolist(), scores.tolist()
     rankings, ranking_scores = [[] for _ in query_ids], [[] for _ in query_ids]
     query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-    doc_langs = [benchmark.corpus[doc_id][1] for doc_id in doc_ids]
     for lang in sorted(set(query_langs)):
         qs = [i for i, query_lang in enumerate(query_langs) if query_lang == lang]
-        ds = torch.tensor([j for j, doc_lang in enumerate(doc_langs) if doc_lang == lang], dtype=torch.long)
+        ds = torch.tensor([j for j, doc_id in enumerate(doc_ids) if benchmark.corpus[doc_id][1] == lang])
         if len(ds) == 0:
             continue  # no document in this language: empty rankings, every metric 0
         on_device = ds.to(device)
-        scores, local = retrieve(
-            query_emb[qs].to(device), d[on_device], doc_rank[on_device], DEPTH, args.query_chunk, args.doc_chunk
-        )
+        scores, local = retrieve(query_emb[qs].to(device), d[on_device], doc_rank[on_device], DEPTH,
+                                 args.query_chunk, args.doc_chunk)  # fmt: skip
         for i, row, row_scores in zip(qs, ds[local].tolist(), scores.tolist()):
             rankings[i], ranking_scores[i] = row, row_scores
-    return rankings, ranking_scores, None
+    return rankings, ranking_scores
 
 
 def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, language_metrics):
@@ -652,7 +568,6 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
                 p_values.append(values["peer_at_100"])
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
-
     keys = [key for key in (*TREC_MEASURES, "own_at_10") if any(key in values for values in per_query.values())]
     per_language = {}
     for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
@@ -663,39 +578,38 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
             per_language[lang]["peer_at_100"] = sum(peers) / len(peers)
     # the mean over languages, as MIRACL reports it; else over queries, as trec_eval does
     means = per_language.values() if monolingual else per_query.values()
-    overall = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
-    result = {**overall, "queries_scored": len(per_query), "per_language": per_language}
+    result = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
+    result.update(queries_scored=len(per_query), per_language=per_language)
     if monolingual:
         result["queries_without_judgements_in_their_language"] = len(query_ids) - len(ranked)
     if p_values:
         result["peer_at_100"] = sum(p_values) / len(p_values)
-    result["peer_queries"], result["peer_skipped_one_language"] = len(p_values), no_peer
+    result.update(peer_queries=len(p_values), peer_skipped_one_language=no_peer)
     return result, per_query
 
 
-def language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args):
+def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_unit, top, parallel, lazy, args):
     """MRC, alignment and uniformity of one model on one benchmark -> (result entries, notes)."""
-    result, notes = {}, []
+    result, notes, groups = {}, [], []
     if not args.monolingual:
         position = {query_id: i for i, query_id in enumerate(query_ids)}
-        groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
+        query_groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
         query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-        found = mrc(query_scoring, doc_scoring, top[:, :10], groups, query_langs) if groups else (None, {}, 0, 0)
+        found = mrc(query_emb, doc_emb, top[:, :10], query_groups, query_langs) if query_groups else (None, {}, 0, 0)
         result.update(zip(("mrc_at_10", "mrc_per_language", "mrc_queries", "mrc_pairs"), found))
-        if not groups:
-            notes.append(
-                "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or 'de_q1')"
-            )
+        if not query_groups:
+            notes.append("MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or "
+                         "'de_q1')")  # fmt: skip
         elif found[0] is None:
             notes.append("MRC n/a: every pair of parallel queries scores its top 10 with one constant value")
-    groups = []
     if parallel:
         texts, langs = [], []
         for group in parallel:
             groups.append(list(range(len(texts), len(texts) + len(group))))
             texts.extend(group.values())
             langs.extend(group)
-        emb, source = unit(embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)[0]), "--parallel"
+        emb = torch.nn.functional.normalize(embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)[0])
+        source = "--parallel"
     elif benchmark.doc_groups:
         position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         emb, langs, source = doc_unit, [benchmark.corpus[i][1] for i in doc_ids], benchmark.layout["document_groups"]
@@ -704,11 +618,9 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scorin
     if au:
         result.update(au, alignment_source=source)
     else:
-        notes.append(
-            "alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de', "
-            "or judgements that name one document per language for each group of parallel queries), "
-            "or pass --parallel"
-        )
+        notes.append("alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like "
+                     "'d1/de', or judgements that name one document per language for each group of parallel "
+                     "queries), or pass --parallel")  # fmt: skip
     return result, notes
 
 
@@ -716,47 +628,36 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
     doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
     tick = time.time()
-    doc_emb, doc_settings = embed(lazy, [benchmark.corpus[i][0] for i in doc_ids], "document",
-                                  f"{lazy.name} documents", args)  # fmt: skip
-    query_emb, query_settings = embed(lazy, [benchmark.queries[i][0] for i in query_ids], "query",
-                                      f"{lazy.name} queries", args)  # fmt: skip
-    similarity = doc_settings["similarity"]
-    encoding = {
-        "query_prompt": query_settings["prompt"],
-        "document_prompt": doc_settings["prompt"],
-        "max_length": doc_settings["max_length"],
-        "similarity": similarity,
-        "dimension": doc_settings["dimension"],
-        "precision": doc_settings["dtype"],
-    }
+    doc_texts, query_texts = [benchmark.corpus[i][0] for i in doc_ids], [benchmark.queries[i][0] for i in query_ids]
+    doc_emb, doc_settings = embed(lazy, doc_texts, "document", f"{lazy.name} documents", args)  # (N, D)
+    query_emb, query_settings = embed(lazy, query_texts, "query", f"{lazy.name} queries", args)  # (Q, D)
+    encoding = {"query_prompt": query_settings["prompt"], "document_prompt": doc_settings["prompt"]}
+    encoding.update({key: doc_settings[key] for key in ("max_length", "similarity", "dimension")})
+    encoding["precision"] = doc_settings["dtype"]
     # what retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model
-    doc_unit, query_unit = unit(doc_emb), unit(query_emb)  # (N, D), (Q, D)
-    doc_scoring, query_scoring = (doc_unit, query_unit) if similarity == "cosine" else (doc_emb, query_emb)
+    doc_unit, query_unit = torch.nn.functional.normalize(doc_emb), torch.nn.functional.normalize(query_emb)
+    doc_scoring, query_scoring = (doc_unit, query_unit) if encoding["similarity"] == "cosine" else (doc_emb, query_emb)
     seconds = {"embed": time.time() - tick}
     tick = time.time()
-    rankings, ranking_scores, top = rank_queries(
-        benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args, device
-    )
-    seconds["retrieve"] = time.time() - tick
-    tick = time.time()
+    rankings, ranking_scores = rank_queries(benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args, device)
+    seconds["retrieve"], tick = time.time() - tick, time.time()
     result, per_query = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
     notes = []
     if result.get("queries_without_judgements_in_their_language"):
         notes.append(f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
                      "in their own language: skipped (--monolingual)")  # fmt: skip
+    if language_metrics and args.monolingual:
+        notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
+    elif language_metrics and result["peer_queries"] == 0:
+        notes.append("PEER n/a: no query has relevant documents in two or more languages")
     if language_metrics:
-        if not args.monolingual and result["peer_queries"] == 0:
-            notes.append("PEER n/a: no query has relevant documents in two or more languages")
-        if args.monolingual:
-            notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
-        found, more_notes = language_metrics_of(
-            benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args
-        )
+        top = None if args.monolingual else torch.tensor(rankings)  # (Q, <=DEPTH) for MRC
+        found, more_notes = language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit,
+                                                top, parallel, lazy, args)  # fmt: skip
         result.update(found)
         notes += more_notes
     seconds["metrics"] = time.time() - tick
-    result["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
-    result["notes"] = notes
+    result.update(seconds={key: round(value, 2) for key, value in seconds.items()}, notes=notes)
     tag = slug(lazy.name)
     run = [
         f"{query_id} Q0 {doc_ids[j]} {rank} {score:.9g} {tag}\n"  # 9 digits: every float32 score stays distinct
@@ -778,8 +679,8 @@ def slug(name):
 
 
 def atomic_write(path, content):
-    """Bytes to a fresh temporary name in the same folder, renamed to `path`: never half a file, and
-    no other name replaced ("xb" refuses to reuse a name, and keeps the user's umask, unlike tempfile)."""
+    """Bytes to a fresh temporary name in the same folder, renamed to `path`: never half a file, and no
+    other name replaced ("xb" refuses to reuse a name, and keeps the user's umask, unlike tempfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".evaluate-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     with open(tmp, "xb") as f:
@@ -788,9 +689,9 @@ def atomic_write(path, content):
 
 
 class OwnedFolder:
-    """A folder evaluate.py writes into, and MANIFEST there: each file it wrote, with its kind and
-    SHA-256. As the training scripts replace only run directories of their own, evaluate.py replaces
-    only files it wrote and nobody changed since: a user's own results.json is never replaced."""
+    """A folder evaluate.py writes into, and MANIFEST there: each file it wrote, with its kind and SHA-256.
+    As the training scripts replace only run directories of their own, evaluate.py replaces only files
+    it wrote and nobody changed since: a user's own results.json is never replaced."""
 
     def __init__(self, root, flag):
         self.root, self.flag = Path(root), flag
@@ -799,11 +700,10 @@ class OwnedFolder:
         self.files = self.read_manifest()
 
     def read_manifest(self):
-        path = self.root / MANIFEST
-        if not path.exists():
+        if not (self.root / MANIFEST).exists():
             return {}
         try:
-            files = json.loads(path.read_text(encoding="utf-8"))["files"]
+            files = json.loads((self.root / MANIFEST).read_text(encoding="utf-8"))["files"]
             assert all(isinstance(entry["sha256"], str) for entry in files.values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise BadInput(f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
@@ -813,23 +713,18 @@ class OwnedFolder:
     def ours(self, relative):
         """Whether `relative` may be (re)written: absent, or written by evaluate.py and unchanged since."""
         path = self.root / relative
-        if not path.exists():
-            return True
         if not path.is_file() or relative not in self.files:
-            return False
+            return not path.exists()
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest() == self.files[relative]["sha256"]
 
-    def require(self, relatives):
-        for relative in relatives:
-            if not self.ours(relative):
-                raise BadInput(
-                    f"{self.flag} '{self.root}' holds {relative}, which evaluate.py did not write (or which changed "
-                    f"since); it is never replaced: move it or choose another {self.flag}"
-                )
+    def require(self, relative):
+        if not self.ours(relative):
+            raise BadInput(f"{self.flag} '{self.root}' holds {relative}, which evaluate.py did not write (or which "
+                           f"changed since); it is never replaced: move it or choose another {self.flag}")  # fmt: skip
 
     def write(self, relative, content, kind):
-        self.require([relative])
+        self.require(relative)
         atomic_write(self.root / relative, content)
         self.record(relative, {"kind": kind, "sha256": hashlib.sha256(content).hexdigest()})
 
@@ -842,17 +737,6 @@ class OwnedFolder:
         # subtle: re-read first, so two runs writing one folder one after the other keep each other's entries
         self.files = {key: value for key, value in {**self.read_manifest(), relative: entry}.items() if value}
         atomic_write(self.root / MANIFEST, json.dumps({"files": self.files}, indent=1, sort_keys=True).encode())
-
-    def of_kind(self, kind):
-        return sorted(
-            relative for relative, entry in self.files.items() if entry["kind"] == kind and self.ours(relative)
-        )
-
-
-def benchmark_folder(benchmark, args):
-    """The folder of a benchmark's result files: its name, with the split and mode where not the default."""
-    split = f".{args.split}" if args.split != data.DEFAULT_SPLIT else ""
-    return slug(benchmark.name) + split + (".monolingual" if args.monolingual else "")
 
 
 def benchmark_info(benchmark, args):
@@ -879,14 +763,12 @@ def benchmark_info(benchmark, args):
 def result_file(name, info, result, per_query, encoding, args, seconds):
     """One (model, benchmark) result, in the shape of an MTEB result file plus what MTEB lacks."""
     default = {"hf_subset": "default", "languages": info["languages"], "main_score": result.get("ndcg_at_10")}
-    subsets = [{**default, **{key: result[key] for key, _, _ in COLUMNS if key in result}}]
+    subsets = [{**default, **{key: result[key] for key, *_ in COLUMNS if key in result}}]
     for lang, values in result["per_language"].items():
-        subset = {"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values}
-        for key in ("mrc_at_10", "alignment", "uniformity"):
-            per_lang = result.get(key.removesuffix("_at_10") + "_per_language", {})
-            if lang in per_lang:
-                subset[key] = per_lang[lang]
-        subsets.append(subset)
+        subsets.append({"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values})
+        for key, per_lang in (("mrc_at_10", "mrc"), ("alignment", "alignment"), ("uniformity", "uniformity")):
+            if lang in result.get(f"{per_lang}_per_language", {}):
+                subsets[-1][key] = result[f"{per_lang}_per_language"][lang]
     path = model_module.resolve_model(name)
     return {
         "task_name": info["name"],
@@ -905,34 +787,29 @@ def result_file(name, info, result, per_query, encoding, args, seconds):
 
 
 def build_report(out, digests):
-    """results.json's benchmarks, from every result file evaluate.py wrote in out: per benchmark folder
+    """results.json's benchmarks from every result file evaluate.py wrote in out: per benchmark folder
     its description and every model's summary and encoding. A folder's version is this run's (digests)
     or else its newest file's; models scored on another version are listed apart, not mixed in."""
     found = {}
-    for relative in out.of_kind("result"):
-        try:
-            document = json.loads((out.root / relative).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
+    for relative, entry in sorted(out.files.items()):
+        if entry["kind"] == "result" and out.ours(relative):
+            try:
+                document = json.loads((out.root / relative).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
     report = {}
     for folder, documents in sorted(found.items()):
-        newest = max(documents.values(), key=lambda document: document["written_at"])
-        digest = digests.get(folder, newest["benchmark"]["digest"])
+        digest = digests.get(folder, max(documents.values(), key=lambda doc: doc["written_at"])["benchmark"]["digest"])
         same = {name: doc for name, doc in documents.items() if doc["benchmark"]["digest"] == digest}
-        report[folder] = {
-            **max(same.values(), key=lambda document: document["written_at"])["benchmark"],
-            "models": {
-                name: {**doc["summary"], "encoding": doc["encoding"], "written_at": doc["written_at"]}
-                for name, doc in same.items()
-            },
-            "models_on_another_version": sorted(set(documents) - set(same)),
-        }
+        models = {name: {**doc["summary"], "encoding": doc["encoding"], "written_at": doc["written_at"]}
+                  for name, doc in same.items()}  # fmt: skip
+        report[folder] = {**max(same.values(), key=lambda doc: doc["written_at"])["benchmark"], "models": models,
+                          "models_on_another_version": sorted(set(documents) - set(same))}  # fmt: skip
     return report
 
 
 def cells(result):
-    """A model's table cells, n/a where a metric does not apply."""
     return [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in TABLE]
 
 
@@ -943,16 +820,12 @@ def print_benchmark(entry, order):
     width = max(len("model"), *(len(name) for name in order))
     print(f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in TABLE) + "  max len")
     for name in order:
-        length = entry["models"][name]["encoding"].get("max_length")
-        print(
-            f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells(entry["models"][name])) + f"  {length!s:>7}"
-        )
-    counts = [
-        f"{entry['skipped_queries']} queries without judgements skipped",
-        f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
-        f"{entry['unknown_document_judgements']} name documents not in the corpus "
-        "(kept as unretrievable, as trec_eval does)",
-    ]
+        row = " ".join(f"{cell:>8}" for cell in cells(entry["models"][name]))
+        print(f"{name:<{width}}  {row}  {entry['models'][name]['encoding'].get('max_length')!s:>7}")
+    counts = [f"{entry['skipped_queries']} queries without judgements skipped",
+              f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
+              f"{entry['unknown_document_judgements']} name documents not in the corpus (kept as unretrievable, "
+              "as trec_eval does)"]  # fmt: skip
     if entry["queries_without_relevant"]:
         counts.append(f"{entry['queries_without_relevant']} queries have no relevant document (scored 0)")
     print("  " + "; ".join(counts))
@@ -963,15 +836,8 @@ def print_benchmark(entry, order):
     for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
         print(f"  {note}")
     if entry["models_on_another_version"]:
-        print(f"  not in this table, scored on another version of this benchmark: "
-              f"{', '.join(entry['models_on_another_version'])}")  # fmt: skip
-
-
-def card_table(entry, name):
-    """One benchmark's row for a model, as a Markdown table for its model card."""
-    return [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents)", "",
-            "| " + " | ".join(header for _, header, _ in TABLE) + " |", "|" + " ---: |" * len(TABLE),
-            "| " + " | ".join(cells(entry["models"][name])) + " |", ""]  # fmt: skip
+        print("  not in this table, scored on another version of this benchmark: "
+              + ", ".join(entry["models_on_another_version"]))  # fmt: skip
 
 
 def run_arguments(name):
@@ -990,23 +856,19 @@ def objective_label(arguments):
 
 def au_points(models):
     """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models that have both,
-    the MIMO runs among them in lambda order, which the plot joins: a --lam sweep reads as the path
-    from lambda 0, distillation alone, to 1, XLCO alone). A run is known by its args.json: a MIMO run
-    is labelled by its lambda, a distill.py run "stage 1", a baseline by objective_label, any other
-    model by its name; every label ends with the model's nDCG@10."""
+    the MIMO runs among them in lambda order, which the plot joins: a --lam sweep's path from lambda 0,
+    distillation alone, to 1, XLCO alone). A MIMO run is labelled by its lambda, a distill.py run
+    "stage 1", a baseline by objective_label, any other model by its name; each label ends with the
+    model's nDCG@10."""
     points, lams = [], {}
     for name, result in models.items():
         if result.get("alignment") is None or result.get("uniformity") is None:
             continue
-        arguments = run_arguments(name)
-        label = name
+        arguments, label = run_arguments(name), name
         if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
-            lams[name] = arguments["lam"]
-            label = f"λ = {arguments['lam']:g}"
-        elif arguments.get("script") == "distill.py":
-            label = "stage 1"
-        elif arguments.get("script") == "joint_train.py":
-            label = objective_label(arguments)
+            lams[name], label = arguments["lam"], f"λ = {arguments['lam']:g}"
+        elif arguments.get("script") in ("distill.py", "joint_train.py"):
+            label = "stage 1" if arguments["script"] == "distill.py" else objective_label(arguments)
         if result.get("ndcg_at_10") is not None:
             label += f", nDCG@10 {result['ndcg_at_10']:.3f}"
         points.append((name, label, result["alignment"], result["uniformity"]))
@@ -1014,9 +876,9 @@ def au_points(models):
 
 
 def plot_alignment_uniformity(report, path):
-    """au.png: a labelled point per model, a panel per benchmark, MIMO runs joined in lambda order
-    (au_points); lower-left is better (Wang and Isola 2020, Fig. 1). Returns the path, or None (with
-    a note) where there is nothing to plot or no matplotlib."""
+    """au.png: a labelled point per model, a panel per benchmark, MIMO runs joined in lambda order;
+    lower-left is better (Wang and Isola 2020, Fig. 1). Returns the path, or None (with a note)
+    where there is nothing to plot or no matplotlib."""
     try:
         import matplotlib
 
@@ -1025,8 +887,8 @@ def plot_alignment_uniformity(report, path):
     except ImportError:
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
         return None
-    panels = [(entry.get("name", folder), au_points(entry["models"])) for folder, entry in report.items()]
-    panels = [(name, points, trajectory) for name, (points, trajectory) in panels if points]
+    panels = [(entry.get("name", folder), *au_points(entry["models"])) for folder, entry in report.items()]
+    panels = [panel for panel in panels if panel[1]]  # the benchmark as the user named it, and its points
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
         return None
@@ -1067,56 +929,53 @@ def plot_alignment_uniformity(report, path):
 
 
 def default_models():
-    """The runs in runs/ that hold a model (config.json, written with the first checkpoint):
-    runs/stage2, the other joint_train.py runs runs/stage2-* (a --lam sweep's in lambda order, then
-    the baselines by name), runs/stage1; then the demo teacher as the reference row. runs/stage2 and
-    runs/stage1 get a note where they hold none."""
-    models = []
-    if (Path("runs/stage2") / "config.json").is_file():
-        models.append("runs/stage2")
-    else:
+    """The runs in runs/ that hold a model (config.json, written with the first checkpoint): runs/stage2,
+    the other joint_train.py runs runs/stage2-* (a --lam sweep's in lambda order, then the baselines by
+    name), runs/stage1; then the demo teacher as the reference row."""
+    stage2, stage1 = Path("runs/stage2/config.json").is_file(), Path("runs/stage1/config.json").is_file()
+    if not stage2:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
     # a .tmp or .old folder is a checkpoint being swapped in, not a run
     others = {path.as_posix(): run_arguments(path) for path in Path("runs").glob("stage2-*")
               if path.suffix not in (".tmp", ".old") and (path / "config.json").is_file()}  # fmt: skip
     others = {path: arguments for path, arguments in others.items() if arguments.get("script") == "joint_train.py"}
-    models += sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
-    if (Path("runs/stage1") / "config.json").is_file():
-        models.append("runs/stage1")
-    else:
+    others = sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
+    if not stage1:
         print("note: runs/stage1 holds no model yet (train it with distill.py); not evaluated")
-    return models + [TEACHER]
+    return ["runs/stage2"] * stage2 + others + ["runs/stage1"] * stage1 + [TEACHER]
 
 
 def plan_outputs(benchmarks, args, out, runs):
-    """Every file this run will write, checked before any work: each is absent or ours, and no
-    two models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
+    """Every file this run will write, checked before any work: each is absent or ours, and no two
+    models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
     models = {}
     for name in args.model:
         if slug(name) in models:
             raise BadInput(f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
                            f"'{slug(name)}'; give each model once")  # fmt: skip
         models[slug(name)] = name
-    folders = {benchmark.name: benchmark_folder(benchmark, args) for benchmark in benchmarks}
+    # a benchmark's folder: its name, with the split and the mode where not the default
+    split = f".{args.split}" if args.split != data.DEFAULT_SPLIT else ""
+    folders = {b.name: slug(b.name) + split + ".monolingual" * args.monolingual for b in benchmarks}
     for benchmark in benchmarks:
         for model_slug, name in models.items():
-            relative = f"{folders[benchmark.name]}/{model_slug}.json"
-            out.require([relative])
-            if (out.root / relative).exists():
-                stored = json.loads((out.root / relative).read_text(encoding="utf-8")).get("model_name")
+            relative = f"{folders[benchmark.name]}/{model_slug}"
+            out.require(f"{relative}.json")
+            if (out.root / f"{relative}.json").exists():
+                stored = json.loads((out.root / f"{relative}.json").read_text(encoding="utf-8")).get("model_name")
                 if stored != name:
-                    raise BadInput(f"--out-dir '{out.root}' holds {relative} with the results of model '{stored}', "
-                                   f"and model '{name}' would need that file name; choose another --out-dir")  # fmt: skip
+                    raise BadInput(f"--out-dir '{out.root}' holds {relative}.json with the results of model "
+                                   f"'{stored}', and model '{name}' would need that file name; choose another "
+                                   "--out-dir")  # fmt: skip
             if runs is not None:
-                runs.require([f"{folders[benchmark.name]}/{model_slug}.trec"])
-        if runs is None:
-            continue
-        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")):
+                runs.require(f"{relative}.trec")
+        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")) if runs else ():
             spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
             if spaced is not None:
                 raise BadInput(f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
                                "white space, which a TREC run's columns cannot carry")  # fmt: skip
-    out.require(["results.json", "au.png"])
+    out.require("results.json")
+    out.require("au.png")
     return folders
 
 
@@ -1124,7 +983,14 @@ def main(argv=None):
     started = time.time()
     args = get_args(argv)
     if args.curves:
-        return draw_curves(args)
+        for run in args.curves:
+            if not (Path(run) / "log.jsonl").is_file():
+                raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
+                               "joint_train.py")  # fmt: skip
+        save_plot(
+            OwnedFolder(args.out_dir, "--out-dir"), "curves.png", lambda path: records.plot_curves(args.curves, path)
+        )
+        return None
     args.model = args.model or default_models()
     args.benchmark = args.benchmark or ["data/demo/test.jsonl"]
     print("arguments: " + json.dumps(vars(args)))
@@ -1155,19 +1021,18 @@ def main(argv=None):
     infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in benchmarks}
     for benchmark in benchmarks:
         info = infos[benchmark.name]
-        print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, "
-              f"languages {' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
+        print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, languages "
+              f"{' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
 
-    # --- each model on each benchmark; a model is loaded only if some embedding is not cached.
-    # Each result file is written as soon as it is known, so an interrupted run keeps what it finished.
+    # --- each model on each benchmark, a model loaded only if some embedding is not cached (and
+    # dropped before the next is loaded); each result file is written as soon as it is known
     for name in args.model:
         lazy = LazyModel(name, args, device)
         for benchmark in benchmarks:
             print(f"{name} on {benchmark.name}")
             tick = time.time()
-            result, per_query, encoding, run = evaluate_model_on(
-                benchmark, lazy, parallel, args, device, language_metrics
-            )
+            result, per_query, encoding, run = evaluate_model_on(benchmark, lazy, parallel, args, device,
+                                                                 language_metrics)  # fmt: skip
             document = result_file(name, infos[benchmark.name], result, per_query, encoding, args, time.time() - tick)
             relative = f"{folders[benchmark.name]}/{slug(name)}"
             out.write(f"{relative}.json", json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8"), "result")
@@ -1176,7 +1041,6 @@ def main(argv=None):
                 print(f"  wrote {runs.root / relative}.trec")
             print(f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
                   f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json")  # fmt: skip
-        lazy.release()  # free the weights before the next model
 
     # --- the tables, results.json and au.png, rebuilt from every result file in --out-dir
     report = build_report(out, {folders[b.name]: infos[b.name]["digest"] for b in benchmarks})
@@ -1186,36 +1050,28 @@ def main(argv=None):
         print_benchmark(entry, order + sorted(name for name in entry["models"] if name not in order))
     out.write("results.json", json.dumps({"benchmarks": report}, indent=1, ensure_ascii=False).encode(), "table")
     print(f"\nwrote {out.root / 'results.json'}")
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_alignment_uniformity(report, Path(scratch) / "au.png")
-        if plot:
-            out.write("au.png", plot.read_bytes(), "plot")
-            print(f"wrote {out.root / 'au.png'}")
-        else:
-            out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
+    if not save_plot(out, "au.png", lambda path: plot_alignment_uniformity(report, path)):
+        out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
-        entries = [report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]]
-        lines = [line for entry in entries for line in card_table(entry, name)]
+        lines = []
+        for entry in (report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]):
+            lines += [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} "
+                      "documents)", "", "| " + " | ".join(header for _, header, _ in TABLE) + " |",
+                      "|" + " ---: |" * len(TABLE), "| " + " | ".join(cells(entry["models"][name])) + " |", ""]  # fmt: skip
         if Path(name).is_dir() and records.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
 
 
-def draw_curves(args):
-    """--curves RUN...: the training curves of finished (or running) runs, from their log.jsonl."""
-    for run in args.curves:
-        if not (Path(run) / "log.jsonl").is_file():
-            raise BadInput(
-                f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or joint_train.py"
-            )
-    out = OwnedFolder(args.out_dir, "--out-dir")
+def save_plot(out, name, draw):
+    """Draw a plot (draw(path) -> path, or None) in a scratch folder and write it into out; whether it did."""
     with tempfile.TemporaryDirectory() as scratch:
-        plot = records.plot_curves(args.curves, Path(scratch) / "curves.png")
+        plot = draw(Path(scratch) / name)
         if plot:
-            out.write("curves.png", plot.read_bytes(), "plot")
-            print(f"wrote {out.root / 'curves.png'}")
-    return None
+            out.write(name, plot.read_bytes(), "plot")
+            print(f"wrote {out.root / name}")
+        return bool(plot)
 
 
 if __name__ == "__main__":
