@@ -1,6 +1,6 @@
 """
-Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
-(MLIR): one corpus that mixes languages, queries in any language.
+Is a model any good for a mixed-language corpus, and why? Multilingual retrieval (MLIR):
+one corpus that mixes languages, queries in any language.
 
     python evaluate.py                     # runs/stage2*, runs/stage1 and the demo teacher on the demo's
                                            # 50 held-out rows (350 queries, 350 passages)
@@ -9,57 +9,43 @@ Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
         --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test   # adds a row to that benchmark's table
     python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Output. Per benchmark, a table with a row for every model scored on it so far in --out-dir
-(runs/eval/) and the max length each was scored with; then each model's prompts. --out-dir holds:
-  <benchmark>/<model>.json  in MTEB's shape (scores.<split>: a list of {hf_subset, languages,
-                            main_score, ndcg_at_10, ...}, "default" first, then one per query
-                            language), with the encoding (prompts, max length, precision, similarity),
-                            the benchmark's counts and layout, the notes, and per_query: each
-                            query's metrics, for paired significance tests
-  <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank
-                            score tag), for trec_eval, ranx or a significance test
+Output. Per benchmark a table: a row, with its max length, for every model scored on it so far in
+--out-dir (runs/eval/); then each model's prompts. In --out-dir:
+  <benchmark>/<model>.json  in MTEB's shape (scores.<split>: "default", then one subset per query
+                            language), with the encoding, the benchmark's counts and layout, the
+                            notes, and per_query: each query's metrics, for paired significance tests
+  <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank score tag)
   results.json, au.png      rebuilt from every result file there: every number, and alignment against
-                            uniformity, each point labelled with its nDCG@10; MIMO runs (known by
-                            their args.json) joined in lambda order, the trade-off a --lam sweep traces
-evaluate.py replaces only files it wrote and nobody changed since (each folder it writes lists
-them with their SHA-256 in .evaluate-files.json); any other file in the way stops the run
-before any work.
+                            uniformity, each point labelled with its nDCG@10; MIMO runs (known by their
+                            args.json) joined in lambda order, the trade-off a --lam sweep traces
+evaluate.py replaces only files it wrote and nobody changed since (listed with their SHA-256 in
+.evaluate-files.json); any other file in the way stops the run before any work.
 
 Models are encoded as SentenceTransformer(model).encode_query / .encode_document encode them:
-every module of its modules.json (Dense, Normalize, a Router's routes), its own 'query' and
-'document' prompts (--no-prompts for none, as the MIMO paper's scripts use), its own max length
-(--max-length to change it); a plain Hugging Face model gets mean pooling. A module that
-sentence-transformers cannot import here (custom code needs --trust-remote-code), or a sparse,
-multi-vector or cross-encoder module, is refused.
+every module of its modules.json, its own 'query' and 'document' prompts (--no-prompts for none,
+as the MIMO paper's scripts use) and max length (--max-length); a plain Hugging Face model gets
+mean pooling. A module sentence-transformers cannot import here (custom code needs
+--trust-remote-code), or a sparse, multi-vector or cross-encoder module, is refused.
 
-Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read through
-the Hugging Face cache), or a file of aligned rows.
-  folder  corpus.jsonl and queries.jsonl in the BEIR layout (_id, text, optional title, lang,
-          group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks: {doc_id: {"text", "lang"}}
-          lines); judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl)
-          as BEIR/TREC columns, BEIR records or {query_id: {doc_id: grade}} lines. Each file's
-          layout is read from its first line; grades must be integers.
-  rows    id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every version of every passage
-          in one corpus, queries in every language, every version of the gold passage relevant.
-  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids that name their language
-  (q17/de, q17-de, q17_de, de_q_005a). Documents whose ids name no group (doc_<lang>_<n>) are
-  grouped by the judgements: the relevant documents of a group of parallel queries.
+Benchmarks (--benchmark, repeatable): a folder (or hub dataset owner/name/folder) of corpus.jsonl,
+queries.jsonl and judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl),
+in the BEIR layout or the MLIR benchmarks' (yjoonjang/mlir-benchmarks), each file's layout read
+from its first line, integer grades; or a file of aligned rows (id, query_<lang>, passage_<lang>:
+data/demo/test.jsonl), every version of the gold passage relevant. Parallel texts (MRC, alignment,
+uniformity): a `group` field, ids that name their language (q17/de, q17-de, q17_de, de_q_005a), or
+for documents (doc_<lang>_<n>) the judgements of a group of parallel queries.
 
 Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model
 declares it), ties by document id descending, as trec_eval ranks; every judged query counts.
-  ndcg_at_k     trec_eval's ndcg_cut, recall, map_cut and recip_rank (cut at rank 10), computed
-  recall_at_k   by pytrec_eval; gains are the grades, grade >= 1 is relevant, and the ideal
-  map_at_100    order for nDCG is that of all judged documents
-  mrr_at_10
+  ndcg_at_k, recall_at_k, map_at_100, mrr_at_10: trec_eval's ndcg_cut, recall, map_cut and
+                recip_rank (0 past rank 10), by pytrec_eval: grades are gains, >= 1 is relevant
   own_at_10     share of a query's top 10 in the query's own language
   mrc_at_10     mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
-                rho_ab = Spearman's rho of the scores of parallel queries a and b over the union
-                of their two top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over
-                a's partners; MRC(l) = mean of RC(a) over the queries a in language l;
-                mrc_at_10 = 100 * mean over languages of MRC(l)
-  peer_at_100   (Yang et al., SIGIR 2024) the mean over queries of the p-value of a Kruskal-Wallis
-                test of the ranks of its relevant documents grouped by language (ranks past 100
-                count as 101); 1 = no language is favoured
+                rho_ab = Spearman's rho of parallel queries a and b's scores over the union of their
+                top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over a's partners;
+                MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
+  peer_at_100   (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test
+                of their relevant documents' ranks grouped by language (past 100: 101); 1 = fair
   alignment     (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
   uniformity    log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
 main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
@@ -118,10 +104,10 @@ def build_parser():
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--model", action="extend", nargs="+", default=None,
-                        help="models to evaluate (several after one flag, or the flag repeated): run directories of "
-                             "ours, sentence-transformers models or Hugging Face ids; default: runs/stage2, the "
-                             "runs/stage2-* of a --lam sweep (in lambda order) and of the baselines, and runs/stage1, "
-                             "where present, and the demo teacher as the reference row")
+                        help="models (several after one flag, or the flag repeated): our run directories, "
+                             "sentence-transformers models or Hugging Face ids; default: runs/stage2, runs/stage2-* "
+                             "(a --lam sweep in lambda order, then the baselines) and runs/stage1 where present, and "
+                             "the demo teacher as the reference row")
     parser.add_argument("--benchmark", action="append", default=None,
                         help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
                              "owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
@@ -132,15 +118,12 @@ def build_parser():
                              "its language; scores per language and their mean")
     parser.add_argument("--no-language-metrics", action="store_true",
                         help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
-    parser.add_argument("--parallel", default=None,
-                        help="parallel texts for alignment and uniformity (any distill.py --data source); default: "
-                             "the benchmark's own parallel documents")
-    parser.add_argument("--max-parallel", type=Range(int, 1), default=2000,
-                        help="at most this many --parallel pairs, a seeded sample")
+    parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any "
+                        "distill.py --data source); default: the benchmark's own parallel documents")
+    parser.add_argument("--max-parallel", type=Range(int, 1), default=2000, help="--parallel pairs, a seeded sample")
     group = parser.add_argument_group("encoding")
-    group.add_argument("--no-prompts", action="store_true",
-                       help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
-                            "default: each model's own sentence-transformers 'query' and 'document' prompts")
+    group.add_argument("--no-prompts", action="store_true", help="no prompt for any text (as the MIMO paper's "
+                       "scripts); default: each model's own sentence-transformers 'query' and 'document' prompts")
     group.add_argument("--query-prompt", default=None, help="prompt for every model's queries instead of its own")
     group.add_argument("--document-prompt", default=None, help="prompt for every model's documents instead of its own")
     group.add_argument("--max-length", type=Range(int, 1), default=None,
@@ -154,8 +137,7 @@ def build_parser():
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
     group = parser.add_argument_group("retrieval and output")
-    group.add_argument("--query-chunk", type=Range(int, 1), default=1024,
-                       help="queries scored at once; with --doc-chunk it bounds the score block in memory")
+    group.add_argument("--query-chunk", type=Range(int, 1), default=1024, help="queries scored at once")
     group.add_argument("--doc-chunk", type=Range(int, 1), default=65536,
                        help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary")
     group.add_argument("--cache-dir", default="runs/eval_cache",
@@ -164,10 +146,9 @@ def build_parser():
     group.add_argument("--out-dir", "--output-dir", default="runs/eval",
                        help="folder of the result files (one per model and benchmark), results.json and au.png")
     group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
-                       help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
-                            "under DIR, or under --out-dir when DIR is left out")
-    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
-                       help="seed for the uniformity and --parallel samples")
+                       help="write each top 100 as a TREC run, <benchmark>/<model>.trec, under DIR or --out-dir")
+    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0, help="seed of the uniformity and "
+                       "--parallel samples")
     group.add_argument("--curves", nargs="+", default=None, metavar="RUN",
                        help="instead of evaluating: draw the training curves of these run directories into "
                             "--out-dir/curves.png (loss and its terms, learning rate, dev metrics)")
@@ -208,10 +189,10 @@ def trec_order(scores, rank):
 def top_k(scores, rank, k):
     """scores (Q, C), rank (C,) -> each row's first k <= C columns in trec_eval's order: scores, columns (Q, k).
 
-    subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more
-    tie with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare
-    rows without another (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py),
-    and only they are redone with a full two-key sort.
+    subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more tie
+    with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare rows with
+    no other (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py), and only they
+    are redone with a full two-key sort.
     """
     values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
     if values.shape[1] > k:
@@ -277,8 +258,8 @@ def own_language_share(ranking_langs, query_lang, k):
 
 def kruskal_wallis(groups):
     """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
-    subtle: all values equal (tie correction 0), where scipy raises, tells no group apart: p = 1,
-    as in the MIMO reference code."""
+    subtle: all values equal (tie correction 0), where scipy raises, tells no group apart: p = 1, as in
+    the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
     result = scipy.stats.kruskal(*groups)
@@ -286,22 +267,19 @@ def kruskal_wallis(groups):
 
 
 def peer_groups(ranking, judged, doc_lang, k):
-    """{lang: ranks} of a query's relevant documents, ranks past k set to k + 1; relevant documents
-    not in the corpus (doc_lang: {doc id: lang}) have no language and are left out."""
-    position = {doc: r for r, doc in enumerate(ranking[:k], 1)}
-    groups = {}
-    for doc, grade in judged.items():
-        if grade > 0 and doc in doc_lang:
-            groups.setdefault(doc_lang[doc], []).append(position.get(doc, k + 1))
+    """{lang: ranks} of a query's relevant documents, ranks past k set to k + 1; relevant documents not
+    in the corpus (doc_lang: {doc id: lang}) have no language and are left out."""
+    position, groups = {doc: r for r, doc in enumerate(ranking[:k], 1)}, {}
+    for doc in (doc for doc, grade in judged.items() if grade > 0 and doc in doc_lang):
+        groups.setdefault(doc_lang[doc], []).append(position.get(doc, k + 1))
     return groups
 
 
 def spearman(x, y):
     """Spearman's rho (scipy.stats.spearmanr: Pearson's r of mid-ranks); nan if x or y is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(x, y).statistic)
+    constant = len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
+    return float("nan") if constant else float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
@@ -312,22 +290,19 @@ def mrc(query_emb, doc_emb, top, groups, query_langs):
     # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
     per_query, pairs = {}, 0  # query index -> rho with each of its partners
-    for group in groups:
-        for i, a in enumerate(group):
-            for b in group[i + 1 :]:
-                union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
-                rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
-                if not math.isnan(rho):
-                    pairs += 1
-                    per_query.setdefault(a, []).append(rho)
-                    per_query.setdefault(b, []).append(rho)
-    if not per_query:
-        return None, {}, 0, 0
+    for a, b in ((a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]):
+        union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
+        rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
+        if not math.isnan(rho):
+            pairs += 1
+            per_query.setdefault(a, []).append(rho)
+            per_query.setdefault(b, []).append(rho)
     by_lang = {}
     for a, rhos in per_query.items():
         by_lang.setdefault(query_langs[a], []).append(sum(rhos) / len(rhos))  # RC(a)
     per_lang = {lang: 100 * sum(values) / len(values) for lang, values in sorted(by_lang.items())}
-    return sum(per_lang.values()) / len(per_lang), per_lang, len(per_query), pairs
+    overall = sum(per_lang.values()) / len(per_lang) if per_lang else None
+    return overall, per_lang, len(per_query), pairs
 
 
 def alignment(emb, left, right, chunk=65536):
@@ -395,13 +370,13 @@ def check_model(name, trust_remote_code):
         what = f"model '{name}': module {number} of its modules.json, type '{kind}',"
         hint = "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
         try:
-            cls = import_module_class(kind, path, trust_remote_code=trust_remote_code)
+            module = import_module_class(kind, path, trust_remote_code=trust_remote_code).__module__
         except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
             raise BadInput(
                 f"{what} cannot be loaded by sentence-transformers here ({first_line(error)}){hint}"
             ) from None
         for prefix, refused in REFUSED_MODULES.items():
-            if cls.__module__.startswith(prefix):
+            if module.startswith(prefix):
                 raise BadInput(f"{what} is {refused}; evaluate.py scores dense single-vector models only")
     st_config = model_module.config_file(path, "config_sentence_transformers.json")
     similarity = (model_module.read_json(st_config) if st_config else {}).get("similarity_fn_name") or "cosine"
@@ -421,8 +396,8 @@ class LazyModel:
 
         if self.model is not None:
             return self.model
-        args, dtype = self.args, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        kwargs = {"dtype": dtype[args.precision]} if args.precision in dtype else None
+        args, dtypes = self.args, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        kwargs = {"dtype": dtypes[args.precision]} if args.precision in dtypes else None
         try:
             model = SentenceTransformer(model_module.resolve_model(self.name), device=str(self.device),
                                         trust_remote_code=args.trust_remote_code, model_kwargs=kwargs)  # fmt: skip
@@ -522,8 +497,8 @@ def embed(lazy, texts, task, what, args):
 
 
 def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device):
-    """Each query's top DEPTH -> (document indices, scores) per query; with --monolingual each
-    language's queries search only the documents in that language."""
+    """Each query's top DEPTH -> (document indices, scores) per query; with --monolingual each language's
+    queries search only the documents in that language."""
     doc_rank, d = id_ranks(doc_ids).to(device), doc_emb.to(device)
     if not args.monolingual:
         scores, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
@@ -626,8 +601,7 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_u
 
 def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics):
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
-    doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
-    tick = time.time()
+    doc_ids, query_ids, tick = list(benchmark.corpus), list(benchmark.queries), time.time()
     doc_texts, query_texts = [benchmark.corpus[i][0] for i in doc_ids], [benchmark.queries[i][0] for i in query_ids]
     doc_emb, doc_settings = embed(lazy, doc_texts, "document", f"{lazy.name} documents", args)  # (N, D)
     query_emb, query_settings = embed(lazy, query_texts, "query", f"{lazy.name} queries", args)  # (Q, D)
@@ -637,8 +611,7 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
     # what retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model
     doc_unit, query_unit = torch.nn.functional.normalize(doc_emb), torch.nn.functional.normalize(query_emb)
     doc_scoring, query_scoring = (doc_unit, query_unit) if encoding["similarity"] == "cosine" else (doc_emb, query_emb)
-    seconds = {"embed": time.time() - tick}
-    tick = time.time()
+    seconds, tick = {"embed": time.time() - tick}, time.time()
     rankings, ranking_scores = rank_queries(benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args, device)
     seconds["retrieve"], tick = time.time() - tick, time.time()
     result, per_query = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
@@ -745,19 +718,11 @@ def benchmark_info(benchmark, args):
     for part in (benchmark.corpus, benchmark.queries, benchmark.qrels):
         for key in sorted(part):
             digest.update(json.dumps([key, part[key]], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
-    return {
-        "name": benchmark.name,
-        "split": args.split,
-        "mode": "monolingual" if args.monolingual else "MLIR",
-        "documents": len(benchmark.corpus),
-        "queries": len(benchmark.queries),
-        "languages": sorted({lang for _, lang in benchmark.corpus.values() if lang is not None}),
-        **benchmark.stats,
-        "query_groups": len(benchmark.query_groups),
-        "document_groups": len(benchmark.doc_groups),
-        "layout": benchmark.layout,
-        "digest": digest.hexdigest()[:16],
-    }
+    info = {"name": benchmark.name, "split": args.split, "mode": "monolingual" if args.monolingual else "MLIR"}
+    info.update(documents=len(benchmark.corpus), queries=len(benchmark.queries))
+    info["languages"] = sorted({lang for _, lang in benchmark.corpus.values() if lang is not None})
+    info.update(benchmark.stats, query_groups=len(benchmark.query_groups), document_groups=len(benchmark.doc_groups))
+    return {**info, "layout": benchmark.layout, "digest": digest.hexdigest()[:16]}
 
 
 def result_file(name, info, result, per_query, encoding, args, seconds):
@@ -770,20 +735,12 @@ def result_file(name, info, result, per_query, encoding, args, seconds):
             if lang in result.get(f"{per_lang}_per_language", {}):
                 subsets[-1][key] = result[f"{per_lang}_per_language"][lang]
     path = model_module.resolve_model(name)
-    return {
-        "task_name": info["name"],
-        "model_name": name,
-        "model_path": str(Path(path).resolve()) if Path(path).is_dir() else path,
-        "main_score_name": "ndcg_at_10",
-        "evaluation_time": round(seconds, 2),
-        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "scores": {info["split"]: subsets},
-        "encoding": {**encoding, "trust_remote_code": args.trust_remote_code},
-        "benchmark": info,
-        "summary": result,
-        "per_query": per_query,
-        "arguments": vars(args),
-    }
+    document = {"task_name": info["name"], "model_name": name}
+    document["model_path"] = str(Path(path).resolve()) if Path(path).is_dir() else path
+    document.update(main_score_name="ndcg_at_10", evaluation_time=round(seconds, 2))
+    document.update(written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), scores={info["split"]: subsets})
+    document["encoding"] = {**encoding, "trust_remote_code": args.trust_remote_code}
+    return {**document, "benchmark": info, "summary": result, "per_query": per_query, "arguments": vars(args)}
 
 
 def build_report(out, digests):
@@ -925,6 +882,16 @@ def plot_alignment_uniformity(report, path):
     return path
 
 
+def save_plot(out, name, draw):
+    """Draw a plot (draw(path) -> path, or None) in a scratch folder and write it into out; whether it did."""
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = draw(Path(scratch) / name)
+        if plot:
+            out.write(name, plot.read_bytes(), "plot")
+            print(f"wrote {out.root / name}")
+        return bool(plot)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -969,7 +936,7 @@ def plan_outputs(benchmarks, args, out, runs):
                                    "--out-dir")  # fmt: skip
             if runs is not None:
                 runs.require(f"{relative}.trec")
-        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")) if runs else ():
+        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")) if runs is not None else ():
             spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
             if spaced is not None:
                 raise BadInput(f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
@@ -982,11 +949,10 @@ def plan_outputs(benchmarks, args, out, runs):
 def main(argv=None):
     started = time.time()
     args = get_args(argv)
-    if args.curves:
-        for run in args.curves:
-            if not (Path(run) / "log.jsonl").is_file():
-                raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
-                               "joint_train.py")  # fmt: skip
+    if args.curves:  # the training curves of finished (or running) runs, from their log.jsonl
+        for run in (run for run in args.curves if not (Path(run) / "log.jsonl").is_file()):
+            raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
+                           "joint_train.py")  # fmt: skip
         save_plot(
             OwnedFolder(args.out_dir, "--out-dir"), "curves.png", lambda path: records.plot_curves(args.curves, path)
         )
@@ -1062,16 +1028,6 @@ def main(argv=None):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
-
-
-def save_plot(out, name, draw):
-    """Draw a plot (draw(path) -> path, or None) in a scratch folder and write it into out; whether it did."""
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = draw(Path(scratch) / name)
-        if plot:
-            out.write(name, plot.read_bytes(), "plot")
-            print(f"wrote {out.root / name}")
-        return bool(plot)
 
 
 if __name__ == "__main__":
