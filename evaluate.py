@@ -45,7 +45,7 @@ declares it), ties by document id descending, as trec_eval ranks; every judged q
                 top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over a's partners;
                 MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
   peer_at_100   (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test
-                of their relevant documents' ranks grouped by language (past 100: 101); 1 = fair
+                of their relevant documents' ranks grouped by language (past 100: 101); 1: none favoured
   alignment     (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
   uniformity    log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
 main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
@@ -410,9 +410,7 @@ class LazyModel:
                 raise BadInput(f"--max-length {args.max_length} is more than model '{self.name}' takes "
                                f"({limit} tokens)")  # fmt: skip
             model.max_seq_length = args.max_length
-        if model.similarity_fn_name not in SIMILARITIES:
-            raise BadInput(f"model '{self.name}' declares the similarity '{model.similarity_fn_name}'; not ranked here")
-        self.model = model.eval()
+        self.model = model.eval()  # its similarity was checked by check_model
         return self.model
 
 
@@ -429,32 +427,29 @@ def resolve_prompt(model, task, args):
     return model.prompts.get(model.default_prompt_name) or ""
 
 
-def model_fingerprint(name):
-    """What identifies a model's weights for the cache: a local folder's file names, sizes and times
-    (a retrained run gets new embeddings), or the cached hub snapshot."""
-    path = model_module.resolve_model(name)
-    if Path(path).is_dir():
-        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        return [str(Path(path).resolve())] + [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                                              for p in files]  # fmt: skip
-    from huggingface_hub import try_to_load_from_cache
-
-    snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
-    return [path, snapshot if isinstance(snapshot, str) else None]
-
-
 def embed(lazy, texts, task, what, args):
     """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the settings
     they were made with), from --cache-dir when the model's files, the prompt, length and precision asked
     for and the texts are unchanged. A damaged cache entry is embedded afresh, not trusted."""
     import sentence_transformers
+    from huggingface_hub import try_to_load_from_cache
 
+    # the model's weights: a local folder's file names, sizes and times (a retrained run gets new embeddings),
+    # or the cached hub snapshot (.../snapshots/<commit>/config.json)
+    path = model_module.resolve_model(lazy.name)
+    if Path(path).is_dir():
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        weights = [str(Path(path).resolve())] + [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                                                 for p in files]  # fmt: skip
+    else:
+        snapshot = try_to_load_from_cache(path, "config.json")
+        weights = [path, snapshot if isinstance(snapshot, str) else None]
     digest = hashlib.sha1()
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     prompt_asked = "none" if args.no_prompts else (args.query_prompt if task == "query" else args.document_prompt)
-    identity = [f"sentence-transformers {sentence_transformers.__version__}", model_fingerprint(lazy.name), task,
-                prompt_asked, args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
+    identity = [f"sentence-transformers {sentence_transformers.__version__}", weights, task, prompt_asked,
+                args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
     if not args.no_cache and npy.is_file() and meta.is_file():
@@ -1019,11 +1014,11 @@ def main(argv=None):
     if not save_plot(out, "au.png", lambda path: plot_alignment_uniformity(report, path)):
         out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
-        lines = []
+        lines, headers = [], "| " + " | ".join(header for _, header, _ in TABLE) + " |"
         for entry in (report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]):
+            row = "| " + " | ".join(cells(entry["models"][name])) + " |"
             lines += [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} "
-                      "documents)", "", "| " + " | ".join(header for _, header, _ in TABLE) + " |",
-                      "|" + " ---: |" * len(TABLE), "| " + " | ".join(cells(entry["models"][name])) + " |", ""]  # fmt: skip
+                      "documents)", "", headers, "|" + " ---: |" * len(TABLE), row, ""]  # fmt: skip
         if Path(name).is_dir() and records.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
