@@ -120,7 +120,8 @@ def build_parser():
                         help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
     parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any "
                         "distill.py --data source); default: the benchmark's own parallel documents")
-    parser.add_argument("--max-parallel", type=Range(int, 1), default=2000, help="--parallel pairs, a seeded sample")
+    parser.add_argument("--max-parallel", type=Range(int, 1), default=2000,
+                        help="at most this many --parallel pairs, a seeded sample")
     group = parser.add_argument_group("encoding")
     group.add_argument("--no-prompts", action="store_true", help="no prompt for any text (as the MIMO paper's "
                        "scripts); default: each model's own sentence-transformers 'query' and 'document' prompts")
@@ -137,7 +138,8 @@ def build_parser():
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
     group = parser.add_argument_group("retrieval and output")
-    group.add_argument("--query-chunk", type=Range(int, 1), default=1024, help="queries scored at once")
+    group.add_argument("--query-chunk", type=Range(int, 1), default=1024,
+                       help="queries scored at once; with --doc-chunk it bounds the score block in memory")
     group.add_argument("--doc-chunk", type=Range(int, 1), default=65536,
                        help="documents scored at once; a (query-chunk x doc-chunk) fp32 block is the largest temporary")
     group.add_argument("--cache-dir", default="runs/eval_cache",
@@ -146,7 +148,8 @@ def build_parser():
     group.add_argument("--out-dir", "--output-dir", default="runs/eval",
                        help="folder of the result files (one per model and benchmark), results.json and au.png")
     group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
-                       help="write each top 100 as a TREC run, <benchmark>/<model>.trec, under DIR or --out-dir")
+                       help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
+                            "under DIR, or under --out-dir when DIR is left out")
     group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0, help="seed of the uniformity and "
                        "--parallel samples")
     group.add_argument("--curves", nargs="+", default=None, metavar="RUN",
