@@ -1,87 +1,54 @@
 """
-Is a model any good for a mixed-language corpus, and why? Multilingual retrieval
-(MLIR): one corpus that mixes languages, queries in any language.
+Is a model any good for a mixed-language corpus, and why? Multilingual retrieval (MLIR):
+one corpus that mixes languages, queries in any language.
 
     python evaluate.py                     # runs/stage2*, runs/stage1 and the demo teacher on the demo's
                                            # 50 held-out rows (350 queries, 350 passages)
     python evaluate.py --model runs/stage1 runs/stage2-lam* runs/stage2-xlco   # a --lam sweep's trajectory
-    python evaluate.py --model runs/stage2 --model runs/stage1 \\
-        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test --save-run
-    python evaluate.py --model intfloat/multilingual-e5-small \\
-        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test       # adds a row to the same table
+    python evaluate.py --model intfloat/multilingual-e5-small --save-run \\
+        --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test   # adds a row to that benchmark's table
     python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Output. One table per benchmark, a row for every model scored on it so far in
---out-dir (runs/eval/), with the max length each was scored with; the prompts follow
-the table. --out-dir holds:
-  <benchmark>/<model>.json  one file per (model, benchmark), in MTEB's shape: scores.<split> is a list
-                            of {hf_subset, languages, main_score, ndcg_at_10, ...}, "default" first,
-                            then one per query language; beside it the encoding (prompts, max length,
-                            precision, similarity), the benchmark's counts and layout, every note, and
-                            per_query: each query's metrics, for paired significance tests
-  <benchmark>/<model>.trec  with --save-run: the top 100 of every query as a TREC run
-                            (qid Q0 docid rank score tag), for trec_eval, ranx or a significance test
-  results.json, au.png      rebuilt on every run from the result files there: every number per
-                            benchmark and model, and alignment against uniformity (matplotlib), each
-                            point labelled with its nDCG@10; MIMO runs (joint_train.py, read from their
-                            args.json) joined in lambda order, the trade-off a --lam sweep traces, beside
-                            stage 1 and the baselines
-A later run adds its models' files and rebuilds the table from all of them.
-evaluate.py replaces only files it wrote itself: each folder it writes keeps a list
-of them with their SHA-256 (.evaluate-files.json), and a file not on that list, or
-changed since, is never replaced; the run stops before any work instead.
+Output. Per benchmark a table: a row, with its max length, for every model scored on it so far in
+--out-dir (runs/eval/); then each model's prompts. In --out-dir:
+  <benchmark>/<model>.json  in MTEB's shape (scores.<split>: "default", then one subset per query
+                            language), with the encoding, the benchmark's counts and layout, the
+                            notes, and per_query: each query's metrics, for paired significance tests
+  <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank score tag)
+  results.json, au.png      rebuilt from every result file there: every number, and alignment against
+                            uniformity, each point labelled with its nDCG@10; MIMO runs (known by their
+                            args.json) joined in lambda order, the trade-off a --lam sweep traces
+evaluate.py replaces only files it wrote and nobody changed since (listed with their SHA-256 in
+.evaluate-files.json); any other file in the way stops the run before any work.
 
-Models are encoded by sentence-transformers itself, as
-SentenceTransformer(model).encode_query / .encode_document encode them: every module
-of its modules.json (Dense, Normalize, a Router's query and document routes), its own
-'query' and 'document' prompts (--no-prompts for none, as the MIMO paper's scripts
-use), its own max length (--max-length to change it). A plain Hugging Face model gets
-what sentence-transformers gives it: mean pooling. A module that sentence-transformers
-cannot import here (custom code needs --trust-remote-code), or a sparse, multi-vector
-or cross-encoder module, is refused. Runs of distill.py / joint_train.py and the
-shipped demo teacher are sentence-transformers folders (Transformer, Pooling, Normalize).
+Models are encoded as SentenceTransformer(model).encode_query / .encode_document encode them:
+every module of its modules.json, its own 'query' and 'document' prompts (--no-prompts for none,
+as the MIMO paper's scripts use) and max length (--max-length); a plain Hugging Face model gets
+mean pooling. A module sentence-transformers cannot import here (custom code needs
+--trust-remote-code), or a sparse, multi-vector or cross-encoder module, is refused.
 
-Benchmarks (--benchmark, repeatable): a folder, a hub dataset (owner/name/folder, read
-through the Hugging Face cache), or a file of aligned rows.
-  folder   corpus.jsonl and queries.jsonl, each in the BEIR layout (one record per line: _id,
-           text, optional title, lang, group) or the MLIR benchmarks' (yjoonjang/mlir-benchmarks:
-           corpus lines {doc_id: {"text", "lang"}}); judgements qrels/<split>.tsv or .jsonl (for
-           the default split "test" also qrels.tsv, qrels.jsonl), as BEIR/TREC columns, BEIR
-           records, or the MLIR benchmarks' {query_id: {doc_id: grade}} lines. Each file's layout
-           is read from its first line; grades must be integers.
-  rows     id, query_<lang>, passage_<lang> (data/demo/test.jsonl): every language version of every
-           passage in one corpus, queries in every language, every version of the gold passage relevant.
-  Parallel groups (MRC, alignment, uniformity): a `group` field, or ids that name their
-  language as a suffix (q17/de, q17-de, q17_de) or a prefix (de_q_005a, as the MLIR
-  benchmarks' queries do). Documents whose ids name no group (the MLIR benchmarks'
-  doc_<lang>_<n>) are grouped by the judgements: the relevant documents of one group of
-  parallel queries, one in each language, are the versions of one passage.
+Benchmarks (--benchmark, repeatable): a folder (or hub dataset owner/name/folder) of corpus.jsonl,
+queries.jsonl and judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl),
+in the BEIR layout or the MLIR benchmarks' (yjoonjang/mlir-benchmarks), each file's layout read
+from its first line, integer grades; or a file of aligned rows (id, query_<lang>, passage_<lang>:
+data/demo/test.jsonl), every version of the gold passage relevant. Parallel texts (MRC, alignment,
+uniformity): a `group` field, ids that name their language (q17/de, q17-de, q17_de, de_q_005a), or
+for documents (doc_<lang>_<n>) the judgements of a group of parallel queries.
 
-Metrics. Documents are ranked by the model's similarity (cosine; dot product where
-the model declares it), ties broken by document id descending, as trec_eval does;
-every query that has judgements counts. Keys as in the result files:
-  ndcg_at_k    sum_{r<=k} g_r / log2(r + 1), g_r the grade of the document at rank r,
-               over the same sum for the ideal order of all judged documents (trec_eval ndcg_cut)
-  recall_at_k  relevant documents in the top k / all relevant documents (grade >= 1)
-  mrr_at_10    RR@10: 1 / rank of the first relevant document if it is in the top 10, else 0
-  map_at_100   AP@100: sum of precision@r over the ranks r <= 100 holding a relevant
-               document, over the number of relevant documents (trec_eval map_cut_100)
-  own_at_10    share of a query's top 10 in the query's own language
-  mrc_at_10    mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
-                 rho_ab = Spearman's rho of the scores of parallel queries a and b over the
-                          union of their two top 10s (a constant score vector: pair left out)
-                 RC(a)  = mean of rho_ab over a's parallel partners b        (per query)
-                 MRC(l) = mean of RC(a) over the queries a in language l    (per language)
-                 mrc_at_10 = 100 * mean over languages of MRC(l)
-               A query with few partners weighs as much as one with many; on a fully
-               parallel benchmark this equals the mean over the pairs involving each language.
-  peer_at_100  (Yang et al., SIGIR 2024) per query, the p-value of a Kruskal-Wallis test
-               of the ranks of its relevant documents grouped by document language (ranks
-               past 100 count as 101); the mean over queries. 1 = no language is favoured
-  alignment    (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
-  uniformity   log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
-main_score is ndcg_at_10. A query's entry in per_query holds ndcg_at_{10,20,100},
-recall_at_{20,100}, mrr_at_10, map_at_100, own_at_10 and peer_at_100 where defined.
+Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model
+declares it), ties by document id descending, as trec_eval ranks; every judged query counts.
+  ndcg_at_k, recall_at_k, map_at_100, mrr_at_10: trec_eval's ndcg_cut, recall, map_cut and
+                recip_rank (0 past rank 10), by pytrec_eval: grades are gains, >= 1 is relevant
+  own_at_10     share of a query's top 10 in the query's own language
+  mrc_at_10     mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
+                rho_ab = Spearman's rho of parallel queries a and b's scores over the union of their
+                top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over a's partners;
+                MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
+  peer_at_100   (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test
+                of their relevant documents' ranks grouped by language (past 100: 101); 1: none favoured
+  alignment     (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
+  uniformity    log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
+main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
 """
 
 import hashlib
@@ -96,14 +63,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytrec_eval
 import scipy.stats
 import torch
 
+import checkpoint
 import data
-import checkpoint as distributed
-import checkpoint as model_module
-import checkpoint as records
-import retrieval
+import losses
 from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
 TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -111,37 +77,37 @@ DEPTH = 100  # documents retrieved per query: the deepest cutoff (MAP@100, R@100
 MAX_UNIFORMITY_TEXTS = 4096  # uniformity looks at all pairs: cap the texts (seeded sample)
 MANIFEST = ".evaluate-files.json"  # the files evaluate.py wrote in a folder, with their SHA-256
 SIMILARITIES = ("cosine", "dot")  # what retrieval by inner product reproduces
-# Module families that do not make one dense vector per text: refused by name.
-REFUSED_MODULES = {
+REFUSED_MODULES = {  # module families that make no single dense vector per text
     "sentence_transformers.sparse_encoder": "a sparse (SPLADE-style) module",
     "sentence_transformers.multi_vector_encoder": "a multi-vector (late-interaction) module",
     "sentence_transformers.cross_encoder": "a cross-encoder module",
 }
-COLUMNS = [  # (key in the result files, table header or None for the files only, format)
-    ("ndcg_at_10", "nDCG@10", "{:.4f}"),
-    ("ndcg_at_20", "nDCG@20", "{:.4f}"),
-    ("ndcg_at_100", None, "{:.4f}"),
-    ("recall_at_20", "R@20", "{:.4f}"),
-    ("recall_at_100", None, "{:.4f}"),
-    ("mrr_at_10", "MRR@10", "{:.4f}"),
-    ("map_at_100", "MAP@100", "{:.4f}"),
-    ("own_at_10", "own@10", "{:.4f}"),
-    ("mrc_at_10", "MRC@10", "{:.2f}"),
-    ("peer_at_100", "PEER@100", "{:.4f}"),
-    ("alignment", "align", "{:.4f}"),
-    ("uniformity", "unif", "{:.4f}"),
+COLUMNS = [  # (key in the result files, table header or None for the files only, format, trec_eval measure)
+    ("ndcg_at_10", "nDCG@10", "{:.4f}", "ndcg_cut_10"),
+    ("ndcg_at_20", "nDCG@20", "{:.4f}", "ndcg_cut_20"),
+    ("ndcg_at_100", None, "{:.4f}", "ndcg_cut_100"),
+    ("recall_at_20", "R@20", "{:.4f}", "recall_20"),
+    ("recall_at_100", None, "{:.4f}", "recall_100"),
+    ("mrr_at_10", "MRR@10", "{:.4f}", "recip_rank"),
+    ("map_at_100", "MAP@100", "{:.4f}", "map_cut_100"),
+    ("own_at_10", "own@10", "{:.4f}", None),
+    ("mrc_at_10", "MRC@10", "{:.2f}", None),
+    ("peer_at_100", "PEER@100", "{:.4f}", None),
+    ("alignment", "align", "{:.4f}", None),
+    ("uniformity", "unif", "{:.4f}", None),
 ]
-RANKING_KEYS = ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "recall_at_100", "mrr_at_10", "map_at_100")
+TREC_MEASURES = {key: measure for key, _, _, measure in COLUMNS if measure}
+TABLE = [(key, header, fmt) for key, header, fmt, _ in COLUMNS if header]
 
 
 def build_parser():
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--model", action="extend", nargs="+", default=None,
-                        help="models to evaluate (several after one flag, or the flag repeated): run directories of "
-                             "ours, sentence-transformers models or Hugging Face ids; default: runs/stage2, the "
-                             "runs/stage2-* of a --lam sweep (in lambda order) and of the baselines, and runs/stage1, "
-                             "where present, and the demo teacher as the reference row")
+                        help="models (several after one flag, or the flag repeated): our run directories, "
+                             "sentence-transformers models or Hugging Face ids; default: runs/stage2, runs/stage2-* "
+                             "(a --lam sweep in lambda order, then the baselines) and runs/stage1 where present, and "
+                             "the demo teacher as the reference row")
     parser.add_argument("--benchmark", action="append", default=None,
                         help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
                              "owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
@@ -151,21 +117,16 @@ def build_parser():
                         help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
                              "its language; scores per language and their mean")
     parser.add_argument("--no-language-metrics", action="store_true",
-                        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus whose documents carry "
-                             "no `lang`")
-    parser.add_argument("--parallel", default=None,
-                        help="parallel texts for alignment and uniformity (any distill.py --data source); default: "
-                             "the benchmark's own parallel documents")
+                        help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
+    parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any "
+                        "distill.py --data source); default: the benchmark's own parallel documents")
     parser.add_argument("--max-parallel", type=Range(int, 1), default=2000,
                         help="at most this many --parallel pairs, a seeded sample")
     group = parser.add_argument_group("encoding")
-    group.add_argument("--no-prompts", action="store_true",
-                       help="encode queries and documents without any prompt (the MIMO paper's scripts use none); "
-                            "default: each model's own sentence-transformers 'query' and 'document' prompts")
-    group.add_argument("--query-prompt", default=None,
-                       help="prompt for every model's queries instead of its own 'query' prompt")
-    group.add_argument("--document-prompt", default=None,
-                       help="prompt for every model's documents instead of its own 'document' prompt")
+    group.add_argument("--no-prompts", action="store_true", help="no prompt for any text (as the MIMO paper's "
+                       "scripts); default: each model's own sentence-transformers 'query' and 'document' prompts")
+    group.add_argument("--query-prompt", default=None, help="prompt for every model's queries instead of its own")
+    group.add_argument("--document-prompt", default=None, help="prompt for every model's documents instead of its own")
     group.add_argument("--max-length", type=Range(int, 1), default=None,
                        help="max tokens per text for every model; default: each model's own (its max_seq_length)")
     group.add_argument("--trust-remote-code", action="store_true",
@@ -189,8 +150,8 @@ def build_parser():
     group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
                        help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
                             "under DIR, or under --out-dir when DIR is left out")
-    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
-                       help="seed for the uniformity and --parallel samples")
+    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0, help="seed of the uniformity and "
+                       "--parallel samples")
     group.add_argument("--curves", nargs="+", default=None, metavar="RUN",
                        help="instead of evaluating: draw the training curves of these run directories into "
                             "--out-dir/curves.png (loss and its terms, learning rate, dev metrics)")
@@ -211,43 +172,85 @@ def get_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# Ranking metrics, as trec_eval computes them. `ranking` is a list of document ids,
-# best first (no repeats); `judged` is {doc id: grade}, grade >= 1 relevant.
+# Exact top-k by inner product in trec_eval's order: score descending, then document id descending
+# (strcmp). Hand-written: torch.topk and vector indexes keep an arbitrary subset of tied scores,
+# and the whole (Q, N) score matrix of a million documents does not fit in memory.
 
 
-def ndcg(ranking, judged, k):
-    """trec_eval ndcg_cut.k: DCG@k = sum_{r=1..k} g_r / log2(r + 1), g_r = max(grade, 0)
-    of the document at rank r (0 if unjudged), over the DCG@k of the ideal order of
-    all the query's judged documents; 0 when none is relevant."""
-    dcg = sum(max(judged.get(doc, 0), 0) / math.log2(r + 1) for r, doc in enumerate(ranking[:k], 1))
-    ideal = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:k]
-    ideal_dcg = sum(grade / math.log2(r + 1) for r, grade in enumerate(ideal, 1))
-    return dcg / ideal_dcg if ideal_dcg > 0 else 0.0
+def id_ranks(ids):
+    """(N,) int64: each id's place in ascending code-point order (strcmp on UTF-8), the tie-break key."""
+    return torch.tensor(sorted(range(len(ids)), key=ids.__getitem__), dtype=torch.long).argsort()
 
 
-def recall(ranking, judged, k):
-    """trec_eval recall.k: relevant documents in the top k / all relevant documents."""
-    relevant = sum(grade > 0 for grade in judged.values())
-    return sum(judged.get(doc, 0) > 0 for doc in ranking[:k]) / relevant if relevant else 0.0
+def trec_order(scores, rank):
+    """scores, rank: (Q, C) -> (Q, C) column order, by score descending, then by id rank descending."""
+    by_id = rank.argsort(dim=1, descending=True)
+    by_score = scores.gather(1, by_id).argsort(dim=1, descending=True, stable=True)  # stable: keeps the id order
+    return by_id.gather(1, by_score)
 
 
-def mrr(ranking, judged, k):
-    """Reciprocal rank of the first relevant document, 0 if none is in the top k."""
-    for r, doc in enumerate(ranking[:k], 1):
-        if judged.get(doc, 0) > 0:
-            return 1.0 / r
-    return 0.0
+def top_k(scores, rank, k):
+    """scores (Q, C), rank (C,) -> each row's first k <= C columns in trec_eval's order: scores, columns (Q, k).
+
+    subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more tie
+    with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare rows with
+    no other (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py), and only they
+    are redone with a full two-key sort.
+    """
+    values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:
+        crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        values, columns = values[:, :k].contiguous(), columns[:, :k].contiguous()
+        if len(crowded):
+            columns[crowded] = full = trec_order(scores[crowded], rank.expand(len(crowded), -1))[:, :k]
+            values[crowded] = scores[crowded].gather(1, full)
+    order = trec_order(values, rank[columns])
+    return values.gather(1, order), columns.gather(1, order)
 
 
-def average_precision(ranking, judged, k):
-    """trec_eval map_cut.k: sum of precision@r over relevant ranks r <= k, over all relevant."""
-    relevant = sum(grade > 0 for grade in judged.values())
-    hits, total = 0, 0.0
-    for r, doc in enumerate(ranking[:k], 1):
-        if judged.get(doc, 0) > 0:
-            hits += 1
-            total += hits / r
-    return total / relevant if relevant else 0.0
+@torch.no_grad()
+def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
+    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, on one device -> scores and document indices
+    (Q, min(k, N)) on CPU. Each (query_chunk, doc_chunk) block's top k is merged into its queries'
+    running top k: the top k of the union of the blocks' top k is exact, ties included."""
+    k = min(k, d.shape[0])
+    # one score block, reused: on CPU 8% faster than a fresh 256 MB one per chunk (bench_retrieval.py, N = 10^6)
+    buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
+    out_scores, out_index = [], []
+    for start in range(0, q.shape[0], query_chunk):
+        block_q = q[start : start + query_chunk]  # (q, D)
+        best_scores = torch.empty(len(block_q), 0, device=q.device)  # (q, <=k) running top k
+        best_index = torch.empty(len(block_q), 0, dtype=torch.long, device=q.device)
+        for doc_start in range(0, d.shape[0], doc_chunk):
+            block_d = d[doc_start : doc_start + doc_chunk]  # (c, D)
+            block = buffer[: len(block_q) * len(block_d)].view(len(block_q), len(block_d))
+            scores = torch.mm(block_q, block_d.T, out=block)  # (q, c)
+            scores, columns = top_k(scores, doc_rank[doc_start : doc_start + doc_chunk], min(k, scores.shape[1]))
+            candidates = torch.cat([best_scores, scores], 1)  # (q, <=2k)
+            candidate_index = torch.cat([best_index, columns + doc_start], 1)
+            order = trec_order(candidates, doc_rank[candidate_index])[:, :k]
+            best_scores, best_index = candidates.gather(1, order), candidate_index.gather(1, order)
+        out_scores.append(best_scores.cpu())
+        out_index.append(best_index.cpu())
+    return torch.cat(out_scores), torch.cat(out_index)
+
+
+# ---------------------------------------------------------------------------
+# Metrics: the ranking ones are trec_eval's own (pytrec_eval); no library computes the
+# language-bias ones (own@10, PEER, MRC, alignment, uniformity), so they are written here.
+
+
+def ranking_metrics(rankings, qrels):
+    """{query id: [doc id, best first]}, {query id: {doc id: grade}} -> {query id: {TREC_MEASURES key: value}}."""
+    # trec_eval sorts by score: scores falling with the rank keep our order, whose ties are already settled
+    run = {query_id: {doc: -float(r) for r, doc in enumerate(ranking)} for query_id, ranking in rankings.items()}
+    measures = {"ndcg_cut.10,20,100", "recall.20,100", "recip_rank", "map_cut.100"}
+    found = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    out = {query_id: {key: found[query_id][name] for key, name in TREC_MEASURES.items()} for query_id in rankings}
+    for values in out.values():
+        if values["mrr_at_10"] < 0.1:  # recip_rank also counts a first relevant document past rank 10
+            values["mrr_at_10"] = 0.0
+    return out
 
 
 def own_language_share(ranking_langs, query_lang, k):
@@ -256,19 +259,10 @@ def own_language_share(ranking_langs, query_lang, k):
     return sum(lang == query_lang for lang in top) / len(top) if top else 0.0
 
 
-# ---------------------------------------------------------------------------
-# Language-bias metrics: PEER (Kruskal-Wallis), MRC (Spearman), alignment, uniformity
-
-
 def kruskal_wallis(groups):
     """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
-
-    Pool the N values, rank them (mid-ranks for ties), R_i = rank sum of group i of size n_i:
-        H = [12 / (N (N + 1)) * sum_i R_i^2 / n_i - 3 (N + 1)] / C,  C = 1 - sum_ties (t^3 - t) / (N^3 - N)
-    Under the null hypothesis H ~ chi^2 with g - 1 degrees of freedom: p = P(chi^2_{g-1} > H).
-    subtle: all values equal (C = 0), where scipy raises, nothing tells the groups apart:
-    p = 1, as in the MIMO reference code.
-    """
+    subtle: all values equal (tie correction 0), where scipy raises, tells no group apart: p = 1, as in
+    the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
     result = scipy.stats.kruskal(*groups)
@@ -276,68 +270,47 @@ def kruskal_wallis(groups):
 
 
 def peer_groups(ranking, judged, doc_lang, k):
-    """Ranks of a query's relevant documents by document language, ranks past k set to k + 1.
-
-    doc_lang: {doc id: lang}; relevant documents not in the corpus have no language and are left out.
-    """
-    position = {doc: r for r, doc in enumerate(ranking[:k], 1)}
-    groups = {}
-    for doc, grade in judged.items():
-        if grade > 0 and doc in doc_lang:
-            groups.setdefault(doc_lang[doc], []).append(position.get(doc, k + 1))
+    """{lang: ranks} of a query's relevant documents, ranks past k set to k + 1; relevant documents not
+    in the corpus (doc_lang: {doc id: lang}) have no language and are left out."""
+    position, groups = {doc: r for r, doc in enumerate(ranking[:k], 1)}, {}
+    for doc in (doc for doc, grade in judged.items() if grade > 0 and doc in doc_lang):
+        groups.setdefault(doc_lang[doc], []).append(position.get(doc, k + 1))
     return groups
 
 
 def spearman(x, y):
-    """Spearman's rho of x, y (n,): the Pearson correlation of their mid-ranks (scipy.stats.spearmanr);
-    nan if either is constant, where no rank order exists."""
+    """Spearman's rho (scipy.stats.spearmanr: Pearson's r of mid-ranks); nan if x or y is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(x, y).statistic)
+    constant = len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
+    return float("nan") if constant else float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
-    """Mean rank correlation (Yang et al., MRL 2024) x 100, aggregated as the MIMO reference code
-    aggregates it -> (overall, {lang: value}, queries used, pairs used).
-
-    query_emb: (Q, D), doc_emb: (N, D), top: (Q, k) indices of each query's top k;
-    groups: lists of query indices that are translations of each other. For every
-    pair (a, b) of a group, U = top_k(a) | top_k(b) and rho_ab = Spearman(s(a, U), s(b, U));
-        RC(a)  = mean_b rho_ab over a's partners b (pairs whose rho is undefined left out),
-        MRC(l) = mean of RC(a) over the queries a in language l,
-        MRC    = 100 * mean_l MRC(l).
-    """
+    """Mean rank correlation x 100, aggregated as the MIMO reference code does (module docstring)
+    -> (overall, {lang: value}, queries used, pairs used). query_emb: (Q, D), doc_emb: (N, D),
+    top: (Q, k) each query's top k; groups: lists of query indices that translate each other."""
     # subtle: all in numpy. Interleaving torch's small matmuls with scipy's (numpy's BLAS) made the
     # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
-    per_query = {}  # query index -> rho with each of its partners
-    pairs = 0
-    for group in groups:
-        for i, a in enumerate(group):
-            for b in group[i + 1 :]:
-                union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
-                rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
-                if math.isnan(rho):
-                    continue
-                pairs += 1
-                per_query.setdefault(a, []).append(rho)
-                per_query.setdefault(b, []).append(rho)
-    if not per_query:
-        return None, {}, 0, 0
+    per_query, pairs = {}, 0  # query index -> rho with each of its partners
+    for a, b in ((a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]):
+        union = np.union1d(top[a], top[b])  # (|U|,) sorted document indices
+        rho = spearman(doc_emb[union] @ query_emb[a], doc_emb[union] @ query_emb[b])
+        if not math.isnan(rho):
+            pairs += 1
+            per_query.setdefault(a, []).append(rho)
+            per_query.setdefault(b, []).append(rho)
     by_lang = {}
     for a, rhos in per_query.items():
         by_lang.setdefault(query_langs[a], []).append(sum(rhos) / len(rhos))  # RC(a)
     per_lang = {lang: 100 * sum(values) / len(values) for lang, values in sorted(by_lang.items())}
-    return sum(per_lang.values()) / len(per_lang), per_lang, len(per_query), pairs
+    overall = sum(per_lang.values()) / len(per_lang) if per_lang else None
+    return overall, per_lang, len(per_query), pairs
 
 
 def alignment(emb, left, right, chunk=65536):
-    """Wang and Isola (2020), alpha = 2: mean_i ||x_i - y_i||^2 over translation pairs
-    x_i = emb[left[i]], y_i = emb[right[i]] of normalised embeddings emb: (N, D).
-
-    Summed chunk by chunk: a million passages in 14 languages make 6.5M pairs, whose
-    gathered (P, D) copies alone would take tens of GB."""
+    """Wang and Isola (2020), alpha = 2: mean ||emb[left[i]] - emb[right[i]]||^2 over pairs of unit rows,
+    chunked: a million passages in 14 languages make 6.5M pairs, tens of GB as gathered copies."""
     total = 0.0
     for start in range(0, len(left), chunk):
         x, y = emb[left[start : start + chunk]], emb[right[start : start + chunk]]  # (c, D) each
@@ -350,41 +323,27 @@ def uniformity(x, t=2.0):
     return torch.pdist(x.double(), p=2).pow(2).mul(-t).exp().mean().log().item()
 
 
-def sampled_uniformity(emb, indices, generator):
-    """Uniformity of emb[indices], over a seeded sample of MAX_UNIFORMITY_TEXTS of them when
-    there are more (all pairs of 10^5 texts would not fit); None for fewer than 2 texts."""
-    if len(indices) < 2:
-        return None
-    if len(indices) > MAX_UNIFORMITY_TEXTS:
-        keep = torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS].tolist()
-        indices = [indices[i] for i in keep]
-    return uniformity(emb[indices])
-
-
 def alignment_uniformity(emb, langs, groups, seed):
-    """Alignment over all translation pairs inside groups, uniformity over the grouped texts;
-    overall and per language (pairs that involve the language, texts in it).
-
-    emb: (N, D) normalised; langs: N languages; groups: lists of indices into emb.
-    """
+    """Alignment over the translation pairs inside groups (lists of indices into emb: (N, D), unit rows),
+    uniformity over the grouped texts; overall and per language (the pairs that involve it, its texts)."""
     pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
     if not pairs:
         return None
     left, right = torch.tensor([a for a, _ in pairs]), torch.tensor([b for _, b in pairs])  # (P,)
     members = sorted({index for group in groups for index in group})
     generator = torch.Generator().manual_seed(seed)
-    out = {
-        "alignment": alignment(emb, left, right),
-        "uniformity": sampled_uniformity(emb, members, generator),
-        "alignment_per_language": {},
-        "uniformity_per_language": {},
-        "alignment_pairs": len(pairs),
-    }
+
+    def sampled_uniformity(indices):  # all pairs of 10^5 texts would not fit: a seeded sample
+        if len(indices) > MAX_UNIFORMITY_TEXTS:
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:MAX_UNIFORMITY_TEXTS]]
+        return uniformity(emb[indices]) if len(indices) > 1 else None
+
+    out = {"alignment": alignment(emb, left, right), "uniformity": sampled_uniformity(members)}
+    out.update(alignment_per_language={}, uniformity_per_language={}, alignment_pairs=len(pairs))
     for lang in sorted({langs[index] for index in members}):
         mask = torch.tensor([langs[a] == lang or langs[b] == lang for a, b in pairs])
         out["alignment_per_language"][lang] = alignment(emb, left[mask], right[mask])
-        in_lang = [index for index in members if langs[index] == lang]
-        out["uniformity_per_language"][lang] = sampled_uniformity(emb, in_lang, generator)
+        out["uniformity_per_language"][lang] = sampled_uniformity([i for i in members if langs[i] == lang])
     return out
 
 
@@ -392,274 +351,210 @@ def alignment_uniformity(emb, langs, groups, seed):
 # Models, encoded by sentence-transformers, and the embedding cache
 
 
+def config_json(path, filename):
+    """A model's JSON file, found as sentence-transformers finds it (a local folder, or the hub
+    through its cache), or None where the model has none."""
+    from sentence_transformers.util import load_file_path
+
+    try:
+        found = load_file_path(path, filename)
+    except Exception:  # offline without a cached copy, or no valid repository: no such file
+        found = None
+    try:
+        return None if found is None else json.loads(Path(found).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{found}: not a readable JSON file ({first_line(error)})") from None
+
+
 def check_model(name, trust_remote_code):
-    """Fail early, in one sentence, for a model that cannot be encoded as sentence-transformers
-    encodes it: not loadable here (offline: not in the cache), a module type it cannot import,
-    a module that makes no single dense vector, or a similarity that inner products do not rank by."""
+    """Refuse early, in one sentence, a model that cannot be encoded as sentence-transformers encodes it:
+    not loadable here (offline: not in the cache), a module type it cannot import, a module that makes
+    no single dense vector, or a similarity that inner products do not rank by."""
+    from sentence_transformers.util import import_module_class
     from transformers import AutoConfig
 
-    path = model_module.resolve_model(name)
-    where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the cache"
-    modules_file = model_module.config_file(path, "modules.json")
-    if modules_file is None:  # a plain Hugging Face model: sentence-transformers adds mean pooling
+    path = checkpoint.resolve_model(name)
+    modules = config_json(path, "modules.json")
+    if modules is None:  # a plain Hugging Face model: sentence-transformers adds mean pooling
         try:
             AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
+            where = "local directory" if Path(path).is_dir() else "hub id, which needs a network or a copy in the cache"
             raise BadInput(f"cannot load model '{name}' ({where}): {first_line(error)}") from None
         return
-    from sentence_transformers.util import import_module_class
-
-    modules = model_module.read_json(modules_file)
     for number, module in enumerate(modules if isinstance(modules, list) else [], 1):
         kind = module.get("type", "?") if isinstance(module, dict) else "?"
+        what = f"model '{name}': module {number} of its modules.json, type '{kind}',"
+        hint = "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
         try:
-            cls = import_module_class(kind, path, trust_remote_code=trust_remote_code)
+            module = import_module_class(kind, path, trust_remote_code=trust_remote_code).__module__
         except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
-            hint = (
-                "" if trust_remote_code or kind.startswith("sentence_transformers.") else "; pass --trust-remote-code"
-            )
             raise BadInput(
-                f"model '{name}': module {number} of its modules.json, type '{kind}', cannot be loaded "
-                f"by sentence-transformers here ({first_line(error)})"
-                f"{hint}"
+                f"{what} cannot be loaded by sentence-transformers here ({first_line(error)}){hint}"
             ) from None
-        for prefix, what in REFUSED_MODULES.items():
-            if cls.__module__.startswith(prefix):
-                raise BadInput(
-                    f"model '{name}': module {number} of its modules.json, type '{kind}', is {what}; "
-                    "evaluate.py scores dense single-vector models only"
-                )
-    st_config = model_module.config_file(path, "config_sentence_transformers.json")
-    similarity = (model_module.read_json(st_config) if st_config else {}).get("similarity_fn_name") or "cosine"
+        for prefix, refused in REFUSED_MODULES.items():
+            if module.startswith(prefix):
+                raise BadInput(f"{what} is {refused}; evaluate.py scores dense single-vector models only")
+    similarity = (config_json(path, "config_sentence_transformers.json") or {}).get("similarity_fn_name") or "cosine"
     if similarity not in SIMILARITIES:
-        raise BadInput(
-            f"model '{name}' declares the similarity '{similarity}'; evaluate.py ranks by cosine or dot product only"
-        )
+        raise BadInput(f"model '{name}' declares the similarity '{similarity}'; evaluate.py ranks by cosine or "
+                       "dot product only")  # fmt: skip
 
 
 class LazyModel:
-    """A SentenceTransformer loaded on first use, so that a model whose embeddings are all
-    cached is never loaded, and released before the next model is."""
+    """A SentenceTransformer loaded on first use: a model whose embeddings are all cached is never loaded."""
 
     def __init__(self, name, args, device):
-        self.name, self.args, self.device = name, args, device
-        self.model = None
+        self.name, self.args, self.device, self.model = name, args, device, None
 
     def get(self):
-        if self.model is not None:
-            return self.model
         from sentence_transformers import SentenceTransformer
 
-        path = model_module.resolve_model(self.name)
-        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        model_kwargs = {"dtype": dtype[self.args.precision]} if self.args.precision != "auto" else None
+        if self.model is not None:
+            return self.model
+        args, dtypes = self.args, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        kwargs = {"dtype": dtypes[args.precision]} if args.precision in dtypes else None
         try:
-            model = SentenceTransformer(
-                path, device=str(self.device), trust_remote_code=self.args.trust_remote_code, model_kwargs=model_kwargs
-            )
+            model = SentenceTransformer(checkpoint.resolve_model(self.name), device=str(self.device),
+                                        trust_remote_code=args.trust_remote_code, model_kwargs=kwargs)  # fmt: skip
         except Exception as error:  # whatever loading raises, one sentence
             raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line(error)}") from None
-        if self.args.max_length is not None:
+        if args.max_length is not None:
             # a first module without a tokenizer (StaticEmbedding) states no limit
             limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
-            if limit is not None and limit < 10**6 and self.args.max_length > limit:
-                raise BadInput(
-                    f"--max-length {self.args.max_length} is more than model '{self.name}' takes ({limit} tokens)"
-                )
-            model.max_seq_length = self.args.max_length
-        if model.similarity_fn_name not in SIMILARITIES:
-            raise BadInput(f"model '{self.name}' declares the similarity '{model.similarity_fn_name}'; not ranked here")
-        self.model = model.eval()
+            if limit is not None and limit < 10**6 and args.max_length > limit:
+                raise BadInput(f"--max-length {args.max_length} is more than model '{self.name}' takes "
+                               f"({limit} tokens)")  # fmt: skip
+            model.max_seq_length = args.max_length
+        self.model = model.eval()  # its similarity was checked by check_model
         return self.model
-
-    def release(self):
-        self.model = None
 
 
 def resolve_prompt(model, task, args):
-    """The prompt a text of `task` ("query" or "document") is encoded with: none with --no-prompts,
-    the flag's when given, else the one sentence-transformers' encode_query / encode_document
-    would pick: the model's "query" prompt (for documents the first of "document", "passage",
-    "corpus"), else its default prompt, else none."""
-    if args.no_prompts:
-        return ""
+    """The prompt a text of `task` ("query" or "document") gets: none with --no-prompts, else the flag's,
+    else the one encode_query / encode_document picks: the model's "query" prompt (for documents the
+    first of "document", "passage", "corpus"), else its default prompt, else none."""
     given = args.query_prompt if task == "query" else args.document_prompt
-    if given is not None:
-        return given
+    if args.no_prompts or given is not None:
+        return given or ""
     for prompt_name in ("query",) if task == "query" else ("document", "passage", "corpus"):
         if prompt_name in model.prompts:
             return model.prompts[prompt_name] or ""
-    if model.default_prompt_name is not None:
-        return model.prompts.get(model.default_prompt_name) or ""
-    return ""
-
-
-def model_fingerprint(name):
-    """What identifies a model's weights for the cache: file names, sizes and times of a
-    local directory (a retrained run gets new embeddings), or the cached hub snapshot."""
-    path = model_module.resolve_model(name)
-    if Path(path).is_dir():
-        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        return [str(Path(path).resolve())] + [
-            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-        ]
-    from huggingface_hub import try_to_load_from_cache
-
-    snapshot = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json
-    return [path, snapshot if isinstance(snapshot, str) else None]
-
-
-def texts_digest(texts):
-    digest = hashlib.sha1()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
-
-
-def read_cached(npy, meta, count):
-    """(embeddings, settings) from a cache entry evaluate.py wrote, or None when there is none
-    (a damaged entry is embedded afresh, not trusted)."""
-    if not (npy.is_file() and meta.is_file()):
-        return None
-    try:
-        settings = json.loads(meta.read_text())["settings"]
-        cached = np.load(npy)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"  cache entry {npy} is unreadable ({error}); embedding again")
-        return None
-    return (torch.from_numpy(cached), settings) if cached.ndim == 2 and cached.shape[0] == count else None
-
-
-def write_cached(npy, meta, emb, settings, identity):
-    """Write a cache entry, the .json (which marks it as ours) before the .npy (which completes it).
-    An entry whose names hold something evaluate.py did not write is left alone."""
-    if (npy.exists() or meta.exists()) and not cache_entry_is_ours(meta):
-        print(
-            f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; not cached"
-        )
-        return
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
-    atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
-    buffer = io.BytesIO()
-    np.save(buffer, emb.numpy())
-    atomic_write(npy, buffer.getvalue())  # a crash never leaves half a cache file
-
-
-def cache_entry_is_ours(meta):
-    try:
-        return json.loads(meta.read_text()).get("written_by") == "evaluate.py"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return model.prompts.get(model.default_prompt_name) or ""
 
 
 def embed(lazy, texts, task, what, args):
-    """texts -> ((N, D) float32 CPU embeddings exactly as sentence-transformers' encode_query /
-    encode_document return them, {prompt, max_length, similarity, dimension, dtype} they were made
-    with), from the cache when the model's files, the prompt, length and precision asked for and
-    the texts are unchanged."""
+    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the settings
+    they were made with), from --cache-dir when the model's files, the prompt, length and precision asked
+    for and the texts are unchanged. A damaged cache entry is embedded afresh, not trusted."""
     import sentence_transformers
+    from huggingface_hub import try_to_load_from_cache
 
+    # the model's weights: a local folder's file names, sizes and times (a retrained run gets new embeddings),
+    # or the cached hub snapshot (.../snapshots/<commit>/config.json)
+    path = checkpoint.resolve_model(lazy.name)
+    if Path(path).is_dir():
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        weights = [str(Path(path).resolve())] + [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                                                 for p in files]  # fmt: skip
+    else:
+        snapshot = try_to_load_from_cache(path, "config.json")
+        weights = [path, snapshot if isinstance(snapshot, str) else None]
+    digest = hashlib.sha1()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
     prompt_asked = "none" if args.no_prompts else (args.query_prompt if task == "query" else args.document_prompt)
-    identity = [
-        f"sentence-transformers {sentence_transformers.__version__}",
-        model_fingerprint(lazy.name),
-        task,
-        prompt_asked,
-        args.max_length,
-        args.precision,
-        texts_digest(texts),
-    ]
+    identity = [f"sentence-transformers {sentence_transformers.__version__}", weights, task, prompt_asked,
+                args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
-    if not args.no_cache:
-        cached = read_cached(npy, meta, len(texts))
-        if cached is not None:
-            print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
-            return cached
+    if not args.no_cache and npy.is_file() and meta.is_file():
+        try:
+            settings, cached = json.loads(meta.read_text())["settings"], np.load(npy)
+            if cached.ndim == 2 and cached.shape[0] == len(texts):
+                print(f"  cache hit: {what} ({len(texts)} texts) from {npy}")
+                return torch.from_numpy(cached), settings
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"  cache entry {npy} is unreadable ({error}); embedding again")
     model = lazy.get()
     prompt = resolve_prompt(model, task, args)
     encode = model.encode_query if task == "query" else model.encode_document
     # the prompt is passed even when empty: "" also stops sentence-transformers' fall-back to a default prompt
     emb = encode(texts, prompt=prompt, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=True)
-    emb = emb.float().cpu()  # (N, D)
-    settings = {
-        "prompt": prompt,
-        "max_length": model.max_seq_length,
-        "similarity": model.similarity_fn_name,
-        "dimension": emb.shape[1],
-        "dtype": str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch."),
-    }
-    if not args.no_cache:
-        write_cached(npy, meta, emb, settings, identity)
+    emb, dtype = emb.float().cpu(), next(model.parameters(), torch.empty(0)).dtype  # (N, D)
+    settings = {"prompt": prompt, "max_length": model.max_seq_length, "similarity": model.similarity_fn_name,
+                "dimension": emb.shape[1], "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+    if args.no_cache:
+        return emb, settings
+    try:
+        ours = json.loads(meta.read_text()).get("written_by") == "evaluate.py"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if (npy.exists() or meta.exists()) and not ours:
+        print(f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; "
+              "not cached")  # fmt: skip
+        return emb, settings
+    # the .json, which marks the entry as ours, before the .npy, which completes it
+    record = {"written_by": "evaluate.py", "identity": identity, "settings": settings}
+    atomic_write(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    buffer = io.BytesIO()
+    np.save(buffer, emb.numpy())
+    atomic_write(npy, buffer.getvalue())
     return emb, settings
-
-
-def unit(emb):
-    """Rows scaled to length 1 (cosine scores, alignment, uniformity)."""
-    return torch.nn.functional.normalize(emb, dim=-1)
 
 
 # ---------------------------------------------------------------------------
 # One model on one benchmark
 
 
-def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, monolingual, args, device):
-    """Top-DEPTH of every query -> (document indices per query, their scores per query, and the
-    (Q, <=DEPTH) index tensor for MRC, None with --monolingual)."""
-    doc_rank = retrieval.id_ranks(doc_ids).to(device)
-    d = doc_emb.to(device)
-    if not monolingual:
-        scores, index = retrieval.retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
-        return index.tolist(), scores.tolist(), index
+def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device):
+    """Each query's top DEPTH -> (document indices, scores) per query; with --monolingual each language's
+    queries search only the documents in that language."""
+    doc_rank, d = id_ranks(doc_ids).to(device), doc_emb.to(device)
+    if not args.monolingual:
+        scores, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
+        return index.tolist(), scores.tolist()
     rankings, ranking_scores = [[] for _ in query_ids], [[] for _ in query_ids]
     query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-    doc_langs = [benchmark.corpus[doc_id][1] for doc_id in doc_ids]
     for lang in sorted(set(query_langs)):
         qs = [i for i, query_lang in enumerate(query_langs) if query_lang == lang]
-        ds = torch.tensor([j for j, doc_lang in enumerate(doc_langs) if doc_lang == lang], dtype=torch.long)
+        ds = torch.tensor([j for j, doc_id in enumerate(doc_ids) if benchmark.corpus[doc_id][1] == lang])
         if len(ds) == 0:
             continue  # no document in this language: empty rankings, every metric 0
-        scores, local = retrieval.retrieve(
-            query_emb[qs].to(device), d[ds.to(device)], doc_rank[ds.to(device)], DEPTH, args.query_chunk, args.doc_chunk
-        )
+        on_device = ds.to(device)
+        scores, local = retrieve(query_emb[qs].to(device), d[on_device], doc_rank[on_device], DEPTH,
+                                 args.query_chunk, args.doc_chunk)  # fmt: skip
         for i, row, row_scores in zip(qs, ds[local].tolist(), scores.tolist()):
             rankings[i], ranking_scores[i] = row, row_scores
-    return rankings, ranking_scores, None
+    return rankings, ranking_scores
 
 
 def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, language_metrics):
-    """Per-query ranking metrics -> (overall means, per query language, PEER; and {query id: metrics})."""
+    """Per-query metrics -> (means overall and per query language, PEER; {query id: metrics})."""
     doc_lang = {doc_id: lang for doc_id, (_, lang) in benchmark.corpus.items() if lang is not None}
-    per_query, p_values, no_peer, skipped = {}, [], 0, 0
+    judged, ranked = {}, {}
     for i, query_id in enumerate(query_ids):
-        judged, query_lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
+        judged[query_id], query_lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
         if monolingual:  # only documents in the query's language can be found, so only they are judged
-            judged = {doc: grade for doc, grade in judged.items() if doc_lang.get(doc) == query_lang}
-            if not judged:
-                skipped += 1
-                continue
-        ranking = [doc_ids[j] for j in rankings[i]]
-        values = {
-            "ndcg_at_10": ndcg(ranking, judged, 10),
-            "ndcg_at_20": ndcg(ranking, judged, 20),
-            "ndcg_at_100": ndcg(ranking, judged, 100),
-            "recall_at_20": recall(ranking, judged, 20),
-            "recall_at_100": recall(ranking, judged, 100),
-            "mrr_at_10": mrr(ranking, judged, 10),
-            "map_at_100": average_precision(ranking, judged, 100),
-        }
+            judged[query_id] = {
+                doc: grade for doc, grade in judged[query_id].items() if doc_lang.get(doc) == query_lang
+            }
+        if judged[query_id]:
+            ranked[query_id] = [doc_ids[j] for j in rankings[i]]
+    metrics = ranking_metrics(ranked, {query_id: judged[query_id] for query_id in ranked})
+    per_query, p_values, no_peer = {}, [], 0
+    for query_id, ranking in ranked.items():
+        query_lang = benchmark.queries[query_id][1]
+        per_query[query_id] = values = {"lang": query_lang, **metrics[query_id]}
         if language_metrics and not monolingual:
             values["own_at_10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
-            groups = peer_groups(ranking, judged, doc_lang, DEPTH)
+            groups = peer_groups(ranking, judged[query_id], doc_lang, DEPTH)
             if len(groups) >= 2:
                 values["peer_at_100"] = kruskal_wallis(list(groups.values()))[1]
                 p_values.append(values["peer_at_100"])
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
-        per_query[query_id] = {"lang": query_lang, **values}
-
-    keys = [key for key in (*RANKING_KEYS, "own_at_10") if any(key in values for values in per_query.values())]
+    keys = [key for key in (*TREC_MEASURES, "own_at_10") if any(key in values for values in per_query.values())]
     per_language = {}
     for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
         rows = [values for values in per_query.values() if values["lang"] == lang]
@@ -667,116 +562,86 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
         peers = [row["peer_at_100"] for row in rows if "peer_at_100" in row]
         if peers:
             per_language[lang]["peer_at_100"] = sum(peers) / len(peers)
-    if monolingual:  # the mean over languages, as MIRACL reports it
-        overall = (
-            {key: sum(scores[key] for scores in per_language.values()) / len(per_language) for key in keys}
-            if per_language
-            else {}
-        )
-    else:  # the mean over queries, as trec_eval reports it
-        overall = {key: sum(values[key] for values in per_query.values()) / len(per_query) for key in keys}
-    result = {**overall, "queries_scored": len(per_query), "per_language": per_language}
+    # the mean over languages, as MIRACL reports it; else over queries, as trec_eval does
+    means = per_language.values() if monolingual else per_query.values()
+    result = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
+    result.update(queries_scored=len(per_query), per_language=per_language)
     if monolingual:
-        result["queries_without_judgements_in_their_language"] = skipped
+        result["queries_without_judgements_in_their_language"] = len(query_ids) - len(ranked)
     if p_values:
         result["peer_at_100"] = sum(p_values) / len(p_values)
-    result["peer_queries"], result["peer_skipped_one_language"] = len(p_values), no_peer
+    result.update(peer_queries=len(p_values), peer_skipped_one_language=no_peer)
     return result, per_query
 
 
-def language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args):
+def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_unit, top, parallel, lazy, args):
     """MRC, alignment and uniformity of one model on one benchmark -> (result entries, notes)."""
-    result, notes = {}, []
+    result, notes, groups = {}, [], []
     if not args.monolingual:
         position = {query_id: i for i, query_id in enumerate(query_ids)}
-        groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
+        query_groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
         query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-        value, per_lang, queries, pairs = (
-            mrc(query_scoring, doc_scoring, top[:, :10], groups, query_langs) if groups else (None, {}, 0, 0)
-        )
-        result.update({"mrc_at_10": value, "mrc_per_language": per_lang, "mrc_queries": queries, "mrc_pairs": pairs})
-        if not groups:
-            notes.append(
-                "MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or 'de_q1')"
-            )
-        elif value is None:
+        found = mrc(query_emb, doc_emb, top[:, :10], query_groups, query_langs) if query_groups else (None, {}, 0, 0)
+        result.update(zip(("mrc_at_10", "mrc_per_language", "mrc_queries", "mrc_pairs"), found))
+        if not query_groups:
+            notes.append("MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or "
+                         "'de_q1')")  # fmt: skip
+        elif found[0] is None:
             notes.append("MRC n/a: every pair of parallel queries scores its top 10 with one constant value")
     if parallel:
-        texts, langs, groups = [], [], []
+        texts, langs = [], []
         for group in parallel:
             groups.append(list(range(len(texts), len(texts) + len(group))))
             texts.extend(group.values())
             langs.extend(group)
-        emb, _ = embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)
-        emb, source = unit(emb), "--parallel"
+        emb = torch.nn.functional.normalize(embed(lazy, texts, "document", f"{lazy.name} --parallel texts", args)[0])
+        source = "--parallel"
     elif benchmark.doc_groups:
         position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         emb, langs, source = doc_unit, [benchmark.corpus[i][1] for i in doc_ids], benchmark.layout["document_groups"]
         groups = [[position[doc_id] for doc_id in ids] for ids in benchmark.doc_groups.values()]
-    else:
-        groups = []
     au = alignment_uniformity(emb, langs, groups, args.seed) if groups else None
     if au:
         result.update(au, alignment_source=source)
     else:
-        notes.append(
-            "alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like 'd1/de', "
-            "or judgements that name one document per language for each group of parallel queries), "
-            "or pass --parallel"
-        )
+        notes.append("alignment/uniformity n/a: no parallel documents (give them a `group` field or ids like "
+                     "'d1/de', or judgements that name one document per language for each group of parallel "
+                     "queries), or pass --parallel")  # fmt: skip
     return result, notes
 
 
 def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics):
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
-    doc_ids, query_ids = list(benchmark.corpus), list(benchmark.queries)
-    tick = time.time()
-    doc_emb, doc_settings = embed(
-        lazy, [benchmark.corpus[i][0] for i in doc_ids], "document", f"{lazy.name} documents", args
-    )  # (N, D)
-    query_emb, query_settings = embed(
-        lazy, [benchmark.queries[i][0] for i in query_ids], "query", f"{lazy.name} queries", args
-    )  # (Q, D)
-    similarity = doc_settings["similarity"]
-    encoding = {
-        "query_prompt": query_settings["prompt"],
-        "document_prompt": doc_settings["prompt"],
-        "max_length": doc_settings["max_length"],
-        "similarity": similarity,
-        "dimension": doc_settings["dimension"],
-        "precision": doc_settings["dtype"],
-    }
-    # What retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model.
-    doc_unit, query_unit = unit(doc_emb), unit(query_emb)
-    doc_scoring, query_scoring = (doc_unit, query_unit) if similarity == "cosine" else (doc_emb, query_emb)
-    seconds = {"embed": time.time() - tick}
-
-    tick = time.time()
-    rankings, ranking_scores, top = rank_queries(
-        benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args.monolingual, args, device
-    )
-    seconds["retrieve"] = time.time() - tick
-    tick = time.time()
+    doc_ids, query_ids, tick = list(benchmark.corpus), list(benchmark.queries), time.time()
+    doc_texts, query_texts = [benchmark.corpus[i][0] for i in doc_ids], [benchmark.queries[i][0] for i in query_ids]
+    doc_emb, doc_settings = embed(lazy, doc_texts, "document", f"{lazy.name} documents", args)  # (N, D)
+    query_emb, query_settings = embed(lazy, query_texts, "query", f"{lazy.name} queries", args)  # (Q, D)
+    encoding = {"query_prompt": query_settings["prompt"], "document_prompt": doc_settings["prompt"]}
+    encoding.update({key: doc_settings[key] for key in ("max_length", "similarity", "dimension")})
+    encoding["precision"] = doc_settings["dtype"]
+    # what retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model
+    doc_unit, query_unit = torch.nn.functional.normalize(doc_emb), torch.nn.functional.normalize(query_emb)
+    doc_scoring, query_scoring = (doc_unit, query_unit) if encoding["similarity"] == "cosine" else (doc_emb, query_emb)
+    seconds, tick = {"embed": time.time() - tick}, time.time()
+    rankings, ranking_scores = rank_queries(benchmark, doc_ids, query_ids, doc_scoring, query_scoring, args, device)
+    seconds["retrieve"], tick = time.time() - tick, time.time()
     result, per_query = score_benchmark(benchmark, doc_ids, query_ids, rankings, args.monolingual, language_metrics)
     notes = []
     if result.get("queries_without_judgements_in_their_language"):
-        notes.append(
-            f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
-            "in their own language: skipped (--monolingual)"
-        )
+        notes.append(f"{result['queries_without_judgements_in_their_language']} queries have no judged document "
+                     "in their own language: skipped (--monolingual)")  # fmt: skip
+    if language_metrics and args.monolingual:
+        notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
+    elif language_metrics and result["peer_queries"] == 0:
+        notes.append("PEER n/a: no query has relevant documents in two or more languages")
     if language_metrics:
-        if not args.monolingual and result["peer_queries"] == 0:
-            notes.append("PEER n/a: no query has relevant documents in two or more languages")
-        if args.monolingual:
-            notes.append("own@10, MRC and PEER n/a with --monolingual: each query sees one language only")
-        found, more_notes = language_metrics_of(
-            benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit, top, parallel, lazy, args
-        )
+        top = None if args.monolingual else torch.tensor(rankings)  # (Q, <=DEPTH) for MRC
+        found, more_notes = language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit,
+                                                top, parallel, lazy, args)  # fmt: skip
         result.update(found)
         notes += more_notes
     seconds["metrics"] = time.time() - tick
-    result["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
-    result["notes"] = notes
+    result.update(seconds={key: round(value, 2) for key, value in seconds.items()}, notes=notes)
     tag = slug(lazy.name)
     run = [
         f"{query_id} Q0 {doc_ids[j]} {rank} {score:.9g} {tag}\n"  # 9 digits: every float32 score stays distinct
@@ -797,18 +662,9 @@ def slug(name):
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in parts) or "_"
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def atomic_write(path, content):
-    """Write bytes under a fresh temporary name in the same folder, then rename: never half a file,
-    and no name but `path` itself is ever replaced. ("xb" fails rather than reuse a name, and
-    keeps the user's umask, which tempfile's private 0600 files would not.)"""
+    """Bytes to a fresh temporary name in the same folder, renamed to `path`: never half a file, and no
+    other name replaced ("xb" refuses to reuse a name, and keeps the user's umask, unlike tempfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".evaluate-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     with open(tmp, "xb") as f:
@@ -817,12 +673,9 @@ def atomic_write(path, content):
 
 
 class OwnedFolder:
-    """A folder evaluate.py writes into, and the list of what it wrote there.
-
-    As the training scripts replace only run directories of their own, evaluate.py replaces
-    only files it wrote: MANIFEST lists each with its kind and the SHA-256 of what was written,
-    so a user's own results.json, or one of ours edited since, is never replaced.
-    """
+    """A folder evaluate.py writes into, and MANIFEST there: each file it wrote, with its kind and SHA-256.
+    As the training scripts replace only run directories of their own, evaluate.py replaces only files
+    it wrote and nobody changed since: a user's own results.json is never replaced."""
 
     def __init__(self, root, flag):
         self.root, self.flag = Path(root), flag
@@ -831,37 +684,31 @@ class OwnedFolder:
         self.files = self.read_manifest()
 
     def read_manifest(self):
-        path = self.root / MANIFEST
-        if not path.exists():
+        if not (self.root / MANIFEST).exists():
             return {}
         try:
-            files = json.loads(path.read_text(encoding="utf-8"))["files"]
+            files = json.loads((self.root / MANIFEST).read_text(encoding="utf-8"))["files"]
             assert all(isinstance(entry["sha256"], str) for entry in files.values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
-            raise BadInput(
-                f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
-                f"choose another {self.flag}"
-            ) from None
+            raise BadInput(f"{self.flag} '{self.root}': {MANIFEST} there is not a list written by evaluate.py; "
+                           f"choose another {self.flag}") from None  # fmt: skip
         return files
 
     def ours(self, relative):
         """Whether `relative` may be (re)written: absent, or written by evaluate.py and unchanged since."""
         path = self.root / relative
-        if not path.exists():
-            return True
-        return path.is_file() and relative in self.files and self.files[relative]["sha256"] == sha256(path)
+        if not path.is_file() or relative not in self.files:
+            return not path.exists()
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == self.files[relative]["sha256"]
 
-    def require(self, relatives):
-        for relative in relatives:
-            if not self.ours(relative):
-                raise BadInput(
-                    f"{self.flag} '{self.root}' holds {relative}, which evaluate.py did not write (or which changed "
-                    f"since); it is never replaced: move it or choose another {self.flag}"
-                )
+    def require(self, relative):
+        if not self.ours(relative):
+            raise BadInput(f"{self.flag} '{self.root}' holds {relative}, which evaluate.py did not write (or which "
+                           f"changed since); it is never replaced: move it or choose another {self.flag}")  # fmt: skip
 
     def write(self, relative, content, kind):
-        """Write bytes to root/relative (checked ours), then record it in the manifest."""
-        self.require([relative])
+        self.require(relative)
         atomic_write(self.root / relative, content)
         self.record(relative, {"kind": kind, "sha256": hashlib.sha256(content).hexdigest()})
 
@@ -872,22 +719,8 @@ class OwnedFolder:
 
     def record(self, relative, entry):
         # subtle: re-read first, so two runs writing one folder one after the other keep each other's entries
-        self.files = {**self.read_manifest(), relative: entry}
-        self.files = {key: value for key, value in self.files.items() if value is not None}
+        self.files = {key: value for key, value in {**self.read_manifest(), relative: entry}.items() if value}
         atomic_write(self.root / MANIFEST, json.dumps({"files": self.files}, indent=1, sort_keys=True).encode())
-
-    def of_kind(self, kind):
-        return sorted(
-            relative for relative, entry in self.files.items() if entry["kind"] == kind and self.ours(relative)
-        )
-
-
-def benchmark_folder(benchmark, args):
-    """The folder of a benchmark's result files: its name, with the split and mode where not the default."""
-    name = slug(benchmark.name)
-    if args.split != data.DEFAULT_SPLIT:
-        name += f".{args.split}"
-    return name + (".monolingual" if args.monolingual else "")
 
 
 def benchmark_info(benchmark, args):
@@ -896,128 +729,83 @@ def benchmark_info(benchmark, args):
     for part in (benchmark.corpus, benchmark.queries, benchmark.qrels):
         for key in sorted(part):
             digest.update(json.dumps([key, part[key]], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
-    return {
-        "name": benchmark.name,
-        "split": args.split,
-        "mode": "monolingual" if args.monolingual else "MLIR",
-        "documents": len(benchmark.corpus),
-        "queries": len(benchmark.queries),
-        "languages": sorted({lang for _, lang in benchmark.corpus.values() if lang is not None}),
-        **benchmark.stats,
-        "query_groups": len(benchmark.query_groups),
-        "document_groups": len(benchmark.doc_groups),
-        "layout": benchmark.layout,
-        "digest": digest.hexdigest()[:16],
-    }
+    info = {"name": benchmark.name, "split": args.split, "mode": "monolingual" if args.monolingual else "MLIR"}
+    info.update(documents=len(benchmark.corpus), queries=len(benchmark.queries))
+    info["languages"] = sorted({lang for _, lang in benchmark.corpus.values() if lang is not None})
+    info.update(benchmark.stats, query_groups=len(benchmark.query_groups), document_groups=len(benchmark.doc_groups))
+    return {**info, "layout": benchmark.layout, "digest": digest.hexdigest()[:16]}
 
 
 def result_file(name, info, result, per_query, encoding, args, seconds):
     """One (model, benchmark) result, in the shape of an MTEB result file plus what MTEB lacks."""
-    languages = info["languages"]
-    default = {"hf_subset": "default", "languages": languages, "main_score": result.get("ndcg_at_10")}
-    default.update({key: result[key] for key, _, _ in COLUMNS if key in result})
-    subsets = [default]
+    default = {"hf_subset": "default", "languages": info["languages"], "main_score": result.get("ndcg_at_10")}
+    subsets = [{**default, **{key: result[key] for key, *_ in COLUMNS if key in result}}]
     for lang, values in result["per_language"].items():
-        subset = {"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values}
-        for key, per_lang in (
-            ("mrc_at_10", "mrc_per_language"),
-            ("alignment", "alignment_per_language"),
-            ("uniformity", "uniformity_per_language"),
-        ):
-            if lang in result.get(per_lang, {}):
-                subset[key] = result[per_lang][lang]
-        subsets.append(subset)
-    path = model_module.resolve_model(name)
-    return {
-        "task_name": info["name"],
-        "model_name": name,
-        "model_path": str(Path(path).resolve()) if Path(path).is_dir() else path,
-        "main_score_name": "ndcg_at_10",
-        "evaluation_time": round(seconds, 2),
-        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "scores": {info["split"]: subsets},
-        "encoding": {**encoding, "trust_remote_code": args.trust_remote_code},
-        "benchmark": info,
-        "summary": result,
-        "per_query": per_query,
-        "arguments": vars(args),
-    }
+        subsets.append({"hf_subset": lang, "languages": [lang], "main_score": values.get("ndcg_at_10"), **values})
+        for key, per_lang in (("mrc_at_10", "mrc"), ("alignment", "alignment"), ("uniformity", "uniformity")):
+            if lang in result.get(f"{per_lang}_per_language", {}):
+                subsets[-1][key] = result[f"{per_lang}_per_language"][lang]
+    path = checkpoint.resolve_model(name)
+    document = {"task_name": info["name"], "model_name": name}
+    document["model_path"] = str(Path(path).resolve()) if Path(path).is_dir() else path
+    document.update(main_score_name="ndcg_at_10", evaluation_time=round(seconds, 2))
+    document.update(written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), scores={info["split"]: subsets})
+    document["encoding"] = {**encoding, "trust_remote_code": args.trust_remote_code}
+    return {**document, "benchmark": info, "summary": result, "per_query": per_query, "arguments": vars(args)}
 
 
-def collect(out):
-    """{benchmark folder: {model name: result file}} of every result file evaluate.py wrote in out."""
+def build_report(out, digests):
+    """results.json's benchmarks from every result file evaluate.py wrote in out: per benchmark folder
+    its description and every model's summary and encoding. A folder's version is this run's (digests)
+    or else its newest file's; models scored on another version are listed apart, not mixed in."""
     found = {}
-    for relative in out.of_kind("result"):
-        try:
-            document = json.loads((out.root / relative).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
-    return found
-
-
-def build_report(found, digests):
-    """results.json: per benchmark folder its description and every model's summary and encoding.
-    A folder's version is this run's (digests) or else its newest file's; models scored on
-    another version of the benchmark (another digest) are listed apart, not mixed in."""
+    for relative, entry in sorted(out.files.items()):
+        if entry["kind"] == "result" and out.ours(relative):
+            try:
+                document = json.loads((out.root / relative).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            found.setdefault(relative.split("/")[0], {})[document["model_name"]] = document
     report = {}
     for folder, documents in sorted(found.items()):
-        newest = max(documents.values(), key=lambda document: document["written_at"])
-        digest = digests.get(folder, newest["benchmark"]["digest"])
+        digest = digests.get(folder, max(documents.values(), key=lambda doc: doc["written_at"])["benchmark"]["digest"])
         same = {name: doc for name, doc in documents.items() if doc["benchmark"]["digest"] == digest}
-        report[folder] = {
-            **max(same.values(), key=lambda document: document["written_at"])["benchmark"],
-            "models": {
-                name: {**doc["summary"], "encoding": doc["encoding"], "written_at": doc["written_at"]}
-                for name, doc in same.items()
-            },
-            "models_on_another_version": sorted(set(documents) - set(same)),
-        }
-    return {"benchmarks": report}
+        models = {name: {**doc["summary"], "encoding": doc["encoding"], "written_at": doc["written_at"]}
+                  for name, doc in same.items()}  # fmt: skip
+        report[folder] = {**max(same.values(), key=lambda doc: doc["written_at"])["benchmark"], "models": models,
+                          "models_on_another_version": sorted(set(documents) - set(same))}  # fmt: skip
+    return report
 
 
-def format_table(models, order):
-    """One fixed-width row per model (in `order`), n/a where a metric does not apply, and the max length."""
-    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
-    width = max(len("model"), *(len(name) for name in order))
-    lines = [f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in columns) + "  max len"]
-    for name in order:
-        result = models[name]
-        cells = [(fmt.format(result[key]) if result.get(key) is not None else "n/a") for key, _, fmt in columns]
-        length = result["encoding"].get("max_length")
-        lines.append(f"{name:<{width}}  " + " ".join(f"{cell:>8}" for cell in cells) + f"  {length!s:>7}")
-    return "\n".join(lines)
+def cells(result):
+    return [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in TABLE]
 
 
 def print_benchmark(entry, order):
-    """The table of one benchmark folder, its counts, each model's prompts and the notes."""
-    print(
-        f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
-        f"{entry['documents']} documents, {len(entry['languages'])} languages)"
-    )
-    print(format_table(entry["models"], order))
-    counts = [
-        f"{entry['skipped_queries']} queries without judgements skipped",
-        f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
-        f"{entry['unknown_document_judgements']} name documents not in the corpus "
-        "(kept as unretrievable, as trec_eval does)",
-    ]
+    """The table of one benchmark folder (a row per model in `order`), its counts, the prompts, the notes."""
+    print(f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
+          f"{entry['documents']} documents, {len(entry['languages'])} languages)")  # fmt: skip
+    width = max(len("model"), *(len(name) for name in order))
+    print(f"{'model':<{width}}  " + " ".join(f"{header:>8}" for _, header, _ in TABLE) + "  max len")
+    for name in order:
+        row = " ".join(f"{cell:>8}" for cell in cells(entry["models"][name]))
+        print(f"{name:<{width}}  {row}  {entry['models'][name]['encoding'].get('max_length')!s:>7}")
+    counts = [f"{entry['skipped_queries']} queries without judgements skipped",
+              f"{entry['unknown_query_judgements']} judgements name unknown queries (dropped)",
+              f"{entry['unknown_document_judgements']} name documents not in the corpus (kept as unretrievable, "
+              "as trec_eval does)"]  # fmt: skip
     if entry["queries_without_relevant"]:
         counts.append(f"{entry['queries_without_relevant']} queries have no relevant document (scored 0)")
     print("  " + "; ".join(counts))
     for name in order:
         encoding = entry["models"][name]["encoding"]
-        print(
-            f"  {name}: query prompt {encoding['query_prompt']!r}, document prompt {encoding['document_prompt']!r}, "
-            f"{encoding['similarity']}, {encoding['precision']}"
-        )
+        print(f"  {name}: query prompt {encoding['query_prompt']!r}, document prompt "
+              f"{encoding['document_prompt']!r}, {encoding['similarity']}, {encoding['precision']}")  # fmt: skip
     for note in sorted({note for result in entry["models"].values() for note in result["notes"]}):
         print(f"  {note}")
     if entry["models_on_another_version"]:
-        print(
-            f"  not in this table, scored on another version of this benchmark: "
-            f"{', '.join(entry['models_on_another_version'])}"
-        )
+        print("  not in this table, scored on another version of this benchmark: "
+              + ", ".join(entry["models_on_another_version"]))  # fmt: skip
 
 
 def run_arguments(name):
@@ -1029,31 +817,28 @@ def run_arguments(name):
     return arguments if isinstance(arguments, dict) else {}
 
 
-def au_points(models):
-    """The points of one au.png panel: (points, trajectory).
+def objective_label(arguments):
+    """How au.png names a joint_train.py baseline run: its objective's label in losses.OBJECTIVES
+    (its name, for one no longer there) and where it started."""
+    objective = losses.OBJECTIVES.get(arguments.get("objective"))
+    return f"{objective.label if objective else arguments.get('objective')} from {arguments.get('init')}"
 
-    points: [(name, label, alignment, uniformity)] for every model that has both values;
-    trajectory: the names of the MIMO runs among them in lambda order, which the plot
-    joins, so a --lam sweep reads as the path from lambda 0 (distillation alone) to 1
-    (XLCO alone, still from stage 1). What a run is comes from its args.json: a MIMO run
-    is labelled with its lambda, a stage-1 run "stage 1", a baseline with its objective and
-    where it started (xlco from the backbone); any other model with its name. Every label
-    ends with the model's nDCG@10.
-    """
+
+def au_points(models):
+    """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models that have both,
+    the MIMO runs among them in lambda order, which the plot joins: a --lam sweep's path from lambda 0,
+    distillation alone, to 1, XLCO alone). A MIMO run is labelled by its lambda, a distill.py run
+    "stage 1", a baseline by objective_label, any other model by its name; each label ends with the
+    model's nDCG@10."""
     points, lams = [], {}
     for name, result in models.items():
         if result.get("alignment") is None or result.get("uniformity") is None:
             continue
-        arguments = run_arguments(name)
+        arguments, label = run_arguments(name), name
         if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
-            lams[name] = arguments["lam"]
-            label = f"λ = {arguments['lam']:g}"
-        elif arguments.get("script") == "distill.py":
-            label = "stage 1"
-        elif arguments.get("script") == "joint_train.py":
-            label = f"{arguments.get('objective')} from {arguments.get('init')}"
-        else:
-            label = name
+            lams[name], label = arguments["lam"], f"λ = {arguments['lam']:g}"
+        elif arguments.get("script") in ("distill.py", "joint_train.py"):
+            label = "stage 1" if arguments["script"] == "distill.py" else objective_label(arguments)
         if result.get("ndcg_at_10") is not None:
             label += f", nDCG@10 {result['ndcg_at_10']:.3f}"
         points.append((name, label, result["alignment"], result["uniformity"]))
@@ -1061,9 +846,9 @@ def au_points(models):
 
 
 def plot_alignment_uniformity(report, path):
-    """au.png: one labelled point per model (and benchmark panel), MIMO runs joined in lambda
-    order (au_points); lower-left is better (Wang and Isola 2020, Fig. 1).
-    Returns the PNG's bytes, or None (with a note) where there is nothing to plot or no matplotlib."""
+    """au.png: a labelled point per model, a panel per benchmark, MIMO runs joined in lambda order;
+    lower-left is better (Wang and Isola 2020, Fig. 1). Returns the path, or None (with a note)
+    where there is nothing to plot or no matplotlib."""
     try:
         import matplotlib
 
@@ -1072,17 +857,13 @@ def plot_alignment_uniformity(report, path):
     except ImportError:
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
         return None
-    panels = [
-        (entry.get("name", name), entry["models"])  # the benchmark as the user named it, not its file slug
-        for name, entry in report.items()
-        if any(r.get("alignment") is not None and r.get("uniformity") is not None for r in entry["models"].values())
-    ]
+    panels = [(entry.get("name", folder), *au_points(entry["models"])) for folder, entry in report.items()]
+    panels = [panel for panel in panels if panel[1]]  # the benchmark as the user named it, and its points
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for axis, (name, models) in zip(axes[0], panels):
-        points, trajectory = au_points(models)
+    for axis, (name, points, trajectory) in zip(axes[0], panels):
         where = {model_name: (x, y) for model_name, _, x, y in points}
         if len(trajectory) > 1:  # the sweep's path, lambda rising along it
             xs, ys = zip(*(where[model_name] for model_name in trajectory))
@@ -1102,16 +883,9 @@ def plot_alignment_uniformity(report, path):
         floor = {True: -math.inf, False: -math.inf}
         for _, label, x, y in sorted(points, key=lambda point: point[3]):
             right_half = x > middle
-            label_y = max(y, floor[right_half] + line)
-            floor[right_half] = label_y
-            axis.annotate(
-                label,
-                (x, y),
-                xytext=(-4 if right_half else 4, 4 + 10 * (label_y - y) / line),
-                textcoords="offset points",
-                ha="right" if right_half else "left",
-                fontsize=8,
-            )
+            label_y = floor[right_half] = max(y, floor[right_half] + line)
+            axis.annotate(label, (x, y), xytext=(-4 if right_half else 4, 4 + 10 * (label_y - y) / line),
+                          textcoords="offset points", ha="right" if right_half else "left", fontsize=8)  # fmt: skip
         axis.set(title=name, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         if len(trajectory) > 1:
             axis.legend(fontsize=8)
@@ -1121,85 +895,92 @@ def plot_alignment_uniformity(report, path):
     return path
 
 
+def save_plot(out, name, draw):
+    """Draw a plot (draw(path) -> path, or None) in a scratch folder and write it into out; whether it did."""
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = draw(Path(scratch) / name)
+        if plot:
+            out.write(name, plot.read_bytes(), "plot")
+            print(f"wrote {out.root / name}")
+        return bool(plot)
+
+
 # ---------------------------------------------------------------------------
 
 
 def default_models():
-    """The runs in runs/ that hold a model (config.json, written with the first checkpoint):
-    runs/stage2, then the other stage-2 runs of joint_train.py (a --lam sweep's in lambda
-    order, then the baselines by name), then runs/stage1; then the demo teacher as the
-    reference row. runs/stage2 and runs/stage1 get a note where they hold none."""
-    models = []
-    if (Path("runs/stage2") / "config.json").is_file():
-        models.append("runs/stage2")
-    else:
+    """The runs in runs/ that hold a model (config.json, written with the first checkpoint): runs/stage2,
+    the other joint_train.py runs runs/stage2-* (a --lam sweep's in lambda order, then the baselines by
+    name), runs/stage1; then the demo teacher as the reference row."""
+    stage2, stage1 = Path("runs/stage2/config.json").is_file(), Path("runs/stage1/config.json").is_file()
+    if not stage2:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
-    others = {
-        path.as_posix(): run_arguments(path)
-        for path in Path("runs").glob("stage2-*")
-        if path.suffix not in (".tmp", ".old")  # a checkpoint being swapped in, not a run
-        and (path / "config.json").is_file()
-    }
+    # a .tmp or .old folder is a checkpoint being swapped in, not a run
+    others = {path.as_posix(): run_arguments(path) for path in Path("runs").glob("stage2-*")
+              if path.suffix not in (".tmp", ".old") and (path / "config.json").is_file()}  # fmt: skip
     others = {path: arguments for path, arguments in others.items() if arguments.get("script") == "joint_train.py"}
-    # MIMO runs first, in lambda order; then the baselines by name
-    models += sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
-    if (Path("runs/stage1") / "config.json").is_file():
-        models.append("runs/stage1")
-    else:
+    others = sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
+    if not stage1:
         print("note: runs/stage1 holds no model yet (train it with distill.py); not evaluated")
-    return models + [TEACHER]
+    return ["runs/stage2"] * stage2 + others + ["runs/stage1"] * stage1 + [TEACHER]
 
 
 def plan_outputs(benchmarks, args, out, runs):
-    """Every file this run will write, checked before any work: each is absent or ours, and no
-    two models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
+    """Every file this run will write, checked before any work: each is absent or ours, and no two
+    models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
     models = {}
     for name in args.model:
         if slug(name) in models:
-            raise BadInput(
-                f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
-                f"'{slug(name)}'; give each model once"
-            )
+            raise BadInput(f"--model '{name}' and --model '{models[slug(name)]}' would share the result file name "
+                           f"'{slug(name)}'; give each model once")  # fmt: skip
         models[slug(name)] = name
-    folders = {benchmark.name: benchmark_folder(benchmark, args) for benchmark in benchmarks}
+    # a benchmark's folder: its name, with the split and the mode where not the default
+    split = f".{args.split}" if args.split != data.DEFAULT_SPLIT else ""
+    folders = {b.name: slug(b.name) + split + ".monolingual" * args.monolingual for b in benchmarks}
     for benchmark in benchmarks:
-        folder = folders[benchmark.name]
         for model_slug, name in models.items():
-            relative = f"{folder}/{model_slug}.json"
-            out.require([relative])
-            if (out.root / relative).exists():
-                stored = json.loads((out.root / relative).read_text(encoding="utf-8")).get("model_name")
+            relative = f"{folders[benchmark.name]}/{model_slug}"
+            out.require(f"{relative}.json")
+            if (out.root / f"{relative}.json").exists():
+                stored = json.loads((out.root / f"{relative}.json").read_text(encoding="utf-8")).get("model_name")
                 if stored != name:
-                    raise BadInput(
-                        f"--out-dir '{out.root}' holds {relative} with the results of model '{stored}', "
-                        f"and model '{name}' would need that file name; choose another --out-dir"
-                    )
+                    raise BadInput(f"--out-dir '{out.root}' holds {relative}.json with the results of model "
+                                   f"'{stored}', and model '{name}' would need that file name; choose another "
+                                   "--out-dir")  # fmt: skip
             if runs is not None:
-                runs.require([f"{folder}/{model_slug}.trec"])
-        if runs is not None:
-            for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")):
-                spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
-                if spaced is not None:
-                    raise BadInput(
-                        f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
-                        "white space, which a TREC run's columns cannot carry"
-                    )
-    out.require(["results.json", "au.png"])
+                runs.require(f"{relative}.trec")
+        for ids, what in ((benchmark.queries, "query"), (benchmark.corpus, "document")) if runs is not None else ():
+            spaced = next((text_id for text_id in ids if re.search(r"\s", text_id) or not text_id), None)
+            if spaced is not None:
+                raise BadInput(f"--save-run: {what} id {spaced!r} of benchmark '{benchmark.name}' is empty or holds "
+                               "white space, which a TREC run's columns cannot carry")  # fmt: skip
+    out.require("results.json")
+    out.require("au.png")
     return folders
 
 
 def main(argv=None):
     started = time.time()
     args = get_args(argv)
-    if args.curves:
-        return draw_curves(args)
+    if args.curves:  # the training curves of finished (or running) runs, from their log.jsonl
+        for run in (run for run in args.curves if not (Path(run) / "log.jsonl").is_file()):
+            raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
+                           "joint_train.py")  # fmt: skip
+        save_plot(
+            OwnedFolder(args.out_dir, "--out-dir"), "curves.png", lambda path: checkpoint.plot_curves(args.curves, path)
+        )
+        return None
     args.model = args.model or default_models()
     args.benchmark = args.benchmark or ["data/demo/test.jsonl"]
     print("arguments: " + json.dumps(vars(args)))
     language_metrics = not args.no_language_metrics
 
     # --- device: embedding and retrieval on the GPU when there is one; the dtype is each model's (--precision)
-    device = distributed.setup(args.device)[2]
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    device = next(name for name, there in available.items() if there) if args.device == "auto" else args.device
+    if not available[device]:
+        raise BadInput(f"--device {device}: no {device} device is available here; use --device auto or cpu")
+    device = torch.device(device)
 
     # --- output folders, benchmarks and models, all checked before any embedding starts
     out = OwnedFolder(args.out_dir, "--out-dir")
@@ -1212,94 +993,54 @@ def main(argv=None):
     benchmarks = [data.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]
     for name in args.model:
         check_model(name, args.trust_remote_code)
-    parallel = (
-        data.parallel_groups(args.parallel, args.max_parallel, args.seed)
-        if args.parallel and language_metrics
-        else None
-    )
+    parallel = None
+    if args.parallel and language_metrics:
+        parallel = data.parallel_groups(args.parallel, args.max_parallel, args.seed)
     folders = plan_outputs(benchmarks, args, out, runs)
     infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in benchmarks}
     for benchmark in benchmarks:
         info = infos[benchmark.name]
-        print(
-            f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, "
-            f"languages {' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}"
-        )
+        print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, languages "
+              f"{' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
 
-    # --- each model on each benchmark; a model is loaded only if some embedding is not cached.
-    # Each result file is written as soon as it is known, so an interrupted run keeps what it finished.
+    # --- each model on each benchmark, a model loaded only if some embedding is not cached (and
+    # dropped before the next is loaded); each result file is written as soon as it is known
     for name in args.model:
         lazy = LazyModel(name, args, device)
         for benchmark in benchmarks:
             print(f"{name} on {benchmark.name}")
             tick = time.time()
-            result, per_query, encoding, run = evaluate_model_on(
-                benchmark, lazy, parallel, args, device, language_metrics
-            )
+            result, per_query, encoding, run = evaluate_model_on(benchmark, lazy, parallel, args, device,
+                                                                 language_metrics)  # fmt: skip
             document = result_file(name, infos[benchmark.name], result, per_query, encoding, args, time.time() - tick)
             relative = f"{folders[benchmark.name]}/{slug(name)}"
             out.write(f"{relative}.json", json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8"), "result")
             if runs is not None:
                 runs.write(f"{relative}.trec", "".join(run).encode("utf-8"), "run")
                 print(f"  wrote {runs.root / relative}.trec")
-            print(
-                f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
-                f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json"
-            )
-        lazy.release()  # free the weights before the next model
+            print(f"  embed {result['seconds']['embed']:.1f} s, retrieve {result['seconds']['retrieve']:.2f} s, "
+                  f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json")  # fmt: skip
 
     # --- the tables, results.json and au.png, rebuilt from every result file in --out-dir
-    digests = {folders[b.name]: infos[b.name]["digest"] for b in benchmarks}
-    report = build_report(collect(out), digests)["benchmarks"]
+    report = build_report(out, {folders[b.name]: infos[b.name]["digest"] for b in benchmarks})
     for benchmark in benchmarks:
         entry = report[folders[benchmark.name]]
         order = [name for name in args.model if name in entry["models"]]
-        order += sorted(name for name in entry["models"] if name not in order)
-        print_benchmark(entry, order)
+        print_benchmark(entry, order + sorted(name for name in entry["models"] if name not in order))
     out.write("results.json", json.dumps({"benchmarks": report}, indent=1, ensure_ascii=False).encode(), "table")
     print(f"\nwrote {out.root / 'results.json'}")
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_alignment_uniformity(report, Path(scratch) / "au.png")
-        if plot:
-            out.write("au.png", plot.read_bytes(), "plot")
-            print(f"wrote {out.root / 'au.png'}")
-        else:
-            out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
+    if not save_plot(out, "au.png", lambda path: plot_alignment_uniformity(report, path)):
+        out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
-        tables = [
-            card_table(report[folders[b.name]], name) for b in benchmarks if name in report[folders[b.name]]["models"]
-        ]
-        if Path(name).is_dir() and records.add_results_to_card(name, [line for table in tables for line in table],
-                                                                "Retrieval, scored by evaluate.py"):  # fmt: skip
+        lines, headers = [], "| " + " | ".join(header for _, header, _ in TABLE) + " |"
+        for entry in (report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]):
+            row = "| " + " | ".join(cells(entry["models"][name])) + " |"
+            lines += [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} "
+                      "documents)", "", headers, "|" + " ---: |" * len(TABLE), row, ""]  # fmt: skip
+        if Path(name).is_dir() and checkpoint.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
-
-
-def card_table(entry, name):
-    """One benchmark's row for a model, as a Markdown table for its model card."""
-    columns = [(key, header, fmt) for key, header, fmt in COLUMNS if header]
-    result = entry["models"][name]
-    cells = [fmt.format(result[key]) if result.get(key) is not None else "n/a" for key, _, fmt in columns]
-    return [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} documents)", "",
-            "| " + " | ".join(header for _, header, _ in columns) + " |", "|" + " ---: |" * len(columns),
-            "| " + " | ".join(cells) + " |", ""]  # fmt: skip
-
-
-def draw_curves(args):
-    """--curves RUN...: the training curves of finished (or running) runs, from their log.jsonl."""
-    for run in args.curves:
-        if not (Path(run) / "log.jsonl").is_file():
-            raise BadInput(
-                f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or joint_train.py"
-            )
-    out = OwnedFolder(args.out_dir, "--out-dir")
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = records.plot_curves(args.curves, Path(scratch) / "curves.png")
-        if plot:
-            out.write("curves.png", plot.read_bytes(), "plot")
-            print(f"wrote {out.root / 'curves.png'}")
-    return None
 
 
 if __name__ == "__main__":

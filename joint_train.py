@@ -381,30 +381,26 @@ def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, a
     return result
 
 
-def gold_ndcg_at_10(q, p):
-    """Per-query nDCG@10 when query i has one relevant passage, passage i, among all rows of p.
+def gold_ndcg_at_k(q, p, k=10):
+    """Per-query nDCG@k when query i has one relevant passage, passage i, among all rows of p.
 
     q: (N, D), p: (N, D), unit rows -> (N,) float64. With a single relevant passage at
-    rank r the ideal DCG is 1, so nDCG@10 = 1 / log2(r + 1) for r <= 10, else 0. r counts
+    rank r the ideal DCG is 1, so nDCG@k = 1 / log2(r + 1) for r <= k, else 0. r counts
     the passages scoring at least as high as the gold one (itself included): a tie goes
     against the gold, so an embedder that gives every text one vector scores its worst.
     """
     scores = q.float() @ p.float().T  # (N, N)
     rank = (scores >= scores.diagonal()[:, None]).sum(1).double()  # (N,), 1 = the gold passage is first
-    return torch.where(rank <= 10, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
+    return torch.where(rank <= k, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
 
 
-@torch.no_grad()
-def check_teacher(student, dev_rows, dev_targets, batch_size, autocast):
-    """MIMO's premise, checked before training: the distillation term pulls the student
-    towards the teacher's space, which helps only while that space is the better one.
-    English query -> English passage retrieval among the dev rows' passages, nDCG@10,
-    teacher against student. The teacher's side is dev_targets, the embeddings the
-    distillation term uses (its query prompt included). The student is clearly better
-    when the mean per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
-    q = checkpoint.encode(student, [row["query"]["en"] for row in dev_rows], batch_size, autocast)  # (N, Ds)
-    p = checkpoint.encode(student, [row["passage"]["en"] for row in dev_rows], batch_size, autocast)
-    teacher, student = gold_ndcg_at_10(*dev_targets), gold_ndcg_at_10(q, p)  # (N,) each
+def teacher_check(teacher_q, teacher_p, student_q, student_p):
+    """MIMO's premise: the distillation term pulls the student towards the teacher's space,
+    which helps only while that space is the better one. English query -> English passage
+    retrieval over the same N rows (query i's passage is passage i, the other N - 1 its
+    candidates too), nDCG@10 of each; (N, Dt) and (N, Ds) unit rows. The student is clearly
+    better when the mean per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
+    teacher, student = gold_ndcg_at_k(teacher_q, teacher_p), gold_ndcg_at_k(student_q, student_p)  # (N,) each
     difference = student - teacher
     n, mean_difference = len(difference), difference.mean().item()
     margin = max(CHECK_MIN_MARGIN, 2 * difference.std().item() / math.sqrt(n) if n > 1 else math.inf)
@@ -557,7 +553,9 @@ def train(args):
     # The teacher check, before training: a resumed run has it in its history already
     check = None
     if dev_targets is not None and not args.no_teacher_check and not args.resume:
-        check = check_teacher(student, dev_rows, dev_targets, 64, run.autocast)
+        english = [checkpoint.encode(student, [row[field]["en"] for row in dev_rows], 64, run.autocast)
+                   for field in ("query", "passage")]  # fmt: skip
+        check = teacher_check(*dev_targets, *english)  # the teacher's side: the dev targets, its query prompt included
         print(teacher_check_message(check))
     kind = "same-language" if same_language else "cross-lingual"
     card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages,

@@ -1,5 +1,5 @@
 """
-Time the exact top-k retrieval that evaluate.py ranks with (retrieval.py) on a
+Time the exact top-k retrieval that evaluate.py ranks with (evaluate.retrieve) on a
 synthetic corpus: N random normalised embeddings of dimension D, Q random queries,
 top 100 each (as evaluate.py asks), for
 N = 10^4, 10^5, 10^6. Prints queries per second and peak memory (on a GPU, CUDA's
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for retrieval.py
-import retrieval  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for evaluate.py
+import evaluate  # noqa: E402
 
 DEPTH = 100  # documents evaluate.py retrieves per query
 
@@ -76,12 +76,12 @@ def run_one(n, args):
     d = random_unit_vectors(n, args.dim, device, 0)  # (N, D)
     q = random_unit_vectors(queries, args.dim, device, 1)  # (Q, D)
     doc_rank = torch.arange(n, device=device)  # ids "0".."N-1" in index order: any permutation costs the same
-    retrieval.retrieve(q[:8], d, doc_rank, args.k, args.query_chunk, args.doc_chunk)  # warm-up (kernels, allocator)
+    evaluate.retrieve(q[:8], d, doc_rank, args.k, args.query_chunk, args.doc_chunk)  # warm-up (kernels, allocator)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tick = time.perf_counter()
-    scores, index = retrieval.retrieve(
+    scores, index = evaluate.retrieve(
         q, d, doc_rank, args.k, args.query_chunk, args.doc_chunk
     )  # results land on CPU: synchronised
     seconds = time.perf_counter() - tick

@@ -15,16 +15,16 @@ from conftest import CHARACTERS, ROOT, build_tiny_model, write_rows
 
 import data
 import evaluate
-import retrieval
 from data import BadInput
 
 # ---------------------------------------------------------------------------
 # Ranking metrics, by hand
 
-# Ranking d1 d2 d3 d4; judged d1: 0 (judged non-relevant), d2: 2, d3: 1, d5: 1 (never
-# retrieved). Relevant (grade >= 1): d2, d3, d5, so 3 in all.
-RANKING = ["d1", "d2", "d3", "d4"]
-JUDGED = {"d1": 0, "d2": 2, "d3": 1, "d5": 1}
+# A ranking of 25 documents: d1 (judged non-relevant, grade 0) at rank 1, d2 (grade 2) at 2, d3
+# (grade 1) at 3, d22 (grade 1) at 22, unjudged documents elsewhere; d99 (grade 1) is never
+# retrieved. Relevant (grade >= 1): d2, d3, d22, d99, so 4 in all.
+RANKING = ["d1", "d2", "d3"] + [f"x{r}" for r in range(4, 22)] + ["d22"] + [f"x{r}" for r in range(23, 26)]
+JUDGED = {"d1": 0, "d2": 2, "d3": 1, "d22": 1, "d99": 1}
 
 
 def trec_rank(scores):
@@ -32,39 +32,49 @@ def trec_rank(scores):
     return sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)
 
 
+def metrics_of(ranking, judged):
+    return evaluate.ranking_metrics({"q": ranking}, {"q": judged})["q"]
+
+
 def test_ndcg_by_hand():
-    """DCG@3 = 0/log2(2) + 2/log2(3) + 1/log2(4); the ideal order of all judged grades
-    is 2, 1, 1, so IDCG@3 = 2/log2(2) + 1/log2(3) + 1/log2(4). At k = 1 the ranking
-    holds only the non-relevant d1: 0. Nothing relevant at all: 0."""
-    expected = (2 / math.log2(3) + 1 / 2) / (2 + 1 / math.log2(3) + 1 / 2)
-    assert evaluate.ndcg(RANKING, JUDGED, 3) == pytest.approx(expected)
-    assert evaluate.ndcg(RANKING, JUDGED, 1) == 0.0
-    assert evaluate.ndcg(RANKING, {"d1": 0}, 10) == 0.0
-    # k = 10, past the ranking's end: the ideal already held all three grades at k = 3, so nothing changes
-    assert evaluate.ndcg(RANKING, JUDGED, 10) == pytest.approx(expected)
+    """DCG@10 = 0/log2(2) + 2/log2(3) + 1/log2(4); the ideal order of all judged grades is
+    2, 1, 1, 1, so IDCG@10 = 2/log2(2) + 1/log2(3) + 1/log2(4) + 1/log2(5). Ranks 11-20 hold
+    nothing relevant, so nDCG@20 is the same; d22 adds 1/log2(23) by k = 100. Nothing relevant
+    at all: 0."""
+    dcg, ideal = 2 / math.log2(3) + 1 / 2, 2 + 1 / math.log2(3) + 1 / 2 + 1 / math.log2(5)
+    values = metrics_of(RANKING, JUDGED)
+    assert values["ndcg_at_10"] == pytest.approx(dcg / ideal)
+    assert values["ndcg_at_20"] == pytest.approx(dcg / ideal)
+    assert values["ndcg_at_100"] == pytest.approx((dcg + 1 / math.log2(23)) / ideal)
+    assert metrics_of(RANKING, {"d1": 0})["ndcg_at_10"] == 0.0
 
 
 def test_recall_mrr_and_map_by_hand():
-    """Recall@3 = |{d2, d3}| / 3; Recall@1 = 0. MRR@10 = 1/2 (d2 at rank 2), MRR@1 = 0.
-    MAP@100 = (P@2 + P@3) / 3 = (1/2 + 2/3) / 3; MAP@2 = (1/2) / 3: the relevant d3 at
-    rank 3 and the never-retrieved d5 still count in the denominator."""
-    assert evaluate.recall(RANKING, JUDGED, 3) == pytest.approx(2 / 3)
-    assert evaluate.recall(RANKING, JUDGED, 1) == 0.0
-    assert evaluate.mrr(RANKING, JUDGED, 10) == 0.5
-    assert evaluate.mrr(RANKING, JUDGED, 1) == 0.0
-    assert evaluate.average_precision(RANKING, JUDGED, 100) == pytest.approx((1 / 2 + 2 / 3) / 3)
-    assert evaluate.average_precision(RANKING, JUDGED, 2) == pytest.approx((1 / 2) / 3)
+    """Recall@20 = |{d2, d3}| / 4, Recall@100 = 3 / 4 (d22 at rank 22). MRR@10 = 1/2 (d2 at rank 2).
+    MAP@100 = (P@2 + P@3 + P@22) / 4 = (1/2 + 2/3 + 3/22) / 4: the never-retrieved d99 still
+    counts in the denominator. A first relevant document at rank 10 gives MRR@10 = 1/10; at rank
+    11 it is past the cut: 0 (trec_eval's recip_rank alone would give 1/11). Nothing retrieved
+    (a --monolingual query whose language has no document): every metric 0."""
+    values = metrics_of(RANKING, JUDGED)
+    assert values["recall_at_20"] == pytest.approx(2 / 4) and values["recall_at_100"] == pytest.approx(3 / 4)
+    assert values["mrr_at_10"] == 0.5
+    assert values["map_at_100"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 22) / 4)
+    assert metrics_of(RANKING, {RANKING[9]: 1})["mrr_at_10"] == pytest.approx(0.1)
+    assert metrics_of(RANKING, {RANKING[10]: 1})["mrr_at_10"] == 0.0
+    assert set(metrics_of([], JUDGED).values()) == {0.0}
 
 
 def test_ties_change_the_metrics_as_in_trec_eval():
     """Two docs tie at the top score. If the relevant one has the smaller id it comes
-    second: MRR@10 = 1/2 and nDCG@1 = 0; with the larger id, first: 1 and 1."""
+    second: MRR@10 = 1/2 and nDCG@10 = 1/log2(3); with the larger id, first: 1 and 1.
+    The metrics keep the order they are given, ties settled by id."""
     judged = {"doc-a": 1}
     ranking = trec_rank({"doc-a": 0.7, "doc-b": 0.7, "doc-c": 0.2})
     assert ranking == ["doc-b", "doc-a", "doc-c"]
-    assert evaluate.mrr(ranking, judged, 10) == 0.5 and evaluate.ndcg(ranking, judged, 1) == 0.0
-    ranking = trec_rank({"doc-z": 0.7, "doc-b": 0.7})
-    assert evaluate.mrr(ranking, {"doc-z": 1}, 10) == 1.0 and evaluate.ndcg(ranking, {"doc-z": 1}, 1) == 1.0
+    values = metrics_of(ranking, judged)
+    assert values["mrr_at_10"] == 0.5 and values["ndcg_at_10"] == pytest.approx(1 / math.log2(3))
+    values = metrics_of(trec_rank({"doc-z": 0.7, "doc-b": 0.7}), {"doc-z": 1})
+    assert values["mrr_at_10"] == 1.0 and values["ndcg_at_10"] == 1.0
 
 
 def test_own_language_share():
@@ -80,9 +90,9 @@ def test_metrics_equal_pytrec_eval_on_a_benchmark_with_ties():
     integers, so nearly every rank is a tie that only the document id settles. Graded
     judgements (0, 1, 2) and relevant documents that are never retrieved. pytrec_eval
     (trec_eval itself) gets every score and sorts on its own; evaluate.py retrieves the
-    top 100 and scores it. nDCG@10, R@20, MAP@100 and RR@10 agree per query. (pytrec_eval's
-    recip_rank looks at the whole ranking: RR@10 is it where it is >= 1/10, else 0.)"""
-    import pytrec_eval  # a test dependency, in requirements.txt beside pytest
+    top 100 and scores it. Every metric agrees per query. (pytrec_eval's recip_rank looks
+    at the whole ranking: RR@10 is it where it is >= 1/10, else 0.)"""
+    import pytrec_eval
 
     generator = torch.Generator().manual_seed(7)
     q = torch.randint(-1, 2, (40, 4), generator=generator).float()
@@ -96,16 +106,17 @@ def test_metrics_equal_pytrec_eval_on_a_benchmark_with_ties():
         qrels[f"q{i}"][doc_ids[picks[0]]] = 2  # at least one relevant document
     scores = q @ d.T  # (40, 150)
     run = {f"q{i}": {doc_ids[j]: float(scores[i, j]) for j in range(150)} for i in range(40)}
-    measures = {"ndcg_cut.10", "recall.20", "map_cut.100", "recip_rank"}
+    measures = {"ndcg_cut.10,20,100", "recall.20,100", "map_cut.100", "recip_rank"}
     expected = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    _, index = retrieval.retrieve(q, d, retrieval.id_ranks(doc_ids), 100, query_chunk=7, doc_chunk=33)
-    for i in range(40):
-        ranking, judged, want = [doc_ids[j] for j in index[i].tolist()], qrels[f"q{i}"], expected[f"q{i}"]
-        assert evaluate.ndcg(ranking, judged, 10) == pytest.approx(want["ndcg_cut_10"], abs=1e-9)
-        assert evaluate.recall(ranking, judged, 20) == pytest.approx(want["recall_20"], abs=1e-9)
-        assert evaluate.average_precision(ranking, judged, 100) == pytest.approx(want["map_cut_100"], abs=1e-9)
+    _, index = evaluate.retrieve(q, d, evaluate.id_ranks(doc_ids), 100, query_chunk=7, doc_chunk=33)
+    rankings = {f"q{i}": [doc_ids[j] for j in index[i].tolist()] for i in range(40)}
+    found = evaluate.ranking_metrics(rankings, qrels)
+    for query_id, want in expected.items():
+        got = found[query_id]
+        for key in ("ndcg_at_10", "ndcg_at_20", "ndcg_at_100", "recall_at_20", "recall_at_100", "map_at_100"):
+            assert got[key] == pytest.approx(want[evaluate.TREC_MEASURES[key]], abs=1e-9), key
         rr_at_10 = want["recip_rank"] if want["recip_rank"] >= 0.1 - 1e-12 else 0.0
-        assert evaluate.mrr(ranking, judged, 10) == pytest.approx(rr_at_10, abs=1e-9)
+        assert got["mrr_at_10"] == pytest.approx(rr_at_10, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +177,8 @@ def test_peer_groups_set_ranks_past_k_to_k_plus_one():
     """Relevant d2 (de) at rank 2, d3 (fr) at 3, d5 (de) not retrieved -> k + 1 = 4 with k = 3;
     d1 is judged non-relevant, d9 is not in the corpus (no language): both left out."""
     doc_lang = {"d1": "en", "d2": "de", "d3": "fr", "d4": "en", "d5": "de"}
-    groups = evaluate.peer_groups(RANKING, {**JUDGED, "d9": 1}, doc_lang, 3)
+    judged = {"d1": 0, "d2": 2, "d3": 1, "d5": 1, "d9": 1}
+    groups = evaluate.peer_groups(["d1", "d2", "d3", "d4"], judged, doc_lang, 3)
     assert groups == {"de": [2, 4], "fr": [3]}
 
 
@@ -635,16 +647,19 @@ def test_precision_loads_the_weights_in_that_dtype(st_models):
     assert 0 < (low - emb).abs().max() < 0.05
 
 
-def test_our_run_folders_load_as_our_encoder_made_them(models, tmp_path):
-    """A run folder written by model.Encoder.save (what distill.py and joint_train.py leave):
-    evaluate.py's vectors equal the training code's own Encoder.encode, an independent
-    implementation of the same pooling and normalisation."""
-    import model as model_module
+def test_our_run_folders_load_as_our_training_code_embeds(models, tmp_path):
+    """A run folder written by checkpoint.save_model (what distill.py and joint_train.py leave):
+    evaluate.py's vectors equal the normalised training forward (joint_train.embed), which
+    pools the model's own output without sentence-transformers' encode()."""
+    import checkpoint
+    import joint_train
 
-    encoder = model_module.Encoder(models["student"])
-    encoder.save(tmp_path / "run")
+    student = checkpoint.load_model(models["student"]).eval()
+    checkpoint.save_model(student, tmp_path / "run")
     emb, settings = embed_as_evaluate_does(str(tmp_path / "run"), "query")
-    torch.testing.assert_close(emb, encoder.encode(TEXTS), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        training = torch.nn.functional.normalize(joint_train.embed(student, TEXTS), dim=-1)
+    torch.testing.assert_close(emb, training, atol=1e-5, rtol=0)
     assert settings["prompt"] == "" and settings["dimension"] == 24
 
 
@@ -951,7 +966,7 @@ def test_au_points_label_each_kind_of_run(tmp_path):
         str(tmp_path / "a"): "λ = 0.2, nDCG@10 0.500",
         str(tmp_path / "b"): "λ = 0.8, nDCG@10 0.500",
         str(tmp_path / "s1"): "stage 1, nDCG@10 0.500",
-        str(tmp_path / "x"): "xlco from backbone, nDCG@10 0.500",
+        str(tmp_path / "x"): "XLCO from backbone, nDCG@10 0.500",  # the label of losses.OBJECTIVES
         "hub/model": "hub/model, nDCG@10 0.250",
     }
 

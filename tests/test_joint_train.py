@@ -2,6 +2,7 @@
 balanced, and every objective trains for a few steps on tiny models."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -166,6 +167,60 @@ def test_same_language_pairs_for_the_infonce_baseline():
     pairs = data.language_pairs(400, ["en", "de", "ru", "zh"], seed=1, epoch=0, same_language=True)
     assert all(x == y for x, y in pairs)
     assert all(70 < count < 130 for count in Counter(x for x, _ in pairs).values())  # uniform: 100 expected each
+
+
+# ---------------------------------------------------------------------------
+# The teacher check
+
+
+def test_gold_ndcg_by_hand():
+    """Query i's gold passage is passage i. Query 0 ranks it first: 1. Query 1 ranks it second
+    (passage 0 scores higher): 1 / log2(3). Query 2 ties it with passage 0: the tie goes against
+    the gold, rank 2, 1 / log2(3). With k = 1 only query 0 keeps its gain."""
+    p = torch.eye(3)
+    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0], [1.0, 0.0, 1.0]]), dim=-1)
+    expected = [1.0, 1 / math.log2(3), 1 / math.log2(3)]
+    assert joint_train.gold_ndcg_at_k(q, p).tolist() == pytest.approx(expected)
+    assert joint_train.gold_ndcg_at_k(q, p, k=1).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_one_vector_for_every_text_scores_its_worst():
+    """An embedder that maps every text to one vector ties all N = 12 passages: each gold is
+    ranked last, past k = 10, so nDCG@10 = 0."""
+    q = torch.nn.functional.normalize(torch.ones(12, 8), dim=-1)
+    assert joint_train.gold_ndcg_at_k(q, q.clone()).tolist() == [0.0] * 12
+
+
+def test_teacher_check_verdicts():
+    """Perfect retrieval (query = its passage, the rest far) against one vector for every
+    text (every gold last of N = 12: 0): the student is clearly better only when it is the
+    perfect one. The per-query difference is 1 everywhere, so its standard error is 0 and
+    the margin is the floor, 0.02. Equal models: difference 0, never better."""
+    perfect = torch.eye(12, 16)
+    collapsed = torch.nn.functional.normalize(torch.ones(12, 16), dim=-1)
+    check = joint_train.teacher_check(collapsed, collapsed, perfect, perfect)
+    assert check["teacher_ndcg_at_10"] == 0.0 and check["student_ndcg_at_10"] == 1.0
+    assert check["margin"] == joint_train.CHECK_MIN_MARGIN and check["student_better"] and check["queries"] == 12
+    check = joint_train.teacher_check(perfect, perfect, collapsed, collapsed)
+    assert check["difference"] == -1.0 and not check["student_better"]
+    assert not joint_train.teacher_check(perfect, perfect, perfect, perfect)["student_better"]
+
+
+def test_teacher_check_margin_grows_with_the_noise():
+    """Of 4 queries the teacher ranks 2 perfectly and ties the other 2 with each other's
+    passage (each gold second: 1 / log2(3)); the student ranks all 4 perfectly. Differences
+    0, 0, c, c with c = 1 - 1 / log2(3): mean c / 2, sample std c / sqrt(3), SE = std / 2, so
+    the margin 2 SE = c / sqrt(3) exceeds the mean: not clearly better on 4 noisy queries.
+    One query has no standard error: the margin is infinite."""
+    perfect = torch.eye(4, 8)
+    half = perfect.clone()
+    half[2:] = torch.nn.functional.normalize(torch.ones(2, 8), dim=-1)  # queries and passages 2, 3: one vector
+    check = joint_train.teacher_check(half, half, perfect, perfect)
+    c = 1 - 1 / math.log2(3)
+    assert check["teacher_ndcg_at_10"] == pytest.approx((2 + 2 / math.log2(3)) / 4)
+    assert check["difference"] == pytest.approx(c / 2) and check["margin"] == pytest.approx(c / math.sqrt(3))
+    assert not check["student_better"]
+    assert joint_train.teacher_check(perfect[:1], perfect[:1], perfect[:1], perfect[:1])["margin"] == math.inf
 
 
 # ---------------------------------------------------------------------------
