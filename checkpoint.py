@@ -61,12 +61,8 @@ def first_line(error):
 
 class Range:
     """An argparse type for a number in a range, so every numeric flag states its own:
-
-        parser.add_argument("--lam", type=Range(float, 0, 1), ...)
-
-    low/high are inclusive bounds unless open_low/open_high; None is unbounded. nan
-    and infinities are refused everywhere (no flag means them).
-    """
+    Range(float, 0, 1) is [0, 1]; bounds are inclusive unless open_low/open_high, None is
+    unbounded; nan and infinities are refused everywhere (no flag means them)."""
 
     def __init__(self, kind, low=None, high=None, open_low=False, open_high=False):
         self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
@@ -79,17 +75,16 @@ class Range:
         return self.check(value, text)
 
     def check(self, value, shown=None):
-        """value itself if it is a number in the range, else ArgumentTypeError saying which
-        range and what was given (`shown`: the text it was parsed from, if any)."""
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        in_range = number and math.isfinite(value) and (self.kind is not int or value == int(value))
-        if in_range and self.low is not None:
-            in_range = value > self.low if self.open_low else value >= self.low
-        if in_range and self.high is not None:
-            in_range = value < self.high if self.open_high else value <= self.high
-        if not in_range:
-            given = repr(value if shown is None else shown)
-            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {given}")
+        """value if it is a number in the range, else ArgumentTypeError saying which range and
+        what was given (shown: the text it was parsed from)."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (self.kind is not int or value == int(value))
+        ok = ok and (self.low is None or (value > self.low if self.open_low else value >= self.low))
+        ok = ok and (self.high is None or (value < self.high if self.open_high else value <= self.high))
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"expected {self.describe()}, got {repr(value if shown is None else shown)}"
+            )
         return self.kind(value)
 
     def describe(self):
@@ -97,8 +92,7 @@ class Range:
         what = "an integer" if self.kind is int else "a number"
         low, high = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (self.low, self.high))
         if self.low is not None and self.high is not None:
-            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-            return f"{what} in {left}{low}, {high}{right}"
+            return f"{what} in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
         if self.low is not None:
             return f"{what} {'>' if self.open_low else '>='} {low}"
         if self.high is not None:
@@ -111,11 +105,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the repository's error convention: one `error:` line, exit status 1.
-
-    subtle: argparse itself prints the usage and exits with 2; a script's users
-    (and its tests) rely on 1 for every refusal, whichever layer refuses.
-    """
+    """argparse with the repository's convention: one `error:` line and exit status 1 (argparse's
+    own is the usage and 2; users and tests rely on 1 for every refusal, whichever layer refuses)."""
 
     def __init__(self, description=None, **kwargs):
         super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
@@ -287,10 +278,9 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
 
 
 def parse_args(parser, presets, script, argv=None):
-    """Parse with a preset's values (or, with --resume, the run's saved arguments) as
-    defaults; flags given on the command line override either. Every value, wherever
-    it came from, is checked against its flag's Range. script: the script's file name,
-    which args.json records, so a run is only ever resumed by the script that began it."""
+    """Parse with a preset's values (or, with --resume, the run's args.json) as defaults, which
+    flags given override; every value is checked against its flag's Range. script: the
+    script's file name, which args.json records, so only the script that began a run resumes it."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
@@ -321,8 +311,7 @@ def parse_args(parser, presets, script, argv=None):
 
 
 def read_saved_arguments(path, script, parser):
-    """A run's args.json as parse defaults, refused in one sentence when it is damaged or
-    was written by the other training script."""
+    """A run's args.json as parse defaults; refused in one sentence if damaged or another script's."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -357,8 +346,8 @@ def explicit_flags(parser, argv):
 
 
 def seed_everything(seed, rank=0, threads=0):
-    """Python, NumPy and torch generators from the seed; ranks draw different dropout
-    masks (torch's seed + rank), while weights are broadcast from rank 0."""
+    """Python, NumPy and torch generators from the seed; ranks draw different dropout masks
+    (torch's seed + rank), while weights are broadcast from rank 0."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed + rank)
@@ -367,15 +356,10 @@ def seed_everything(seed, rank=0, threads=0):
 
 
 def adamw_with_schedule(params, args, steps_per_epoch):
-    """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else
-    --epochs of steps_per_epoch), with --warmup of the steps of linear warm-up from 0
-    and then linear decay to 0: the paper's schedule, the Hugging Face Trainer's
-    "linear" one, taken from transformers itself.
-
-    --weight-decay (0, the Trainer's default and the authors') applies, as the Trainer
-    applies it, to weight matrices only: biases and normalisation weights (every 1-d
-    parameter) are never decayed, and W, a matrix, is.
-    """
+    """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else --epochs),
+    --warmup of the steps of linear warm-up, then linear decay to 0: the paper's schedule, the
+    Hugging Face Trainer's "linear", from transformers itself. --weight-decay applies, as the
+    Trainer applies it, to matrices only (W included), never to biases and normalisation weights."""
     from transformers import get_scheduler
 
     max_steps = args.max_steps or steps_per_epoch * args.epochs
@@ -433,8 +417,8 @@ def claim_out_dir(out_dir, resume, overwrite):
 
 
 def after_recovery(out_dir):
-    """Where the run is: out_dir, or after a crash between save()'s two renames the
-    complete new checkpoint (out_dir.tmp) or else the previous one (out_dir.old)."""
+    """Where the run is: out_dir, or after a crash between save()'s two renames the complete
+    new checkpoint (out_dir.tmp), else the previous one (out_dir.old)."""
     tmp, old = siblings(out_dir)
     if not out_dir.exists() and (tmp / STATE).exists() and (tmp / "args.json").exists():
         return tmp
@@ -455,20 +439,15 @@ def recover(out_dir):
 
 
 def siblings(out_dir):
-    """(out_dir.tmp, out_dir.old): where save() writes the next checkpoint, and where it
-    parks the previous one during the swap."""
+    """(out_dir.tmp, out_dir.old): where save() writes the next checkpoint and parks the last."""
     return out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
 
 
 def lock_run_dir(out_dir):
-    """Make this process the one owner of out_dir for as long as it lives.
-
-    An advisory lock (flock) on a hidden file beside the run, `.<name>.lock`: beside
-    it, not in it, because every checkpoint replaces the run folder whole. The kernel
-    drops the lock when the process ends, however it ends, so a run killed with
-    kill -9 leaves no stale lock; the file itself stays and names the last owner.
-    Returns the open lock file, which must stay referenced.
-    """
+    """Make this process the one owner of out_dir while it lives: flock on `.<name>.lock`
+    beside the run (not in it: every checkpoint replaces the folder whole). The kernel drops
+    the lock however the process ends, so kill -9 leaves none stale; the file names the last
+    owner. Returns the open lock file, which must stay referenced."""
     if fcntl is None:
         return None
     path = out_dir.with_name(f".{out_dir.name}.lock")
@@ -500,15 +479,10 @@ class CheckpointError(Exception):
 
 
 def write_checkpoint(out_dir, student, W, arguments, state, records):
-    """Write the whole run directory as out_dir.tmp, then swap it in with two renames.
-
-    The folder: the student (a sentence-transformers model), projection.safetensors
-    (W), args.json, log.jsonl and what records(folder) adds (card, curves, event
-    files), and last training_state/trainer_state.pt, whose presence marks the
-    checkpoint complete. Directory renames are atomic, so a crash (or a full disk,
-    which fails while .tmp is written) leaves the previous checkpoint in place;
-    recover() finishes a swap interrupted between its two renames.
-    """
+    """Write the whole run folder as out_dir.tmp (the student, W, args.json, log.jsonl, what
+    records(folder) adds, and last training_state/, whose presence marks it complete), then swap
+    it in with two renames. Renames are atomic, so a crash or a full disk leaves the previous
+    checkpoint in place; recover() finishes a swap interrupted between the two renames."""
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
         if not ours(leftover):
@@ -580,11 +554,9 @@ def set_rng_state(states, rank=0, world=1):
 
 
 def set_learning_rate(optimizer, scheduler, lr):
-    """After loading a checkpoint: peak learning rate lr (e.g. a lower one given with
-    --resume --lr after a non-finite loss), at the schedule's current point.
-
-    subtle: the optimizer's and scheduler's saved states both carry the old peak
-    (initial_lr, base_lrs), and would silently keep it."""
+    """After loading a checkpoint: peak learning rate lr (--resume --lr after a non-finite loss)
+    at the schedule's current point. subtle: the saved optimizer and scheduler both carry the
+    old peak (initial_lr, base_lrs), and would silently keep it."""
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
@@ -602,17 +574,11 @@ def all_finite(params):
 
 
 class Run:
-    """One training run: this process's place under torchrun, its device and precision,
-    and the run directory with what the loop does around each step.
-
-    Every rank builds one; rank 0 alone prints, logs and writes. Built first thing in
-    main(), it seeds the generators and, on rank 0, claims --out-dir (checked, locked
-    against a second writer, recovered after a crash) before anything is loaded.
-    `start()` begins a fresh run or loads the checkpoint into the student, W,
-    optimizer, scheduler and scaler; `after_step()` logs, checks for non-finite
-    values and says when a checkpoint is due; `save()` writes one (every rank takes
-    part, since RNG states are gathered).
-    """
+    """One training run: this process's rank, device and precision, and the run folder with
+    what the loop does around each step. Every rank builds one, first thing in main(); rank 0
+    alone prints, logs and writes, and claims --out-dir (checked, locked, recovered after a
+    crash) before anything is loaded. start() begins or resumes; after_step() logs, checks for
+    non-finite values and says when a checkpoint is due; save() writes one (on every rank)."""
 
     def __init__(self, args, script):
         self.args, self.script = args, script
@@ -650,10 +616,8 @@ class Run:
         return {"script": self.script, **vars(self.args)}
 
     def start(self, student, W, optimizer, scheduler, max_steps, description, card):
-        """(step, history): 0 and {} for a fresh run (its directory then holds args.json
-        only), or where the checkpoint left off with --resume. Starts the progress bar.
-
-        card: what the model card says of the model: base_model, teacher, languages."""
+        """(step, history): 0 and {} for a fresh run (its folder then holds args.json only), or
+        where the checkpoint left off with --resume. card: write_card's arguments of the model."""
         self.student, self.W, self.optimizer, self.scheduler = student, W, optimizer, scheduler
         self.card = card
         self.params = [param for group in optimizer.param_groups for param in group["params"]]
@@ -683,8 +647,8 @@ class Run:
         return step, history
 
     def resume(self):
-        """Load the checkpoint in out_dir into the student, W, optimizer, scheduler, scaler
-        and generators; (step, history) where it left off. A damaged file is one sentence."""
+        """Load the checkpoint into the student, W, optimizer, scheduler, scaler and generators;
+        (step, history) where it left off. A damaged file is one sentence."""
 
         def read(name, load):
             try:
@@ -721,13 +685,8 @@ class Run:
             log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):
-        """Advance the bar; on log steps, check the loss and gradient norm are finite and
-        write one log line. Returns whether a checkpoint is due (the script saves it, once
-        anything it adds to the history is in).
-
-        .item() only here, on log and save steps: it waits for the device. Checking
-        before every save means a non-finite loss never reaches a checkpoint.
-        """
+        """Advance the bar; on log and save steps (.item() only here: it waits for the device),
+        stop on a non-finite loss or gradient norm, and log. Returns whether a checkpoint is due."""
         self.bar.update(1)
         self.examples += self.global_batch
         saving = step % self.args.save_every == 0 and step < self.max_steps
@@ -750,9 +709,8 @@ class Run:
         return saving
 
     def save(self, step, history, **extra):
-        """A checkpoint of everything a resume needs. Every rank calls this (their RNG
-        states are gathered); rank 0 writes. Non-finite weights (an update gone wrong
-        between log steps) are never saved."""
+        """A checkpoint of everything a resume needs; every rank calls it (their RNG states are
+        gathered), rank 0 writes. Non-finite weights (gone bad between log steps) are never saved."""
         if not all_finite(self.params):
             self.stop_not_finite("the weights are not finite", step)
         rng = gather_objects(rng_state())
@@ -1016,10 +974,9 @@ CURVE_PANELS = (  # (title, keys it draws when the log has them)
 
 
 def plot_curves(run_dirs, path, quiet=False, names=None):
-    """curves.png: a row of panels per run directory (loss and its terms, learning rate,
-    dev metrics) against the step. Returns the path, or None (with a note on stdout
-    unless quiet) when matplotlib is missing or no log has anything to draw. names: the
-    runs' titles, by default their folders' names."""
+    """curves.png: a row of panels per run folder (loss and its terms, learning rate, dev metrics)
+    against the step; the path, or None (with a note unless quiet) when matplotlib is missing or
+    no log has anything to draw. names: the runs' titles, by default their folders' names."""
     try:
         import matplotlib
 
@@ -1063,14 +1020,10 @@ CARD_RESULTS_START, CARD_RESULTS_END = "<!-- evaluate.py results -->", "<!-- end
 
 
 def write_card(folder, name, arguments, history, base_model, teacher, languages, objective, dev_metrics):
-    """README.md of a run folder: front matter the Hugging Face hub reads, then what a reader
-    needs to use and judge the model. A table evaluate.py added earlier is kept.
-
-    name: the model's (the run folder's); arguments: args.json's content; history: the dev
-    numbers so far; base_model: the backbone the student started from; teacher: its name or
-    None; languages: those trained on, or None; objective: the loss in the paper's notation;
-    dev_metrics: what each dev number measures, by its key.
-    """
+    """README.md of a run folder: front matter the hub reads, then what a reader needs to use and
+    judge the model; a table evaluate.py added earlier is kept. arguments: args.json's; history:
+    the dev numbers so far; objective: the loss in the paper's notation; dev_metrics: what each
+    dev number measures, by its key; teacher and languages may be None."""
     folder, script = Path(folder), arguments["script"]
     stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective')})"
     caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments \
@@ -1098,7 +1051,8 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages,
         f"| languages | {' '.join(languages) if languages else 'as in the data'} |",
         f"| batch | {arguments['per_device_batch_size']} per device and step{caching} |",
         f"| steps | {history.get('steps', '?')} of {history.get('max_steps', '?')}, peak learning rate "
-        f"{arguments['lr']:g}, warm-up {arguments['warmup']:g} of the steps, weight decay {arguments['weight_decay']:g} |",
+        f"{arguments['lr']:g}, warm-up {arguments['warmup']:g} of the steps, weight decay "
+        f"{arguments['weight_decay']:g} |",
         f"| max length | {arguments['max_length']} tokens |",
         f"| precision | {history.get('precision', arguments['precision'])} |", "",
         "The projection W into the teacher's space (`projection.safetensors`) is used in training only; "
@@ -1113,24 +1067,15 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages,
 
 
 def teacher_check_lines(history):
-    """The teacher check joint_train.py ran before training, if it ran: English query ->
-    English passage retrieval over the dev rows, nDCG@10 of the teacher and the student."""
+    """The card's account of joint_train.py's teacher check, where it ran."""
     check = history.get("teacher_check")
-    if not check:
-        return []
-    verdict = (
-        "clearly better than the teacher, so the distillation term pulled it toward a weaker space"
-        if check["student_better"]
-        else "not clearly better than the teacher"
-    )
-    return [
-        "## Teacher check, before training",
-        "",
+    verdict = "clearly better than the teacher, so the distillation term pulled it toward a weaker space"
+    return [] if not check else [
+        "## Teacher check, before training", "",
         f"English query -> English passage among the {check['queries']} dev passages, nDCG@10: teacher "
-        f"{check['teacher_ndcg_at_10']:.4f}, student {check['student_ndcg_at_10']:.4f} (margin "
-        f"{check['margin']:.4f}); the student was {verdict}.",
-        "",
-    ]
+        f"{check['teacher_ndcg_at_10']:.4f}, student {check['student_ndcg_at_10']:.4f} (margin {check['margin']:.4f}); "
+        f"the student was {verdict if check['student_better'] else 'not clearly better than the teacher'}.", "",
+    ]  # fmt: skip
 
 
 def previous_results(card):
