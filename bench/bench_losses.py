@@ -1,46 +1,31 @@
 """
-Speed, memory and correctness of the InfoNCE implementations in losses.py: plain
-info_nce, info_nce_chunked and the fused info_nce_triton, forward plus backward.
+Speed, memory and correctness of losses.py's InfoNCE implementations (info_nce,
+info_nce_chunked and the fused info_nce_triton), forward plus backward, N = B.
 
-    python bench/bench_losses.py                        # the full grid, bf16, N = B, on a CUDA GPU
-    python bench/bench_losses.py --symmetric            # the two-way loss; --symmetric both: both losses
+    python bench/bench_losses.py                  # the full grid, bf16, on a CUDA GPU
+    python bench/bench_losses.py --symmetric      # the two-way loss; --symmetric both: both losses
     python bench/bench_losses.py --batch-sizes 4096 --dims 768 --impls triton
-    python bench/bench_losses.py --check                # also each one's loss and gradients against info_nce's
-    python bench/bench_losses.py --sweep                # first choose the kernel's tiles on this GPU
+    python bench/bench_losses.py --sweep --check  # choose the kernel's tiles first; check against info_nce
 
-For each B in --batch-sizes and D in --dims it prints one row per
-implementation: median milliseconds of forward + backward (CUDA events, after
-warm-up), achieved TFLOP/s, its fraction of the bf16 matmul rate measured at start
-(or --peak-tflops), and peak memory beyond the inputs and their gradients; "OOM"
-where it does not fit.
+One row per implementation, B and D: median milliseconds of forward + backward (CUDA
+events, after warm-up), TFLOP/s and its fraction of a bf16 matmul measured at start
+(or --peak-tflops), and peak memory beyond the inputs and their gradients ("OOM" where
+it does not fit). TFLOP/s counts 2 B N D per B x N x D matmul run, recomputes included:
+info_nce 3 (scores, dq, dp), info_nce_chunked 4 (scores twice), info_nce_triton 4, plus
+1 for the kernel's column pass of the symmetric loss. info_nce and info_nce_chunked use
+fp32 matmuls (TF32 with --tf32), so their share of the bf16 rate is low by design;
+torch-lowp is the fair unfused rival, plain PyTorch with bf16 scores as most training
+code runs it.
 
-TFLOP/s counts 2 B N D per B x N x D matmul each implementation runs, the
-backward's recomputes included: info_nce 3 (scores, dq, dp), info_nce_chunked 4
-(scores, recomputed scores, dq, dp), info_nce_triton 4, plus B/N for the
-symmetric loss's column pass. info_nce and info_nce_chunked upcast to fp32 and
-use fp32 matmuls (TF32 with --tf32), so their fraction of the bf16 rate is low
-by design; the kernel uses bf16 tensor cores. torch-lowp is the fair unfused
-rival: plain PyTorch (normalise, matmul, cross-entropy) with bf16 operands and
-bf16 scores, as most training code runs it.
-
---check compares each of losses.INFO_NCE_IMPLS's loss and both gradients with
-info_nce's on the same inputs (info_nce_chunked's where info_nce does not fit), as
-fractions of tests/test_kernels.py's tolerances: <= 1 passes, else the exit status is 1.
-
---sweep first times the kernel's step under candidate tiles, warps and stages for
-each of its two kernels (the other at fused.py's setting) over the grid, one-way
-and symmetric, and runs the table with each kernel's candidate of the best geometric
-mean of time over each shape's fastest. Otherwise the kernel runs with fused.py's
-tiles, or --forward-tiles / --backward-tiles.
-
-Where the grid holds bf16 one-way rows of two or more of losses.INFO_NCE_IMPLS, it
-ends with the entries for losses.MEASURED_FASTEST (--loss-impl auto) and the kernel
-against its speed and memory targets. --json appends every row (the sweep's too) to
-a file as one JSON object.
-
---device cpu runs on the CPU, the kernel through Triton's interpreter (set
-TRITON_INTERPRET=1 before Python starts) and the sweep with two candidates each: it
-checks that this script runs (bench/gpu_check.sh --smoke); its timings mean nothing.
+--check compares each of losses.INFO_NCE_IMPLS's loss and gradients with info_nce's on
+the same inputs (info_nce_chunked's where info_nce does not fit) as fractions of
+tests/test_kernels.py's tolerances; one over 1 makes the exit status 1. --sweep first
+times the kernel under each candidate tiling of one of its two kernels (the other at
+fused.py's) over the grid, one-way and symmetric, and keeps each kernel's best geometric
+mean of time over each shape's fastest. bf16 one-way rows of two or more implementations
+end in the entries for losses.MEASURED_FASTEST (--loss-impl auto) and the kernel's
+targets. --device cpu, the kernel through Triton's interpreter (TRITON_INTERPRET=1),
+checks that this runs (bench/gpu_check.sh --smoke); its timings mean nothing.
 """
 
 import argparse
@@ -92,10 +77,9 @@ BACKWARD_CANDIDATES = [
 
 
 def info_nce_lowp(q, p, scale=20.0, symmetric=False):
-    """Plain PyTorch as most training code writes it in bf16: normalise and multiply in
-    the input dtype (the (B, N) scores come out in bf16), cross-entropy on fp32 logits.
-    The fastest unfused baseline, and less exact than losses.info_nce, which computes
-    the scores in fp32; benchmarked only, never trained with."""
+    """Plain PyTorch as most training code writes it in bf16: the (B, N) scores in the input
+    dtype, cross-entropy on fp32 logits. The fastest unfused baseline, less exact than
+    losses.info_nce (fp32 scores); benchmarked only, never trained with."""
     scores = (F.normalize(q, dim=-1) @ F.normalize(p, dim=-1).T).float() * scale  # (B, N)
     target = torch.arange(q.shape[0], device=q.device)
     loss = F.cross_entropy(scores, target)
@@ -119,11 +103,9 @@ def tiles(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-DefaultsFormatter = argparse.ArgumentDefaultsHelpFormatter
-
-
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsFormatter)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=formatter)
     add = parser.add_argument
     add("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="B queries; N = B passages")
     add("--dims", type=int, nargs="+", default=[384, 768, 1024], help="D, the embedding width")
@@ -143,13 +125,6 @@ def get_args(argv=None):
     add("--tf32", action="store_true", help="let info_nce's and info_nce_chunked's fp32 matmuls use TF32 (Inf-CL)")
     add("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: checks that this runs; times mean nothing")
     return parser.parse_args(argv)
-
-
-def first_line(error):
-    """The error in one line for the table; the whole traceback goes to stderr."""
-    traceback.print_exception(error, file=sys.stderr)
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]
 
 
 # ---------------------------------------------------------------------------
@@ -220,10 +195,10 @@ def measure(fn, q, p, scale, symmetric, warmup, repeats):
 def reference(q, p, scale, symmetric):
     """(name, measure()) of info_nce on q, p, or of info_nce_chunked where info_nce does
     not fit (tests/test_kernels.py checks that the two agree); None if neither fits."""
-    for name in ("torch", "chunked"):
-        result = measure(losses.INFO_NCE_IMPLS[name], q, p, scale, symmetric, warmup=0, repeats=1)
+    for fn in (losses.info_nce, losses.info_nce_chunked):
+        result = measure(fn, q, p, scale, symmetric, warmup=0, repeats=1)
         if result is not None:
-            return name, result
+            return fn.__name__, result
     return None
 
 
@@ -265,120 +240,98 @@ def slowdowns(times):
     }
 
 
-def time_candidates(args, device, gpu, shapes, times, failed):
-    """Time the kernel's bf16 step under each candidate in `times` ({(kernel, tiles): {}},
-    filled with {shape: ms}) at every shape, one-way and symmetric; candidates that fail
-    to run, or (at the first shape) to match info_nce, are dropped. False if the budget
-    ran out: then the shape at hand is dropped from every candidate, since a shape timed
-    for some candidates only would bias the choice."""
+def run_candidate(kernel, text, q, p, symmetric, args):
+    """measure() of the kernel with `text` tiles for `kernel` (the other as it is); why not, where it fails."""
     import fused
 
-    defaults, deadline = fused.configure(), time.time() + args.sweep_budget_s  # configure() changes nothing
-    for B, D in shapes:
-        for symmetric in (False, True):
-            key = f"B{B}-D{D}-{'symmetric' if symmetric else 'one-way'}"
-            q, p = random_pair(B, D, torch.bfloat16, device)
-            # every candidate is checked at the first shape; --check checks the chosen ones at all
-            want = reference(q, p, args.scale, symmetric) if (B, D) == shapes[0] else None
-            for kernel, text in list(times):
-                if time.time() > deadline:
-                    for measured in times.values():
-                        for symmetric_key in (f"B{B}-D{D}-one-way", f"B{B}-D{D}-symmetric"):
-                            measured.pop(symmetric_key, None)
-                    print(f"  the time budget ran out at B {B}, D {D}: the choice rests on the shapes before it")
-                    return False
-                candidate = fused.Tiles.parse(text)
-                fused.configure(*((candidate, defaults[1]) if kernel == "forward" else (defaults[0], candidate)))
-                try:
-                    result = measure(losses.info_nce_triton, q, p, args.scale, symmetric, args.warmup, args.repeats)
-                except Exception as error:  # a candidate may not fit the GPU (shared memory, registers)
-                    result = first_line(error)
-                finally:
-                    fused.configure(*defaults)
-                if not isinstance(result, tuple):
-                    print(f"  --    {kernel} {text} left out: it does not run at {key}: {result or 'out of memory'}")
-                    del times[kernel, text]
-                    continue
-                if want is not None:
-                    error = check_error(result, want[1], q, p, args.scale)
-                    # a candidate that runs but gives other results than info_nce is a bug in the kernels
-                    print(
-                        f"  {'PASS' if error <= 1 else 'FAIL'}  {kernel} {text} against {want[0]} at {key}: "
-                        f"worst error {error:.3f} of the tolerance{'' if error <= 1 else ', left out'}"
-                    )
-                    if error > 1:
-                        failed.append(f"sweep {kernel} {text}")
-                        del times[kernel, text]
-                        continue
-                times[kernel, text][key] = result[0]
-                row = {"sweep": kernel, "tiles": text, "B": B, "D": D, "symmetric": symmetric, "ms": result[0]}
-                record(args, {"gpu": gpu, **row})
-            del q, p, want
-        print(f"  B {B:>6} D {D:>5}: timed")
-    return True
+    tiling = fused.Tiles.parse(text)
+    previous = fused.configure(*((tiling, None) if kernel == "forward" else (None, tiling)))
+    try:
+        return measure(losses.info_nce_triton, q, p, args.scale, symmetric, args.warmup, args.repeats) or "OOM"
+    except Exception as error:  # a candidate may not fit the GPU (shared memory, registers)
+        traceback.print_exception(error, file=sys.stderr)
+        return f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    finally:
+        fused.configure(*previous)
 
 
 def sweep(args, device, gpu, shapes, failed):
-    """Time the candidates, print each one's slowdown, and make the best of each kernel
-    fused.py's for the rest of the run."""
+    """Time the kernel under each candidate tiling of one kernel at every shape, one-way and
+    symmetric, and make each kernel's best fused.py's for the rest of the run. Candidates
+    are checked against info_nce at the first shape (--check checks the chosen ones at
+    all); one that fails to run or to match is left out. Where the budget runs out, so
+    is the shape at hand: timed for some candidates only, it would bias the choice."""
     import fused
 
     count = 2 if device.type == "cpu" else None  # the interpreter is slow: two candidates each
-    candidates = [("forward", text) for text in FORWARD_CANDIDATES[:count]]
-    candidates += [("backward", text) for text in BACKWARD_CANDIDATES[:count]]
-    times = {candidate: {} for candidate in candidates}
-    print(
-        f"sweep: the kernel's bf16 step under each candidate of one kernel (the other at fused.py's: forward "
-        f"{fused.FORWARD}, backward {fused.BACKWARD}), one-way and symmetric, at most {args.sweep_budget_s:.0f} s"
-    )
-    time_candidates(args, device, gpu, shapes, times, failed)
-    scores = slowdowns(times)
+    times = {("forward", text): {} for text in FORWARD_CANDIDATES[:count]}
+    times |= {("backward", text): {} for text in BACKWARD_CANDIDATES[:count]}  # {(kernel, tiles): {shape: ms}}
+    deadline = time.time() + args.sweep_budget_s
+    print(f"sweep: the kernel under each candidate of one kernel, the other at forward {fused.FORWARD}, backward "
+          f"{fused.BACKWARD}; bf16, one-way and symmetric, at most {args.sweep_budget_s:.0f} s")  # fmt: skip
+    for (B, D), symmetric in itertools.product(shapes, (False, True)):
+        key, out = f"B{B}-D{D}-{'symmetric' if symmetric else 'one-way'}", False
+        q, p = random_pair(B, D, torch.bfloat16, device)
+        want = reference(q, p, args.scale, symmetric) if (B, D) == shapes[0] else None
+        for kernel, text in list(times):
+            if out := time.time() > deadline:
+                break
+            result = run_candidate(kernel, text, q, p, symmetric, args)
+            if not isinstance(result, tuple):
+                print(f"  --    {kernel} {text} left out: it does not run at {key}: {result}")
+                del times[kernel, text]
+                continue
+            if want is not None:  # one that runs but gives other results than info_nce is a bug in the kernels
+                error = check_error(result, want[1], q, p, args.scale)
+                print(f"  {'PASS' if error <= 1 else 'FAIL'}  {kernel} {text} against {want[0]} at {key}: worst error "
+                      f"{error:.3f} of the tolerance")  # fmt: skip
+                if error > 1:
+                    failed.append(f"sweep {kernel} {text}")
+                    del times[kernel, text]
+                    continue
+            times[kernel, text][key] = result[0]
+            record(args, {"gpu": gpu, "sweep": kernel, "tiles": text, "B": B, "D": D, "symmetric": symmetric,
+                          "ms": result[0]})  # fmt: skip
+        del q, p, want
+        if out:
+            for measured in times.values():
+                measured.pop(f"B{B}-D{D}-one-way", None), measured.pop(f"B{B}-D{D}-symmetric", None)
+            print(f"  the time budget ran out at B {B}, D {D}: the choice rests on the shapes before it")
+            break
+        if symmetric:
+            print(f"  B {B:>6} D {D:>5}: timed")
     chosen = {}
-    for kernel in ("forward", "backward"):
-        ranked = sorted((score, text) for (of, text), score in scores.items() if of == kernel)
-        for score, text in ranked:
-            print(f"  {kernel:<8} {text:<18} geometric mean over the shapes of its time / the fastest: {score:.3f}")
-        if ranked:
-            chosen[kernel] = fused.Tiles.parse(ranked[0][1])
+    for (kernel, text), score in sorted(slowdowns(times).items(), key=lambda item: (item[0][0], item[1])):
+        print(f"  {kernel:<8} {text:<18} geometric mean of its time / each shape's fastest: {score:.3f}")
+        chosen.setdefault(kernel, fused.Tiles.parse(text))
     if len(chosen) < 2:
         failed.append("sweep")
         print("  FAIL  sweep: no candidate ran on every shape of both kernels: nothing chosen; fused.py's tiles stay")
         return
     fused.configure(chosen["forward"], chosen["backward"])
     print("chosen: the best of each; to make them fused.py's defaults (the table below runs with them):")
-    for name, chose in (("FORWARD", chosen["forward"]), ("BACKWARD", chosen["backward"])):
-        print(
-            f"  {name} = Tiles({chose.block_m}, {chose.block_n}, {chose.block_d}, warps={chose.warps}, "
-            f"stages={chose.stages})  # bench_losses.py --sweep, {gpu}, {time.strftime('%Y-%m-%d')}"
-        )
+    for name, best in (("FORWARD", chosen["forward"]), ("BACKWARD", chosen["backward"])):
+        print(f"  {name} = Tiles({best.block_m}, {best.block_n}, {best.block_d}, warps={best.warps}, "
+              f"stages={best.stages})  # bench_losses.py --sweep, {gpu}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
 # the entries for losses.MEASURED_FASTEST, and the targets
 
 
-def fastest_by_shape(rows, symmetric):
-    """{(gpu, B, D): {impl: ms}} of losses.INFO_NCE_IMPLS on the bf16 rows that fit in memory."""
+def fastest_entries(rows, symmetric=False):
+    """{(gpu, B, D): (fastest, {impl: ms})} of losses.INFO_NCE_IMPLS where two or more ran, bf16 rows."""
     ran = {}
     for row in rows:
         if row["symmetric"] == symmetric and row["dtype"] == "bf16" and row["impl"] in losses.INFO_NCE_IMPLS:
             if not row.get("oom"):
                 ran.setdefault((row["gpu"], row["B"], row["D"]), {})[row["impl"]] = row["ms"]
-    return ran
-
-
-def fastest_entries(rows):
-    """{(gpu, B, D): (name, {impl: ms})}: the fastest of two or more on the one-way rows."""
-    ran = fastest_by_shape(rows, symmetric=False)
     return {key: (min(by_impl, key=by_impl.get), by_impl) for key, by_impl in sorted(ran.items()) if len(by_impl) > 1}
-
-
-def met(ok):
-    return "met" if ok else "NOT met"
 
 
 def target_lines(rows):
     """The kernel against the issue's targets, one line per bf16 shape (informational)."""
+    met = lambda ok: "met" if ok else "NOT met"
     by_shape = {}
     for row in rows:
         if row["dtype"] == "bf16":
@@ -414,11 +367,9 @@ def print_entries(rows):
         others = ", ".join(f"{impl} {ms:.3f}" for impl, ms in sorted(by_impl.items(), key=lambda item: item[1]))
         print(f"    ({json.dumps(gpu)}, {B}, {D}): {json.dumps(name)},  # ms: {others}")
     print("}")
-    symmetric = fastest_by_shape(rows, symmetric=True)
-    for key, by_impl in sorted(symmetric.items()):
-        if key in entries and len(by_impl) > 1 and min(by_impl, key=by_impl.get) != entries[key][0]:
-            fastest = min(by_impl, key=by_impl.get)
-            print(f"  note: for the symmetric loss at B {key[1]}, D {key[2]} {fastest} was fastest")
+    for (gpu, B, D), (name, _) in fastest_entries(rows, symmetric=True).items():
+        if (gpu, B, D) in entries and name != entries[gpu, B, D][0]:
+            print(f"  note: for the symmetric loss at B {B}, D {D} {name} was fastest")
     print("the kernel against the targets (torch-lowp: plain PyTorch with bf16 scores):")
     for line in target_lines(rows):
         print(line)
@@ -460,25 +411,19 @@ def main(argv=None):
     args = get_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(
-            "bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest "
-            "tests/test_kernels.py (--device cpu only checks that this script runs)"
-        )
+        sys.exit("bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest "
+                 "tests/test_kernels.py (--device cpu only checks that this script runs)")  # fmt: skip
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU"  # the name losses.MEASURED_FASTEST is keyed by
     triton_version = importlib.metadata.version("triton") if losses.TRITON_INSTALLED else "not installed"
-    print(
-        f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} "
-        f"| python {platform.python_version()}"
-    )
+    print(f"{gpu} | torch {torch.__version__} | CUDA {torch.version.cuda} | triton {triton_version} "
+          f"| python {platform.python_version()}")  # fmt: skip
     peak = args.peak_tflops
     if cuda:
         props = torch.cuda.get_device_properties(device)
-        print(
-            f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, compute capability "
-            f"{props.major}.{props.minor}"
-        )
+        print(f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, compute capability "
+              f"{props.major}.{props.minor}")  # fmt: skip
         # The bf16 tensor-core rate on random data, which "of peak" divides by. The warm-up lifts the clocks from idle.
         a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
         median_ms(lambda: a @ b, 100, device)
@@ -502,11 +447,9 @@ def main(argv=None):
         if args.sweep:
             sweep(args, device, gpu, shapes, failed)
         print(f"triton tiles: forward {fused.FORWARD}, backward {fused.BACKWARD}")
-    print(
-        f"N = B, scale {args.scale:g}, median of {args.repeats} after {args.warmup} warm-up; "
-        f"'of peak' divides by {f'{peak:.0f} TFLOP/s' if peak else '- (no GPU)'}"
-        + ("; check: the worst error against info_nce as a fraction of the tolerance" if args.check else "")
-    )
+    print(f"N = B, scale {args.scale:g}, median of {args.repeats} after {args.warmup} warm-up; 'of peak' divides "
+          f"by {f'{peak:.0f} TFLOP/s' if peak else '- (no GPU)'}"
+          + ("; check: worst error against info_nce / its tolerance" if args.check else ""))  # fmt: skip
 
     rows = []
     print(f"\n{'impl':>10} {'dtype':>5} {'direction':>9} {'B':>6} {'D':>5} {'ms':>10} {'TFLOP/s':>8} {'of peak':>8} "
@@ -516,8 +459,8 @@ def main(argv=None):
         want = reference(q, p, args.scale, symmetric) if args.check else None
         if args.check and want is None:
             failed.append(f"{dtype} B {B} D {D}: neither info_nce nor info_nce_chunked fits in memory")
-        elif want is not None and want[0] != "torch":
-            print(f"  (B {B}, D {D}: info_nce does not fit in memory; checked against info_nce_{want[0]})")
+        elif want is not None and want[0] != "info_nce":
+            print(f"  (B {B}, D {D}: info_nce does not fit in memory; checked against {want[0]})")
         for impl in args.impls:
             rows.append(table_row(args, impl, dtype, symmetric, q, p, want, gpu, peak, failed))
             record(args, rows[-1])

@@ -1,30 +1,27 @@
 #!/usr/bin/env bash
-# What a first run on a GPU must check, in one run of under 8 minutes on an H100,
-# printed as one report:
+# What a first run on a GPU must check, in one run of under 8 minutes on an H100, printed
+# as one report:
 #
-#   kernels    tests/test_kernels.py on CUDA (every shape, bf16 and fp32), and the fused
-#              kernel against losses.info_nce at B = 65,536, D = 1,024, with its memory
-#   bench      bench/bench_losses.py --sweep --check: the kernels' tiles, warps and stages at
-#              B in {2048, 16384, 65536}, D in {768, 1024}, bf16, one-way and symmetric; then
-#              the table with the chosen tiles, each implementation checked against info_nce,
-#              the entries for losses.MEASURED_FASTEST (--loss-impl auto) and the speed targets
-#   train      distill.py and joint_train.py, 30 steps each, on a tiny BERT built here (hidden
-#              256, 4 layers, dropout on), bf16, batch 512 in mini-batches of 64: --loss-impl
-#              triton against torch, a run killed with -9 and resumed against an uninterrupted
-#              one, the runs loaded in sentence-transformers and transformers; and gradient
-#              caching against one graph with dropout on (tests/test_joint_train.py, on CUDA)
+#   kernels    tests/test_kernels.py on CUDA, and the fused kernel against losses.info_nce at
+#              B = 65,536, D = 1,024 with its memory (bench_losses.py --check)
+#   bench      bench_losses.py --sweep --check: the kernels' tiles, warps and stages at B in
+#              {2048, 16384, 65536}, D in {768, 1024}, bf16, one-way and symmetric, then the table
+#              with the chosen tiles, the entries for losses.MEASURED_FASTEST and the targets
+#   train      distill.py and joint_train.py, 30 steps each on tiny BERTs built here (hidden 256,
+#              dropout on), bf16, batch 512 in mini-batches of 64: --loss-impl triton against
+#              torch, a run killed with -9 and resumed against an uninterrupted one, the runs
+#              loaded in sentence-transformers; gradient caching (tests/test_joint_train.py) on CUDA
 #   retrieval  bench/bench_retrieval.py at N = 10^6, Q = 10,000
 #
 #   bash bench/gpu_check.sh                         # on a CUDA GPU
 #   bash bench/gpu_check.sh --smoke                 # small sizes, on a CPU too (kernels interpreted)
 #   bash bench/gpu_check.sh --parts bench,train     # some parts only, in this order
 #
-# Writes report.txt (what it prints), log.txt (the commands' own output) and bench.jsonl
-# (the sweep's and the table's rows) under $OUT, or runs/gpu_check/ where OUT is unset;
-# builds its models in a temporary folder it removes at the end. Each part has a time limit
-# (below) so that the whole run ends in time and a part that hangs costs only its own share.
-# Exit status: 0 if every check passed, 1 if one failed or ran out of time, 2 on bad usage.
-# Needs no network; the train part needs the `datasets` package and is skipped without it.
+# Writes report.txt (what it prints), log.txt (the commands' own output) and bench.jsonl under
+# $OUT, or runs/gpu_check/; builds its models in a temporary folder it removes. Each part has a
+# time limit, so that a part that hangs costs only its own share. Exit status: 0 if every check
+# passed, 1 if one failed or ran out of time, 2 on bad usage. Needs no network; the train part
+# needs the datasets package, and says so and is skipped without it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,10 +61,10 @@ if [ "$cuda" != 1 ] && [ "$smoke" != 1 ]; then
     exit 2
 fi
 
-# Seconds each part may take, together at most 7.5 minutes so that the whole run ends
+# Seconds each part may take, together at most 7.8 minutes so that the whole run ends
 # within 8 on an H100, and the sizes. Smoke runs on a CPU are small but slow.
-limit_kernels=120 limit_bench=200 limit_train=100 limit_retrieval=30
-check=(--batch-sizes 65536 --dims 1024) grid=(--batch-sizes 2048 16384 65536 --dims 768 1024 --sweep-budget-s 80)
+limit_kernels=110 limit_bench=180 limit_train=150 limit_retrieval=30
+check=(--batch-sizes 65536 --dims 1024) grid=(--batch-sizes 2048 16384 65536 --dims 768 1024 --sweep-budget-s 70)
 retrieval=(--sizes 1000000 --queries 10000)
 models=(256 4 128 600)  # the student's hidden size and layers, the teacher's hidden size, rows
 steps=30 kill_after=15 mini=64 train=(--dev-size 32 --per-device-batch-size 512 --max-length 64 --save-every 10)
@@ -132,10 +129,7 @@ killed() {  # killed STEP DIR COMMAND...: run it, and kill -9 it once DIR/log.js
     [ "$status" -eq 137 ] || { echo "FAILED: it ended (exit status $status) before it could be killed: $*"; return 1; }
 }
 
-heading() {
-    echo
-    echo "== $1 =="
-}
+heading() { printf '\n== %s ==\n' "$1"; }
 
 # ---------------------------------------------------------------------------
 # the parts
@@ -273,9 +267,6 @@ for script, whole, resumed, terms in (("distill.py", "stage1", "stage1-resumed",
         verdict(f"{script} resume", drift <= CURVE_TOLERANCE, f"steps {first}..{steps} within 2^-7 of the "
                 f"uninterrupted run's: worst {drift:.1e}")
 
-print(f"  joint_train.py, {' | '.join(keys)}, each with --loss-impl torch | triton:")
-for step in sorted({1, steps, *range(10, steps, 10)} & set(runs["torch"]) & set(runs["triton"])):
-    print(f"  {step:>4}" + "".join(f"{runs[impl][step][key]:>12.5f}" for key in keys for impl in runs))
 difference = worst(runs["triton"], runs["torch"], keys, every)
 verdict("joint_train.py loss curves", difference <= CURVE_TOLERANCE and len(keys) > 1,
         f"--loss-impl triton against torch: worst relative difference {difference:.1e} (tolerance 2^-7)")
@@ -326,15 +317,12 @@ for part in ${parts//,/ }; do
     "part_$part"
 done
 
-echo
-skipped_text=${skipped[*]:+; skipped: ${skipped[*]}}
-if [ ${#failed[@]} -eq 0 ]; then
-    echo "== all checks passed ($((SECONDS - started)) s${skipped_text}) =="
-    status=0
+took="$((SECONDS - started)) s${skipped[*]:+; skipped: ${skipped[*]}}"
+status=$((${#failed[@]} > 0))
+if [ "$status" = 0 ]; then
+    heading "all checks passed ($took)"
 else
-    echo "== FAILED: $(IFS=';'; echo "${failed[*]}") ($((SECONDS - started)) s${skipped_text});" \
-        "log.txt has each command's output =="
-    status=1
+    heading "FAILED: $(IFS=';'; echo "${failed[*]}") ($took); log.txt has each command's output"
 fi
 exec >&- 2>&- 3>&-
 wait "$tee_pid" 2>/dev/null
