@@ -109,7 +109,8 @@ def get_args(argv=None):
     add = parser.add_argument
     add("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="B queries; N = B passages")
     add("--dims", type=int, nargs="+", default=[384, 768, 1024], help="D, the embedding width")
-    add("--impls", nargs="+", default=["torch", "torch-lowp", "chunked", "triton"], choices=sorted(IMPLS))
+    add("--impls", nargs="+", default=["torch", "torch-lowp", "chunked", "triton"], choices=sorted(IMPLS),
+        help="what to time; torch-lowp: plain PyTorch with bf16 scores")  # fmt: skip
     add("--symmetric", nargs="?", const="only", choices=["only", "both"], help="the two-way loss; both: both losses")
     add("--scale", type=float, default=20.0, help="1 / tau, the InfoNCE scale")
     add("--dtype", nargs="+", default=["bf16"], choices=sorted(DTYPES), help="dtypes of q and p")
@@ -411,7 +412,7 @@ def main(argv=None):
     args = get_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest "
+        sys.exit("error: bench_losses.py needs a CUDA GPU (none found); on CPU run the correctness tests: pytest "
                  "tests/test_kernels.py (--device cpu only checks that this script runs)")  # fmt: skip
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
