@@ -1,8 +1,8 @@
 """
 Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout
-(yjoonjang/mlir-benchmarks), a file of aligned rows, or a hub dataset id, read into plain
-dicts with their parallel groups; and the parallel texts of --parallel. Bad files are
-refused with the file and line and what was expected.
+(yjoonjang/mlir-benchmarks), a file of aligned rows or a hub dataset id, read into plain
+dicts with their parallel groups; and the parallel texts of --parallel. A bad file is
+refused with its file and line and what was expected.
 
 A benchmark is held in memory as plain dicts:
   corpus        {doc id: (text, lang or None)}
@@ -30,33 +30,19 @@ Benchmark = namedtuple(
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
 BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
 DEFAULT_SPLIT = "test"
-LANGUAGE_METRICS_HINT = (
-    "the language metrics (own-language share, MRC, PEER, per-language alignment, --monolingual) need it; "
-    "add it, or run evaluate.py with --no-language-metrics"
-)
 # The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
 LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}
-
-
-def qrels_candidates(split):
-    """The files read as the judgements of `split`, in order of preference."""
-    if split == DEFAULT_SPLIT:
-        # subtle: a folder with one split may name it nowhere; the MLIR benchmarks' qrels.jsonl is one
-        return ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
-    return (f"qrels/{split}.tsv", f"qrels/{split}.jsonl")
 
 
 def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
     """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
 
-    - directory: corpus.jsonl and queries.jsonl, in the BEIR layout or the MLIR
-      benchmarks' (yjoonjang/mlir-benchmarks, see read_texts), and the judgements of
-      `split`: qrels/<split>.tsv or qrels/<split>.jsonl (for "test" also qrels.tsv,
-      qrels.jsonl);
-    - .jsonl/.tsv/.parquet file of aligned rows (query_<lang>, passage_<lang>), like
-      data/demo/test.jsonl: turned into an MLIR benchmark by rows_to_benchmark();
-    - hub dataset id, optionally with a folder: `owner/name/MMLIR/xx`, read from the
-      Hugging Face cache (or downloaded when online) and then read as a directory.
+    - directory: corpus.jsonl and queries.jsonl (.jsonl.gz, .parquet), in the BEIR layout or the
+      MLIR benchmarks' (see read_texts), and the judgements of `split`: qrels/<split>.tsv or
+      qrels/<split>.jsonl (for "test" also qrels.tsv, qrels.jsonl);
+    - .jsonl/.parquet file of aligned rows, like data/demo/test.jsonl: see rows_to_benchmark();
+    - hub dataset id, optionally with a folder (`owner/name/MMLIR/xx`), read from the Hugging
+      Face cache (or downloaded when online) as a directory.
     need_lang: every document and query must carry a `lang` (only checked for directories).
     """
     if Path(spec).is_dir():
@@ -79,33 +65,29 @@ def rows_to_benchmark(rows, name="rows"):
     "<row id>/<lang>"), and all versions of a row's passage are relevant (grade 1)
     to all versions of its query: a perfect language-agnostic model ranks the L
     versions of the gold passage first, in any order. The versions of a row's query
-    (and of its passage) form one parallel group.
+    (and of its passage) form one parallel group. Row ids are unique (load_rows
+    refuses one used twice), so document ids cannot collide.
     """
     corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
-    for row in rows:  # row ids are unique (load_rows refuses any used twice), so no document ids collide
-        doc_ids = [f"{row['id']}/{lang}" for lang in row["passage"]]
-        for lang, text in row["passage"].items():
-            corpus[f"{row['id']}/{lang}"] = (text, lang)
-        for lang, text in row["query"].items():
-            queries[f"{row['id']}/{lang}"] = (text, lang)
-            qrels[f"{row['id']}/{lang}"] = {doc_id: 1 for doc_id in doc_ids}
-        query_groups[row["id"]] = [f"{row['id']}/{lang}" for lang in row["query"]]
-        doc_groups[row["id"]] = doc_ids
+    for row in rows:
+        key = row["id"]
+        doc_groups[key] = [f"{key}/{lang}" for lang in row["passage"]]
+        query_groups[key] = [f"{key}/{lang}" for lang in row["query"]]
+        corpus.update({f"{key}/{lang}": (text, lang) for lang, text in row["passage"].items()})
+        queries.update({f"{key}/{lang}": (text, lang) for lang, text in row["query"].items()})
+        qrels.update({query_id: dict.fromkeys(doc_groups[key], 1) for query_id in query_groups[key]})
     layout = {"source": "aligned rows", "query_groups": "rows", "document_groups": "rows"}
     return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
 
 
 def download_benchmark(spec):
-    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot.
-
-    Offline (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a
-    benchmark fetched once keeps working without a network.
-    """
+    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot. Offline
+    (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a benchmark fetched
+    once keeps working without a network."""
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
         raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, "
-            "nor a hub dataset id (owner/name or owner/name/folder)"
+            f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name[/folder])"
         )
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import snapshot_download
@@ -118,10 +100,9 @@ def download_benchmark(spec):
             f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
             f"loaded (the hub needs a network or a cached copy): {first_line(error)}"
         ) from None
-    path = Path(root) / folder
-    if not path.is_dir():
+    if not (Path(root) / folder).is_dir():
         raise BadInput(f"hub dataset '{repo_id}' has no folder '{folder}'")
-    return path
+    return Path(root) / folder
 
 
 def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
@@ -135,8 +116,10 @@ def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
 
     corpus, doc_keys, corpus_layout = read_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
     queries, query_keys, queries_layout = read_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
-    candidates = qrels_candidates(split)
-    if split != DEFAULT_SPLIT and not any((folder / candidate).is_file() for candidate in candidates):
+    candidates = (f"qrels/{split}.tsv", f"qrels/{split}.jsonl")
+    if split == DEFAULT_SPLIT:  # subtle: a folder with one split may name it nowhere, as the MLIR benchmarks' do
+        candidates = ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
+    elif not any((folder / candidate).is_file() for candidate in candidates):
         present = sorted(path.stem for path in (folder / "qrels").glob("*") if path.suffix in (".tsv", ".jsonl"))
         raise BadInput(
             f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
@@ -144,61 +127,52 @@ def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
         )
     qrels_path = find(candidates, f"relevance judgements for split '{split}'")
     qrels, qrels_layout = read_qrels(qrels_path)
-    layout = {
-        "corpus": corpus_layout,
-        "queries": queries_layout,
-        "qrels": f"{qrels_path.relative_to(folder)} ({qrels_layout})",
-        "split": split,
-    }
-    return finish_benchmark(
-        name, corpus, queries, qrels, group_by(query_keys, queries), group_by(doc_keys, corpus), layout
-    )
+    qrels_layout = f"{qrels_path.relative_to(folder)} ({qrels_layout})"
+    layout = {"corpus": corpus_layout, "queries": queries_layout, "qrels": qrels_layout, "split": split}
+    query_groups, doc_groups = group_by(query_keys, queries), group_by(doc_keys, corpus)
+    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
 
 
-def read_records(path):
-    """Yield (where, record) from a .jsonl (.jsonl.gz) file, line by line, or a .parquet file, row by row."""
-    if path.suffix != ".parquet":
-        yield from data.json_records(path)
-        return
-    dataset, label = data.load_source(str(path))
-    for number, record in enumerate(dataset or [], 1):
-        yield f"{label} row {number}", record
+def read_records(path, is_beir, expected):
+    """Yield (where, layout, record) from a .jsonl (.jsonl.gz, line by line) or .parquet file (row by row).
 
-
-def record_layout(record):
-    """'mlir' for {id: {...}, ...} (every value an object), 'beir' for a record with `_id`/`id`, else None."""
-    if record and all(isinstance(value, dict) for value in record.values()):
-        return "mlir"
-    if "_id" in record or "id" in record:
-        return "beir"
-    return None
+    The layout is 'mlir' for {id: {...}, ...} (every value an object), else 'beir' when is_beir(record),
+    else the record is refused as not the `expected` one. The first record's layout is the file's.
+    """
+    if path.suffix == ".parquet":
+        dataset, label = data.load_source(str(path))
+        records = ((f"{label} row {number}", record) for number, record in enumerate(dataset or [], 1))
+    else:
+        records = data.json_records(path)
+    layout = None
+    for where, record in records:
+        this_layout = "mlir" if record and all(isinstance(value, dict) for value in record.values()) else "beir"
+        if this_layout == "beir" and not is_beir(record):
+            raise BadInput(f"{where}: expected {expected}; found the fields {sorted(record)[:6]}")
+        if layout not in (None, this_layout):
+            raise BadInput(
+                f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
+                f"{LAYOUT_NAMES[layout]}; a file holds one layout"
+            )
+        layout = this_layout
+        yield where, layout, record
 
 
 def read_texts(path, kind, need_lang):
     """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout).
 
-    Two layouts, detected from a file's first record; every later line must follow it:
-    - BEIR, one record per line: `_id` (or `id`), `text`, optional `title`, `lang`, `group`;
-    - the MLIR benchmarks' corpus (yjoonjang/mlir-benchmarks): `{doc id: {"text": ..., "lang": ...}}`,
-      one or more ids per line. (Their queries.jsonl is in the BEIR layout.)
-    subtle: a title is joined to the text with a space, as BEIR's SentenceBERT
-    encoder and MTEB do, so scores stay comparable with published BEIR numbers.
-    An id may appear once in the whole file. A query's text may not be empty: no
-    model can be judged on it.
-    The group key (parallel versions of one text) is `group` when given, else
-    language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
+    Two layouts (read_records): BEIR, a record a line with `_id` (or `id`), `text`, optional
+    `title`, `lang`, `group`; or the MLIR benchmarks' corpus, `{doc id: {"text": ..., "lang": ...}}`,
+    one or more ids a line (their queries.jsonl is BEIR). subtle: a title is joined to the text
+    with a space, as BEIR's SentenceBERT encoder and MTEB do, so scores stay comparable with
+    published BEIR numbers. An id may appear once in the file; a query's text may not be empty
+    (no model can be judged on it). The group key (parallel versions of one text) is `group` when
+    given, else language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
     benchmarks' "de_q_005a" and "en_q_005a"; an id naming no language is alone.
     """
-    texts, keys, first_line = {}, {}, {}
-    layout = None
-    for where, record in read_records(path):
-        this_layout = record_layout(record)
-        if this_layout is None:
-            raise BadInput(
-                f"{where}: expected a BEIR record with '_id' and 'text', or an MLIR-benchmark record "
-                f'{{id: {{"text": ..., "lang": ...}}}}; found the fields {sorted(record)[:6]}'
-            )
-        layout = same_layout(where, layout, this_layout)
+    texts, keys, first_line, layout = {}, {}, {}, None
+    expected = """a BEIR record with '_id' and 'text', or an MLIR-benchmark record {id: {"text": ..., "lang": ...}}"""
+    for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
         items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
         for text_id, fields in items:
             if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
@@ -213,7 +187,11 @@ def read_texts(path, kind, need_lang):
                 raise BadInput(f"{where}: query '{text_id}' has an empty text; give it one or remove the line")
             if not (isinstance(lang, str) and lang):
                 if need_lang:
-                    raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; {LANGUAGE_METRICS_HINT}")
+                    raise BadInput(
+                        f"{where}: {kind} '{text_id}' has no 'lang' field; the language metrics (own-language share, "
+                        "MRC, PEER, per-language alignment, --monolingual) need it; add it, or run evaluate.py with "
+                        "--no-language-metrics"
+                    )
                 lang = None
             if text_id in texts:
                 raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {first_line[text_id]})")
@@ -239,28 +217,8 @@ def language_free_id(text_id, lang):
     return text_id
 
 
-def same_layout(where, layout, this_layout):
-    """The file's layout, that of its first record; a record in the other layout is refused."""
-    if layout not in (None, this_layout):
-        raise BadInput(
-            f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
-            f"{LAYOUT_NAMES[layout]}; a file holds one layout"
-        )
-    return this_layout
-
-
-def json_grade(where, query_id, doc_id, grade):
-    """A relevance grade: an integer (not a bool, not a float, not a string)."""
-    if isinstance(grade, bool) or not isinstance(grade, int):
-        raise BadInput(
-            f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
-            f"found {grade!r}"
-        )
-    return grade
-
-
 def read_qrels(path):
-    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers.
+    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers (not bools, floats or strings).
 
     .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
     TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
@@ -269,50 +227,52 @@ def read_qrels(path):
     (one or more queries per line; a query on several lines gathers them all).
     """
     qrels = {}
-    if path.suffix == ".jsonl":
-        layout = None
-        for where, record in read_records(path):
-            this_layout = "mlir" if record and all(isinstance(v, dict) for v in record.values()) else "beir"
-            if this_layout == "beir" and not {"query-id", "corpus-id", "score"} <= set(record):
-                raise BadInput(
-                    f"{where}: expected a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark "
-                    f"record {{query id: {{doc id: grade}}}}; found the fields {sorted(record)[:6]}"
-                )
-            layout = same_layout(where, layout, this_layout)
-            if layout == "beir":
-                query_id, doc_id = str(record["query-id"]), str(record["corpus-id"])
-                qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, record["score"])
-                continue
-            for query_id, judged in record.items():
-                for doc_id, grade in judged.items():
-                    qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, grade)
-        return qrels, LAYOUT_NAMES[layout or "beir"]
-    for number, (where, line) in enumerate(data.text_lines(path)):
-        fields = [field.strip() for field in (line.split("\t") if "\t" in line else line.split())]
-        if number == 0 and not fields[-1].lstrip("-").isdigit():
-            continue  # the header line, e.g. query-id corpus-id score
-        if len(fields) not in (3, 4):
+
+    def add(where, query_id, doc_id, grade):
+        if isinstance(grade, bool) or not isinstance(grade, int):
             raise BadInput(
-                f"{where}: expected 3 columns (query-id, corpus-id, score) "
-                f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
+                f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
+                f"found {grade!r}"
             )
-        query_id, doc_id, grade = fields[0], fields[-2], fields[-1]
-        grade = int(grade) if re.fullmatch(r"-?[0-9]+", grade) else grade  # "1.0" stays text, refused as such
-        qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, grade)
-    return qrels, "TREC/BEIR columns"
+        qrels.setdefault(str(query_id), {})[str(doc_id)] = grade
+
+    if path.suffix != ".jsonl":
+        for number, (where, line) in enumerate(data.text_lines(path)):
+            fields = [field.strip() for field in (line.split("\t") if "\t" in line else line.split())]
+            if number == 0 and not fields[-1].lstrip("-").isdigit():
+                continue  # the header line, e.g. query-id corpus-id score
+            if len(fields) not in (3, 4):
+                raise BadInput(
+                    f"{where}: expected 3 columns (query-id, corpus-id, score) "
+                    f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
+                )
+            grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]+", fields[-1]) else fields[-1]  # "1.0" stays text
+            add(where, fields[0], fields[-2], grade)
+        return qrels, "TREC/BEIR columns"
+    layout, is_beir = "beir", lambda record: {"query-id", "corpus-id", "score"} <= set(record)
+    expected = (
+        "a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark record {query id: {doc id: grade}}"
+    )
+    for where, layout, record in read_records(path, is_beir, expected):
+        if layout == "beir":
+            add(where, record["query-id"], record["corpus-id"], record["score"])
+        for query_id, judged in record.items() if layout == "mlir" else []:
+            for doc_id, grade in judged.items():
+                add(where, query_id, doc_id, grade)
+    return qrels, LAYOUT_NAMES[layout]
+
+
+def parallel(langs):
+    """Whether texts in these languages form a parallel group: two or more, each in a language of its own."""
+    return len(langs) >= 2 and None not in langs and len(set(langs)) == len(langs)
 
 
 def group_by(keys, texts):
-    """{id: key} -> {key: [ids]}, keeping groups of at least 2 members in distinct languages."""
+    """{id: key} -> {key: [ids]}, keeping the parallel groups."""
     groups = {}
     for text_id, key in keys.items():
         groups.setdefault(key, []).append(text_id)
-    out = {}
-    for key, ids in groups.items():
-        langs = [texts[text_id][1] for text_id in ids]
-        if len(ids) >= 2 and None not in langs and len(set(langs)) == len(langs):
-            out[key] = ids
-    return out
+    return {key: ids for key, ids in groups.items() if parallel([texts[text_id][1] for text_id in ids])}
 
 
 def groups_from_judgements(query_groups, qrels, corpus):
@@ -331,8 +291,7 @@ def groups_from_judgements(query_groups, qrels, corpus):
         relevant = sorted(
             {doc for query_id in ids for doc, grade in qrels[query_id].items() if grade > 0 and doc in corpus}
         )
-        langs = [corpus[doc][1] for doc in relevant]
-        if len(relevant) >= 2 and None not in langs and len(set(langs)) == len(langs):
+        if parallel([corpus[doc][1] for doc in relevant]):
             candidates.setdefault(tuple(relevant), key)
     claims = Counter(doc for docs in candidates for doc in docs)
     return {key: list(docs) for docs, key in candidates.items() if all(claims[doc] == 1 for doc in docs)}
@@ -357,10 +316,9 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, lay
     queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
     if not queries:
         raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
-    kept_groups = {}
-    for key, ids in query_groups.items():  # a skipped query leaves its group
-        kept = [query_id for query_id in ids if query_id in queries]
-        if len(kept) >= 2:
+    kept_groups = {}  # a skipped query leaves its group
+    for key, ids in query_groups.items():
+        if len(kept := [query_id for query_id in ids if query_id in queries]) >= 2:
             kept_groups[key] = kept
     layout = dict(layout)
     layout.setdefault("query_groups", "ids" if kept_groups else "none")

@@ -3,25 +3,23 @@ Training data for distill.py and joint_train.py: reading and checking sources, f
 sampling, ordering. Nothing here touches a model; everything is seeded and deterministic.
 
 Files and hub datasets are read by Hugging Face `datasets` into memory-mapped Arrow in its
-cache (HF_DATASETS_CACHE; once per file version, then shared by every process that maps
-it); one validator then refuses bad rows, naming the file and line (or row) and what was
-expected. Two kinds of source:
+cache (HF_DATASETS_CACHE: converted once per file version, then mapped, its pages shared
+by every process); one validator then refuses a bad row naming the file and line (or row)
+and what was expected. Two kinds of source:
 
-- Parallel sentences (stage 1): rows with columns `english`, `non_english`, from a
-  Hugging Face dataset in the `sentence-transformers/parallel-sentences-*` layout
-  (`sentence-transformers/parallel-sentences-europarl:en-de`), from a local folder
-  in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or from local
-  `.jsonl`, `.tsv`, `.tsv.gz` or `.parquet` files. A source is tagged with its
-  language as `de=path`; without a tag the language is read from an `en-xx` in
-  the file or config name.
+- Parallel sentences (stage 1): columns `english`, `non_english`, from a hub dataset in
+  the `sentence-transformers/parallel-sentences-*` layout (`owner/name:en-de`), a local
+  folder in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or local `.jsonl`,
+  `.tsv` (`.tsv.gz`) or `.parquet` files. A source is tagged with its language as
+  `de=path`; without a tag the language is read from an `en-xx` in the file or config name.
 - Aligned retrieval rows (stage 2, evaluation, and stage 1 too): one row per query,
-  columns `id`, `query_<lang>`, `passage_<lang>` for every language it holds; the
-  demo data (data/demo/) is in this layout. Given as a parallel source, every
-  (English, X) version of every query and passage becomes a parallel pair.
+  columns `id`, `query_<lang>`, `passage_<lang>` for every language it holds (data/demo/
+  is in this layout). As a parallel source, every (English, X) version of every query and
+  passage is a pair.
 
-Run `python data.py stats SOURCE...` to see what sources yield after filtering,
-de-duplication and caps, per language; `--collections ROOT --languages ...` reads
-the stage-1 collections the way `distill.py --preset paper` does.
+`python data.py stats SOURCE...` shows what sources yield after filtering, de-duplication
+and caps, per language; `--collections ROOT --languages ...` reads the stage-1 collections
+as `distill.py --preset paper` does. `python data.py prepare-mmarco` builds aligned rows.
 """
 
 import gzip
@@ -53,7 +51,7 @@ Pair = namedtuple("Pair", ["lang", "english", "text"])
 
 
 # ---------------------------------------------------------------------------
-# Reading a source with datasets; one validator
+# Reading a source with datasets, and the one validator
 
 
 class MissingConfig(BadInput):
@@ -81,10 +79,11 @@ def parse_source(spec):
 
 
 def load_source(location, config=None, check=None):
-    """A local file, a folder in the hub's layout (with config) or a hub dataset -> (datasets.Dataset, or None
-    for a file without records, and its label for messages). A .tsv is read a line per row (column `text`,
-    split by tsv_pairs). A text file datasets cannot read is read again line by line, with check(where,
-    record, seen) on each JSON record, so that the error names the line: datasets' own errors do not."""
+    """A local file, a folder in the hub's layout (with config) or a hub dataset -> (datasets.Dataset or None
+    for a file without records, label for messages). A .tsv becomes one row per line (column `text`), split
+    by read_parallel_source: datasets' csv loader (pandas) takes quotes for CSV quoting and pads or drops
+    fields without a word. A text file datasets cannot read is read again line by line (JSON records through
+    check(where, record, seen)), so that the error names the line, which datasets' own errors do not."""
     path = Path(location)
     if not is_local(location):
         if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
@@ -100,6 +99,8 @@ def load_source(location, config=None, check=None):
                 f"cannot load dataset '{location}'{' config ' + repr(config) if config else ''} "
                 f"(not a local file, and the hub needs a network or a cached copy): {first_line(error)}"
             ) from None
+    kind = "parquet" if path.suffix == ".parquet" or path.is_dir() else "text" if ".tsv" in path.name else "json"
+    files = [str(path)]
     if path.is_dir():
         if config is None:
             raise BadInput(
@@ -114,40 +115,39 @@ def load_source(location, config=None, check=None):
         files = sorted(str(p) for p in path.rglob("*.parquet") if p.relative_to(path).parts[0].startswith("train"))
         if not files:
             raise BadInput(f"'{path}' holds no train*.parquet files")
-        kind = "parquet"
     elif not path.is_file():
         raise BadInput(
             f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
         )
-    else:
-        files, kind = [str(path)], "parquet" if path.suffix == ".parquet" else "text" if ".tsv" in path.name else "json"
-        if path.stat().st_size == 0:
-            return None, str(path)
+    elif path.stat().st_size == 0:
+        return None, str(path)
     # json: a column of mixed types is an error, never quietly re-encoded as JSON text
     options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})
     try:
-        return datasets.load_dataset(kind, data_files=files, split="train", **options), str(path)
-    except Exception as error:  # pyarrow's, pandas', zlib's, UnicodeDecodeError: read again for the line
-        found, seen = 0, {}
+        dataset = datasets.load_dataset(kind, data_files=files, split="train", **options)
+        if kind == "json":  # subtle: pyarrow's JSON reader lets bytes that are not UTF-8 into its strings
+            dataset.data.table.validate(full=True)
+        return dataset, str(path)
+    except Exception as error:  # pyarrow's, zlib's, UnicodeDecodeError, ...: read again for the line
+        lines, seen = 0, {}
         for where, record in json_records(path) if kind == "json" else text_lines(path) if kind == "text" else []:
-            found += 1
-            if check is not None and kind == "json":
+            lines += 1
+            if check and kind == "json":
                 check(where, record, seen)
-        if kind != "parquet" and not found:
-            return None, str(path)
+        if kind != "parquet" and not lines:
+            return None, str(path)  # blank lines only
         raise BadInput(f"cannot read '{path}': {first_line(error.__cause__ or error)}") from None
 
 
 def text_lines(path):
-    """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz), refusing a line that
-    is not UTF-8 and damaged gzip data with the line."""
+    """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); a line that is not
+    UTF-8, or damaged gzip data, is refused with its line."""
     path, number = Path(path), 0
     if not path.is_file():
         raise BadInput(f"file '{path}' does not exist")
     try:
         with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
-            # decoded line by line (not the whole stream), so that a bad byte names its line
-            for number, raw in enumerate(f, 1):
+            for number, raw in enumerate(f, 1):  # decoded line by line, so that a bad byte names its line
                 try:
                     # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
@@ -179,24 +179,18 @@ def row_languages(names):
     return sorted(lang for lang, count in found.items() if count == 2)
 
 
-def check_text(where, column, value):
-    """An aligned row's text must be a non-empty string: a number or a null is a broken row, never skipped."""
-    if not isinstance(value, str) or not value.strip():
-        found = "null" if value is None else (repr(value) if isinstance(value, str) else type(value).__name__)
-        raise BadInput(f"{where}: {column} must be a non-empty string, found {found}")
-
-
 def check_row(where, record, seen, min_languages=2, english=False):
-    """One aligned row's rules, in Python: it holds min_languages languages (English among them if english),
-    whose query and passage are non-empty strings (both null: the row lacks that language), and an id (its
-    position when it has none) that is a string or an integer, used once. A record with `english` and
-    `non_english` is a parallel pair instead (english=True: stage 1 reads both)."""
+    """One row's rules, in Python. An aligned row holds at least min_languages languages (English among
+    them if english), each a non-empty query and passage string (both null: it lacks that language), and an
+    id (its position when the file has none) that is a string or an integer, used once. With english (stage
+    1), a record with `english` or `non_english` is a parallel pair instead: two strings."""
     if english and ("english" in record or "non_english" in record):
         for column in ("english", "non_english"):
             if not isinstance(record.get(column), str):
                 raise BadInput(f"{where}: expected a string column '{column}'")
         return
-    langs = [lang for lang in row_languages(record) if {record[f"query_{lang}"], record[f"passage_{lang}"]} != {None}]
+    held = lambda lang: (record[f"query_{lang}"], record[f"passage_{lang}"]) != (None, None)  # both null: lacks it
+    langs = [lang for lang in row_languages(record) if held(lang)]
     if english and ("en" not in langs or len(langs) < 2):
         raise BadInput(
             f"{where}: expected columns 'english' and 'non_english', or aligned columns "
@@ -207,87 +201,64 @@ def check_row(where, record, seen, min_languages=2, english=False):
             f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
             f"found {langs or 'none'}"
         )
-    for lang in langs:
-        check_text(where, f"query_{lang}", record[f"query_{lang}"])
-        check_text(where, f"passage_{lang}", record[f"passage_{lang}"])
-    value = record.get("id")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+    for column in (f"{side}_{lang}" for lang in langs for side in ("query", "passage")):
+        value = record[column]
+        if not isinstance(value, str) or not value.strip():  # a number or a null is a broken row, never skipped
+            found = "null" if value is None else (repr(value) if isinstance(value, str) else type(value).__name__)
+            raise BadInput(f"{where}: {column} must be a non-empty string, found {found}")
+    value = record.get("id", where)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadInput(f"{where}: id must be a string or an integer, found {type(value).__name__}")
-    value = where if value is None else str(value)
-    if value in seen:
-        raise BadInput(f"{where}: id '{value}' is used twice (first at {seen[value]}); row ids must be unique")
-    seen[value] = where
-
-
-def is_string(column):
-    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    if str(value) in seen:
+        raise BadInput(f"{where}: id '{value}' is used twice (first at {seen[str(value)]}); row ids must be unique")
+    seen[str(value)] = where
 
 
 def check_table(dataset, label, min_languages=2, english=False):
-    """Refuse a table that breaks a rule of check_row: checked column by column with Arrow (no Python object
-    per text), then the first flagged row again with check_row, whose message names it (a JSON-lines file
-    is read again up to that line, so the message names the line). Returns the dataset; for aligned rows
-    with their ids filled in where a row has none (its position)."""
-    table, n, names = dataset.data.table, len(dataset), dataset.column_names
-    jsonl = label.endswith(".jsonl")
-    where = (lambda i: f"{label}:{i + 1}") if jsonl else (lambda i: f"{label} row {i + 1}")
+    """Refuse a table that breaks a rule of check_row. The columns are checked with Arrow (no Python object
+    per text); a flagged row is checked again by check_row, whose message names it, and in a JSON-lines
+    file the lines are read again up to it, so that the message names the line. Returns the dataset, with
+    an id column of row positions added when it has none."""
+    table, names, n = dataset.data.table, dataset.column_names, len(dataset)
+    where = (lambda i: f"{label}:{i + 1}") if label.endswith(".jsonl") else (lambda i: f"{label} row {i + 1}")
+
+    def flag(column, test):  # (N,) bool: rows whose value in column fails test; every row if it is not text
+        strings = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        return test(column).fill_null(True).to_numpy() if strings else np.ones(n, dtype=bool)
+
     bad = np.zeros(n, dtype=bool)  # (N,) rows a column check flags
     pairs = english and ("english" in names or "non_english" in names)
     if pairs:
         for name in ("english", "non_english"):
-            if name not in names or not is_string(table.column(name)):
-                bad[:] = True
-            else:
-                bad |= table.column(name).is_null().to_numpy()
+            bad |= flag(table.column(name), pc.is_null) if name in names else True
     else:
         langs, held = row_languages(names), np.zeros(n, dtype=int)  # (N,) languages each row holds
-        if len(langs) < min_languages or (english and "en" not in langs):  # no row can pass: say so for the file
+        if len(langs) < min_languages or (english and "en" not in langs):  # no row can pass: say it for the file
             check_row(f"'{label}'", dict.fromkeys(names, ""), {}, min_languages, english)
         for lang in langs:
             query, passage = table.column(f"query_{lang}"), table.column(f"passage_{lang}")
-            if not (is_string(query) and is_string(passage)):
-                bad[:] = True
-                continue
             null = query.is_null().to_numpy()  # (N,)
-            bad |= null != passage.is_null().to_numpy()
-            if english and lang == "en":
-                bad |= null  # stage 1 pairs each language with English
             held += ~null
+            bad |= (null != passage.is_null().to_numpy()) | (null & english & (lang == "en"))
             for column in (query, passage):  # empty, or only whitespace (subtle: as Arrow sees it)
-                blank = pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column))
-                bad |= blank.fill_null(False).to_numpy()
+                bad |= flag(column, lambda c: pc.or_(pc.equal(pc.binary_length(c), 0), pc.utf8_is_space(c))) & ~null
         bad |= held < min_languages
-    ids = [] if pairs else table.column("id").to_pylist() if "id" in names else [None] * n
+    ids = table.column("id").to_pylist() if "id" in names and not pairs else []
     first = {}  # id -> the row it first appears in
     for i, value in enumerate(ids):
-        if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
-            bad[i] |= value is not None
-            ids[i] = where(i)
-        else:
-            ids[i] = str(value)
-            bad[i] |= ids[i] in first
-            first.setdefault(ids[i], i)
+        bad[i] |= value is None or isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) in first
+        first.setdefault(str(value), i)
     flagged = np.flatnonzero(bad).tolist()
-    if flagged and jsonl:
+    if flagged and label.endswith(".jsonl"):
         seen = {}
-        for place, record in json_records(label):
-            check_row(place, record, seen, min_languages, english)
+        for line, record in json_records(label):
+            check_row(line, record, seen, min_languages, english)
     for i in flagged:  # raises at the first row Python finds bad too
-        if first.get(ids[i], i) != i:
-            message = f"id '{ids[i]}' is used twice (first at {where(first[ids[i]])}); row ids must be unique"
-            raise BadInput(f"{where(i)}: {message}")
+        if ids and first[str(ids[i])] != i:
+            twice = f"id '{ids[i]}' is used twice (first at {where(first[str(ids[i])])}); row ids must be unique"
+            raise BadInput(f"{where(i)}: {twice}")
         check_row(where(i), table.slice(i, 1).to_pylist()[0], {}, min_languages, english)
-    if pairs or ("id" in names and not table.column("id").null_count):
-        return dataset
-    return dataset.remove_columns([name for name in names if name == "id"]).add_column("id", ids)
-
-
-def arrow_batches(dataset):
-    """Yield (first, batch): the memory-mapped table in record batches of at most BATCH rows (zero copy)."""
-    first = 0
-    for batch in dataset.data.table.to_batches(max_chunksize=BATCH):
-        yield first, batch
-        first += batch.num_rows
+    return dataset if pairs or "id" in names else dataset.add_column("id", [where(i) for i in range(n)])
 
 
 # ---------------------------------------------------------------------------
@@ -297,16 +268,8 @@ def arrow_batches(dataset):
 # as hub datasets `sentence-transformers/parallel-sentences-<corpus>` with configs en-<lang>.
 # Not every corpus has every language (Europarl has no Arabic, News-Commentary no Chinese):
 # read them with skip_missing=True.
-PARALLEL_CORPORA = (
-    "europarl",
-    "global-voices",
-    "jw300",
-    "news-commentary",
-    "opensubtitles",
-    "talks",
-    "tatoeba",
-    "wikimatrix",
-)
+PARALLEL_CORPORA = ("europarl", "global-voices", "jw300", "news-commentary", "opensubtitles", "talks", "tatoeba",
+                    "wikimatrix")  # fmt: skip
 
 
 def parallel_sentences_sources(languages, root="sentence-transformers", corpora=PARALLEL_CORPORA):
@@ -323,48 +286,43 @@ def read_parallel_source(spec):
     dataset, label = load_source(location, config, lambda where, record, seen: check_row(where, record, seen, 2, True))
     if dataset is None:
         return
-    names = dataset.column_names
-    if names == ["text"] and ".tsv" in label:
-        yield from tsv_pairs(dataset, label, lang, spec)
+    names, first = dataset.column_names, 0
+    untagged = BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
+    if names == ["text"] and ".tsv" in label:  # english<TAB>non_english lines, a header line of those names allowed
+        for batch in dataset.with_format("arrow").iter(BATCH):
+            lines = batch.column("text")
+            fields = pc.split_pattern(lines, "\t")
+            count = pc.list_value_length(fields).to_numpy()  # (n,) fields each line holds
+            keep = ~pc.or_(pc.equal(pc.binary_length(lines), 0), pc.utf8_is_space(lines)).to_numpy()  # not blank
+            if first == 0 and lines[0].as_py() == "english\tnon_english":
+                keep[0] = False  # the header line
+            wrong = np.flatnonzero(keep & (count != 2)).tolist()
+            if wrong:
+                raise BadInput(
+                    f"{label}:{first + wrong[0] + 1}: expected 2 tab-separated columns (english, non_english), "
+                    f"found {count[wrong[0]]}"
+                )
+            if lang is None and keep.any():
+                raise untagged
+            fields, first = fields.filter(pa.array(keep)), first + len(lines)
+            english, text = (pc.list_element(fields, k).to_pylist() for k in (0, 1))
+            yield from (Pair(lang, a, b) for a, b in zip(english, text))
         return
     dataset = check_table(dataset, label, english=True)
     if "english" in names:
         if lang is None:
-            raise BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
-        for _, batch in arrow_batches(dataset):  # column by column: no dict per row
+            raise untagged
+        for batch in dataset.with_format("arrow").iter(BATCH):  # column by column: no dict per row
             english, text = batch.column("english").to_pylist(), batch.column("non_english").to_pylist()
             yield from (Pair(lang, a, b) for a, b in zip(english, text))
         return
     langs = row_languages(names)
-    for _, batch in arrow_batches(dataset):  # aligned rows: every (English, X) of every query and passage
+    for batch in dataset.with_format("arrow").iter(BATCH):  # every (English, X) of every query and passage
         columns = {name: batch.column(name).to_pylist() for name in names if ROW_COLUMN.match(name)}
-        for i in range(batch.num_rows):
+        for i in range(len(batch)):
             held = [lang for lang in langs if lang != "en" and columns[f"query_{lang}"][i] is not None]
             for side in ("query", "passage"):
                 yield from (Pair(other, columns[f"{side}_en"][i], columns[f"{side}_{other}"][i]) for other in held)
-
-
-def tsv_pairs(dataset, label, lang, spec):
-    """Pairs from the lines of a .tsv: `english<TAB>non_english`, an optional header line of those names,
-    blank lines skipped."""
-    for first, batch in arrow_batches(dataset):
-        lines = batch.column("text")
-        fields = pc.split_pattern(lines, "\t")
-        count = pc.list_value_length(fields).to_numpy()  # (n,) fields a line holds
-        keep = ~pc.or_(pc.equal(pc.binary_length(lines), 0), pc.utf8_is_space(lines)).to_numpy(zero_copy_only=False)
-        if first == 0 and lines[0].as_py() == "english\tnon_english":
-            keep[0] = False
-        wrong = np.flatnonzero(keep & (count != 2))
-        if len(wrong):
-            raise BadInput(
-                f"{label}:{first + wrong[0] + 1}: expected 2 tab-separated columns (english, non_english), "
-                f"found {count[wrong[0]]}"
-            )
-        if lang is None and keep.any():
-            raise BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
-        fields = fields.filter(pa.array(keep))
-        english, text = (pc.list_element(fields, k).to_pylist() for k in (0, 1))
-        yield from (Pair(lang, a, b) for a, b in zip(english, text))
 
 
 def keep_pair(pair, min_chars, max_chars, max_ratio):
@@ -377,18 +335,8 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
     return None
 
 
-def load_parallel(
-    sources,
-    min_chars=10,
-    max_chars=512,
-    max_ratio=3.0,
-    max_per_language=None,
-    identity_pairs=True,
-    seed=0,
-    dedupe="language",
-    sample="random",
-    skip_missing=False,
-):
+def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True,
+                  seed=0, dedupe="language", sample="random", skip_missing=False):  # fmt: skip
     """Read, filter, de-duplicate and cap parallel sentences from several sources.
 
     Returns (pairs, stats): pairs is a list of Pair, shuffled with the seed; stats
@@ -402,7 +350,7 @@ def load_parallel(
       dedupe="language": dropped if already taken within its own language;
     - sample="first": kept while its language holds fewer than max_per_language
       pairs; once every language a source yields is full, the rest of that source
-      is not read (so a full language takes no more English sentences);
+      is skipped (so a full language takes no more English sentences);
       sample="random": every pair is kept, then a seeded sample of max_per_language
       per language.
     With identity_pairs, unique English sentences are also paired with themselves
@@ -537,7 +485,8 @@ def load_rows(spec, min_languages=2):
     cannot make a cross-lingual pair), a text that is not a non-empty string, an id used twice.
     """
     _, location, config = parse_source(spec)
-    dataset, label = load_source(location, config, lambda where, record, seen: check_row(where, record, seen))
+    check = lambda where, record, seen: check_row(where, record, seen, min_languages)
+    dataset, label = load_source(location, config, check)
     if dataset is None or not len(dataset):
         raise BadInput(f"'{spec}' holds no rows")
     return check_table(dataset, label, min_languages).with_transform(nested_rows)

@@ -208,6 +208,10 @@ def test_not_utf8(tmp_path):
     path.write_bytes("the cat sleeps on the mat\tdie Katze\n".encode() + b"\xff\xfe bad\tbytes\n")
     with pytest.raises(BadInput, match=r"en-de.tsv:2: not UTF-8"):
         data.load_parallel([str(path)])
+    rows = Path(write_rows(tmp_path / "rows.jsonl", n=3))  # inside a JSON string, which pyarrow lets through
+    rows.write_bytes(rows.read_bytes().replace(b"what about", b"what \xff about", 1))
+    with pytest.raises(BadInput, match=r"rows.jsonl:1: not UTF-8"):
+        data.load_rows(str(rows))
 
 
 def test_unreachable_hub_dataset_is_one_sentence():
