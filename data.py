@@ -509,7 +509,8 @@ def subset(rows, indices):
 
 
 def held_languages(rows):
-    """{lang: (N,) bool}: whether each row holds the language (its query is not null)."""
+    """{lang: (N,) bool}: whether each row holds the language (its query is not null). Cheap on load_rows'
+    result (a null mask); on a view, datasets copies the query columns first."""
     table = rows.with_format("arrow")
     return {lang: table[f"query_{lang}"].is_valid().to_numpy() for lang in row_languages(rows.column_names)}
 
