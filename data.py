@@ -1,39 +1,39 @@
 """
-Data for the three scripts: reading, filtering, sampling, collating. Nothing here
-touches a model; everything is seeded and deterministic.
+Training data for distill.py and joint_train.py: reading and checking sources, filtering,
+sampling, ordering. Nothing here touches a model; everything is seeded and deterministic.
 
-Two kinds of source:
+Files and hub datasets are read by Hugging Face `datasets` into memory-mapped Arrow in its
+cache (HF_DATASETS_CACHE: converted once per file version, then mapped, its pages shared
+by every process); one validator then refuses a bad row naming the file and line (or row)
+and what was expected. Two kinds of source:
 
-- Parallel sentences (stage 1): rows with columns `english`, `non_english`, from a
-  Hugging Face dataset in the `sentence-transformers/parallel-sentences-*` layout
-  (`sentence-transformers/parallel-sentences-europarl:en-de`), from a local folder
-  in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or from local
-  `.jsonl`, `.tsv`, `.tsv.gz` or `.parquet` files. A source is tagged with its
-  language as `de=path`; without a tag the language is read from an `en-xx` in
-  the file or config name.
+- Parallel sentences (stage 1): columns `english`, `non_english`, from a hub dataset in
+  the `sentence-transformers/parallel-sentences-*` layout (`owner/name:en-de`), a local
+  folder in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or local `.jsonl`,
+  `.tsv` (`.tsv.gz`) or `.parquet` files. A source is tagged with its language as
+  `de=path`; without a tag the language is read from an `en-xx` in the file or config name.
 - Aligned retrieval rows (stage 2, evaluation, and stage 1 too): one row per query,
-  columns `id`, `query_<lang>`, `passage_<lang>` for every language it holds; the
-  demo data (data/demo/) is in this layout. Given as a parallel source, every
-  (English, X) version of every query and passage becomes a parallel pair.
+  columns `id`, `query_<lang>`, `passage_<lang>` for every language it holds (data/demo/
+  is in this layout). As a parallel source, every (English, X) version of every query and
+  passage is a pair.
 
-Run `python data.py stats SOURCE...` to see what sources yield after filtering,
-de-duplication and caps, per language; `--collections ROOT --languages ...` reads
-the stage-1 collections the way `distill.py --preset paper` does.
+`python data.py stats SOURCE...` shows what sources yield after filtering, de-duplication
+and caps, per language; `--collections ROOT --languages ...` reads the stage-1 collections
+as `distill.py --preset paper` does. `python data.py prepare-mmarco` builds aligned rows.
 """
 
-import fcntl
 import gzip
-import hashlib
 import json
+import logging
 import os
 import random
 import re
-import shutil
 import sys
 import zlib
 from collections import Counter, namedtuple
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow as pa  # installed with datasets
 import pyarrow.compute as pc
@@ -41,16 +41,17 @@ import pyarrow.compute as pc
 from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
-PARQUET_BATCH = 65_536  # rows per Arrow batch read from a parquet file or hub dataset, at most
-PARQUET_BATCH_BYTES = 64 << 20  # and about this much text, read into Python at once
+BATCH = 65_536  # rows of a memory-mapped table made Python objects at once
 ROW_COLUMN = re.compile(r"^(query|passage)_([a-z]{2,3}(?:[-_][A-Za-z]+)?)$")
+# datasets logs a file it cannot parse before raising; our one error line names the file and line instead
+logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
 
 # One parallel example: the student embeds `text` (in `lang`), the teacher `english`.
 Pair = namedtuple("Pair", ["lang", "english", "text"])
 
 
 # ---------------------------------------------------------------------------
-# Reading records
+# Reading a source with datasets, and the one validator
 
 
 class MissingConfig(BadInput):
@@ -59,143 +60,6 @@ class MissingConfig(BadInput):
 
 def is_local(location):
     return location.endswith(LOCAL_SUFFIXES) or Path(location).exists()
-
-
-def read_records(location, config=None):
-    """Yield (where, record) for each row of a local file, a local collection folder or a hub dataset.
-
-    `where` is "file:line" (or "file row N", "dataset row N") for error messages;
-    records are dicts. A folder with a config reads the hub's layout of a
-    multi-config dataset, DIR/<config>/train*.parquet (what a snapshot download of
-    `sentence-transformers/parallel-sentences-*` holds); a config it lacks raises
-    MissingConfig.
-    """
-    if is_columnar(location):
-        for label, first, batch in read_batches(location, config):
-            for offset, record in enumerate(batch.to_pylist()):
-                yield f"{label} row {first + offset}", record
-        return
-    path = Path(location)
-    if not path.is_file():
-        raise BadInput(
-            f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
-        )
-    opener = gzip.open if path.name.endswith(".gz") else open
-    is_tsv = ".tsv" in path.name
-    header, number = None, 0
-    try:
-        with opener(path, "rb") as f:
-            # Decode line by line (not the whole stream) so a bad byte names its line.
-            for number, raw in enumerate(f, 1):
-                where = f"{path}:{number}"
-                try:
-                    # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
-                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise BadInput(f"{where}: not UTF-8 text") from None
-                if not line.strip():
-                    continue
-                if is_tsv:
-                    columns = line.split("\t")
-                    if number == 1 and columns == ["english", "non_english"]:
-                        header = columns
-                        continue
-                    if len(columns) != 2:
-                        raise BadInput(
-                            f"{where}: expected 2 tab-separated columns (english, non_english), found {len(columns)}"
-                        )
-                    yield where, dict(zip(header or ["english", "non_english"], columns))
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise BadInput(f"{where}: not valid JSON ({error.msg}); a truncated file ends like this") from None
-                if not isinstance(record, dict):
-                    raise BadInput(f"{where}: expected a JSON object, found {type(record).__name__}")
-                yield where, record
-    except zlib.error as error:  # a damaged deflate stream inside an intact gzip header
-        raise BadInput(f"cannot read '{path}': its gzip data is corrupt after line {number} ({error})") from None
-    except (OSError, EOFError) as error:  # unreadable, not gzip at all, or a truncated .gz
-        raise BadInput(f"cannot read '{path}': {error}") from None
-
-
-def is_columnar(location):
-    """Sources read as Arrow batches: parquet files, folders in the hub's layout, hub datasets."""
-    return location.endswith(".parquet") or Path(location).is_dir() or not is_local(location)
-
-
-def read_batches(location, config=None):
-    """Yield (label, first, batch) for a columnar source: Arrow record batches of about
-    PARQUET_BATCH_BYTES of text, row `first + i` of `label` being the batch's row i (rows
-    are counted from 1 per file, for messages: "file row N")."""
-    if not is_local(location):
-        if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
-            raise BadInput(f"data file or folder '{location}' does not exist")
-        yield from read_hub_dataset(location, config)
-        return
-    path = Path(location)
-    if not path.is_dir():
-        yield from read_parquet(path)
-        return
-    if config is None:
-        raise BadInput(
-            f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
-            f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
-        )
-    config_folder = path / config
-    if not config_folder.is_dir():
-        available = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise MissingConfig(f"'{path}' has no config '{config}' (it has {', '.join(available) or 'none'})")
-    # train-00000-of-00002.parquet (the uploaded layout) or train/0000.parquet (the converted one)
-    files = sorted(
-        p for p in config_folder.rglob("*.parquet") if p.relative_to(config_folder).parts[0].startswith("train")
-    )
-    if not files:
-        raise BadInput(f"'{config_folder}' holds no train*.parquet files")
-    for file in files:
-        yield from read_parquet(file)
-
-
-def read_parquet(path):
-    """Yield (label, first, batch) from a parquet file, a batch at a time (never the whole file)."""
-    import pyarrow.parquet as pq  # installed with datasets
-
-    if not path.is_file():
-        raise BadInput(f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file)")
-    first = 1
-    try:
-        # pre_buffer=False: read page by page, not a whole row group (a file written in one is the whole file)
-        parquet = pq.ParquetFile(path, pre_buffer=False)
-        metadata = parquet.metadata
-        total_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-        # about PARQUET_BATCH_BYTES a batch: 65,536 short sentence pairs, fewer long 14-language rows
-        batch_size = max(min(PARQUET_BATCH, PARQUET_BATCH_BYTES * metadata.num_rows // max(total_bytes, 1)), 256)
-        for batch in parquet.iter_batches(batch_size=batch_size):
-            yield str(path), first, batch
-            first += batch.num_rows
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid and ArrowIOError are among these
-        raise BadInput(f"cannot read parquet file '{path}' after row {first - 1}: {error}") from None
-
-
-def read_hub_dataset(name, config):
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(name, config, split="train")
-    except Exception as error:  # offline, unknown id, unknown config: all one message
-        # The dataset is there (its other configs are listed) but this config is not: online
-        # "BuilderConfig 'x' not found. Available: [...]", offline "Available configs in the cache: [...]"
-        if config and re.search(r"Available(?: configs in the cache)?: \[.+\]", str(error)):
-            raise MissingConfig(f"dataset '{name}' has no config '{config}'") from None
-        raise BadInput(
-            f"cannot load dataset '{name}'{' config ' + repr(config) if config else ''} "
-            f"(not a local file, and the hub needs a network or a cached copy): {first_line(error)}"
-        ) from None
-    first = 1
-    for table in dataset.with_format("arrow").iter(batch_size=PARQUET_BATCH):  # Arrow batches, not row dicts
-        for batch in table.to_batches():
-            yield name, first, batch
-            first += batch.num_rows
 
 
 def parse_source(spec):
@@ -214,29 +78,187 @@ def parse_source(spec):
     return lang, spec, config
 
 
-def row_languages(record):
-    """Languages that have both a query and a passage column in an aligned row."""
-    found = Counter(match.group(2) for match in map(ROW_COLUMN.match, record) if match)
+def load_source(location, config=None, check=None):
+    """A local file, a folder in the hub's layout (with config) or a hub dataset -> (datasets.Dataset or None
+    for a file without records, label for messages). A .tsv becomes one row per line (column `text`), split
+    by read_parallel_source: datasets' csv loader (pandas) takes quotes for CSV quoting and pads or drops
+    fields without a word. A text file datasets cannot read is read again line by line (JSON records through
+    check(where, record, seen)), so that the error names the line, which datasets' own errors do not."""
+    path = Path(location)
+    if not is_local(location):
+        if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
+            raise BadInput(f"data file or folder '{location}' does not exist")
+        try:
+            return datasets.load_dataset(location, config, split="train"), location
+        except Exception as error:  # offline, unknown id, unknown config: all one message
+            # The dataset is there (its other configs are listed) but this config is not: online
+            # "BuilderConfig 'x' not found. Available: [...]", offline "Available configs in the cache: [...]"
+            if config and re.search(r"Available(?: configs in the cache)?: \[.+\]", str(error)):
+                raise MissingConfig(f"dataset '{location}' has no config '{config}'") from None
+            raise BadInput(
+                f"cannot load dataset '{location}'{' config ' + repr(config) if config else ''} "
+                f"(not a local file, and the hub needs a network or a cached copy): {first_line(error)}"
+            ) from None
+    kind = "parquet" if path.suffix == ".parquet" or path.is_dir() else "text" if ".tsv" in path.name else "json"
+    files = [str(path)]
+    if path.is_dir():
+        if config is None:
+            raise BadInput(
+                f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
+                f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
+            )
+        if not (path / config).is_dir():
+            available = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise MissingConfig(f"'{path}' has no config '{config}' (it has {', '.join(available) or 'none'})")
+        path = path / config
+        # train-00000-of-00002.parquet (the uploaded layout) or train/0000.parquet (the converted one)
+        files = sorted(str(p) for p in path.rglob("*.parquet") if p.relative_to(path).parts[0].startswith("train"))
+        if not files:
+            raise BadInput(f"'{path}' holds no train*.parquet files")
+    elif not path.is_file():
+        raise BadInput(
+            f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
+        )
+    elif path.stat().st_size == 0:
+        return None, str(path)
+    # json: a column of mixed types is an error, never quietly re-encoded as JSON text
+    options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})
+    try:
+        dataset = datasets.load_dataset(kind, data_files=files, split="train", **options)
+        if kind == "json":  # subtle: pyarrow's JSON reader lets bytes that are not UTF-8 into its strings
+            dataset.data.table.validate(full=True)
+        return dataset, str(path)
+    except Exception as error:  # pyarrow's, zlib's, UnicodeDecodeError, ...: read again for the line
+        lines, seen = 0, {}
+        for where, record in json_records(path) if kind == "json" else text_lines(path) if kind == "text" else []:
+            lines += 1
+            if check and kind == "json":
+                check(where, record, seen)
+        if kind != "parquet" and not lines:
+            return None, str(path)  # blank lines only
+        raise BadInput(f"cannot read '{path}': {first_line(error.__cause__ or error)}") from None
+
+
+def text_lines(path):
+    """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); a line that is not
+    UTF-8, or damaged gzip data, is refused with its line."""
+    path, number = Path(path), 0
+    if not path.is_file():
+        raise BadInput(f"file '{path}' does not exist")
+    try:
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+            for number, raw in enumerate(f, 1):  # decoded line by line, so that a bad byte names its line
+                try:
+                    # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    raise BadInput(f"{path}:{number}: not UTF-8 text") from None
+                if line.strip():
+                    yield f"{path}:{number}", line
+    except zlib.error as error:  # a damaged deflate stream inside an intact gzip header
+        raise BadInput(f"cannot read '{path}': its gzip data is corrupt after line {number} ({error})") from None
+    except (OSError, EOFError) as error:  # unreadable, not gzip at all, or a truncated .gz
+        raise BadInput(f"cannot read '{path}': {error}") from None
+
+
+def json_records(path):
+    """Yield (where, record) for each line of a JSON-lines file (gzip if .gz): one JSON object a line."""
+    for where, line in text_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BadInput(f"{where}: not valid JSON ({error.msg}); a truncated file ends like this") from None
+        if not isinstance(record, dict):
+            raise BadInput(f"{where}: expected a JSON object, found {type(record).__name__}")
+        yield where, record
+
+
+def row_languages(names):
+    """Languages that have both a query and a passage column, among column names."""
+    found = Counter(match.group(2) for match in map(ROW_COLUMN.match, names) if match)
     return sorted(lang for lang, count in found.items() if count == 2)
 
 
-def check_text(where, column, value):
-    """An aligned row's text must be a non-empty string: a number or a null is a broken row, never skipped."""
-    if not isinstance(value, str) or not value.strip():
-        found = "null" if value is None else (repr(value) if isinstance(value, str) else type(value).__name__)
-        raise BadInput(f"{where}: {column} must be a non-empty string, found {found}")
-
-
-def row_id(where, record, seen):
-    """The row's id as a string (its position when it has none); an id used twice is refused."""
+def check_row(where, record, seen, min_languages=2, english=False):
+    """One row's rules, in Python. An aligned row holds at least min_languages languages (English among
+    them if english), each a non-empty query and passage string (both null: it lacks that language), and an
+    id (its position when the file has none) that is a string or an integer, used once. With english (stage
+    1), a record with `english` or `non_english` is a parallel pair instead: two strings."""
+    if english and ("english" in record or "non_english" in record):
+        for column in ("english", "non_english"):
+            if not isinstance(record.get(column), str):
+                raise BadInput(f"{where}: expected a string column '{column}'")
+        return
+    held = lambda lang: (record[f"query_{lang}"], record[f"passage_{lang}"]) != (None, None)  # both null: lacks it
+    langs = [lang for lang in row_languages(record) if held(lang)]
+    if english and ("en" not in langs or len(langs) < 2):
+        raise BadInput(
+            f"{where}: expected columns 'english' and 'non_english', or aligned columns "
+            f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
+        )
+    if len(langs) < min_languages:
+        raise BadInput(
+            f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
+            f"found {langs or 'none'}"
+        )
+    for column in (f"{side}_{lang}" for lang in langs for side in ("query", "passage")):
+        value = record[column]
+        if not isinstance(value, str) or not value.strip():  # a number or a null is a broken row, never skipped
+            found = "null" if value is None else (repr(value) if isinstance(value, str) else type(value).__name__)
+            raise BadInput(f"{where}: {column} must be a non-empty string, found {found}")
     value = record.get("id", where)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadInput(f"{where}: id must be a string or an integer, found {type(value).__name__}")
-    value = str(value)
-    if value in seen:
-        raise BadInput(f"{where}: id '{value}' is used twice (first at {seen[value]}); row ids must be unique")
-    seen[value] = where
-    return value
+    if str(value) in seen:
+        raise BadInput(f"{where}: id '{value}' is used twice (first at {seen[str(value)]}); row ids must be unique")
+    seen[str(value)] = where
+
+
+def check_table(dataset, label, min_languages=2, english=False):
+    """Refuse a table that breaks a rule of check_row. The columns are checked with Arrow (no Python object
+    per text); a flagged row is checked again by check_row, whose message names it, and in a JSON-lines
+    file the lines are read again up to it, so that the message names the line. Returns the dataset, with
+    an id column of row positions added when it has none."""
+    table, names, n = dataset.data.table, dataset.column_names, len(dataset)
+    where = (lambda i: f"{label}:{i + 1}") if label.endswith(".jsonl") else (lambda i: f"{label} row {i + 1}")
+
+    def flag(column, test):  # (N,) bool: rows whose value in column fails test; every row if it is not text
+        strings = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        return test(column).fill_null(True).to_numpy() if strings else np.ones(n, dtype=bool)
+
+    bad = np.zeros(n, dtype=bool)  # (N,) rows a column check flags
+    pairs = english and ("english" in names or "non_english" in names)
+    if pairs:
+        for name in ("english", "non_english"):
+            bad |= flag(table.column(name), pc.is_null) if name in names else True
+    else:
+        langs, held = row_languages(names), np.zeros(n, dtype=int)  # (N,) languages each row holds
+        if len(langs) < min_languages or (english and "en" not in langs):  # no row can pass: say it for the file
+            check_row(f"'{label}'", dict.fromkeys(names, ""), {}, min_languages, english)
+        for lang in langs:
+            query, passage = table.column(f"query_{lang}"), table.column(f"passage_{lang}")
+            null = query.is_null().to_numpy()  # (N,)
+            held += ~null
+            bad |= (null != passage.is_null().to_numpy()) | (null & english & (lang == "en"))
+            for column in (query, passage):  # empty, or only whitespace (subtle: as Arrow sees it)
+                bad |= flag(column, lambda c: pc.or_(pc.equal(pc.binary_length(c), 0), pc.utf8_is_space(c))) & ~null
+        bad |= held < min_languages
+    ids = table.column("id").to_pylist() if "id" in names and not pairs else []
+    first = {}  # id -> the row it first appears in
+    for i, value in enumerate(ids):
+        bad[i] |= value is None or isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) in first
+        first.setdefault(str(value), i)
+    flagged = np.flatnonzero(bad).tolist()
+    if flagged and label.endswith(".jsonl"):
+        seen = {}
+        for line, record in json_records(label):
+            check_row(line, record, seen, min_languages, english)
+    for i in flagged:  # raises at the first row Python finds bad too
+        if ids and first[str(ids[i])] != i:
+            twice = f"id '{ids[i]}' is used twice (first at {where(first[str(ids[i])])}); row ids must be unique"
+            raise BadInput(f"{where(i)}: {twice}")
+        check_row(where(i), table.slice(i, 1).to_pylist()[0], {}, min_languages, english)
+    return dataset if pairs or "id" in names else dataset.add_column("id", [where(i) for i in range(n)])
 
 
 # ---------------------------------------------------------------------------
@@ -246,16 +268,8 @@ def row_id(where, record, seen):
 # as hub datasets `sentence-transformers/parallel-sentences-<corpus>` with configs en-<lang>.
 # Not every corpus has every language (Europarl has no Arabic, News-Commentary no Chinese):
 # read them with skip_missing=True.
-PARALLEL_CORPORA = (
-    "europarl",
-    "global-voices",
-    "jw300",
-    "news-commentary",
-    "opensubtitles",
-    "talks",
-    "tatoeba",
-    "wikimatrix",
-)
+PARALLEL_CORPORA = ("europarl", "global-voices", "jw300", "news-commentary", "opensubtitles", "talks", "tatoeba",
+                    "wikimatrix")  # fmt: skip
 
 
 def parallel_sentences_sources(languages, root="sentence-transformers", corpora=PARALLEL_CORPORA):
@@ -267,53 +281,48 @@ def parallel_sentences_sources(languages, root="sentence-transformers", corpora=
 
 
 def read_parallel_source(spec):
-    """Yield Pair(lang, english, text) from one source spec, unfiltered."""
+    """Yield Pair(lang, english, text) from one source spec, unfiltered, in file order."""
     lang, location, config = parse_source(spec)
-    ids = {}
-    if not is_columnar(location):
-        for where, record in read_records(location, config):
-            yield from record_pairs(where, record, lang, spec, ids)
+    dataset, label = load_source(location, config, lambda where, record, seen: check_row(where, record, seen, 2, True))
+    if dataset is None:
         return
-    for label, first, batch in read_batches(location, config):
-        columns = batch.schema.names
-        english, text = (batch.column(c) if c in columns else None for c in ("english", "non_english"))
-        if lang is not None and all(
-            column is not None and is_string_type(column.type) and column.null_count == 0 for column in (english, text)
-        ):  # the usual case, column by column: no dict per row
-            yield from (Pair(lang, a, b) for a, b in zip(english.to_pylist(), text.to_pylist()))
-            continue
-        for offset, record in enumerate(batch.to_pylist()):  # anything else, row by row, as from a text file
-            yield from record_pairs(f"{label} row {first + offset}", record, lang, spec, ids)
-
-
-def is_string_type(arrow_type):
-    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
-
-
-def record_pairs(where, record, lang, spec, ids):
-    """The pairs of one record: (english, non_english), or every (English, X) of an aligned row."""
-    if "english" in record or "non_english" in record:
-        for column in ("english", "non_english"):
-            if not isinstance(record.get(column), str):
-                raise BadInput(f"{where}: expected a string column '{column}'")
+    names, first = dataset.column_names, 0
+    untagged = BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
+    if names == ["text"] and ".tsv" in label:  # english<TAB>non_english lines, a header line of those names allowed
+        for batch in dataset.with_format("arrow").iter(BATCH):
+            lines = batch.column("text")
+            fields = pc.split_pattern(lines, "\t")
+            count = pc.list_value_length(fields).to_numpy()  # (n,) fields each line holds
+            keep = ~pc.or_(pc.equal(pc.binary_length(lines), 0), pc.utf8_is_space(lines)).to_numpy()  # not blank
+            if first == 0 and lines[0].as_py() == "english\tnon_english":
+                keep[0] = False  # the header line
+            wrong = np.flatnonzero(keep & (count != 2)).tolist()
+            if wrong:
+                raise BadInput(
+                    f"{label}:{first + wrong[0] + 1}: expected 2 tab-separated columns (english, non_english), "
+                    f"found {count[wrong[0]]}"
+                )
+            if lang is None and keep.any():
+                raise untagged
+            fields, first = fields.filter(pa.array(keep)), first + len(lines)
+            english, text = (pc.list_element(fields, k).to_pylist() for k in (0, 1))
+            yield from (Pair(lang, a, b) for a, b in zip(english, text))
+        return
+    dataset = check_table(dataset, label, english=True)
+    if "english" in names:
         if lang is None:
-            raise BadInput(f"cannot tell the language of '{spec}': name it as LANG={spec} (e.g. de={spec})")
-        yield Pair(lang, record["english"], record["non_english"])
+            raise untagged
+        for batch in dataset.with_format("arrow").iter(BATCH):  # column by column: no dict per row
+            english, text = batch.column("english").to_pylist(), batch.column("non_english").to_pylist()
+            yield from (Pair(lang, a, b) for a, b in zip(english, text))
         return
-    langs = row_languages(record)
-    if "en" not in langs or len(langs) < 2:
-        raise BadInput(
-            f"{where}: expected columns 'english' and 'non_english', or aligned columns "
-            f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
-        )
-    row_id(where, record, ids)
-    for side in ("query", "passage"):
-        for other in langs:
-            check_text(where, f"{side}_{other}", record[f"{side}_{other}"])
-    for side in ("query", "passage"):
-        for other in langs:
-            if other != "en":
-                yield Pair(other, record[f"{side}_en"], record[f"{side}_{other}"])
+    langs = row_languages(names)
+    for batch in dataset.with_format("arrow").iter(BATCH):  # every (English, X) of every query and passage
+        columns = {name: batch.column(name).to_pylist() for name in names if ROW_COLUMN.match(name)}
+        for i in range(len(batch)):
+            held = [lang for lang in langs if lang != "en" and columns[f"query_{lang}"][i] is not None]
+            for side in ("query", "passage"):
+                yield from (Pair(other, columns[f"{side}_en"][i], columns[f"{side}_{other}"][i]) for other in held)
 
 
 def keep_pair(pair, min_chars, max_chars, max_ratio):
@@ -326,18 +335,8 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
     return None
 
 
-def load_parallel(
-    sources,
-    min_chars=10,
-    max_chars=512,
-    max_ratio=3.0,
-    max_per_language=None,
-    identity_pairs=True,
-    seed=0,
-    dedupe="language",
-    sample="random",
-    skip_missing=False,
-):
+def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True,
+                  seed=0, dedupe="language", sample="random", skip_missing=False):  # fmt: skip
     """Read, filter, de-duplicate and cap parallel sentences from several sources.
 
     Returns (pairs, stats): pairs is a list of Pair, shuffled with the seed; stats
@@ -351,7 +350,7 @@ def load_parallel(
       dedupe="language": dropped if already taken within its own language;
     - sample="first": kept while its language holds fewer than max_per_language
       pairs; once every language a source yields is full, the rest of that source
-      is not read (so a full language takes no more English sentences);
+      is skipped (so a full language takes no more English sentences);
       sample="random": every pair is kept, then a seeded sample of max_per_language
       per language.
     With identity_pairs, unique English sentences are also paired with themselves
@@ -470,261 +469,55 @@ def batches(order, batch_size, drop_last=True):
 # ---------------------------------------------------------------------------
 # Aligned retrieval rows (stage 2 and evaluation)
 #
-# Rows are held as Arrow string columns, not as Python objects: 532k rows in 14
-# languages are about 4 GB of text, which as Python dicts would cost each torchrun
-# process more than that again. A large local file is validated and converted once
-# into DATA_CACHE_DIR as uncompressed Arrow IPC and memory-mapped: its pages live in
-# the kernel's page cache, are read from disk only when touched, and are shared by
-# every process that maps them.
-
-DATA_CACHE_DIR = "runs/data_cache"
-CACHE_MIN_BYTES = 64 << 20  # smaller files are converted in memory on every load, leaving nothing on disk
-ROWS_BATCH = 8192  # rows per Arrow record batch written
-ROWS_FORMAT = 1  # part of the cache key: raise it when the converted layout changes
+# Rows stay Arrow string columns in datasets' memory-mapped cache, not Python objects: 532k
+# rows in 14 languages are about 4 GB of text, which as Python dicts would cost each torchrun
+# process more than that again. Mapped, its pages live in the kernel's page cache, are read
+# from disk only when touched, and are shared by every process that maps them.
 
 
-class Rows:
-    """Aligned rows: len(rows); rows[i] -> {'id', 'query': {lang: text}, 'passage': {lang: text}}
-    with only the languages row i holds, built on access (only its texts become Python
-    strings); iteration; subset(indices), a view that shares the columns.
+def load_rows(spec, min_languages=2):
+    """Aligned rows (a .jsonl or .parquet file, or a hub dataset) -> a datasets.Dataset of rows.
 
-    table: columns id, then query_<lang> and passage_<lang> (strings, null where a
-    row lacks the language), as row_batches() writes them.
-    """
-
-    def __init__(self, table, name, index=None):
-        self.table, self.name, self.index = table, name, index  # index: None (all rows) or int64 (N,)
-        names = set(table.column_names)
-        self.all_languages = sorted(
-            match.group(2)
-            for match in map(ROW_COLUMN.match, table.column_names)
-            if match and match.group(1) == "query" and f"passage_{match.group(2)}" in names
-        )
-        self.ids = table.column("id")
-        self.texts = [
-            (lang, table.column(f"query_{lang}"), table.column(f"passage_{lang}")) for lang in self.all_languages
-        ]
-
-    def __len__(self):
-        return self.table.num_rows if self.index is None else len(self.index)
-
-    def __getitem__(self, i):
-        n, i = len(self), int(i)
-        i = i + n if i < 0 else i
-        if not 0 <= i < n:
-            raise IndexError(f"row {i} of {n}")
-        j = i if self.index is None else int(self.index[i])
-        query, passage = {}, {}
-        for lang, q, p in self.texts:
-            text = q[j].as_py()
-            if text is not None:
-                query[lang], passage[lang] = text, p[j].as_py()
-        return {"id": self.ids[j].as_py(), "query": query, "passage": passage}
-
-    def __iter__(self):
-        if self.index is not None:
-            # subtle: not table.take(), which concatenates every column's chunks first: reading the
-            # whole memory-mapped file (and copying a column at a time) to pick a thousand rows
-            yield from (self[i] for i in range(len(self)))
-            return
-        for start in range(0, len(self), ROWS_BATCH):  # zero-copy slices, each made Python at once
-            for record in self.table.slice(start, ROWS_BATCH).to_pylist():
-                langs = [lang for lang in self.all_languages if record[f"query_{lang}"] is not None]
-                yield {
-                    "id": record["id"],
-                    "query": {lang: record[f"query_{lang}"] for lang in langs},
-                    "passage": {lang: record[f"passage_{lang}"] for lang in langs},
-                }
-
-    def subset(self, indices):
-        """The rows at indices (positions in this view), as a view on the same columns."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"subset of {len(self)} rows asks for row {indices.min()} or {indices.max()}")
-        return Rows(self.table, self.name, indices if self.index is None else self.index[indices])
-
-    def lacking(self, lang):
-        """(N,) bool: the rows of this view that do not hold lang."""
-        if lang not in self.all_languages:
-            return np.ones(len(self), dtype=bool)
-        missing = self.table.column(f"query_{lang}").is_null().to_numpy(zero_copy_only=False)
-        return missing if self.index is None else missing[self.index]
-
-
-def load_rows(spec, min_languages=2, cache_dir=DATA_CACHE_DIR):
-    """Aligned rows (a .jsonl or .parquet file, or a hub dataset) -> Rows.
-
-    Only languages with both a query and a passage count. Refused, naming the file
-    and line (or row): a row holding fewer than min_languages (it cannot make a
-    cross-lingual pair), a text that is not a non-empty string, an id used twice.
-    A local file of CACHE_MIN_BYTES or more is converted once into cache_dir (keyed
-    by its path, size and modification time) and memory-mapped; processes that
-    start together wait for the one converting it (a file lock), then map its
-    result. cache_dir=None converts in memory.
+    rows[i] -> {'id', 'query': {lang: text}, 'passage': {lang: text}} with the languages row i
+    holds, sorted (a format transform: only the rows read become Python); len(rows); iteration;
+    subset(rows, indices) for a view. Only languages with both a query and a passage count.
+    Refused, naming the file and line (or row): a row holding fewer than min_languages (it
+    cannot make a cross-lingual pair), a text that is not a non-empty string, an id used twice.
     """
     _, location, config = parse_source(spec)
-    path = Path(location)
-    if cache_dir is not None and is_local(location) and path.is_file() and path.stat().st_size >= CACHE_MIN_BYTES:
-        tables = cached_row_tables(path, spec, min_languages, Path(cache_dir))
-    else:
-        sinks = write_parts(
-            source_row_batches(location, config, min_languages, spec), lambda i: pa.BufferOutputStream()
-        )
-        tables = [pa.ipc.open_file(sink.getvalue()).read_all() for sink in sinks]
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    return Rows(table, spec)
+    check = lambda where, record, seen: check_row(where, record, seen, min_languages)
+    dataset, label = load_source(location, config, check)
+    if dataset is None or not len(dataset):
+        raise BadInput(f"'{spec}' holds no rows")
+    return check_table(dataset, label, min_languages).with_transform(nested_rows)
 
 
-def source_row_batches(location, config, min_languages, name):
-    """Checked aligned rows of a source -> Arrow record batches in the layout Rows reads:
-    column by column for columnar sources, record by record for text files."""
-    if is_columnar(location):
-        return columnar_row_batches(read_batches(location, config), min_languages, name)
-    return row_batches(read_records(location, config), min_languages, name)
-
-
-def check_record(where, record, min_languages):
-    """The languages of an aligned record, after the checks every row must pass."""
-    langs = row_languages(record)
-    if len(langs) < min_languages:
-        raise BadInput(
-            f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
-            f"found {langs or 'none'}"
-        )
-    for lang in langs:
-        check_text(where, f"query_{lang}", record[f"query_{lang}"])
-        check_text(where, f"passage_{lang}", record[f"passage_{lang}"])
-    return langs
-
-
-def columnar_row_batches(batches, min_languages, name):
-    """Aligned rows that arrive as Arrow batches (parquet, hub) -> record batches with the
-    columns id, query_<lang>, passage_<lang>, checked column by column: no Python object
-    per text. The first row a column check flags goes through check_record, so its
-    message is the one a JSONL file would get; ids go through row_id one by one."""
-    seen, langs = {}, None
-    for label, first, batch in batches:
-        if langs is None:  # a parquet file's columns are fixed: every row holds the same languages
-            langs = row_languages(batch.schema.names)
-        names = [f"{side}_{lang}" for lang in langs for side in ("query", "passage")]
-        bad = np.full(batch.num_rows, len(langs) < min_languages)  # (n,) rows a check flags
-        for column in [batch.column(name) for name in names]:
-            if not is_string_type(column.type):
-                bad[:] = True
-                continue
-            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)  # null where the text is null
-            bad |= empty.fill_null(True).to_numpy(zero_copy_only=False)
-        ids = batch.column("id") if "id" in batch.schema.names else None
-        if ids is not None and (pa.types.is_integer(ids.type) or is_string_type(ids.type)):
-            bad |= ids.is_null().to_numpy(zero_copy_only=False)
-            ids = pc.cast(ids, pa.string()).to_pylist()
-        elif ids is not None:
-            bad[:] = True
-        flagged = set(np.flatnonzero(bad).tolist())
-        checked = []
-        for offset in range(batch.num_rows):
-            where = f"{label} row {first + offset}"
-            if offset in flagged:  # raises, unless Python's view of whitespace is Arrow's after all
-                check_record(where, batch.slice(offset, 1).to_pylist()[0], min_languages)
-                record = {"id": batch.column("id")[offset].as_py()} if ids is not None else {}
-            else:
-                record = {"id": ids[offset]} if ids is not None else {}
-            checked.append(row_id(where, record, seen))
-        columns = [pa.array(checked, type=pa.string())] + [batch.column(name).cast(pa.string()) for name in names]
-        yield pa.RecordBatch.from_arrays(columns, names=["id"] + names)
-    if not seen:
-        raise BadInput(f"'{name}' holds no rows")
-
-
-def row_batches(records, min_languages, name):
-    """Checked aligned records -> Arrow record batches of ROWS_BATCH rows, with the
-    columns id, query_<lang>, passage_<lang> for every language seen so far (null
-    where a row lacks one). Errors name the record's file and line."""
-    seen, languages, columns = {}, [], {"id": []}
-
-    def batch():
-        names = ["id"] + [f"{side}_{lang}" for lang in languages for side in ("query", "passage")]
-        return pa.RecordBatch.from_arrays([pa.array(columns[n], type=pa.string()) for n in names], names=names)
-
-    for where, record in records:
-        langs = check_record(where, record, min_languages)
-        identifier = row_id(where, record, seen)
-        held = set(langs)
-        if not held <= set(languages):  # a language first seen here: the batch's earlier rows lack it
-            for lang in held - set(languages):
-                columns[f"query_{lang}"] = [None] * len(columns["id"])
-                columns[f"passage_{lang}"] = [None] * len(columns["id"])
-            languages = sorted(held | set(languages))
-        columns["id"].append(identifier)
-        for lang in languages:
-            columns[f"query_{lang}"].append(record[f"query_{lang}"] if lang in held else None)
-            columns[f"passage_{lang}"].append(record[f"passage_{lang}"] if lang in held else None)
-        if len(columns["id"]) == ROWS_BATCH:
-            yield batch()
-            columns = {column: [] for column in columns}
-    if columns["id"]:
-        yield batch()
-    if not seen:
-        raise BadInput(f"'{name}' holds no rows")
-
-
-def write_parts(batches, open_sink):
-    """Write record batches as Arrow IPC files, a new part whenever the columns change
-    (a language first seen mid-file); returns the sinks, each holding one part."""
-    writer, schema, sinks = None, None, []
-    for batch in batches:
-        if batch.schema != schema:
-            if writer is not None:
-                writer.close()
-            sinks.append(open_sink(len(sinks)))
-            writer, schema = pa.ipc.new_file(sinks[-1], batch.schema), batch.schema
-        writer.write_batch(batch)
-    if writer is not None:
-        writer.close()
-    return sinks
-
-
-def cached_row_tables(path, name, min_languages, cache_dir):
-    """Memory-mapped Arrow tables of a large rows file, converting it on the first call."""
-    stat = path.stat()
-    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, min_languages, ROWS_FORMAT]
-    folder = cache_dir / f"{path.name}-{hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:16]}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        if folder.is_dir():
-            try:
-                return [pa.ipc.open_file(pa.memory_map(str(part))).read_all() for part in sorted(folder.iterdir())]
-            except (OSError, pa.ArrowInvalid):  # a damaged conversion is redone, never trusted
-                shutil.rmtree(folder)
-        tmp = folder.with_name(f"{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a killed conversion's leftovers (we hold the lock)
-        tmp.mkdir()
-        print(f"converting {path} to memory-mapped Arrow columns in {folder} (once)", file=sys.stderr)
-        try:
-            sinks = write_parts(
-                source_row_batches(str(path), None, min_languages, name),
-                lambda index: pa.OSFile(str(tmp / f"part-{index:04d}.arrow"), "wb"),
-            )
-            for sink in sinks:
-                sink.close()
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        os.replace(tmp, folder)  # all parts appear at once
-        return [pa.ipc.open_file(pa.memory_map(str(part))).read_all() for part in sorted(folder.iterdir())]
+def nested_rows(batch):
+    """load_rows' format transform: flat columns -> one {'id', 'query', 'passage'} per row."""
+    langs = row_languages(batch)
+    held = [[lang for lang in langs if batch[f"query_{lang}"][i] is not None] for i in range(len(batch["id"]))]
+    return {
+        "id": [str(value) for value in batch["id"]],
+        "query": [{lang: batch[f"query_{lang}"][i] for lang in row} for i, row in enumerate(held)],
+        "passage": [{lang: batch[f"passage_{lang}"][i] for lang in row} for i, row in enumerate(held)],
+    }
 
 
 def subset(rows, indices):
-    """rows[i] for i in indices: a view for Rows, a list for a list of row dicts."""
-    return rows.subset(indices) if isinstance(rows, Rows) else [rows[i] for i in indices]
+    """rows[i] for i in indices (positions in rows, which may be a view itself), as a view on the same table."""
+    return rows.select(indices, keep_in_memory=True)  # in memory: an index, not a file in the cache per view
+
+
+def held_languages(rows):
+    """{lang: (N,) bool}: whether each row holds the language (its query is not null). Cheap on load_rows'
+    result (a null mask); on a view, datasets copies the query columns first."""
+    table = rows.with_format("arrow")
+    return {lang: table[f"query_{lang}"].is_valid().to_numpy() for lang in row_languages(rows.column_names)}
 
 
 def common_languages(rows):
     """The languages every row holds, sorted."""
-    if isinstance(rows, Rows):
-        return [lang for lang in rows.all_languages if not rows.lacking(lang).any()]
-    return sorted(set.intersection(*(set(row["query"]) for row in rows))) if rows else []
+    return [lang for lang, held in held_languages(rows).items() if held.all()]
 
 
 def require_languages(rows, languages, spec):
@@ -734,21 +527,15 @@ def require_languages(rows, languages, spec):
         raise BadInput(
             f"'{spec}' holds fewer than two languages common to all rows ({languages}); cross-lingual pairs need two"
         )
-    if isinstance(rows, Rows):
-        lacking = np.stack([rows.lacking(lang) for lang in languages], axis=1)  # (N, L): row n lacks language l
-        bad = np.flatnonzero(lacking.any(1))
-        if not len(bad):
-            return
-        row, lacks = rows[int(bad[0])], lacking[bad[0]]
-    else:
-        row = next((row for row in rows if not set(languages) <= row["query"].keys()), None)
-        if row is None:
-            return
-        lacks = [lang not in row["query"] for lang in languages]
-    missing = ", ".join(lang for lang, lacked in zip(languages, lacks) if lacked)
-    raise BadInput(
-        f"row '{row['id']}' of '{spec}' lacks {missing}; every row needs all of --languages {' '.join(languages)}"
-    )
+    held = held_languages(rows)
+    lacking = np.stack([~held.get(lang, np.zeros(len(rows), dtype=bool)) for lang in languages], axis=1)  # (N, L)
+    bad = np.flatnonzero(lacking.any(1))
+    if len(bad):
+        missing = ", ".join(lang for lang, lacked in zip(languages, lacking[bad[0]]) if lacked)
+        raise BadInput(
+            f"row '{rows[int(bad[0])]['id']}' of '{spec}' lacks {missing}; every row needs all of --languages "
+            f"{' '.join(languages)}"
+        )
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):
@@ -810,7 +597,6 @@ def prepare_mmarco(triples, queries, collections, out, max_rows=None):
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never half a file under --out
     if out.suffix == ".parquet":
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(complete), tmp)
@@ -822,406 +608,12 @@ def prepare_mmarco(triples, queries, collections, out, max_rows=None):
 
 
 def read_tsv_columns(path, columns):
-    """Yield (where, list of `columns` fields) from a plain tab-separated file (ids and text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"file '{path}' does not exist")
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadInput(f"{path}:{number}: not UTF-8 text") from None
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) < columns:
-                raise BadInput(f"{path}:{number}: expected {columns} tab-separated columns, found {len(fields)}")
-            yield f"{path}:{number}", fields[:columns]
-
-
-# ---------------------------------------------------------------------------
-# Retrieval benchmarks (evaluation)
-#
-# A benchmark is held in memory as plain dicts:
-#   corpus        {doc id: (text, lang or None)}
-#   queries       {query id: (text, lang or None)}, only the queries that have judgements
-#   qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
-#   query_groups  {key: [query ids]}: parallel versions (translations) of one query
-#   doc_groups    {key: [doc ids]}: parallel versions of one document
-#   stats         counts of what was skipped or could not be matched
-#   layout        how each part was read: file layouts, the qrels file, where the groups come from
-# Groups hold at least two members, each in a different language.
-
-Benchmark = namedtuple(
-    "Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout"]
-)
-
-BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
-BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
-DEFAULT_SPLIT = "test"
-LANGUAGE_METRICS_HINT = (
-    "the language metrics (own-language share, MRC, PEER, per-language alignment, --monolingual) need it; "
-    "add it, or run evaluate.py with --no-language-metrics"
-)
-# The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
-LAYOUT_NAMES = {
-    "beir": "BEIR",
-    "mlir": "MLIR-benchmark ({id: {...}})",
-}
-
-
-def qrels_candidates(split):
-    """The files read as the judgements of `split`, in order of preference."""
-    if split == DEFAULT_SPLIT:
-        # subtle: a folder with one split may name it nowhere; the MLIR benchmarks' qrels.jsonl is one
-        return ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
-    return (f"qrels/{split}.tsv", f"qrels/{split}.jsonl")
-
-
-def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
-    """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
-
-    - directory: corpus.jsonl and queries.jsonl, in the BEIR layout or the MLIR
-      benchmarks' (yjoonjang/mlir-benchmarks, see read_texts), and the judgements of
-      `split`: qrels/<split>.tsv or qrels/<split>.jsonl (for "test" also qrels.tsv,
-      qrels.jsonl);
-    - .jsonl/.tsv/.parquet file of aligned rows (query_<lang>, passage_<lang>), like
-      data/demo/test.jsonl: turned into an MLIR benchmark by rows_to_benchmark();
-    - hub dataset id, optionally with a folder: `owner/name/MMLIR/xx`, read from the
-      Hugging Face cache (or downloaded when online) and then read as a directory.
-    need_lang: every document and query must carry a `lang` (only checked for directories).
-    """
-    if Path(spec).is_dir():
-        return read_beir_dir(Path(spec), spec, need_lang, split)
-    if is_local(spec):
-        if split != DEFAULT_SPLIT:
-            raise BadInput(
-                f"--split {split}: '{spec}' is a file of aligned rows, which has no splits; "
-                "--split applies to benchmark folders"
-            )
-        return rows_to_benchmark(load_rows(spec), spec)
-    return read_beir_dir(download_benchmark(spec), spec, need_lang, split)
-
-
-def rows_to_benchmark(rows, name="rows"):
-    """Aligned rows -> the MLIR benchmark (the MIMO paper's protocol).
-
-    Every language version of every passage goes into one corpus (doc id
-    "<row id>/<lang>"), every language version of every query is a query (query id
-    "<row id>/<lang>"), and all versions of a row's passage are relevant (grade 1)
-    to all versions of its query: a perfect language-agnostic model ranks the L
-    versions of the gold passage first, in any order. The versions of a row's query
-    (and of its passage) form one parallel group.
-    """
-    corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
-    for row in rows:
-        doc_ids = [f"{row['id']}/{lang}" for lang in row["passage"]]
-        for lang, text in row["passage"].items():
-            corpus[f"{row['id']}/{lang}"] = (text, lang)
-        for lang, text in row["query"].items():
-            queries[f"{row['id']}/{lang}"] = (text, lang)
-            qrels[f"{row['id']}/{lang}"] = {doc_id: 1 for doc_id in doc_ids}
-        query_groups[row["id"]] = [f"{row['id']}/{lang}" for lang in row["query"]]
-        doc_groups[row["id"]] = doc_ids
-    if len(corpus) != sum(len(row["passage"]) for row in rows):
-        raise BadInput(f"'{name}': row ids are not unique, so documents '<row id>/<lang>' collide")
-    layout = {"source": "aligned rows", "query_groups": "rows", "document_groups": "rows"}
-    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
-
-
-def download_benchmark(spec):
-    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot.
-
-    Offline (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a
-    benchmark fetched once keeps working without a network.
-    """
-    parts = spec.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, "
-            "nor a hub dataset id (owner/name or owner/name/folder)"
-        )
-    repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import snapshot_download
-
-    try:
-        # fnmatch's '*' also matches '/', so "folder/*" takes the folder's qrels/ too
-        root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{folder}/*"] if folder else None)
-    except Exception as error:  # offline and not cached, unknown repo, no access: one message
-        raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
-            f"loaded (the hub needs a network or a cached copy): {first_line(error)}"
-        ) from None
-    path = Path(root) / folder
-    if not path.is_dir():
-        raise BadInput(f"hub dataset '{repo_id}' has no folder '{folder}'")
-    return path
-
-
-def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
-    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark; see load_benchmark()."""
-
-    def find(candidates, what):
-        for candidate in candidates:
-            if (folder / candidate).is_file():
-                return folder / candidate
-        raise BadInput(f"benchmark '{name}' has no {what}: expected {' or '.join(candidates)} in {folder}")
-
-    corpus, doc_keys, corpus_layout = read_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
-    queries, query_keys, queries_layout = read_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
-    candidates = qrels_candidates(split)
-    if split != DEFAULT_SPLIT and not any((folder / candidate).is_file() for candidate in candidates):
-        present = sorted(path.stem for path in (folder / "qrels").glob("*") if path.suffix in (".tsv", ".jsonl"))
-        raise BadInput(
-            f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
-            f"(splits there: {', '.join(present) or 'none besides the default qrels file'})"
-        )
-    qrels_path = find(candidates, f"relevance judgements for split '{split}'")
-    qrels, qrels_layout = read_qrels(qrels_path)
-    layout = {
-        "corpus": corpus_layout,
-        "queries": queries_layout,
-        "qrels": f"{qrels_path.relative_to(folder)} ({qrels_layout})",
-        "split": split,
-    }
-    return finish_benchmark(
-        name, corpus, queries, qrels, group_by(query_keys, queries), group_by(doc_keys, corpus), layout
-    )
-
-
-def record_layout(record):
-    """'mlir' for {id: {...}, ...} (every value an object), 'beir' for a record with `_id`/`id`, else None."""
-    if record and all(isinstance(value, dict) for value in record.values()):
-        return "mlir"
-    if "_id" in record or "id" in record:
-        return "beir"
-    return None
-
-
-def read_texts(path, kind, need_lang):
-    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout).
-
-    Two layouts, detected from a file's first record; every later line must follow it:
-    - BEIR, one record per line: `_id` (or `id`), `text`, optional `title`, `lang`, `group`;
-    - the MLIR benchmarks' corpus (yjoonjang/mlir-benchmarks): `{doc id: {"text": ..., "lang": ...}}`,
-      one or more ids per line. (Their queries.jsonl is in the BEIR layout.)
-    subtle: a title is joined to the text with a space, as BEIR's SentenceBERT
-    encoder and MTEB do, so scores stay comparable with published BEIR numbers.
-    An id may appear once in the whole file. A query's text may not be empty: no
-    model can be judged on it.
-    The group key (parallel versions of one text) is `group` when given, else
-    language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
-    benchmarks' "de_q_005a" and "en_q_005a"; an id naming no language is alone.
-    """
-    texts, keys, first_line = {}, {}, {}
-    layout = None
-    for where, record in read_records(str(path)):
-        this_layout = record_layout(record)
-        if this_layout is None:
-            raise BadInput(
-                f"{where}: expected a BEIR record with '_id' and 'text', or an MLIR-benchmark record "
-                f'{{id: {{"text": ..., "lang": ...}}}}; found the fields {sorted(record)[:6]}'
-            )
-        layout = layout or this_layout
-        if this_layout != layout:
-            raise BadInput(
-                f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
-                f"{LAYOUT_NAMES[layout]}; a file holds one layout"
-            )
-        items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
-        for text_id, fields in items:
-            if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
-                raise BadInput(f"{where}: expected a string field '_id'")
-            text_id = str(text_id)
-            text, title, lang = fields.get("text"), fields.get("title"), fields.get("lang")
-            if not isinstance(text, str):
-                raise BadInput(f"{where}: {kind} '{text_id}' needs a string field 'text'")
-            if isinstance(title, str) and title.strip():
-                text = f"{title.strip()} {text}".strip()
-            if kind == "query" and not text.strip():
-                raise BadInput(f"{where}: query '{text_id}' has an empty text; give it one or remove the line")
-            if not (isinstance(lang, str) and lang):
-                if need_lang:
-                    raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; {LANGUAGE_METRICS_HINT}")
-                lang = None
-            if text_id in texts:
-                raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {first_line[text_id]})")
-            texts[text_id], first_line[text_id] = (text, lang), where
-            group = fields.get("group")
-            keys[text_id] = str(group) if group is not None else language_free_id(text_id, lang)
-    if not texts:
-        raise BadInput(f"{path} holds no {kind} records")
-    return texts, keys, LAYOUT_NAMES[layout]
-
-
-def language_free_id(text_id, lang):
-    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix
-    ("q17/de" -> "q17"), else a "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR
-    benchmarks write query ids ("de_q_005a" -> "q_005a"); else the id unchanged."""
-    if lang:
-        for separator in "/-_":
-            if text_id.endswith(separator + lang) and len(text_id) > len(lang) + 1:
-                return text_id[: -len(separator + lang)]
-        for separator in "_-/":
-            if text_id.startswith(lang + separator) and len(text_id) > len(lang) + 1:
-                return text_id[len(lang + separator) :]
-    return text_id
-
-
-def json_grade(where, query_id, doc_id, grade):
-    """A relevance grade from JSON: an integer (not a bool, not a float, not a string)."""
-    if isinstance(grade, bool) or not isinstance(grade, int):
-        raise BadInput(
-            f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
-            f"found {grade!r}"
-        )
-    return grade
-
-
-def read_qrels(path):
-    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers.
-
-    .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
-    TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
-    .jsonl, the layout detected from the first record: BEIR records with `query-id`,
-    `corpus-id`, `score`, or the MLIR benchmarks' `{query id: {doc id: grade, ...}}`
-    (one or more queries per line; a query on several lines gathers them all).
-    """
-    qrels = {}
-    if path.suffix == ".jsonl":
-        layout = None
-        for where, record in read_records(str(path)):
-            this_layout = "mlir" if record and all(isinstance(v, dict) for v in record.values()) else "beir"
-            if this_layout == "beir" and not {"query-id", "corpus-id", "score"} <= set(record):
-                raise BadInput(
-                    f"{where}: expected a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark "
-                    f"record {{query id: {{doc id: grade}}}}; found the fields {sorted(record)[:6]}"
-                )
-            layout = layout or this_layout
-            if this_layout != layout:
-                raise BadInput(
-                    f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
-                    f"{LAYOUT_NAMES[layout]}; a file holds one layout"
-                )
-            if layout == "beir":
-                query_id, doc_id = str(record["query-id"]), str(record["corpus-id"])
-                qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, record["score"])
-                continue
-            for query_id, judged in record.items():
-                for doc_id, grade in judged.items():
-                    qrels.setdefault(query_id, {})[doc_id] = json_grade(where, query_id, doc_id, grade)
-        return qrels, LAYOUT_NAMES[layout or "beir"]
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            where, fields = f"{path}:{number}", line.split("\t") if "\t" in line else line.split()
-            fields = [field.strip() for field in fields]
-            if not any(fields):
-                continue
-            if number == 1 and not fields[-1].lstrip("-").isdigit():
-                continue  # the header line, e.g. query-id corpus-id score
-            if len(fields) not in (3, 4):
-                raise BadInput(
-                    f"{where}: expected 3 columns (query-id, corpus-id, score) "
-                    f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
-                )
-            query_id, doc_id, grade = fields[0], fields[-2], fields[-1]
-            if not re.fullmatch(r"-?[0-9]+", grade):
-                raise BadInput(
-                    f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
-                    f"found {grade!r}"
-                )
-            qrels.setdefault(query_id, {})[doc_id] = int(grade)
-    return qrels, "TREC/BEIR columns"
-
-
-def group_by(keys, texts):
-    """{id: key} -> {key: [ids]}, keeping groups of at least 2 members in distinct languages."""
-    groups = {}
-    for text_id, key in keys.items():
-        groups.setdefault(key, []).append(text_id)
-    out = {}
-    for key, ids in groups.items():
-        langs = [texts[text_id][1] for text_id in ids]
-        if len(ids) >= 2 and None not in langs and len(set(langs)) == len(langs):
-            out[key] = ids
-    return out
-
-
-def groups_from_judgements(query_groups, qrels, corpus):
-    """Parallel documents for a benchmark whose document ids do not name them.
-
-    Under the MLIR protocol every language version of the gold passage is relevant
-    to every version of its query, so the relevant documents of one group of
-    parallel queries, when they are one document in each of two or more languages,
-    are the versions of one passage (the MLIR benchmarks' `doc_<lang>_<n>` ids do not
-    say which). Query groups that share a passage give it once; a document that two
-    different such sets claim belongs to neither, since which passage it translates is
-    then unclear.
-    """
-    candidates = {}  # sorted doc ids -> the first query group's key
-    for key, ids in query_groups.items():
-        relevant = sorted(
-            {doc for query_id in ids for doc, grade in qrels[query_id].items() if grade > 0 and doc in corpus}
-        )
-        langs = [corpus[doc][1] for doc in relevant]
-        if len(relevant) >= 2 and None not in langs and len(set(langs)) == len(langs):
-            candidates.setdefault(tuple(relevant), key)
-    claims = Counter(doc for docs in candidates for doc in docs)
-    return {key: list(docs) for docs, key in candidates.items() if all(claims[doc] == 1 for doc in docs)}
-
-
-def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout):
-    """Match judgements to queries and documents, count what does not match, and
-    derive the parallel documents from the judgements where ids give none.
-
-    As trec_eval does: a query without any judgement is not evaluated (skipped and
-    counted); a judgement naming an unknown query is dropped (counted); one naming
-    a document that is not in the corpus is kept (counted): it still counts as
-    relevant, and no model can retrieve it.
-    """
-    if not corpus:
-        raise BadInput(f"benchmark '{name}' has an empty corpus")
-    stats = Counter()
-    stats["unknown_query_judgements"] = sum(
-        len(judged) for query_id, judged in qrels.items() if query_id not in queries
-    )
-    stats["unknown_document_judgements"] = sum(
-        doc_id not in corpus for query_id, judged in qrels.items() if query_id in queries for doc_id in judged
-    )
-    qrels = {query_id: judged for query_id, judged in qrels.items() if query_id in queries}
-    stats["skipped_queries"] = sum(query_id not in qrels for query_id in queries)
-    stats["queries_without_relevant"] = sum(
-        not any(grade > 0 for grade in judged.values()) for judged in qrels.values()
-    )
-    queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
-    if not queries:
-        raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
-    kept_groups = {}
-    for key, ids in query_groups.items():  # a skipped query leaves its group
-        kept = [query_id for query_id in ids if query_id in queries]
-        if len(kept) >= 2:
-            kept_groups[key] = kept
-    layout = dict(layout)
-    layout.setdefault("query_groups", "ids" if kept_groups else "none")
-    if "document_groups" not in layout:
-        layout["document_groups"] = "ids" if doc_groups else "none"
-        if not doc_groups and kept_groups:
-            doc_groups = groups_from_judgements(kept_groups, qrels, corpus)
-            layout["document_groups"] = "judgements of parallel queries" if doc_groups else "none"
-    return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, dict(stats), layout)
-
-
-def parallel_groups(spec, max_groups=None, seed=0):
-    """Parallel texts for alignment/uniformity -> list of {lang: text}, at most max_groups (seeded sample).
-
-    spec: any parallel source distill.py reads (LANG=FILE, hub-id:en-de, aligned
-    rows). Each (English, X) pair is one group of two translations.
-    """
-    groups = [{"en": pair.english, pair.lang: pair.text} for pair in read_parallel_source(spec) if pair.lang != "en"]
-    if not groups:
-        raise BadInput(f"--parallel '{spec}' holds no (English, other language) pairs")
-    if max_groups and len(groups) > max_groups:
-        groups = random.Random(seed).sample(groups, max_groups)
-    return groups
+    """Yield (where, the first `columns` fields) of each line of a tab-separated file of ids and text."""
+    for where, line in text_lines(path):
+        fields = line.split("\t")
+        if len(fields) < columns:
+            raise BadInput(f"{where}: expected {columns} tab-separated columns, found {len(fields)}")
+        yield where, fields[:columns]
 
 
 # ---------------------------------------------------------------------------

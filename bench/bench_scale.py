@@ -22,8 +22,9 @@ Devanagari and CJK).
 Runs: distill.py with the paper preset's data rules (global de-duplication, the
 first pairs per language, missing configs skipped) then joint_train.py (MIMO,
 from that stage-1 run) for --steps steps each, 32 examples a step, a dev set of
-1000. Stage 2 runs cold (rows converted into the Arrow cache) and warm (the cache
-mapped), each with one process, and warm with two.
+1000. Stage 2 runs cold (rows converted into datasets' Arrow cache, then checked) and
+warm (that conversion mapped, then checked again), each with one process, and warm with
+two. The runs share one datasets cache (HF_DATASETS_CACHE), emptied when the bench starts.
 
 Phases are measured inside the scripts by wrapping the functions that bound them
 (data.load_parallel, data.split_dev, data.load_rows, ...), so the scripts run
@@ -256,7 +257,7 @@ def wrap_after(module, name, on_return):
     return real
 
 
-def worker(stage, report_dir, data_cache, argv):
+def worker(stage, report_dir, argv):
     """Run distill.py or joint_train.py's main(argv) in this process with phase marks, then
     write rank<r>.json. The scripts are unchanged: the marks wrap the functions that end
     each phase, looked up through their modules at call time."""
@@ -288,14 +289,16 @@ def worker(stage, report_dir, data_cache, argv):
     wrap_after(data, "split_dev", lambda n: probe.mark("dev split"))
     real_load_rows = data.load_rows
 
-    def load_rows(spec, min_languages=2, cache_dir=None):
-        cached = any(Path(data_cache).glob(f"{Path(spec).name}-*/part-*.arrow"))
-        rows = real_load_rows(spec, min_languages, cache_dir=data_cache)
-        probe.mark("map cached rows" if cached else "read, validate, convert rows")
+    def load_rows(spec, *args, **kwargs):
+        import datasets
+
+        # datasets renames a conversion into its cache folder once it is complete
+        cached = Path(datasets.load_dataset_builder("parquet", data_files=[spec]).cache_dir).is_dir()
+        rows = real_load_rows(spec, *args, **kwargs)
+        probe.mark("map cached rows, check columns" if cached else "read, validate, convert rows")
         return rows
 
     data.load_rows = load_rows
-    data.CACHE_MIN_BYTES = 0  # the cache path at every size, as at paper scale
     wrap_after(data, "require_languages", lambda n: probe.mark("language checks"))
     wrap_after(data, "subset", lambda n: probe.mark("dev split"))
     wrap_after(model.Encoder, "__init__", lambda n: probe.mark("load models"))
@@ -376,8 +379,9 @@ def run(stage, processes, script_args, report_dir, data_cache):
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [*launcher, str(Path(__file__).resolve()), "--worker", stage, "--report", str(report_dir)]
-    command += ["--data-cache", str(data_cache), "--", *script_args]
+    command += ["--", *script_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["HF_DATASETS_CACHE"] = str(data_cache)
     if processes > 1:
         env["OMP_NUM_THREADS"] = str(max(len(os.sched_getaffinity(0)) // processes, 1))
     start = time.time()
@@ -435,11 +439,10 @@ def main(argv=None):
     parser.add_argument("--one-process", action="store_true", help="skip the runs with two processes")
     parser.add_argument("--worker", choices=["stage1", "stage2"], help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
-    parser.add_argument("--data-cache", help=argparse.SUPPRESS)
     parser.add_argument("script_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.report, args.data_cache, args.script_args)
+        return worker(args.worker, args.report, args.script_args)
 
     import data
 
@@ -520,7 +523,7 @@ def main(argv=None):
         "(target at paper scale: < 300 s)"
     )
     cold = phase(stage2["cold", 1][0], "read, validate, convert rows")
-    warm = phase(stage2["warm", 1][0], "map cached rows")
+    warm = phase(stage2["warm", 1][0], "map cached rows, check columns")
     print(
         f"  stage 2: load {rows:,} rows: {cold['seconds']:.0f} s converting, {warm['seconds']:.1f} s mapped "
         f"(target < 120 s); peak RSS of the process {gib(stage2['cold', 1][0][0]['hwm'])} GiB (target < 6 GiB)"

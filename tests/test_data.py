@@ -159,6 +159,38 @@ def test_tsv_with_wrong_column_count(tmp_path):
         data.load_parallel([str(path)])
 
 
+def test_tsv_lines_are_read_as_written(tmp_path):
+    """Quotes, "NA" and "null" are text, not CSV quoting or missing values; CRLF line ends, blank
+    lines and a header line are no pairs; a line with one field (or three) is refused by number."""
+    path = tmp_path / "en-de.tsv"
+    lines = [
+        "english\tnon_english",
+        'he said "NA" twice\t"null", sagte er zweimal',
+        "",
+        "   ",
+        GOOD[0][0] + "\t" + GOOD[0][1],
+    ]
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    pairs, stats = data.load_parallel([str(path)], identity_pairs=False)
+    assert sorted(pairs) == sorted([Pair("de", 'he said "NA" twice', '"null", sagte er zweimal'), Pair("de", *GOOD[0])])
+    assert stats["read"] == 2
+    path.write_text(f"{GOOD[0][0]}\t{GOOD[0][1]}\n\nonly one field\n")
+    with pytest.raises(
+        BadInput, match=r"en-de.tsv:3: expected 2 tab-separated columns \(english, non_english\), found 1"
+    ):
+        data.load_parallel([str(path)])
+
+
+def test_rows_without_ids_are_named_by_position(tmp_path):
+    path = Path(write_rows(tmp_path / "rows.jsonl", n=3))
+    path.write_text(
+        "".join(
+            line.replace('"id": "r' + str(i) + '", ', "") + "\n" for i, line in enumerate(path.read_text().splitlines())
+        )
+    )
+    assert [row["id"] for row in data.load_rows(str(path))] == [f"{path}:{i}" for i in (1, 2, 3)]
+
+
 def test_empty_after_filtering(tmp_path):
     source = write_tsv(tmp_path / "en-de.tsv", [("short", "kurz")])
     with pytest.raises(BadInput, match="no parallel pairs left after filtering"):
@@ -176,6 +208,10 @@ def test_not_utf8(tmp_path):
     path.write_bytes("the cat sleeps on the mat\tdie Katze\n".encode() + b"\xff\xfe bad\tbytes\n")
     with pytest.raises(BadInput, match=r"en-de.tsv:2: not UTF-8"):
         data.load_parallel([str(path)])
+    rows = Path(write_rows(tmp_path / "rows.jsonl", n=3))  # inside a JSON string, which pyarrow lets through
+    rows.write_bytes(rows.read_bytes().replace(b"what about", b"what \xff about", 1))
+    with pytest.raises(BadInput, match=r"rows.jsonl:1: not UTF-8"):
+        data.load_rows(str(rows))
 
 
 def test_unreachable_hub_dataset_is_one_sentence():
@@ -406,9 +442,12 @@ def test_a_missing_hub_config_is_told_apart_from_an_unreachable_dataset(tmp_path
     """The hub lists a dataset's configs when one is missing: only that is skipped."""
     import datasets
 
-    def missing(name, config, split):
+    def missing(name, config=None, split=None, **options):
+        if name != "owner/corpus":  # the local file
+            return real(name, config, split=split, **options)
         raise ValueError(f"BuilderConfig '{config}' not found. Available: ['en-de', 'en-fr']")
 
+    real = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", missing)
     _, stats = data.load_parallel(["owner/corpus:en-ja", write_tsv(tmp_path / "en-de.tsv", GOOD)], skip_missing=True)
     assert stats["missing_sources"] == ["owner/corpus:en-ja"]
@@ -432,7 +471,7 @@ def test_paper_preset_reads_the_eight_collections_with_the_authors_rules():
 
 
 # ---------------------------------------------------------------------------
-# Aligned rows as Arrow columns, converted once and memory-mapped
+# Aligned rows as Arrow columns, converted once into datasets' cache and memory-mapped
 
 
 def test_rows_view_languages_and_ragged_files(tmp_path):
@@ -468,66 +507,63 @@ def test_rows_view_languages_and_ragged_files(tmp_path):
     assert [row["id"] for row in data.subset(view, [2, 0])] == ["r9000", "r9000"]  # a view of a view
 
 
-def test_large_rows_file_is_converted_once_then_memory_mapped(tmp_path, monkeypatch):
-    """Over CACHE_MIN_BYTES (lowered here) a file is validated and converted once into the
-    cache; a second load maps it without reading the source, allocating next to nothing
-    from Arrow's memory pool (its text stays in the page cache); rewriting the source
-    makes a new conversion. The rows are the same as an in-memory load's."""
-    import pyarrow as pa
+def test_rows_are_converted_once_then_memory_mapped(tmp_path, monkeypatch):
+    """The first load converts a file into datasets' cache; a second maps that conversion without
+    reading the source again, allocating next to nothing from Arrow's memory pool (its text stays
+    in the page cache); rewriting the source makes a new conversion."""
+    import datasets
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     source = write_rows(tmp_path / "rows.jsonl", n=300)
-    in_memory = list(data.load_rows(source, cache_dir=None))
-    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
-    first = data.load_rows(source, cache_dir=tmp_path / "cache")
-    assert list(first) == in_memory
-    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-
-    def no_reading(*args):
-        raise AssertionError("the source was read again")
-
-    monkeypatch.setattr(data, "row_batches", no_reading)
+    first = data.load_rows(source)
+    (arrow,) = [Path(f["filename"]) for f in first.cache_files]
+    written = arrow.stat().st_mtime_ns
     before = pa.total_allocated_bytes()
-    second = data.load_rows(source, cache_dir=tmp_path / "cache")
+    second = data.load_rows(source)
     assert pa.total_allocated_bytes() - before < Path(source).stat().st_size / 10
-    assert list(second) == in_memory
-    monkeypatch.undo()
-    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    assert [Path(f["filename"]) for f in second.cache_files] == [arrow] and arrow.stat().st_mtime_ns == written
+    assert list(second) == list(first) and second[299]["id"] == "r299"
     write_rows(tmp_path / "rows.jsonl", n=10, seed=1)  # the file rewritten in place
-    assert len(data.load_rows(source, cache_dir=tmp_path / "cache")) == 10
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2 and folder.is_dir()
+    assert len(data.load_rows(source)) == 10
 
 
-def test_bad_line_in_a_large_file_leaves_no_conversion_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+def test_a_bad_line_is_named_and_the_mended_file_then_loads(tmp_path):
+    """A refused file leaves nothing that a later load would trust."""
     path = Path(write_rows(tmp_path / "rows.jsonl", n=20))
-    path.write_text(path.read_text() + "{broken\n")
+    good = path.read_text()
+    path.write_text(good + "{broken\n")
     with pytest.raises(BadInput, match=r"rows.jsonl:21: not valid JSON"):
-        data.load_rows(str(path), cache_dir=tmp_path / "cache")
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+        data.load_rows(str(path))
+    path.write_text(good)
+    assert len(data.load_rows(str(path))) == 20
 
 
 def test_processes_that_start_together_convert_once(tmp_path):
-    """Two processes load the same large file at once (as torchrun's ranks do): one
-    converts under the file lock, the other waits and maps its result."""
+    """Two processes load the same file at once (as torchrun's ranks do): datasets' lock lets one
+    convert it while the other waits, then both map the one conversion."""
+    import os
     import subprocess
     import sys
 
     from conftest import ROOT
 
     source = write_rows(tmp_path / "rows.jsonl", n=2000)
-    program = (
-        "import sys, data; data.CACHE_MIN_BYTES = 0; "
-        f"rows = data.load_rows({source!r}, cache_dir={str(tmp_path / 'cache')!r}); print(len(rows), rows[1999]['id'])"
-    )
+    program = f"import data; rows = data.load_rows({source!r}); print(len(rows), rows[1999]['id'])"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", program],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
     outputs = [run.communicate(timeout=120) for run in runs]
-    assert [out for out, _ in outputs] == ["2000 r1999\n", "2000 r1999\n"]
-    assert sum(err.count("converting") for _, err in outputs) == 1
+    assert [out for out, _ in outputs] == ["2000 r1999\n", "2000 r1999\n"], outputs
+    assert len(list((tmp_path / "cache").rglob("*.arrow"))) == 1
 
 
 def rows_parquet(tmp_path, n=6, change=None):

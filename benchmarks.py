@@ -1,0 +1,345 @@
+"""
+Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout
+(yjoonjang/mlir-benchmarks), a file of aligned rows or a hub dataset id, read into plain
+dicts with their parallel groups; and the parallel texts of --parallel. A bad file is
+refused with its file and line and what was expected.
+
+A benchmark is held in memory as plain dicts:
+  corpus        {doc id: (text, lang or None)}
+  queries       {query id: (text, lang or None)}, only the queries that have judgements
+  qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
+  query_groups  {key: [query ids]}: parallel versions (translations) of one query
+  doc_groups    {key: [doc ids]}: parallel versions of one document
+  stats         counts of what was skipped or could not be matched
+  layout        how each part was read: file layouts, the qrels file, where the groups come from
+Groups hold at least two members, each in a different language.
+"""
+
+import random
+import re
+from collections import Counter, namedtuple
+from pathlib import Path
+
+import data
+from cli import BadInput, first_line
+
+Benchmark = namedtuple(
+    "Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout"]
+)
+
+BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
+BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
+DEFAULT_SPLIT = "test"
+# The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
+LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}
+
+
+def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
+    """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
+
+    - directory: corpus.jsonl and queries.jsonl (.jsonl.gz, .parquet), in the BEIR layout or the
+      MLIR benchmarks' (see read_texts), and the judgements of `split`: qrels/<split>.tsv or
+      qrels/<split>.jsonl (for "test" also qrels.tsv, qrels.jsonl);
+    - .jsonl/.parquet file of aligned rows, like data/demo/test.jsonl: see rows_to_benchmark();
+    - hub dataset id, optionally with a folder (`owner/name/MMLIR/xx`), read from the Hugging
+      Face cache (or downloaded when online) as a directory.
+    need_lang: every document and query must carry a `lang` (only checked for directories).
+    """
+    if Path(spec).is_dir():
+        return read_beir_dir(Path(spec), spec, need_lang, split)
+    if data.is_local(spec):
+        if split != DEFAULT_SPLIT:
+            raise BadInput(
+                f"--split {split}: '{spec}' is a file of aligned rows, which has no splits; "
+                "--split applies to benchmark folders"
+            )
+        return rows_to_benchmark(data.load_rows(spec), spec)
+    return read_beir_dir(download_benchmark(spec), spec, need_lang, split)
+
+
+def rows_to_benchmark(rows, name="rows"):
+    """Aligned rows -> the MLIR benchmark (the MIMO paper's protocol).
+
+    Every language version of every passage goes into one corpus (doc id
+    "<row id>/<lang>"), every language version of every query is a query (query id
+    "<row id>/<lang>"), and all versions of a row's passage are relevant (grade 1)
+    to all versions of its query: a perfect language-agnostic model ranks the L
+    versions of the gold passage first, in any order. The versions of a row's query
+    (and of its passage) form one parallel group. Row ids are unique (load_rows
+    refuses one used twice), so document ids cannot collide.
+    """
+    corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
+    for row in rows:
+        key = row["id"]
+        doc_groups[key] = [f"{key}/{lang}" for lang in row["passage"]]
+        query_groups[key] = [f"{key}/{lang}" for lang in row["query"]]
+        corpus.update({f"{key}/{lang}": (text, lang) for lang, text in row["passage"].items()})
+        queries.update({f"{key}/{lang}": (text, lang) for lang, text in row["query"].items()})
+        qrels.update({query_id: dict.fromkeys(doc_groups[key], 1) for query_id in query_groups[key]})
+    layout = {"source": "aligned rows", "query_groups": "rows", "document_groups": "rows"}
+    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
+
+
+def download_benchmark(spec):
+    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot. Offline
+    (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a benchmark fetched
+    once keeps working without a network."""
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise BadInput(
+            f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name[/folder])"
+        )
+    repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+
+    try:
+        # fnmatch's '*' also matches '/', so "folder/*" takes the folder's qrels/ too
+        root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{folder}/*"] if folder else None)
+    except Exception as error:  # offline and not cached, unknown repo, no access: one message
+        raise BadInput(
+            f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
+            f"loaded (the hub needs a network or a cached copy): {first_line(error)}"
+        ) from None
+    if not (Path(root) / folder).is_dir():
+        raise BadInput(f"hub dataset '{repo_id}' has no folder '{folder}'")
+    return Path(root) / folder
+
+
+def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
+    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark; see load_benchmark()."""
+
+    def find(candidates, what):
+        for candidate in candidates:
+            if (folder / candidate).is_file():
+                return folder / candidate
+        raise BadInput(f"benchmark '{name}' has no {what}: expected {' or '.join(candidates)} in {folder}")
+
+    corpus, doc_keys, corpus_layout = read_texts(find(BEIR_CORPUS, "corpus"), "document", need_lang)
+    queries, query_keys, queries_layout = read_texts(find(BEIR_QUERIES, "queries"), "query", need_lang)
+    candidates = (f"qrels/{split}.tsv", f"qrels/{split}.jsonl")
+    if split == DEFAULT_SPLIT:  # subtle: a folder with one split may name it nowhere, as the MLIR benchmarks' do
+        candidates = ("qrels/test.tsv", "qrels.tsv", "qrels/test.jsonl", "qrels.jsonl")
+    elif not any((folder / candidate).is_file() for candidate in candidates):
+        present = sorted(path.stem for path in (folder / "qrels").glob("*") if path.suffix in (".tsv", ".jsonl"))
+        raise BadInput(
+            f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
+            f"(splits there: {', '.join(present) or 'none besides the default qrels file'})"
+        )
+    qrels_path = find(candidates, f"relevance judgements for split '{split}'")
+    qrels, qrels_layout = read_qrels(qrels_path)
+    qrels_layout = f"{qrels_path.relative_to(folder)} ({qrels_layout})"
+    layout = {"corpus": corpus_layout, "queries": queries_layout, "qrels": qrels_layout, "split": split}
+    query_groups, doc_groups = group_by(query_keys, queries), group_by(doc_keys, corpus)
+    return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
+
+
+def read_records(path, is_beir, expected):
+    """Yield (where, layout, record) from a .jsonl (.jsonl.gz, line by line) or .parquet file (row by row).
+
+    The layout is 'mlir' for {id: {...}, ...} (every value an object), else 'beir' when is_beir(record),
+    else the record is refused as not the `expected` one. The first record's layout is the file's.
+    """
+    if path.suffix == ".parquet":
+        dataset, label = data.load_source(str(path))
+        records = ((f"{label} row {number}", record) for number, record in enumerate(dataset or [], 1))
+    else:
+        records = data.json_records(path)
+    layout = None
+    for where, record in records:
+        this_layout = "mlir" if record and all(isinstance(value, dict) for value in record.values()) else "beir"
+        if this_layout == "beir" and not is_beir(record):
+            raise BadInput(f"{where}: expected {expected}; found the fields {sorted(record)[:6]}")
+        if layout not in (None, this_layout):
+            raise BadInput(
+                f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
+                f"{LAYOUT_NAMES[layout]}; a file holds one layout"
+            )
+        layout = this_layout
+        yield where, layout, record
+
+
+def read_texts(path, kind, need_lang):
+    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout).
+
+    Two layouts (read_records): BEIR, a record a line with `_id` (or `id`), `text`, optional
+    `title`, `lang`, `group`; or the MLIR benchmarks' corpus, `{doc id: {"text": ..., "lang": ...}}`,
+    one or more ids a line (their queries.jsonl is BEIR). subtle: a title is joined to the text
+    with a space, as BEIR's SentenceBERT encoder and MTEB do, so scores stay comparable with
+    published BEIR numbers. An id may appear once in the file; a query's text may not be empty
+    (no model can be judged on it). The group key (parallel versions of one text) is `group` when
+    given, else language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
+    benchmarks' "de_q_005a" and "en_q_005a"; an id naming no language is alone.
+    """
+    texts, keys, first_line, layout = {}, {}, {}, None
+    expected = """a BEIR record with '_id' and 'text', or an MLIR-benchmark record {id: {"text": ..., "lang": ...}}"""
+    for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
+        items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
+        for text_id, fields in items:
+            if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
+                raise BadInput(f"{where}: expected a string field '_id'")
+            text_id = str(text_id)
+            text, title, lang = fields.get("text"), fields.get("title"), fields.get("lang")
+            if not isinstance(text, str):
+                raise BadInput(f"{where}: {kind} '{text_id}' needs a string field 'text'")
+            if isinstance(title, str) and title.strip():
+                text = f"{title.strip()} {text}".strip()
+            if kind == "query" and not text.strip():
+                raise BadInput(f"{where}: query '{text_id}' has an empty text; give it one or remove the line")
+            if not (isinstance(lang, str) and lang):
+                if need_lang:
+                    raise BadInput(
+                        f"{where}: {kind} '{text_id}' has no 'lang' field; the language metrics (own-language share, "
+                        "MRC, PEER, per-language alignment, --monolingual) need it; add it, or run evaluate.py with "
+                        "--no-language-metrics"
+                    )
+                lang = None
+            if text_id in texts:
+                raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {first_line[text_id]})")
+            texts[text_id], first_line[text_id] = (text, lang), where
+            group = fields.get("group")
+            keys[text_id] = str(group) if group is not None else language_free_id(text_id, lang)
+    if not texts:
+        raise BadInput(f"{path} holds no {kind} records")
+    return texts, keys, LAYOUT_NAMES[layout]
+
+
+def language_free_id(text_id, lang):
+    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix
+    ("q17/de" -> "q17"), else a "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR
+    benchmarks write query ids ("de_q_005a" -> "q_005a"); else the id unchanged."""
+    if lang:
+        for separator in "/-_":
+            if text_id.endswith(separator + lang) and len(text_id) > len(lang) + 1:
+                return text_id[: -len(separator + lang)]
+        for separator in "_-/":
+            if text_id.startswith(lang + separator) and len(text_id) > len(lang) + 1:
+                return text_id[len(lang + separator) :]
+    return text_id
+
+
+def read_qrels(path):
+    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers (not bools, floats or strings).
+
+    .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
+    TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
+    .jsonl, the layout detected from the first record: BEIR records with `query-id`,
+    `corpus-id`, `score`, or the MLIR benchmarks' `{query id: {doc id: grade, ...}}`
+    (one or more queries per line; a query on several lines gathers them all).
+    """
+    qrels = {}
+
+    def add(where, query_id, doc_id, grade):
+        if isinstance(grade, bool) or not isinstance(grade, int):
+            raise BadInput(
+                f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
+                f"found {grade!r}"
+            )
+        qrels.setdefault(str(query_id), {})[str(doc_id)] = grade
+
+    if path.suffix != ".jsonl":
+        for number, (where, line) in enumerate(data.text_lines(path)):
+            fields = [field.strip() for field in (line.split("\t") if "\t" in line else line.split())]
+            if number == 0 and not fields[-1].lstrip("-").isdigit():
+                continue  # the header line, e.g. query-id corpus-id score
+            if len(fields) not in (3, 4):
+                raise BadInput(
+                    f"{where}: expected 3 columns (query-id, corpus-id, score) "
+                    f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
+                )
+            grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]+", fields[-1]) else fields[-1]  # "1.0" stays text
+            add(where, fields[0], fields[-2], grade)
+        return qrels, "TREC/BEIR columns"
+    layout, is_beir = "beir", lambda record: {"query-id", "corpus-id", "score"} <= set(record)
+    expected = (
+        "a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark record {query id: {doc id: grade}}"
+    )
+    for where, layout, record in read_records(path, is_beir, expected):
+        if layout == "beir":
+            add(where, record["query-id"], record["corpus-id"], record["score"])
+        for query_id, judged in record.items() if layout == "mlir" else []:
+            for doc_id, grade in judged.items():
+                add(where, query_id, doc_id, grade)
+    return qrels, LAYOUT_NAMES[layout]
+
+
+def parallel(langs):
+    """Whether texts in these languages form a parallel group: two or more, each in a language of its own."""
+    return len(langs) >= 2 and None not in langs and len(set(langs)) == len(langs)
+
+
+def group_by(keys, texts):
+    """{id: key} -> {key: [ids]}, keeping the parallel groups."""
+    groups = {}
+    for text_id, key in keys.items():
+        groups.setdefault(key, []).append(text_id)
+    return {key: ids for key, ids in groups.items() if parallel([texts[text_id][1] for text_id in ids])}
+
+
+def groups_from_judgements(query_groups, qrels, corpus):
+    """Parallel documents for a benchmark whose document ids do not name them.
+
+    Under the MLIR protocol every language version of the gold passage is relevant
+    to every version of its query, so the relevant documents of one group of
+    parallel queries, when they are one document in each of two or more languages,
+    are the versions of one passage (the MLIR benchmarks' `doc_<lang>_<n>` ids do not
+    say which). Query groups that share a passage give it once; a document that two
+    different such sets claim belongs to neither, since which passage it translates is
+    then unclear.
+    """
+    candidates = {}  # sorted doc ids -> the first query group's key
+    for key, ids in query_groups.items():
+        relevant = sorted(
+            {doc for query_id in ids for doc, grade in qrels[query_id].items() if grade > 0 and doc in corpus}
+        )
+        if parallel([corpus[doc][1] for doc in relevant]):
+            candidates.setdefault(tuple(relevant), key)
+    claims = Counter(doc for docs in candidates for doc in docs)
+    return {key: list(docs) for docs, key in candidates.items() if all(claims[doc] == 1 for doc in docs)}
+
+
+def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout):
+    """Match judgements to queries and documents, count what does not match, and
+    derive the parallel documents from the judgements where ids give none.
+
+    As trec_eval does: a query without any judgement is not evaluated (skipped and
+    counted); a judgement naming an unknown query is dropped (counted); one naming
+    a document that is not in the corpus is kept (counted): it still counts as
+    relevant, and no model can retrieve it.
+    """
+    if not corpus:
+        raise BadInput(f"benchmark '{name}' has an empty corpus")
+    stats = {"unknown_query_judgements": sum(len(judged) for q, judged in qrels.items() if q not in queries)}
+    qrels = {query_id: judged for query_id, judged in qrels.items() if query_id in queries}
+    stats["unknown_document_judgements"] = sum(doc not in corpus for judged in qrels.values() for doc in judged)
+    stats["skipped_queries"] = sum(query_id not in qrels for query_id in queries)
+    stats["queries_without_relevant"] = sum(not any(g > 0 for g in judged.values()) for judged in qrels.values())
+    queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
+    if not queries:
+        raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
+    kept_groups = {}  # a skipped query leaves its group
+    for key, ids in query_groups.items():
+        if len(kept := [query_id for query_id in ids if query_id in queries]) >= 2:
+            kept_groups[key] = kept
+    layout = dict(layout)
+    layout.setdefault("query_groups", "ids" if kept_groups else "none")
+    if "document_groups" not in layout:
+        layout["document_groups"] = "ids" if doc_groups else "none"
+        if not doc_groups and kept_groups:
+            doc_groups = groups_from_judgements(kept_groups, qrels, corpus)
+            layout["document_groups"] = "judgements of parallel queries" if doc_groups else "none"
+    return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, stats, layout)
+
+
+def parallel_groups(spec, max_groups=None, seed=0):
+    """Parallel texts for alignment/uniformity -> list of {lang: text}, at most max_groups (seeded sample).
+
+    spec: any parallel source distill.py reads (LANG=FILE, hub-id:en-de, aligned
+    rows). Each (English, X) pair is one group of two translations.
+    """
+    pairs = data.read_parallel_source(spec)
+    groups = [{"en": pair.english, pair.lang: pair.text} for pair in pairs if pair.lang != "en"]
+    if not groups:
+        raise BadInput(f"--parallel '{spec}' holds no (English, other language) pairs")
+    if max_groups and len(groups) > max_groups:
+        groups = random.Random(seed).sample(groups, max_groups)
+    return groups
