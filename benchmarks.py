@@ -21,7 +21,7 @@ from collections import Counter, namedtuple
 from pathlib import Path
 
 import data
-from cli import BadInput, first_line
+from checkpoint import BadInput, first_line
 
 Benchmark = namedtuple(
     "Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout"]

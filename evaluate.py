@@ -68,7 +68,6 @@ import scipy.stats
 import torch
 
 import checkpoint
-import data
 import losses
 from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
@@ -111,7 +110,7 @@ def build_parser():
     parser.add_argument("--benchmark", action="append", default=None,
                         help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
                              "owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
-    parser.add_argument("--split", default=data.DEFAULT_SPLIT,
+    parser.add_argument("--split", default="test",
                         help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
     parser.add_argument("--monolingual", action="store_true",
                         help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
@@ -925,7 +924,7 @@ def default_models():
     return ["runs/stage2"] * stage2 + others + ["runs/stage1"] * stage1 + [TEACHER]
 
 
-def plan_outputs(benchmarks, args, out, runs):
+def plan_outputs(tasks, args, out, runs):
     """Every file this run will write, checked before any work: each is absent or ours, and no two
     models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
     models = {}
@@ -935,9 +934,9 @@ def plan_outputs(benchmarks, args, out, runs):
                            f"'{slug(name)}'; give each model once")  # fmt: skip
         models[slug(name)] = name
     # a benchmark's folder: its name, with the split and the mode where not the default
-    split = f".{args.split}" if args.split != data.DEFAULT_SPLIT else ""
-    folders = {b.name: slug(b.name) + split + ".monolingual" * args.monolingual for b in benchmarks}
-    for benchmark in benchmarks:
+    split = f".{args.split}" if args.split != "test" else ""
+    folders = {b.name: slug(b.name) + split + ".monolingual" * args.monolingual for b in tasks}
+    for benchmark in tasks:
         for model_slug, name in models.items():
             relative = f"{folders[benchmark.name]}/{model_slug}"
             out.require(f"{relative}.json")
@@ -990,15 +989,17 @@ def main(argv=None):
         runs = out if same_folder else OwnedFolder(args.save_run, "--save-run")
     if not args.no_cache and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise BadInput(f"--cache-dir '{args.cache_dir}' is a file, not a folder; give a folder, or pass --no-cache")
-    benchmarks = [data.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]
+    import benchmarks  # reads through datasets, which bench/bench_retrieval.py's timing of retrieve() does not need
+
+    tasks = [benchmarks.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]
     for name in args.model:
         check_model(name, args.trust_remote_code)
     parallel = None
     if args.parallel and language_metrics:
-        parallel = data.parallel_groups(args.parallel, args.max_parallel, args.seed)
-    folders = plan_outputs(benchmarks, args, out, runs)
-    infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in benchmarks}
-    for benchmark in benchmarks:
+        parallel = benchmarks.parallel_groups(args.parallel, args.max_parallel, args.seed)
+    folders = plan_outputs(tasks, args, out, runs)
+    infos = {benchmark.name: benchmark_info(benchmark, args) for benchmark in tasks}
+    for benchmark in tasks:
         info = infos[benchmark.name]
         print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, languages "
               f"{' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
@@ -1007,7 +1008,7 @@ def main(argv=None):
     # dropped before the next is loaded); each result file is written as soon as it is known
     for name in args.model:
         lazy = LazyModel(name, args, device)
-        for benchmark in benchmarks:
+        for benchmark in tasks:
             print(f"{name} on {benchmark.name}")
             tick = time.time()
             result, per_query, encoding, run = evaluate_model_on(benchmark, lazy, parallel, args, device,
@@ -1022,8 +1023,8 @@ def main(argv=None):
                   f"metrics {result['seconds']['metrics']:.1f} s; wrote {out.root / relative}.json")  # fmt: skip
 
     # --- the tables, results.json and au.png, rebuilt from every result file in --out-dir
-    report = build_report(out, {folders[b.name]: infos[b.name]["digest"] for b in benchmarks})
-    for benchmark in benchmarks:
+    report = build_report(out, {folders[b.name]: infos[b.name]["digest"] for b in tasks})
+    for benchmark in tasks:
         entry = report[folders[benchmark.name]]
         order = [name for name in args.model if name in entry["models"]]
         print_benchmark(entry, order + sorted(name for name in entry["models"] if name not in order))
@@ -1033,14 +1034,14 @@ def main(argv=None):
         out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
         lines, headers = [], "| " + " | ".join(header for _, header, _ in TABLE) + " |"
-        for entry in (report[folders[b.name]] for b in benchmarks if name in report[folders[b.name]]["models"]):
+        for entry in (report[folders[b.name]] for b in tasks if name in report[folders[b.name]]["models"]):
             row = "| " + " | ".join(cells(entry["models"][name])) + " |"
             lines += [f"**{entry['name']}** ({entry['mode']}: {entry['queries']} queries, {entry['documents']} "
                       "documents)", "", headers, "|" + " ---: |" * len(TABLE), row, ""]  # fmt: skip
         if Path(name).is_dir() and checkpoint.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
     print(f"done in {time.time() - started:.0f} s")
-    return {benchmark.name: report[folders[benchmark.name]] for benchmark in benchmarks}
+    return {benchmark.name: report[folders[benchmark.name]] for benchmark in tasks}
 
 
 if __name__ == "__main__":
