@@ -263,8 +263,8 @@ def worker(stage, report_dir, argv):
     each phase, looked up through their modules at call time."""
     import torch
 
+    import checkpoint
     import data
-    import model
 
     probe = Probe()
     script = __import__("distill" if stage == "stage1" else "joint_train")
@@ -301,7 +301,7 @@ def worker(stage, report_dir, argv):
     data.load_rows = load_rows
     wrap_after(data, "require_languages", lambda n: probe.mark("language checks"))
     wrap_after(data, "subset", lambda n: probe.mark("dev split"))
-    wrap_after(model.Encoder, "__init__", lambda n: probe.mark("load models"))
+    wrap_after(checkpoint, "load_model", lambda n: probe.mark("load models"))
     teacher = {"texts": 0, "seconds": 0.0}
     real_embed = script.teacher_embed
 
@@ -343,10 +343,8 @@ def worker(stage, report_dir, argv):
         hwm = read_memory()["hwm"]
         (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps({"phases": probe.phases, "hwm": hwm}))
 
-    import distributed
-
-    real_shutdown = distributed.shutdown
-    distributed.shutdown = lambda: (report(), real_shutdown())  # under torchrun the process ends in shutdown()
+    real_shutdown = checkpoint.shutdown
+    checkpoint.shutdown = lambda: (report(), real_shutdown())  # under torchrun the process ends in shutdown()
     script.main(argv)
 
 

@@ -10,7 +10,7 @@ from conftest import ROOT, write_rows
 from test_evaluate import MLIR_LANGS, MLIR_TOPICS, append_line, make_beir_dir, make_mlir_dir
 
 import benchmarks
-from cli import BadInput
+from checkpoint import BadInput
 
 
 @pytest.mark.parametrize("qrels", ["tsv", "jsonl"])
