@@ -15,25 +15,21 @@ Its gradient, with P_ij = exp(S_ij - lse_i) and C_ij = exp(S_ij - clse_j):
 
 then the chain rule through the normalisation, dL/dx = (dL/du - u (u . dL/du)) / ||x||.
 
-So the forward needs to keep only lse (B floats, plus clse when symmetric), and the
-backward rebuilds each score tile from q and p, as FlashAttention does.
-
-Design, against Inf-CL (Wang et al. 2024, "Breaking the Memory Barrier"), whose
-kernels compute in TF32 and recompute the scores in two backward kernels per
-direction, one for each input's gradient:
+So the forward keeps only lse (B floats, plus clse when symmetric), and the backward rebuilds
+each score tile from q and p, as FlashAttention does. Design, against Inf-CL (Wang et al. 2024,
+"Breaking the Memory Barrier"), whose kernels compute in TF32 and recompute the scores in two
+backward kernels per direction, one per input:
 - bf16/fp16 operands on tensor cores, fp32 accumulation and statistics;
 - one backward recompute per (query, passage) tile, turned into both gradients;
-- symmetric: the column statistics come from a second forward pass over the B
-  positives (B/N of a matmul), and one backward pass serves both directions.
-Matmuls of B x N x D per training step: 4 here (5 if symmetric with N = B)
-against Inf-CL's 5 (10 if symmetric), and info_nce's 3 (which store the scores).
+- symmetric: the column statistics come from a second forward pass over the B positives
+  (B/N of a matmul), and one backward pass serves both directions.
+Matmuls of B x N x D per training step: 4 here (5 if symmetric with N = B) against Inf-CL's
+5 (10 if symmetric), and info_nce's 3 (which store the scores).
 
-The L2 normalisation is fused: the kernels read the raw embeddings and scale each
-dot product by 1/||q_i|| and 1/||p_j||, computed once in PyTorch (O(B + N)). So no
-normalised copy is ever written, and bf16 inputs enter the tensor cores unrounded:
-the scores equal info_nce's fp32 scores up to summation order.
-
-This file imports Triton at the top and nothing of this repository; losses.py imports
+The L2 normalisation is fused: the kernels read the raw embeddings and scale each dot product
+by 1/||q_i|| and 1/||p_j||, computed once in PyTorch (O(B + N)). So no normalised copy is ever
+written, and bf16 inputs enter the tensor cores unrounded: the scores equal info_nce's fp32 scores
+up to summation order. This file imports Triton and nothing of this repository; losses.py imports
 it only when the kernels are asked for, so losses.py imports on machines without Triton.
 """
 
@@ -59,20 +55,16 @@ def normalize_backward(grad_unit, x, inv_norm):
     return (grad_unit - unit * (unit * grad_unit).sum(-1, keepdim=True)) * inv_norm[:, None]
 
 
-# Triton decides at @triton.jit time whether kernels are compiled or interpreted
-# (triton.knobs in recent Triton; the environment variable itself in older ones).
+# Whether @triton.jit interprets the kernels (triton.knobs in recent Triton; the environment variable in older ones).
 _knobs = getattr(triton, "knobs", None)
 INTERPRETED = bool(_knobs.runtime.interpret) if _knobs else os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @dataclass(frozen=True)
 class Tiles:
-    """How one kernel is launched: BLOCK_M x BLOCK_N score tiles, D in BLOCK_D-wide
-    slices, `warps` warps per program and `stages` software-pipeline stages.
-
-    Any valid choice gives the same results up to summation order; only speed and
-    the shared memory a program needs (which must fit the GPU) depend on it.
-    """
+    """How one kernel is launched: BLOCK_M x BLOCK_N score tiles, D in BLOCK_D-wide slices, `warps`
+    warps per program and `stages` software-pipeline stages. Any valid choice gives the same results
+    up to summation order; only speed and the shared memory a program needs (which must fit) vary."""
 
     block_m: int
     block_n: int
@@ -83,8 +75,7 @@ class Tiles:
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_d"):
             size = getattr(self, name)
-            if size < 16 or size & (size - 1):
-                # tl.arange needs powers of two, and tl.dot operands at least 16 wide
+            if size < 16 or size & (size - 1):  # tl.arange needs powers of two, tl.dot operands >= 16 wide
                 raise ValueError(f"{name} must be a power of two of at least 16, got {size}")
         if self.warps not in (1, 2, 4, 8, 16) or self.stages < 1:
             raise ValueError(
@@ -105,20 +96,16 @@ class Tiles:
         return cls(*(int(group) for group in match.groups()))
 
 
-# The launchers read these at every call. Not yet measured on a GPU: 128 x 64 score
-# tiles and 64-wide slices of D are the Triton fused-attention tutorial's Hopper
-# setting. bench/gpu_check.sh sweeps candidates on the target GPU and prints the
-# best; set the winners here and name that measurement beside them.
+# The launchers read these at every call. Not yet measured on a GPU: 128 x 64 score tiles and 64-wide
+# slices of D are the Triton fused-attention tutorial's Hopper setting. bench/gpu_check.sh sweeps
+# candidates on the target GPU and prints the best; set the winners here and name that measurement.
 FORWARD = Tiles(128, 64, 64, warps=8, stages=3)  # row_lse_kernel: the forward, both passes when symmetric
 BACKWARD = Tiles(128, 64, 64, warps=8, stages=2)  # info_nce_bwd_kernel
-# The grid under the interpreter is sized for an H100 SXM's 132 SMs, so that CPU
-# tests walk the same multi-split path as a GPU.
-INTERPRETER_SMS = 132
+INTERPRETER_SMS = 132  # the interpreter's grid is an H100 SXM's, so CPU tests walk a GPU's multi-split path
 
 
 def configure(forward=None, backward=None):
-    """Make later launches use these Tiles (None keeps the current ones), as
-    bench_losses.py --forward-tiles does; returns the previous (forward, backward)."""
+    """Make later launches use these Tiles (None keeps the current ones); returns the previous (forward, backward)."""
     global FORWARD, BACKWARD
     previous = FORWARD, BACKWARD
     FORWARD, BACKWARD = forward or FORWARD, backward or BACKWARD
@@ -130,47 +117,35 @@ def configure(forward=None, backward=None):
 
 
 @triton.jit
+def load_slice(
+    ptr,  # (R, D) raw embeddings, unit stride along D
+    idx, dims, R, D, stride,  # (BLOCK,) row indices, (BLOCK_D,) indices along D, the matrix's shape and row stride
+):  # fmt: skip
+    """ptr[idx, dims], 0 outside the (R, D) matrix, so masked entries add 0 to every dot: (BLOCK, BLOCK_D)."""
+    mask = (idx[:, None] < R) & (dims[None, :] < D)
+    return tl.load(ptr + idx[:, None] * stride + dims[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def cosine_tile(
     x_ptr,  # (M, D) raw row embeddings, unit stride along D
     y_ptr,  # (N, D) raw column embeddings, unit stride along D
-    inv_x,  # (BLOCK_M,) fp32 1 / ||x_i|| for these rows (0 where masked)
-    inv_y,  # (BLOCK_N,) fp32 1 / ||y_j|| for these columns (0 where masked)
-    rows,  # (BLOCK_M,) row indices
-    cols,  # (BLOCK_N,) column indices
-    M,
-    N,
-    D,
-    stride_x,
-    stride_y,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """cos(x_i, y_j) = <x_i, y_j> / (||x_i|| ||y_j||) for one BLOCK_M x BLOCK_N tile, fp32.
-
-    The dot products run over D in BLOCK_D slices on tensor cores; masked rows,
-    columns and dimensions load as 0, so they contribute 0.
-    """
+    inv_x, inv_y,  # (BLOCK_M,), (BLOCK_N,) fp32 1 / ||x_i||, 1 / ||y_j|| of these rows and columns (0 where masked)
+    rows, cols,  # (BLOCK_M,) row and (BLOCK_N,) column indices
+    M, N, D, stride_x, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """cos(x_i, y_j) for one BLOCK_M x BLOCK_N tile, fp32: dot products over D in BLOCK_D slices on tensor cores."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for start_d in range(0, D, BLOCK_D):
         dims = start_d + tl.arange(0, BLOCK_D)
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_x + dims[None, :],
-            mask=(rows[:, None] < M) & (dims[None, :] < D),
-            other=0.0,
-        )  # (BLOCK_M, BLOCK_D)
-        y = tl.load(
-            y_ptr + cols[:, None] * stride_y + dims[None, :],
-            mask=(cols[:, None] < N) & (dims[None, :] < D),
-            other=0.0,
-        )  # (BLOCK_N, BLOCK_D)
+        x = load_slice(x_ptr, rows, dims, M, D, stride_x)  # (BLOCK_M, BLOCK_D)
+        y = load_slice(y_ptr, cols, dims, N, D, stride_y)  # (BLOCK_N, BLOCK_D)
         if UPCAST:
-            # subtle: Triton's interpreter multiplies the bit patterns of bf16 operands
-            # in tl.dot (triton-lang/triton#11584; its docs: no bf16 arithmetic), so
-            # under TRITON_INTERPRET=1 the operands go up to fp32 first. Exact: bf16
-            # products are exact in fp32, as on a GPU.
+            # subtle: Triton's interpreter multiplies the bit patterns of bf16 operands in tl.dot
+            # (triton-lang/triton#11584; its docs: no bf16 arithmetic), so under TRITON_INTERPRET=1
+            # the operands go up to fp32 first. Exact: bf16 products are exact in fp32, as on a GPU.
             x, y = x.to(tl.float32), y.to(tl.float32)
         acc = tl.dot(x, tl.trans(y), acc, input_precision=DOT_PRECISION)
     return acc * inv_x[:, None] * inv_y[None, :]
@@ -183,43 +158,28 @@ def row_lse_kernel(
     inv_x_ptr,  # (M,) fp32 1 / ||x_i||
     inv_y_ptr,  # (N,) fp32 1 / ||y_j||
     lse_ptr,  # (SPLITS, M) fp32 out: base-2 log-sum-exp of each row over one split's columns
-    M,
-    N,
-    D,
-    stride_x,
-    stride_y,
-    scale_log2,  # scale * log2(e): scores in base 2, for exp2
-    blocks_per_split,  # column blocks each program streams
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """Row log-sum-exp of S = scale * cos(x, y) without storing S.
-
-    Program (r, s) streams columns [s * blocks_per_split * BLOCK_N, ...) of row
-    block r, keeping the running max m_i and l_i = sum_j 2^(S_ij log2 e - m_i)
-    (online softmax, Milakov and Gimelshein 2018), and writes m_i + log2 l_i; the
-    launcher merges the splits with one logsumexp over SPLITS values.
-    """
+    M, N, D, stride_x, stride_y,
+    scale_log2, blocks_per_split,  # scale * log2(e): scores in base 2, for exp2; column blocks each program streams
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Row log-sum-exp of S = scale * cos(x, y) without storing S. Program (r, s) streams columns
+    [s * blocks_per_split * BLOCK_N, ...) of row block r, keeping the running max m_i and l_i = sum_j
+    2^(S_ij log2 e - m_i) (online softmax, Milakov and Gimelshein 2018), and writes m_i + log2 l_i;
+    the launcher merges the splits with one logsumexp."""
     row_block, split = tl.program_id(0), tl.program_id(1)
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     inv_x = tl.load(inv_x_ptr + rows, mask=rows < M, other=0.0)  # (BLOCK_M,)
     m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, base 2
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)  # l_i, the running sum of 2^(s - m)
     first = split * blocks_per_split * BLOCK_N
-    last = tl.minimum(first + blocks_per_split * BLOCK_N, N)
-    for start_n in range(first, last, BLOCK_N):
+    for start_n in range(first, tl.minimum(first + blocks_per_split * BLOCK_N, N), BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         inv_y = tl.load(inv_y_ptr + cols, mask=cols < N, other=0.0)  # (BLOCK_N,)
-        cos = cosine_tile(
-            x_ptr, y_ptr, inv_x, inv_y, rows, cols, M, N, D, stride_x, stride_y,
-            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION,
-        )  # fmt: skip
+        cos = cosine_tile(x_ptr, y_ptr, inv_x, inv_y, rows, cols, M, N, D, stride_x, stride_y,
+                          BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # fmt: skip
         s = tl.where(cols[None, :] < N, scale_log2 * cos, float("-inf"))  # (BLOCK_M, BLOCK_N)
-        # Every split owns at least one real column, so m_new is finite here.
-        m_new = tl.maximum(m, tl.max(s, axis=1))
+        m_new = tl.maximum(m, tl.max(s, axis=1))  # finite: every split owns at least one real column
         total = total * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
         m = m_new
     tl.store(lse_ptr + split * M + rows, m + tl.log2(total), mask=rows < M)
@@ -235,49 +195,31 @@ def info_nce_bwd_kernel(
     col_lse_ptr,  # (B,) fp32 base-2 lse of column j over the B queries; read if SYMMETRIC
     grad_q_ptr,  # (B, D) fp32, zeroed, atomically accumulated: sum_j T_ij p_j
     grad_p_ptr,  # (N, D) fp32, zeroed, atomically accumulated: sum_i T_ij q_i
-    B,
-    N,
-    D,
-    stride_q,
-    stride_p,
-    scale_log2,  # scale * log2(e)
-    blocks_per_split,  # passage blocks each program streams
-    SYMMETRIC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """Both input gradients from one recompute of each score tile.
+    B, N, D, stride_q, stride_p,
+    scale_log2, blocks_per_split,  # scale * log2(e); passage blocks each program streams
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SYMMETRIC: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Both input gradients from one recompute of each score tile: T_ij = B dL/dS_ij / (||q_i|| ||p_j||)
+    (the module docstring's formula), rounded to the input dtype, feeds two tensor-core dots added to
+    grad_q (T p, for the tile's queries) and grad_p (T^T q, for its passages). So grad_q_i = (B / scale)
+    ||q_i||^-1 dL/du_i; the launcher applies the remaining factors and the normalisation's chain rule.
 
-    Each tile forms T_ij = B dL/dS_ij / (||q_i|| ||p_j||) once (the module
-    docstring's formula), rounds it to the input dtype, and feeds it to two
-    tensor-core dots whose results are added to grad_q (T p, for the tile's
-    queries) and grad_p (T^T q, for its passages). So grad_q_i = (B / scale)
-    ||q_i||^-1 dL/du_i, and the launcher applies the remaining factors and the
-    normalisation's chain rule.
-
-    subtle: D is too wide (384..1024) to keep a BLOCK_M x D accumulator in
-    registers, so partial sums go to global memory with atomic adds, one BLOCK_D
-    slice at a time, from every program that touches a row or column. Inf-CL's
-    kernels read and write dq and dk per tile too, but recompute the tile for each.
-    """
+    subtle: D is too wide (384..1024) to keep a BLOCK_M x D accumulator in registers, so partial sums
+    go to global memory with atomic adds, one BLOCK_D slice at a time, from every program that touches
+    a row or column. Inf-CL's kernels read and write dq and dk per tile too, but recompute it for each."""
     row_block, split = tl.program_id(0), tl.program_id(1)
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
     inv_q = tl.load(inv_q_ptr + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     row_lse = tl.load(row_lse_ptr + rows, mask=row_ok, other=0.0)  # (BLOCK_M,)
     first = split * blocks_per_split * BLOCK_N
-    last = tl.minimum(first + blocks_per_split * BLOCK_N, N)
-    for start_n in range(first, last, BLOCK_N):
+    for start_n in range(first, tl.minimum(first + blocks_per_split * BLOCK_N, N), BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         inv_p = tl.load(inv_p_ptr + cols, mask=col_ok, other=0.0)  # (BLOCK_N,)
-        cos = cosine_tile(
-            q_ptr, p_ptr, inv_q, inv_p, rows, cols, B, N, D, stride_q, stride_p,
-            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION,
-        )  # fmt: skip
+        cos = cosine_tile(q_ptr, p_ptr, inv_q, inv_p, rows, cols, B, N, D, stride_q, stride_p,
+                          BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # fmt: skip
         tile_ok = row_ok[:, None] & col_ok[None, :]
         # Padding scores are -inf, so every exp below is 0 there and none overflows.
         s = tl.where(tile_ok, scale_log2 * cos, float("-inf"))  # (BLOCK_M, BLOCK_N) base 2
@@ -296,31 +238,15 @@ def info_nce_bwd_kernel(
             t = t.to(tl.float32)  # after the rounding, so the interpreter sees what a GPU sees
         for start_d in range(0, D, BLOCK_D):
             dims = start_d + tl.arange(0, BLOCK_D)
-            dim_ok = dims < D
-            q = tl.load(
-                q_ptr + rows[:, None] * stride_q + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_M, BLOCK_D), an L2 hit: the recompute just read it
-            p = tl.load(
-                p_ptr + cols[:, None] * stride_p + dims[None, :],
-                mask=col_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_N, BLOCK_D)
+            dim_ok = dims[None, :] < D
+            q = load_slice(q_ptr, rows, dims, B, D, stride_q)  # (BLOCK_M, BLOCK_D), an L2 hit: cosine_tile just read it
+            p = load_slice(p_ptr, cols, dims, N, D, stride_p)  # (BLOCK_N, BLOCK_D)
             if UPCAST:
                 q, p = q.to(tl.float32), p.to(tl.float32)
-            tl.atomic_add(
-                grad_q_ptr + rows[:, None] * D + dims[None, :],
-                tl.dot(t, p, input_precision=DOT_PRECISION),
-                mask=row_ok[:, None] & dim_ok[None, :],
-                sem="relaxed",  # plain sums: no ordering needed
-            )
-            tl.atomic_add(
-                grad_p_ptr + cols[:, None] * D + dims[None, :],
-                tl.dot(tl.trans(t), q, input_precision=DOT_PRECISION),
-                mask=col_ok[:, None] & dim_ok[None, :],
-                sem="relaxed",
-            )
+            dq = tl.dot(t, p, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D); relaxed atomics: plain sums
+            dp = tl.dot(tl.trans(t), q, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+            tl.atomic_add(grad_q_ptr + rows[:, None] * D + dims[None, :], dq, row_ok[:, None] & dim_ok, sem="relaxed")
+            tl.atomic_add(grad_p_ptr + cols[:, None] * D + dims[None, :], dp, col_ok[:, None] & dim_ok, sem="relaxed")
 
 
 # ---------------------------------------------------------------------------
@@ -328,19 +254,15 @@ def info_nce_bwd_kernel(
 
 
 def dot_precision(x):
-    """tl.dot's input_precision: full fp32 ("ieee") for fp32 inputs, since TF32 (Triton's
-    default, 10-bit mantissa) would not equal info_nce; bf16/fp16 keep the default,
-    which only concerns fp32 operands."""
+    """tl.dot's input_precision: full fp32 ("ieee") for fp32 inputs, since TF32 (Triton's default,
+    10-bit mantissa) would not equal info_nce; bf16/fp16 keep the default, which only concerns fp32."""
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def launch_grid(rows, cols, device, tiles):
-    """(row blocks, column splits, column blocks per split) for a rows x cols score matrix.
-
-    One program per BLOCK_M rows fills only B / 128 SMs (32 of 132 at B = 4096),
-    so the column loop is split until the grid is about two waves; every split
-    gets at least one column block. Unmeasured, like the block sizes.
-    """
+    """(row blocks, column splits, column blocks per split) for a rows x cols score matrix. One program
+    per BLOCK_M rows fills only B / 128 SMs (32 of 132 at B = 4096), so the column loop is split until
+    the grid is about two waves; every split gets at least one column block. Unmeasured, like the tiles."""
     row_blocks, col_blocks = triton.cdiv(rows, tiles.block_m), triton.cdiv(cols, tiles.block_n)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
     splits = max(1, min(col_blocks, triton.cdiv(2 * sms, row_blocks)))
@@ -349,8 +271,7 @@ def launch_grid(rows, cols, device, tiles):
 
 
 def row_lse(x, y, inv_x, inv_y, scale, tiles=None):
-    """logsumexp_j scale * cos(x_i, y_j), natural log: x (M, D), y (N, D) -> (M,) fp32.
-    tiles: how to launch the kernel; None reads FORWARD at this call."""
+    """logsumexp_j scale * cos(x_i, y_j), natural log: x (M, D), y (N, D) -> (M,) fp32; tiles None: FORWARD."""
     tiles = tiles or FORWARD
     M, N, D = x.shape[0], y.shape[0], x.shape[1]
     row_blocks, splits, blocks_per_split = launch_grid(M, N, x.device, tiles)
@@ -364,8 +285,7 @@ def row_lse(x, y, inv_x, inv_y, scale, tiles=None):
 
 
 def info_nce_bwd(q, p, inv_q, inv_p, lse, col_lse, scale, symmetric, tiles=None):
-    """(B/scale) dL/du_i / ||q_i|| and (B/scale) dL/dv_j / ||p_j||: fp32 (B, D) and (N, D).
-    tiles: how to launch the kernel; None reads BACKWARD at this call."""
+    """(B/scale) dL/du_i / ||q_i|| and (B/scale) dL/dv_j / ||p_j||: fp32 (B, D), (N, D); tiles None: BACKWARD."""
     tiles = tiles or BACKWARD
     B, N, D = q.shape[0], p.shape[0], q.shape[1]
     grad_q = torch.zeros((B, D), device=q.device, dtype=torch.float32)
@@ -398,11 +318,10 @@ class FusedInfoNCE(torch.autograd.Function):
         loss = (lse - positive).mean()
         col_lse = lse  # a placeholder the one-way kernel never reads
         if symmetric:
-            # Column statistics = row statistics of the transposed problem over the B
-            # positives: a second pass of B x B x D, B/N of the first. One pass with
-            # atomics cannot merge log-sum-exps (no atomic op does), a fixed shift of
-            # exp by the bound scale underflows fp32 for scale > ~44, and per-row-block
-            # partials would cost O(B^2 / BLOCK_M) memory.
+            # Column statistics = row statistics of the transposed problem over the B positives: a second
+            # pass of B x B x D, B/N of the first. One pass with atomics cannot merge log-sum-exps (no atomic
+            # op does), a fixed shift of exp by the bound scale underflows fp32 for scale > ~44, and
+            # per-row-block partials would cost O(B^2 / BLOCK_M) memory.
             col_lse = row_lse(p[:B], q, inv_p[:B], inv_q, scale)  # (B,)
             loss = (loss + (col_lse - positive).mean()) / 2
         ctx.save_for_backward(q, p, inv_q, inv_p, lse, col_lse)

@@ -1,12 +1,10 @@
 """
-The MIMO objectives (Multilingual Information Retrieval via Monolingual Objectives,
-EMNLP 2026) as pure functions: tensors and scalar hyperparameters in, a scalar
-tensor out. No state, no logging, no device moves. Numerically sensitive parts
-(norms, exp, logsumexp) run in fp32 whatever the input dtype.
+The MIMO objectives (Multilingual Information Retrieval via Monolingual Objectives, EMNLP 2026) as pure
+functions: tensors and scalar hyperparameters in, a scalar tensor out. No state, no logging, no device moves.
+Numerically sensitive parts (norms, exp, logsumexp) run in fp32 whatever the input dtype.
 
-Notation follows the paper: s(x) student embedding, t(x) teacher embedding, W the
-trainable student -> teacher projection, q / p query and passage embeddings, tau
-the temperature and scale = 1 / tau. In the order the paper introduces them:
+Notation follows the paper: s(x) student embedding, t(x) teacher embedding, W the trainable student -> teacher
+projection, q / p query and passage embeddings, tau the temperature and scale = 1 / tau. In the paper's order:
 
     stage 1     L_Distill = mean_i d(W s(x_X,i), t(x_en,i)),  d = 1 - cos  (or MSE)
     stage 2     L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2
@@ -14,12 +12,10 @@ the temperature and scale = 1 / tau. In the order the paper introduces them:
                 L         = lam * L_XLCO + (1 - lam) * L_Distill       (in joint_train.py)
     baseline    LaKDA     = (1 - a) InfoNCE(q_a, p) + a KL(p_b || p_a)
 
-Then the objectives joint_train.py trains, and their table: a new objective is one
-function of the batch's embeddings plus one OBJECTIVES entry, and a new distance one
-function plus one DISTILL_LOSSES entry; the scripts' flags, logs, model cards and
-evaluate.py's labels all read these tables. Last, InfoNCE with the same value and
-gradients in bounded memory: chunked PyTorch here, fused Triton kernels in fused.py
-(imported only when used).
+Then the objectives joint_train.py trains, and their table: a new objective is one function of the batch's
+embeddings plus one OBJECTIVES entry, a new distance one function plus one DISTILL_LOSSES entry; the scripts'
+flags, logs, model cards and evaluate.py's labels all read these tables. Last, InfoNCE with the same value and
+gradients in bounded memory: chunked PyTorch here, fused Triton kernels in fused.py (imported only when used).
 """
 
 import importlib.util
@@ -29,8 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-# Whether the fused kernels can be imported at all; fused.py imports Triton itself.
-TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # whether fused.py (it imports Triton) can import
 
 
 def fp32(x):
@@ -43,36 +38,24 @@ def fp32(x):
 
 
 def cosine_distill_loss(student, teacher):
-    """Cosine distance to the teacher, the MIMO distillation loss:
-
-        L = mean_i (1 - cos(W s(x_i), t(en_i)))
-
-    student: (B, D) already projected by W; teacher: (B, D). 0 when every pair
-    points the same way, 1 when orthogonal, 2 when opposite. Scale-free, so the
-    student is asked only to match directions, which is all cosine retrieval uses.
-    """
+    """The MIMO distillation loss, L = mean_i (1 - cos(W s(x_i), t(en_i))): student (B, D) already projected by
+    W, teacher (B, D). 0 when every pair points the same way, 1 when orthogonal, 2 when opposite. Scale-free:
+    the student need only match directions, all that cosine retrieval uses."""
     student, teacher = fp32(student), fp32(teacher)
     cos = F.cosine_similarity(student, teacher, dim=-1, eps=1e-8)  # (B,)
     return (1.0 - cos).mean()
 
 
 def mse_distill_loss(student, teacher):
-    """Mean squared error to the teacher (Reimers and Gurevych 2020, "Making
-    Monolingual Sentence Embeddings Multilingual using Knowledge Distillation"):
-
-        L = mean_{i,d} (W s(x_i) - t(en_i))_d^2
-
-    student: (B, D) already projected by W; teacher: (B, D). Unlike the cosine
-    distance it also asks the student to match the teacher's norms (unit norms
-    here, since the cached teacher embeddings are normalised).
-    """
+    """L = mean_{i,d} (W s(x_i) - t(en_i))_d^2 (Reimers and Gurevych 2020, "Making Monolingual Sentence
+    Embeddings Multilingual using Knowledge Distillation"): student (B, D) already projected by W, teacher
+    (B, D). Unlike 1 - cos it also asks the student to match the teacher's norms (unit: the cache is normalised)."""
     return F.mse_loss(fp32(student), fp32(teacher))
 
 
 @dataclass(frozen=True)
 class Distance:
-    """A distillation distance d: its function (student (B, D), teacher (B, D)) -> scalar,
-    and how model cards write it."""
+    """A distillation distance d: its function (student (B, D), teacher (B, D)) -> scalar, and its model-card name."""
 
     loss: Callable
     label: str
@@ -82,15 +65,9 @@ DISTILL_LOSSES = {"cosine": Distance(cosine_distill_loss, "1 - cos"), "mse": Dis
 
 
 def query_passage_distill(Wq, t_q, Wp, t_p, distance=cosine_distill_loss):
-    """Stage 2's L_Distill: the stage-1 distance on both sides of a retrieval pair,
-
-        L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2
-
-    Wq, Wp: (B, Dt) the student's query and passage embeddings, already projected by
-    W; t_q, t_p: (B, Dt) the teacher's embeddings of their English versions (the
-    query's possibly under the teacher's query prompt). Each side is pulled onto the
-    English anchor whatever its own language, so X and Y meet in one space.
-    """
+    """Stage 2's L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2. Wq, Wp: (B, Dt) the student's
+    query and passage embeddings projected by W; t_q, t_p: (B, Dt) the teacher's of their English versions (the
+    query's maybe under its query prompt). Each side is pulled onto the English anchor, so X and Y meet."""
     return (distance(Wq, t_q) + distance(Wp, t_p)) / 2
 
 
@@ -104,18 +81,14 @@ def similarity(q, p):
 
 
 def info_nce(q, p, scale=20.0, symmetric=False):
-    """InfoNCE with in-batch negatives (van den Oord et al. 2018; MIMO's L_XLCO
-    when q and p are in different languages):
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018; MIMO's L_XLCO when q, p differ in language):
 
         S = scale * cos(q, p)                                     # (B, N)
-        L_q->p = mean_i [ logsumexp_j S_ij - S_ii ]
-        L = L_q->p, or (L_q->p + L_p->q) / 2 with symmetric=True,
-        where L_p->q = mean_j<B [ logsumexp_i<B S_ij - S_jj ].
+        L_q->p = mean_i [ logsumexp_j S_ij - S_ii ],  L_p->q = mean_j<B [ logsumexp_i<B S_ij - S_jj ]
+        L = L_q->p, or (L_q->p + L_p->q) / 2 with symmetric=True.
 
-    q: (B, D) queries; p: (N, D) passages with N >= B, p[i] the positive of q[i]
-    and rows B.. extra negatives (hard negatives, or more passages than queries).
-    The passage-to-query direction runs over the B positives only, since the
-    extra passages have no query of their own. scale = 1 / tau; 20 is tau 0.05.
+    q: (B, D) queries; p: (N, D) passages with N >= B, p[i] the positive of q[i] and rows B.. extra negatives,
+    which have no query of their own, so L_p->q runs over the B positives only. scale = 1 / tau; 20 is tau 0.05.
     """
     B = q.shape[0]
     scores = scale * similarity(q, p)  # (B, N)
@@ -127,16 +100,10 @@ def info_nce(q, p, scale=20.0, symmetric=False):
 
 
 def lakda_loss(q_a, q_b, p, scale=20.0, alpha=0.5):
-    """LaKDA (Yang et al., MRL 2024): InfoNCE plus a KL term that asks two
-    language versions of the same query to rank the batch's passages alike:
-
-        L = (1 - alpha) * InfoNCE(q_a, p) + alpha * mean_i KL(p_b,i || p_a,i)
-        p_a,i = softmax_j cos(q_a,i, p_j),  p_b,i = softmax_j cos(q_b,i, p_j)
-
-    q_a, q_b: (B, D) the query in languages a and b; p: (N, D) passages, p[i]
-    the positive of query i. The KL uses the unscaled cosines, as in the paper;
-    gradients flow into both query versions (neither side is detached).
-    """
+    """LaKDA (Yang et al., MRL 2024): InfoNCE plus a KL term asking two language versions of a query to rank
+    the batch's passages alike, L = (1 - alpha) * InfoNCE(q_a, p) + alpha * mean_i KL(p_b,i || p_a,i) with
+    p_a,i = softmax_j cos(q_a,i, p_j), p_b,i likewise. q_a, q_b: (B, D) the query in languages a and b; p: (N, D)
+    passages, p[i] query i's positive. The KL uses unscaled cosines, as in the paper; both versions get gradients."""
     log_p_a = torch.log_softmax(similarity(q_a, p), dim=-1)  # (B, N)
     log_p_b = torch.log_softmax(similarity(q_b, p), dim=-1)  # (B, N)
     kl = F.kl_div(log_p_a, log_p_b, log_target=True, reduction="batchmean")
@@ -144,13 +111,11 @@ def lakda_loss(q_a, q_b, p, scale=20.0, alpha=0.5):
 
 
 # ---------------------------------------------------------------------------
-# The objectives of joint_train.py. Each maps one step's embeddings to (loss, terms):
-#   e: the student's embeddings by view, (B, Ds) each: "q" queries in X, "p" passages in Y, ...
-#   t: the teacher's by view, (B, Dt) each: "q_en", "p_en" the English query and passage
-#   W: the projection into the teacher's space (None without a teacher)
-#   h: the hyperparameters (joint_train.py's arguments: lam, scale, lakda_alpha, ...) and
-#      h.info_nce(q, p), the InfoNCE term for this run (its implementation, --symmetric,
-#      --gather-negatives), h.gather(p), every rank's rows (this rank's first), and h.distance.
+# The objectives of joint_train.py. Each maps one step's embeddings to (loss, terms): e the student's by
+# view, (B, Ds) each ("q" queries in X, "p" passages in Y, ...); t the teacher's, (B, Dt) each ("q_en", "p_en");
+# W the projection into the teacher's space (None without a teacher); h the hyperparameters (joint_train.py's
+# arguments: lam, scale, lakda_alpha, ...), h.info_nce(q, p) the run's InfoNCE term (its implementation,
+# --symmetric, --gather-negatives), h.gather(p) every rank's rows (this rank's first) and h.distance.
 # terms: the named parts of the loss, which the log, the progress bar and curves.png show.
 
 
@@ -181,14 +146,10 @@ def lakda_objective(e, t, W, h):
 
 @dataclass(frozen=True)
 class Objective:
-    """One --objective of joint_train.py.
-
-    loss: its function (above); views: what the student embeds, view -> (field, language)
-    with language "x" (the example's query language), "y" (its passage language) or "z"
-    (a third draw, LaKDA's), embedded in this order; teacher: whether it needs stage 1's
-    teacher and W (then t holds "q_en" and "p_en"); same_language: X = Y for every pair;
-    label: its short name in tables and plots; card: arguments -> the model card's line.
-    """
+    """One --objective of joint_train.py. loss: its function (above); views: what the student embeds, in this
+    order, view -> (field, language), language "x" (the example's query language), "y" (its passage's) or "z" (a
+    third draw, LaKDA's); teacher: whether it needs stage 1's teacher and W (then t holds "q_en" and "p_en");
+    same_language: X = Y for every pair; label: its short name in tables and plots; card: arguments -> card line."""
 
     loss: Callable
     views: dict
@@ -216,22 +177,17 @@ OBJECTIVES = {  # --objective: Objective(loss, views, teacher, same_language, la
 
 
 # ---------------------------------------------------------------------------
-# Memory-bounded InfoNCE: the value and gradients of info_nce without the (B, N)
-# score matrix. Like FlashAttention, this and the fused kernels keep only the
-# inputs and O(B + N) log-sum-exp statistics, and recompute scores in backward.
+# Memory-bounded InfoNCE: info_nce's value and gradients without the (B, N) score matrix. Like FlashAttention,
+# this and the fused kernels keep only the inputs and O(B + N) log-sum-exp statistics, recomputing scores.
 
 
 def inverse_norms(x):
-    """1 / max(||x_i||, 1e-12) in fp32, the divisor F.normalize uses: x (R, D) -> (R,)."""
-    norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)  # (R,), no fp32 copy of x
-    return norms.clamp_min(1e-12).reciprocal()
+    """1 / max(||x_i||, 1e-12) in fp32, F.normalize's divisor, without an fp32 copy of x: (R, D) -> (R,)."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
 
 
 def normalize_backward(grad_unit, x, inv_norm):
-    """Chain rule through u = x / ||x||: dL/dx = (dL/du - u (u . dL/du)) / ||x||.
-
-    grad_unit: (R, D) fp32 dL/du; x: (R, D) the raw input; inv_norm: (R,) -> (R, D) fp32.
-    """
+    """Chain rule through u = x / ||x||: dL/dx = (dL/du - u (u . dL/du)) / ||x||; (R, D) fp32."""
     unit = x.float() * inv_norm[:, None]  # (R, D)
     radial = (unit * grad_unit).sum(-1, keepdim=True)  # (R, 1) the part along u, which the norm removes
     return (grad_unit - unit * radial) * inv_norm[:, None]
@@ -290,17 +246,10 @@ class _ChunkedInfoNCE(torch.autograd.Function):
 
 
 def info_nce_chunked(q, p, scale=20.0, symmetric=False, chunk_size=1024):
-    """info_nce with memory O(B * chunk_size) instead of O(B * N), pure PyTorch.
-
-    Same formula, shapes and result as info_nce (q: (B, D), p: (N, D), N >= B),
-    computed in fp32 whatever the input dtype. The forward streams chunk_size
-    passages at a time, merging each query's log-sum-exp across chunks; the
-    column log-sum-exp of the symmetric term needs no merging, since every chunk
-    holds all B queries. Saved for the backward: the inputs, their inverse norms
-    and the (B,) statistics; the backward recomputes each (B, chunk) score block
-    once and turns it into both gradients, so it costs one matmul more than
-    info_nce (4 instead of 3). The CPU and no-Triton path of --loss-impl.
-    """
+    """info_nce (same formula, shapes q (B, D), p (N, D), N >= B, and result, in fp32) with memory O(B * chunk_size)
+    instead of O(B * N), in PyTorch: the CPU and no-Triton path of --loss-impl. The forward streams chunk_size
+    passages at a time, merging each query's log-sum-exp across chunks; the backward recomputes each (B, chunk)
+    score block once for both gradients: 4 matmuls to info_nce's 3."""
     return _ChunkedInfoNCE.apply(q, p, scale, symmetric, chunk_size)
 
 
@@ -323,21 +272,11 @@ def triton_unavailable(device):
 
 
 def info_nce_triton(q, p, scale=20.0, symmetric=False):
-    """info_nce through fused Triton kernels (fused.py): same formula, shapes and
-    gradients, memory O((B + N) D) (the inputs, their norms and O(B) statistics)
-    instead of the O(B N) score matrix, and no normalised copies of q and p.
-
-    q: (B, D), p: (N, D), N >= B, both bf16, fp16 or fp32 and of one dtype. Dot
-    products run on tensor cores in the input dtype (bf16/fp16; full fp32 for
-    fp32) with fp32 accumulation, and every exp, log and statistic is fp32; the
-    backward rounds the score gradient to the input dtype for its two dots.
-
-    The gradients are accumulated with fp32 atomic adds, so on a GPU they can
-    differ from run to run in the last bits.
-
-    subtle: with fp16 inputs the backward's operand dL/dS_ij / (||q_i|| ||p_j||)
-    overflows fp16 if ||q_i|| ||p_j|| < ~2e-5; bf16 has fp32's range.
-    """
+    """info_nce through fused Triton kernels (fused.py gives the math and design): same formula, shapes and
+    gradients, memory O((B + N) D) instead of O(B N). q: (B, D), p: (N, D), N >= B, one dtype of bf16, fp16, fp32.
+    Gradients are summed with fp32 atomic adds, so on a GPU they can differ from run to run in the last bits.
+    subtle: with fp16 inputs the backward's operand dL/dS_ij / (||q_i|| ||p_j||) overflows fp16 if
+    ||q_i|| ||p_j|| < ~2e-5; bf16 has fp32's range."""
     reason = triton_unavailable(q.device)
     if reason is not None:
         raise ValueError(f"info_nce_triton cannot run on {q.device}: {reason}")
@@ -354,33 +293,23 @@ def info_nce_triton(q, p, scale=20.0, symmetric=False):
 
 INFO_NCE_IMPLS = {"torch": info_nce, "chunked": info_nce_chunked, "triton": info_nce_triton}
 
-# What --loss-impl auto follows. Per GPU, as torch.cuda.get_device_name names it: the
-# fastest of INFO_NCE_IMPLS at each measured (B, D), for the one-way loss, forward plus
-# backward, bf16 inputs, N = B. bench/gpu_check.sh prints these entries from its
-# bench/bench_losses.py table, like ("NVIDIA H200", 16384, 1024): "triton". No GPU has
-# run it yet, so the table is empty and auto follows SMALL_SCORES alone.
+# What --loss-impl auto follows: per GPU (torch.cuda.get_device_name), the fastest of INFO_NCE_IMPLS at each
+# measured (B, D), one-way loss, forward plus backward, bf16, N = B. bench/gpu_check.sh prints these entries,
+# like ("NVIDIA H200", 16384, 1024): "triton". No GPU has run it yet, so auto follows SMALL_SCORES alone.
 MEASURED_FASTEST = {}
-# Up to this many scores (B x N) auto takes plain info_nce, the exact reference: its
-# (B, N) fp32 matrices (scores, log-softmax, their gradient: about 12 bytes a score)
-# then stay under 1 GiB. 2^26 is B = N = 8192; the paper's 2048 per device is 2^22.
-# Beyond it, info_nce_chunked, whose memory is O(B x 1024).
+# Up to this many scores (B x N) auto takes plain info_nce, the exact reference: its (B, N) fp32 matrices
+# (scores, log-softmax, their gradient: about 12 bytes a score) then stay under 1 GiB. 2^26 is
+# B = N = 8192; the paper's 2048 per device is 2^22. Beyond it, info_nce_chunked, memory O(B x 1024).
 SMALL_SCORES = 2**26
 
 
 def auto_info_nce(gpu, batch_size, passages, dim):
-    """The name in INFO_NCE_IMPLS that --loss-impl auto takes for B = batch_size queries
-    against N = passages passages of width D = dim (None if not known yet), on the GPU
-    named `gpu` (None where the fused kernels cannot run):
-
-    1. MEASURED_FASTEST's entry for this GPU at the largest measured B <= batch_size,
-       at the measured D nearest dim (dim None: only if every measured D there agrees).
-       It is followed if it is triton or chunked, whose memory is linear in B, and
-       torch only up to the largest measured B x B scores, which were seen to fit;
-    2. otherwise plain info_nce up to SMALL_SCORES scores, info_nce_chunked beyond.
-
-    So the kernel is only taken where a measurement found it fastest, at that batch
-    size or a smaller one: its advantage over a (B, N) score matrix grows with B.
-    """
+    """The INFO_NCE_IMPLS name --loss-impl auto takes for B = batch_size queries against N = passages passages
+    of width D = dim (None if not known yet), on the GPU named `gpu` (None where the fused kernels cannot run):
+    1. MEASURED_FASTEST's entry for this GPU at the largest measured B <= batch_size and the measured D nearest
+       dim (dim None: only if all measured D there agree), if triton or chunked (memory linear in B), torch only
+       up to the largest measured B x B scores: the kernel, whose edge grows with B, only where measured;
+    2. otherwise plain info_nce up to SMALL_SCORES scores, info_nce_chunked beyond."""
     measured = {(B, D): name for (on, B, D), name in MEASURED_FASTEST.items() if gpu is not None and on == gpu}
     below = [B for B, _ in measured if B <= batch_size]
     if below:
@@ -396,11 +325,9 @@ def auto_info_nce(gpu, batch_size, passages, dim):
 
 
 def pick_info_nce(impl, device, batch_size, dim=None, passages=None):
-    """The InfoNCE function for --loss-impl: one of INFO_NCE_IMPLS, or "auto", which
-    takes auto_info_nce's choice for batch_size queries against `passages` passages
-    (default: as many) of width dim. Asking for "triton" where it cannot run raises
-    ValueError, at start-up rather than at the first step.
-    """
+    """The InfoNCE function for --loss-impl: one of INFO_NCE_IMPLS, or "auto", which takes auto_info_nce's
+    choice for batch_size queries against `passages` passages (default: as many) of width dim. Asking for
+    "triton" where it cannot run raises ValueError, at start-up rather than at the first step."""
     if impl == "auto":
         device = torch.device(device)
         kernels = device.type == "cuda" and triton_unavailable(device) is None
