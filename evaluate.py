@@ -63,8 +63,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytrec_eval
-import scipy.stats
 import torch
 
 import checkpoint
@@ -244,6 +242,8 @@ def ranking_metrics(rankings, qrels):
     # trec_eval sorts by score: scores falling with the rank keep our order, whose ties are already settled
     run = {query_id: {doc: -float(r) for r, doc in enumerate(ranking)} for query_id, ranking in rankings.items()}
     measures = {"ndcg_cut.10,20,100", "recall.20,100", "recip_rank", "map_cut.100"}
+    import pytrec_eval  # here, not at the top: bench/bench_retrieval.py times retrieve() where it is not installed
+
     found = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     out = {query_id: {key: found[query_id][name] for key, name in TREC_MEASURES.items()} for query_id in rankings}
     for values in out.values():
@@ -264,6 +264,8 @@ def kruskal_wallis(groups):
     the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
+    import scipy.stats
+
     result = scipy.stats.kruskal(*groups)
     return float(result.statistic), float(result.pvalue)
 
@@ -281,6 +283,8 @@ def spearman(x, y):
     """Spearman's rho (scipy.stats.spearmanr: Pearson's r of mid-ranks); nan if x or y is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     constant = len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
+    import scipy.stats
+
     return float("nan") if constant else float(scipy.stats.spearmanr(x, y).statistic)
 
 
