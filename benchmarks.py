@@ -1,10 +1,7 @@
 """
-Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout
-(yjoonjang/mlir-benchmarks), a file of aligned rows or a hub dataset id, read into plain
-dicts with their parallel groups; and the parallel texts of --parallel. A bad file is
-refused with its file and line and what was expected.
-
-A benchmark is held in memory as plain dicts:
+Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout (yjoonjang/mlir-benchmarks),
+a file of aligned rows or a hub dataset id, with their parallel groups; and the parallel texts of --parallel. A bad
+file is refused with its file and line and what was expected. A Benchmark holds plain dicts:
   corpus        {doc id: (text, lang or None)}
   queries       {query id: (text, lang or None)}, only the queries that have judgements
   qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
@@ -35,16 +32,9 @@ LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}
 
 
 def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
-    """A benchmark from a BEIR-style directory, a file of aligned rows, or a hub id -> Benchmark.
-
-    - directory: corpus.jsonl and queries.jsonl (.jsonl.gz, .parquet), in the BEIR layout or the
-      MLIR benchmarks' (see read_texts), and the judgements of `split`: qrels/<split>.tsv or
-      qrels/<split>.jsonl (for "test" also qrels.tsv, qrels.jsonl);
-    - .jsonl/.parquet file of aligned rows, like data/demo/test.jsonl: see rows_to_benchmark();
-    - hub dataset id, optionally with a folder (`owner/name/MMLIR/xx`), read from the Hugging
-      Face cache (or downloaded when online) as a directory.
-    need_lang: every document and query must carry a `lang` (only checked for directories).
-    """
+    """A folder (read_beir_dir), a .jsonl/.parquet file of aligned rows like data/demo/test.jsonl (rows_to_benchmark)
+    or a hub dataset id with an optional folder (owner/name/MMLIR/xx), read from the Hugging Face cache or downloaded,
+    -> Benchmark. need_lang: every document and query must carry a `lang` (checked for folders only)."""
     if Path(spec).is_dir():
         return read_beir_dir(Path(spec), spec, need_lang, split)
     if data.is_local(spec):
@@ -58,16 +48,10 @@ def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
 
 
 def rows_to_benchmark(rows, name="rows"):
-    """Aligned rows -> the MLIR benchmark (the MIMO paper's protocol).
-
-    Every language version of every passage goes into one corpus (doc id
-    "<row id>/<lang>"), every language version of every query is a query (query id
-    "<row id>/<lang>"), and all versions of a row's passage are relevant (grade 1)
-    to all versions of its query: a perfect language-agnostic model ranks the L
-    versions of the gold passage first, in any order. The versions of a row's query
-    (and of its passage) form one parallel group. Row ids are unique (load_rows
-    refuses one used twice), so document ids cannot collide.
-    """
+    """Aligned rows -> the MLIR benchmark of the MIMO paper: every language version of every passage in one corpus, of
+    every query a query (ids "<row id>/<lang>"); all versions of a row's passage relevant (grade 1) to all versions of
+    its query, so a perfect language-agnostic model ranks the L gold versions first, in any order. A row's queries (and
+    its passages) are a parallel group. Row ids are unique (load_rows refuses repeats), so ids cannot collide."""
     corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
     for row in rows:
         key = row["id"]
@@ -81,9 +65,8 @@ def rows_to_benchmark(rows, name="rows"):
 
 
 def download_benchmark(spec):
-    """'owner/name[/folder...]' -> local folder of the dataset repo's snapshot. Offline
-    (HF_HUB_OFFLINE=1) this reads the Hugging Face cache only, so a benchmark fetched
-    once keeps working without a network."""
+    """'owner/name[/folder...]' -> local folder of the dataset's snapshot; offline (HF_HUB_OFFLINE=1), from the cache,
+    so a benchmark fetched once keeps working without a network."""
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
         raise BadInput(
@@ -106,7 +89,7 @@ def download_benchmark(spec):
 
 
 def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
-    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark; see load_benchmark()."""
+    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark."""
 
     def find(candidates, what):
         for candidate in candidates:
@@ -134,11 +117,8 @@ def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
 
 
 def read_records(path, is_beir, expected):
-    """Yield (where, layout, record) from a .jsonl (.jsonl.gz, line by line) or .parquet file (row by row).
-
-    The layout is 'mlir' for {id: {...}, ...} (every value an object), else 'beir' when is_beir(record),
-    else the record is refused as not the `expected` one. The first record's layout is the file's.
-    """
+    """(where, layout, record) per line of a .jsonl(.gz) or row of a .parquet: 'mlir' for {id: {...}} (all values
+    objects), else 'beir' if is_beir(record), else refused as not `expected`. A file keeps its first record's layout."""
     if path.suffix == ".parquet":
         dataset, label = data.load_source(str(path))
         records = ((f"{label} row {number}", record) for number, record in enumerate(dataset or [], 1))
@@ -159,17 +139,12 @@ def read_records(path, is_beir, expected):
 
 
 def read_texts(path, kind, need_lang):
-    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout).
-
-    Two layouts (read_records): BEIR, a record a line with `_id` (or `id`), `text`, optional
-    `title`, `lang`, `group`; or the MLIR benchmarks' corpus, `{doc id: {"text": ..., "lang": ...}}`,
-    one or more ids a line (their queries.jsonl is BEIR). subtle: a title is joined to the text
-    with a space, as BEIR's SentenceBERT encoder and MTEB do, so scores stay comparable with
-    published BEIR numbers. An id may appear once in the file; a query's text may not be empty
-    (no model can be judged on it). The group key (parallel versions of one text) is `group` when
-    given, else language_free_id(): "q17/de" and "q17/fr" are one group, as are the MLIR
-    benchmarks' "de_q_005a" and "en_q_005a"; an id naming no language is alone.
-    """
+    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout). BEIR: a record a line with `_id`
+    (or `id`), `text`, optional `title`, `lang`, `group`; the MLIR benchmarks' corpus: {doc id: {"text", "lang"}}, one
+    or more a line (their queries.jsonl is BEIR). subtle: a title joins the text with a space, as BEIR's SentenceBERT
+    encoder and MTEB do, so scores compare with published BEIR numbers. The group key (parallel versions of one text)
+    is `group`, else language_free_id(): "q17/de" and "q17/fr" are one group, as are "de_q_005a" and "en_q_005a".
+    A query's text may not be empty: no model can be judged on it."""
     texts, keys, first_line, layout = {}, {}, {}, None
     expected = """a BEIR record with '_id' and 'text', or an MLIR-benchmark record {id: {"text": ..., "lang": ...}}"""
     for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
@@ -204,9 +179,8 @@ def read_texts(path, kind, need_lang):
 
 
 def language_free_id(text_id, lang):
-    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix
-    ("q17/de" -> "q17"), else a "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR
-    benchmarks write query ids ("de_q_005a" -> "q_005a"); else the id unchanged."""
+    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix ("q17/de" -> "q17"), else a
+    "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR benchmarks' query ids ("de_q_005a" -> "q_005a")."""
     if lang:
         for separator in "/-_":
             if text_id.endswith(separator + lang) and len(text_id) > len(lang) + 1:
@@ -218,14 +192,9 @@ def language_free_id(text_id, lang):
 
 
 def read_qrels(path):
-    """Judgements -> ({query id: {doc id: grade}}, layout); grades are integers (not bools, floats or strings).
-
-    .tsv: `query-id  corpus-id  score` (BEIR, header optional), or the 4 columns of
-    TREC qrels `query-id  0  corpus-id  score`, separated by tabs or spaces.
-    .jsonl, the layout detected from the first record: BEIR records with `query-id`,
-    `corpus-id`, `score`, or the MLIR benchmarks' `{query id: {doc id: grade, ...}}`
-    (one or more queries per line; a query on several lines gathers them all).
-    """
+    """Judgements -> ({query id: {doc id: integer grade}}, layout). .tsv: `query-id corpus-id score` (BEIR, header
+    optional) or TREC's `query-id 0 corpus-id score`, by tabs or spaces; .jsonl: BEIR records (`query-id`, `corpus-id`,
+    `score`) or the MLIR benchmarks' {query id: {doc id: grade}}, a query's judgements on several lines gathered."""
     qrels = {}
 
     def add(where, query_id, doc_id, grade):
@@ -276,16 +245,10 @@ def group_by(keys, texts):
 
 
 def groups_from_judgements(query_groups, qrels, corpus):
-    """Parallel documents for a benchmark whose document ids do not name them.
-
-    Under the MLIR protocol every language version of the gold passage is relevant
-    to every version of its query, so the relevant documents of one group of
-    parallel queries, when they are one document in each of two or more languages,
-    are the versions of one passage (the MLIR benchmarks' `doc_<lang>_<n>` ids do not
-    say which). Query groups that share a passage give it once; a document that two
-    different such sets claim belongs to neither, since which passage it translates is
-    then unclear.
-    """
+    """Parallel documents where ids do not name them (the MLIR benchmarks' doc_<lang>_<n>): under the MLIR protocol
+    every version of the gold passage is relevant to every version of its query, so a parallel query group's relevant
+    documents, when one in each of two or more languages, are one passage's versions (given once if groups share it).
+    A document that two such sets claim belongs to neither: which passage it translates is unclear."""
     candidates = {}  # sorted doc ids -> the first query group's key
     for key, ids in query_groups.items():
         relevant = sorted(
@@ -298,14 +261,9 @@ def groups_from_judgements(query_groups, qrels, corpus):
 
 
 def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout):
-    """Match judgements to queries and documents, count what does not match, and
-    derive the parallel documents from the judgements where ids give none.
-
-    As trec_eval does: a query without any judgement is not evaluated (skipped and
-    counted); a judgement naming an unknown query is dropped (counted); one naming
-    a document that is not in the corpus is kept (counted): it still counts as
-    relevant, and no model can retrieve it.
-    """
+    """Match judgements to queries and documents, counting misses as trec_eval does: a query without judgements is
+    skipped, a judgement of an unknown query dropped, one of a document not in the corpus kept (relevant, and no model
+    can retrieve it); then derive parallel documents from the judgements where ids give none."""
     if not corpus:
         raise BadInput(f"benchmark '{name}' has an empty corpus")
     stats = {"unknown_query_judgements": sum(len(judged) for q, judged in qrels.items() if q not in queries)}
@@ -331,11 +289,8 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, lay
 
 
 def parallel_groups(spec, max_groups=None, seed=0):
-    """Parallel texts for alignment/uniformity -> list of {lang: text}, at most max_groups (seeded sample).
-
-    spec: any parallel source distill.py reads (LANG=FILE, hub-id:en-de, aligned
-    rows). Each (English, X) pair is one group of two translations.
-    """
+    """--parallel (any source distill.py reads: LANG=FILE, hub-id:en-de, aligned rows) -> [{lang: text}], an
+    (English, X) pair a group, at most max_groups (seeded sample)."""
     pairs = data.read_parallel_source(spec)
     groups = [{"en": pair.english, pair.lang: pair.text} for pair in pairs if pair.lang != "en"]
     if not groups:

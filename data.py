@@ -1,25 +1,20 @@
 """
-Training data for distill.py and joint_train.py: reading and checking sources, filtering,
-sampling, ordering. Nothing here touches a model; everything is seeded and deterministic.
+Training data for distill.py and joint_train.py: reading and checking sources, filtering, sampling, ordering.
+Nothing here touches a model; everything is seeded and deterministic. Sources are read by `datasets` into
+memory-mapped Arrow in its cache (HF_DATASETS_CACHE), then one validator refuses a bad row, naming the file and
+line (or row) and what was expected. Two kinds of source:
 
-Files and hub datasets are read by Hugging Face `datasets` into memory-mapped Arrow in its
-cache (HF_DATASETS_CACHE: converted once per file version, then mapped, its pages shared
-by every process); one validator then refuses a bad row naming the file and line (or row)
-and what was expected. Two kinds of source:
+- Parallel sentences (stage 1): columns `english`, `non_english`, from a hub dataset in the
+  `sentence-transformers/parallel-sentences-*` layout (`owner/name:en-de`), a local folder in that layout
+  (`DIR:en-de` reads DIR/en-de/train*.parquet), or `.jsonl`, `.tsv` (`.tsv.gz`) or `.parquet` files. Tag a
+  source with its language as `de=path`; untagged, it is read from an `en-xx` in the file or config name.
+- Aligned retrieval rows (stage 2, evaluation, and stage 1 too): one row per query, columns `id`, `query_<lang>`,
+  `passage_<lang>` for each language it holds (as data/demo/). As a parallel source, every (English, X) version
+  of every query and passage is a pair.
 
-- Parallel sentences (stage 1): columns `english`, `non_english`, from a hub dataset in
-  the `sentence-transformers/parallel-sentences-*` layout (`owner/name:en-de`), a local
-  folder in that layout (`DIR:en-de` reads DIR/en-de/train*.parquet), or local `.jsonl`,
-  `.tsv` (`.tsv.gz`) or `.parquet` files. A source is tagged with its language as
-  `de=path`; without a tag the language is read from an `en-xx` in the file or config name.
-- Aligned retrieval rows (stage 2, evaluation, and stage 1 too): one row per query,
-  columns `id`, `query_<lang>`, `passage_<lang>` for every language it holds (data/demo/
-  is in this layout). As a parallel source, every (English, X) version of every query and
-  passage is a pair.
-
-`python data.py stats SOURCE...` shows what sources yield after filtering, de-duplication
-and caps, per language; `--collections ROOT --languages ...` reads the stage-1 collections
-as `distill.py --preset paper` does. `python data.py prepare-mmarco` builds aligned rows.
+`python data.py stats SOURCE...` shows what sources yield after filtering, de-duplication and caps, per language
+(`--collections ROOT --languages ...`: the stage-1 collections, read as `distill.py --preset paper` reads them).
+`python data.py prepare-mmarco` builds aligned rows.
 """
 
 import gzip
@@ -79,11 +74,10 @@ def parse_source(spec):
 
 
 def load_source(location, config=None, check=None):
-    """A local file, a folder in the hub's layout (with config) or a hub dataset -> (datasets.Dataset or None
-    for a file without records, label for messages). A .tsv becomes one row per line (column `text`), split
-    by read_parallel_source: datasets' csv loader (pandas) takes quotes for CSV quoting and pads or drops
-    fields without a word. A text file datasets cannot read is read again line by line (JSON records through
-    check(where, record, seen)), so that the error names the line, which datasets' own errors do not."""
+    """-> (datasets.Dataset, or None for a file without records; label for messages). A .tsv is one `text` row per
+    line, split by read_parallel_source: datasets' csv loader (pandas) takes quotes for CSV quoting and pads or
+    drops fields without a word. A text file datasets cannot read is read again line by line (JSON records through
+    check(where, record, seen)) so that the error names the line, which datasets' own errors do not."""
     path = Path(location)
     if not is_local(location):
         if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
@@ -91,8 +85,7 @@ def load_source(location, config=None, check=None):
         try:
             return datasets.load_dataset(location, config, split="train"), location
         except Exception as error:  # offline, unknown id, unknown config: all one message
-            # The dataset is there (its other configs are listed) but this config is not: online
-            # "BuilderConfig 'x' not found. Available: [...]", offline "Available configs in the cache: [...]"
+            # other configs listed, this one missing: "Available: [...]" online, "... in the cache: [...]" offline
             if config and re.search(r"Available(?: configs in the cache)?: \[.+\]", str(error)):
                 raise MissingConfig(f"dataset '{location}' has no config '{config}'") from None
             raise BadInput(
@@ -140,8 +133,7 @@ def load_source(location, config=None, check=None):
 
 
 def text_lines(path):
-    """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); a line that is not
-    UTF-8, or damaged gzip data, is refused with its line."""
+    """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); bad bytes name their line."""
     path, number = Path(path), 0
     if not path.is_file():
         raise BadInput(f"file '{path}' does not exist")
@@ -180,10 +172,9 @@ def row_languages(names):
 
 
 def check_row(where, record, seen, min_languages=2, english=False):
-    """One row's rules, in Python. An aligned row holds at least min_languages languages (English among
-    them if english), each a non-empty query and passage string (both null: it lacks that language), and an
-    id (its position when the file has none) that is a string or an integer, used once. With english (stage
-    1), a record with `english` or `non_english` is a parallel pair instead: two strings."""
+    """An aligned row holds at least min_languages languages (2 make a cross-lingual pair; English among them if
+    english), each a non-empty query and passage string, and a str or int id (default: its position) used once.
+    With english (stage 1), a record with `english` or `non_english` is a parallel pair instead: two strings."""
     if english and ("english" in record or "non_english" in record):
         for column in ("english", "non_english"):
             if not isinstance(record.get(column), str):
@@ -215,10 +206,9 @@ def check_row(where, record, seen, min_languages=2, english=False):
 
 
 def check_table(dataset, label, min_languages=2, english=False):
-    """Refuse a table that breaks a rule of check_row. The columns are checked with Arrow (no Python object
-    per text); a flagged row is checked again by check_row, whose message names it, and in a JSON-lines
-    file the lines are read again up to it, so that the message names the line. Returns the dataset, with
-    an id column of row positions added when it has none."""
+    """Refuse a table that breaks a rule of check_row. Columns are checked in Arrow (no Python object per text); a
+    flagged row goes through check_row for its message, which names the line in a JSON-lines file (read again).
+    Returns the dataset, with an id column of row positions added when it has none."""
     table, names, n = dataset.data.table, dataset.column_names, len(dataset)
     where = (lambda i: f"{label}:{i + 1}") if label.endswith(".jsonl") else (lambda i: f"{label} row {i + 1}")
 
@@ -264,19 +254,15 @@ def check_table(dataset, label, min_languages=2, english=False):
 # ---------------------------------------------------------------------------
 # Parallel sentences (stage 1)
 
-# sentence-transformers' parallel-sentence collections the MIMO authors read in stage 1,
-# as hub datasets `sentence-transformers/parallel-sentences-<corpus>` with configs en-<lang>.
-# Not every corpus has every language (Europarl has no Arabic, News-Commentary no Chinese):
-# read them with skip_missing=True.
+# The collections the MIMO authors read in stage 1, configs en-<lang>. Not every corpus has every language
+# (Europarl has no Arabic, News-Commentary no Chinese): read them with skip_missing=True.
 PARALLEL_CORPORA = ("europarl", "global-voices", "jw300", "news-commentary", "opensubtitles", "talks", "tatoeba",
                     "wikimatrix")  # fmt: skip
 
 
 def parallel_sentences_sources(languages, root="sentence-transformers", corpora=PARALLEL_CORPORA):
-    """Source specs ROOT/parallel-sentences-<corpus>:en-<lang>, corpus by corpus, each corpus's
-    languages in the order given. ROOT is the hub owner, or a local folder holding snapshot
-    downloads of the collections. The order matters under de-duplication across languages:
-    an English sentence goes to the first (corpus, language) that has it."""
+    """Specs ROOT/parallel-sentences-<corpus>:en-<lang>, corpus by corpus (ROOT: the hub owner or a folder of
+    snapshot downloads). Under global de-duplication an English sentence goes to the first (corpus, language)."""
     return [f"{root}/parallel-sentences-{corpus}:en-{lang}" for corpus in corpora for lang in languages]
 
 
@@ -295,7 +281,7 @@ def read_parallel_source(spec):
             count = pc.list_value_length(fields).to_numpy()  # (n,) fields each line holds
             keep = ~pc.or_(pc.equal(pc.binary_length(lines), 0), pc.utf8_is_space(lines)).to_numpy()  # not blank
             if first == 0 and lines[0].as_py() == "english\tnon_english":
-                keep[0] = False  # the header line
+                keep[0] = False
             wrong = np.flatnonzero(keep & (count != 2)).tolist()
             if wrong:
                 raise BadInput(
@@ -337,28 +323,16 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
 
 def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True,
                   seed=0, dedupe="language", sample="random", skip_missing=False):  # fmt: skip
-    """Read, filter, de-duplicate and cap parallel sentences from several sources.
+    """Read, filter, de-duplicate, cap -> (pairs, stats): Pairs shuffled with the seed; what each rule dropped, the
+    pairs kept per language (lang_xx), sources skipped for lacking their config (missing_sources, skip_missing).
 
-    Returns (pairs, stats): pairs is a list of Pair, shuffled with the seed; stats
-    counts what each rule dropped, the pairs kept per language (lang_xx) and lists
-    the sources skipped for lacking their config (missing_sources).
-
-    Sources are read in the order given, pairs in file order; a pair passing the
-    length filters is then
-    - dedupe="global": dropped if its English side was already taken by any earlier
-      pair, of any source and language (one English sentence serves one language);
-      dedupe="language": dropped if already taken within its own language;
-    - sample="first": kept while its language holds fewer than max_per_language
-      pairs; once every language a source yields is full, the rest of that source
-      is skipped (so a full language takes no more English sentences);
-      sample="random": every pair is kept, then a seeded sample of max_per_language
-      per language.
-    With identity_pairs, unique English sentences are also paired with themselves
-    (lang 'en'), at most max_per_language: under "first" the first ones kept, in
-    order, so they cost the teacher nothing extra; under "random" a seeded sample.
-    skip_missing: a source whose dataset or folder lacks its config (MissingConfig)
-    is skipped and listed instead of being an error.
-    """
+    Sources are read in order, pairs in file order; a pair passing the length filters is then
+    - dedupe="global": dropped if any earlier pair, of any source and language, took its English side (one
+      English sentence serves one language); "language": dropped if taken within its own language;
+    - sample="first": kept while its language holds fewer than max_per_language pairs; a source stops being read
+      once every language it yields is full; "random": all kept, then a seeded sample of max_per_language each.
+    identity_pairs adds unique English sentences paired with themselves (lang 'en'), at most max_per_language:
+    under "first" the first kept, which cost the teacher nothing extra; under "random" a seeded sample."""
     if dedupe not in ("global", "language") or sample not in ("first", "random"):
         raise ValueError(
             f"dedupe must be 'global' or 'language' and sample 'first' or 'random', got {dedupe}, {sample}"
@@ -437,11 +411,7 @@ def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_l
 
 
 def split_dev(pairs, dev_size, seed=0):
-    """Hold out the pairs of dev_size English sentences (all their languages) as dev.
-
-    Splitting by English sentence keeps every translation of a dev sentence out of
-    training. Returns (train, dev), each in the input order.
-    """
+    """Hold out dev_size English sentences with all their pairs (none of theirs trains) -> (train, dev), in order."""
     english = sorted({pair.english for pair in pairs})
     if dev_size >= len(english):
         raise BadInput(f"--dev-size {dev_size} leaves no training data: only {len(english)} English sentences remain")
@@ -452,16 +422,14 @@ def split_dev(pairs, dev_size, seed=0):
 
 
 def epoch_order(n, seed, epoch):
-    """A permutation of range(n), the same for the same (seed, epoch) on every run,
-    so a resumed run sees the same batches as an uninterrupted one."""
+    """A permutation of range(n) fixed by (seed, epoch), so a resumed run sees an uninterrupted run's batches."""
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
 
 
 def batches(order, batch_size, drop_last=True):
-    """Split an epoch's order into lists of indices; a ragged tail is dropped by default
-    so every step has the same number of in-batch examples."""
+    """An epoch's order in lists of batch_size indices; by default a ragged tail is dropped, so all steps are equal."""
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
 
@@ -469,21 +437,13 @@ def batches(order, batch_size, drop_last=True):
 # ---------------------------------------------------------------------------
 # Aligned retrieval rows (stage 2 and evaluation)
 #
-# Rows stay Arrow string columns in datasets' memory-mapped cache, not Python objects: 532k
-# rows in 14 languages are about 4 GB of text, which as Python dicts would cost each torchrun
-# process more than that again. Mapped, its pages live in the kernel's page cache, are read
-# from disk only when touched, and are shared by every process that maps them.
+# Rows stay Arrow columns in datasets' memory-mapped cache: 532k rows in 14 languages are about 4 GB of text, which
+# as Python dicts would cost each torchrun process more than that again; mapped, pages are read when touched and shared.
 
 
 def load_rows(spec, min_languages=2):
-    """Aligned rows (a .jsonl or .parquet file, or a hub dataset) -> a datasets.Dataset of rows.
-
-    rows[i] -> {'id', 'query': {lang: text}, 'passage': {lang: text}} with the languages row i
-    holds, sorted (a format transform: only the rows read become Python); len(rows); iteration;
-    subset(rows, indices) for a view. Only languages with both a query and a passage count.
-    Refused, naming the file and line (or row): a row holding fewer than min_languages (it
-    cannot make a cross-lingual pair), a text that is not a non-empty string, an id used twice.
-    """
+    """Aligned rows (.jsonl, .parquet or hub dataset) -> datasets.Dataset; rows[i] is {'id', 'query': {lang: text},
+    'passage': {lang: text}} for the languages row i holds (a format transform: only rows read become Python)."""
     _, location, config = parse_source(spec)
     check = lambda where, record, seen: check_row(where, record, seen, min_languages)
     dataset, label = load_source(location, config, check)
@@ -516,13 +476,11 @@ def held_languages(rows):
 
 
 def common_languages(rows):
-    """The languages every row holds, sorted."""
     return [lang for lang, held in held_languages(rows).items() if held.all()]
 
 
 def require_languages(rows, languages, spec):
-    """Stage 2 draws any language for any row: every row must hold all of them, and
-    cross-lingual pairs need at least two."""
+    """Stage 2 draws any language for any row: every row must hold all of them, and cross-lingual pairs need two."""
     if len(languages) < 2:
         raise BadInput(
             f"'{spec}' holds fewer than two languages common to all rows ({languages}); cross-lingual pairs need two"
@@ -539,13 +497,8 @@ def require_languages(rows, languages, spec):
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):
-    """The (query language, passage language) of each of an epoch's n examples.
-
-    Cross-lingual (MIMO, XLCO, LaKDA): the P = L(L-1) ordered pairs X != Y are
-    shuffled with (seed, epoch) and cycled round-robin, so each pair occurs
-    floor(n/P) or ceil(n/P) times. same_language=True (the monolingual InfoNCE
-    baseline): X = Y, drawn uniformly.
-    """
+    """(X, Y) of each of an epoch's n examples: the P = L(L-1) ordered pairs X != Y, shuffled by (seed, epoch) and
+    cycled, each floor(n/P) or ceil(n/P) times; same_language (the monolingual baseline): X = Y, drawn uniformly."""
     rng = random.Random(seed * 1_000_003 + epoch + 7)
     if same_language:
         return [(lang, lang) for lang in (rng.choice(languages) for _ in range(n))]
@@ -555,11 +508,9 @@ def language_pairs(n, languages, seed, epoch, same_language=False):
 
 
 def passage_languages(n, languages, seed, epoch):
-    """The passage language of each of an epoch's n examples for the LaKDA baseline, drawn
-    independently of the query pairs: every language floor(n/L) or ceil(n/L) times, in an
-    order shuffled with its own stream of (seed, epoch). So LaKDA's KL term compares the
-    query's two versions against passages in any language, its own included, as the
-    authors' sampler does."""
+    """LaKDA's passage language Z for an epoch's n examples, apart from the query pairs: each language floor(n/L) or
+    ceil(n/L) times, shuffled by its own (seed, epoch) stream. So its KL term compares a query's two versions against
+    passages in any language, its own included, as the authors' sampler does."""
     rng = random.Random(seed * 1_000_003 + epoch + 11)
     cycle = list(languages)
     rng.shuffle(cycle)
@@ -569,13 +520,8 @@ def passage_languages(n, languages, seed, epoch):
 
 
 def prepare_mmarco(triples, queries, collections, out, max_rows=None):
-    """Translated MS MARCO (mMARCO) files -> aligned rows (id, query_<lang>, passage_<lang>).
-
-    triples: the tab-separated training triples of ids (qid, positive pid, negative
-    pid); the first positive of each query is kept. queries, collections: {lang:
-    path} of the `id<TAB>text` files, one per language. Only the passages the rows
-    need are kept in memory, one language at a time. Writes .jsonl or .parquet.
-    """
+    """mMARCO files -> aligned rows in .jsonl or .parquet: each query with the first positive of its id triples
+    (qid, positive pid, negative pid); only the passages needed are held, one language at a time."""
     positives = {}
     for _, record in read_tsv_columns(triples, 3):
         positives.setdefault(record[0], record[1])

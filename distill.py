@@ -1,22 +1,18 @@
 """
 MIMO stage 1: distil a frozen English teacher into a multilingual student.
 
-On parallel sentences (English, X) the student embeds X (and, as identity pairs,
-the English side itself), a trainable linear map W projects it into the teacher's
-space, and the loss pulls it onto the teacher's embedding of the English side:
+On parallel sentences (English, X) the student embeds X (and, as identity pairs, the English side itself), a
+trainable linear map W projects it into the teacher's space, and the loss pulls it onto the teacher's embedding of
+the English side, so every language meets in one anchor space instead of clustering by language:
 
     L = mean_i (1 - cos(W s(x_X,i), t(x_en,i)))        (--distill-loss cosine)
-
-The English space of the teacher is the anchor: every language is pulled towards
-the same target, so translations meet instead of clustering by language.
 
     python distill.py                      # offline demo, ~2 min on 2 CPU cores
     python distill.py --preset paper       # the paper's run (GPU, network)
     python distill.py --resume             # continue the run in --out-dir
 
-Writes --out-dir (runs/stage1/): the student, a sentence-transformers model with its
-card (README.md), projection.safetensors (W), args.json, log.jsonl, curves.png, and
-training_state/ for --resume.
+Writes --out-dir (runs/stage1/): the student, a sentence-transformers model with its card (README.md),
+projection.safetensors (W), args.json, log.jsonl, curves.png, and training_state/ for --resume.
 """
 
 import time
@@ -32,10 +28,8 @@ from teacher import TeacherCache, teacher_embed
 PAPER_LANGUAGES = "ar de es fr hi id it ja nl pt ru vi zh".split()
 PRESETS = {
     "demo": {},
-    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4) as the authors ran it: eight of
-    # sentence-transformers' parallel-sentence collections (en-<lang> for 13 languages, where a
-    # collection has it), the English side de-duplicated across all of them at once, the first
-    # 500k pairs per language plus English identity pairs, one epoch.
+    # The paper's stage 1 (MIMO, EMNLP 2026, Sec. 4) as the authors ran it: eight parallel-sentence collections,
+    # English de-duplicated across all at once, the first 500k pairs per language plus identity pairs, one epoch.
     "paper": {
         "teacher": "Qwen/Qwen3-Embedding-8B",
         "student": "FacebookAI/xlm-roberta-large",
@@ -61,7 +55,6 @@ DEMO_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def build_parser():
-    """The script's flags: its own, then those both training scripts share."""
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
@@ -95,9 +88,8 @@ def build_parser():
                        help="drop pairs whose character lengths differ by more than this factor (paper: 3)")
     group.add_argument("--max-per-language", type=Range(int, 1), default=500_000,
                        help="at most this many pairs per language, chosen by --sample (paper: 500k)")
-    # The demo keeps per-language de-duplication and random sampling, which we think better
-    # where they are affordable: a sentence translated into several languages then pulls them
-    # all to one teacher target, and a sample spans every corpus instead of the first in order.
+    # The demo's defaults, better where affordable: a sentence translated into several languages then pulls them all
+    # to one target, and a random sample spans every corpus instead of the first in order.
     group.add_argument("--dedupe", default="language", choices=["language", "global"],
                        help="language: an English sentence is kept once per language; global: once over all "
                             "sources and languages, so it serves one language (the authors')")
@@ -142,12 +134,8 @@ def embed(model, texts):
 
 @torch.no_grad()
 def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast):
-    """Dev cosine distance to the teacher (through W) and translation retrieval.
-
-    Retrieval: each non-English dev sentence searches, in the student's own space,
-    the student embeddings of all dev English sentences; accuracy is the share whose
-    nearest neighbour is its own English source (top-1), overall and per language.
-    """
+    """Dev cosine distance to the teacher (through W), and top-1 translation retrieval in the student's space:
+    the share of non-English dev sentences whose nearest dev English sentence is their source, also per language."""
     s = checkpoint.encode(student, [pair.text for pair in dev], batch_size, autocast)  # (N, Ds)
     device = W.weight.device
     distance = cosine_distill_loss(W(s.to(device)), dev_targets.to(device)).item()
@@ -172,12 +160,10 @@ DEV_METRICS = {  # what each dev number measures, as the model card names it
 
 
 def dev_record(step, result):
-    """The log line of a dev evaluation."""
     return {"step": step, "dev_distance": result["distance"], "dev_accuracy": result["accuracy"]}
 
 
 def print_summary(step, history):
-    """Before and after on the dev set, and each epoch's time."""
     before, after = history.get("before"), history["after"]
     print(f"\nstage 1 done: {step} steps")
     if before:
@@ -210,7 +196,6 @@ def main(argv=None):
         args.data, args.min_chars, args.max_chars, args.max_length_ratio, args.max_per_language,
         not args.no_identity_pairs, args.seed, args.dedupe, args.sample, args.skip_missing_configs,
     )  # fmt: skip
-    # the dev pairs are held out of training: the summary's before/after numbers come from them
     train, dev = data.split_dev(pairs, args.dev_size, args.seed)
     if len(train) < run.global_batch:
         raise BadInput(f"a step takes {run.global_batch} pairs (--per-device-batch-size {run.per_rank} on "
@@ -239,8 +224,7 @@ def main(argv=None):
         # semi-orthogonal: either way W starts by preserving the student's angles.
         torch.nn.init.eye_(W.weight) if student_dim == teacher_dim else torch.nn.init.orthogonal_(W.weight)
     W.requires_grad_(not args.no_projection)
-    # each rank appends to cache files of its own, so no locks are needed; the key holds the
-    # teacher's weights and precision, so bf16 and fp32 targets are never mixed
+    # each rank appends to cache files of its own (no locks); the key holds weights and precision (no bf16/fp32 mix)
     cache = TeacherCache(args.cache_dir, args.teacher, args.teacher_prompt, teacher.max_seq_length, teacher_dim,
                          teacher.pooling, precision=run.precision)  # fmt: skip
     distill_loss = DISTILL_LOSSES[args.distill_loss].loss
@@ -251,8 +235,7 @@ def main(argv=None):
               f"{device} {run.precision}, {run.world} process(es), cache {cache.folder} "
               f"({len(cache)} texts)")  # fmt: skip
 
-    # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0
-    # W trains with the student (same learning rate), unless --no-projection fixes it
+    # --- optimizer and schedule: AdamW, linear warm-up then linear decay to 0; W trains at the student's rate
     params = [param for param in [*student.parameters(), *W.parameters()] if param.requires_grad]
     steps_per_epoch = len(train) // run.global_batch
     optimizer, scheduler, max_steps = checkpoint.adamw_with_schedule(params, args, steps_per_epoch)
@@ -264,8 +247,6 @@ def main(argv=None):
     languages = sorted(key[5:] for key in stats if key.startswith("lang_"))
     card = {"base_model": args.student, "teacher": args.teacher, "languages": languages, "dev_metrics": DEV_METRICS,
             "objective": f"L = mean d(W s(x_X), t(x_en)), d = {DISTILL_LOSSES[args.distill_loss].label}"}  # fmt: skip
-    # A new run starts at step 0; --resume restores the weights, W, optimizer, scheduler, RNG,
-    # step and history (dev numbers, epoch times) that the last checkpoint saved.
     step, history = run.start(student, W, optimizer, scheduler, max_steps, "distill", card)
     if step == 0 and run.main:
         history["before"] = evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, run.autocast)
@@ -277,14 +258,12 @@ def main(argv=None):
     while step < max_steps:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
-            # subtle: the batch comes from (seed, epoch, position) alone, so a resumed run
-            # picks up exactly where the checkpoint was taken, without replaying a loader
+            # subtle: a batch is a function of (seed, epoch, position): a resumed run replays no loader
             order_epoch, order = epoch, data.batches(data.epoch_order(len(train), args.seed, epoch), run.global_batch)
         mine = slice(run.rank * run.per_rank, (run.rank + 1) * run.per_rank)
         batch = [train[i] for i in order[position][mine]]  # this rank's slice of the global batch
 
-        # The teacher's targets come from the cache after their first epoch: an 8B teacher
-        # is then paid for once per unique English sentence, not once per step.
+        # teacher targets come from the cache after their first epoch: an 8B teacher is paid once per unique sentence
         tick = time.time()
         english = [pair.english for pair in batch]
         t = teacher_embed(teacher, cache, english, args.teacher_batch_size, amp_dtype).to(device)  # (B, Dt)
@@ -293,9 +272,8 @@ def main(argv=None):
             s = embed(student, [pair.text for pair in batch])  # (B, Ds)
             loss = distill_loss(W(s), t)  # L = mean_i d(W s(x_X,i), t(x_en,i))
 
-        # The optimizer step. The scaler is a no-op unless the precision is fp16, where it
-        # keeps small gradients from underflowing; unscale before clipping so that the
-        # norm is the true one. --grad-clip 0 clips nothing but still measures the norm.
+        # The scaler keeps fp16's small gradients from underflowing (a no-op otherwise); unscale before clipping
+        # so the norm is the true one. --grad-clip 0 clips nothing but still measures the norm.
         run.scaler.scale(loss).backward()
         checkpoint.average_gradients(params)  # the mean over ranks: the global batch's gradient
         run.scaler.unscale_(optimizer)
@@ -306,8 +284,7 @@ def main(argv=None):
         scheduler.step()
         step += 1
 
-        # Logs on log steps (the only .item() calls, which wait for the GPU), stops the run
-        # on a non-finite loss or gradient norm, and says whether a checkpoint is due.
+        # logs on log steps (the only .item(), which waits for the GPU); stops on a non-finite loss or gradient norm
         checkpoint_due = run.after_step(step, loss, {}, grad_norm)
         if run.main and args.eval_every and step % args.eval_every == 0 and step < max_steps:
             run.log(dev_record(step, evaluate_dev(student, W, dev, dev_targets, args.eval_batch_size, run.autocast)))

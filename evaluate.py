@@ -1,53 +1,46 @@
 """
-Is a model any good for a mixed-language corpus, and why? Multilingual retrieval (MLIR):
-one corpus that mixes languages, queries in any language.
+Is a model any good for multilingual retrieval (MLIR: one corpus mixing languages, queries in any), and why?
 
-    python evaluate.py                     # runs/stage2*, runs/stage1 and the demo teacher on the demo's
-                                           # 50 held-out rows (350 queries, 350 passages)
+    python evaluate.py   # runs/stage2*, runs/stage1, the demo teacher; 50 held-out rows (350 queries, 350 passages)
     python evaluate.py --model runs/stage1 runs/stage2-lam* runs/stage2-xlco   # a --lam sweep's trajectory
     python evaluate.py --model intfloat/multilingual-e5-small --save-run \\
         --benchmark yjoonjang/mlir-benchmarks/MMLIR/Belebele_test   # adds a row to that benchmark's table
     python evaluate.py --benchmark miracl_dir --split dev --monolingual   # each query searches its own language
 
-Output. Per benchmark a table: a row, with its max length, for every model scored on it so far in
---out-dir (runs/eval/); then each model's prompts. In --out-dir:
-  <benchmark>/<model>.json  in MTEB's shape (scores.<split>: "default", then one subset per query
-                            language), with the encoding, the benchmark's counts and layout, the
-                            notes, and per_query: each query's metrics, for paired significance tests
-  <benchmark>/<model>.trec  with --save-run: each query's top 100 as a TREC run (qid Q0 docid rank score tag)
-  results.json, au.png      rebuilt from every result file there: every number, and alignment against
-                            uniformity, each point labelled with its nDCG@10; MIMO runs (known by their
-                            args.json) joined in lambda order, the trade-off a --lam sweep traces
+Output. Per benchmark a table, a row (with its max length) for every model scored on it so far in --out-dir
+(runs/eval/), then each model's prompts. In --out-dir:
+  <benchmark>/<model>.json: MTEB's shape (scores.<split>: "default", a subset per query language), with the encoding,
+      the benchmark's counts and layout, the notes, and per_query: each query's metrics, for paired significance tests
+  <benchmark>/<model>.trec: with --save-run, each query's top 100 as a TREC run (qid Q0 docid rank score tag)
+  results.json, au.png: rebuilt from every result file there: every number; alignment against uniformity, each
+      point labelled with its nDCG@10, MIMO runs (known by args.json) joined in lambda order: a --lam sweep's trade-off
 evaluate.py replaces only files it wrote and nobody changed since (listed with their SHA-256 in
 .evaluate-files.json); any other file in the way stops the run before any work.
 
-Models are encoded as SentenceTransformer(model).encode_query / .encode_document encode them:
-every module of its modules.json, its own 'query' and 'document' prompts (--no-prompts for none,
-as the MIMO paper's scripts use) and max length (--max-length); a plain Hugging Face model gets
-mean pooling. A module sentence-transformers cannot import here (custom code needs
---trust-remote-code), or a sparse, multi-vector or cross-encoder module, is refused.
+Models are encoded as SentenceTransformer(model).encode_query / .encode_document do: every module in modules.json,
+its own 'query' and 'document' prompts (--no-prompts: none, as the MIMO paper's scripts) and max length
+(--max-length); a plain Hugging Face model gets mean pooling. Refused: a module sentence-transformers cannot import
+here (custom code needs --trust-remote-code), or a sparse, multi-vector or cross-encoder one.
 
-Benchmarks (--benchmark, repeatable): a folder (or hub dataset owner/name/folder) of corpus.jsonl,
-queries.jsonl and judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl),
-in the BEIR layout or the MLIR benchmarks' (yjoonjang/mlir-benchmarks), each file's layout read
-from its first line, integer grades; or a file of aligned rows (id, query_<lang>, passage_<lang>:
-data/demo/test.jsonl), every version of the gold passage relevant. Parallel texts (MRC, alignment,
-uniformity): a `group` field, ids that name their language (q17/de, q17-de, q17_de, de_q_005a), or
-for documents (doc_<lang>_<n>) the judgements of a group of parallel queries.
+Benchmarks (--benchmark, repeatable): a folder (or hub dataset owner/name/folder) of corpus.jsonl, queries.jsonl
+and judgements qrels/<split>.tsv or .jsonl (for "test" also qrels.tsv, qrels.jsonl), in the BEIR layout or the
+MLIR benchmarks' (yjoonjang/mlir-benchmarks), each file's layout read from its first line, integer grades; or a
+file of aligned rows (id, query_<lang>, passage_<lang>: data/demo/test.jsonl), every version of the gold passage
+relevant. Parallel texts (MRC, alignment, uniformity): a `group` field, ids that name their language (q17/de,
+q17-de, q17_de, de_q_005a), or for documents (doc_<lang>_<n>) the judgements of a group of parallel queries.
 
-Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model
-declares it), ties by document id descending, as trec_eval ranks; every judged query counts.
-  ndcg_at_k, recall_at_k, map_at_100, mrr_at_10: trec_eval's ndcg_cut, recall, map_cut and
-                recip_rank (0 past rank 10), by pytrec_eval: grades are gains, >= 1 is relevant
-  own_at_10     share of a query's top 10 in the query's own language
-  mrc_at_10     mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
-                rho_ab = Spearman's rho of parallel queries a and b's scores over the union of their
-                top 10s (constant scores: pair left out); RC(a) = mean of rho_ab over a's partners;
-                MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
-  peer_at_100   (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test
-                of their relevant documents' ranks grouped by language (past 100: 101); 1: none favoured
-  alignment     (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
-  uniformity    log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
+Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model declares it), ties
+by document id descending, as trec_eval ranks; every judged query counts.
+  ndcg_at_k, recall_at_k, map_at_100, mrr_at_10: trec_eval's ndcg_cut, recall, map_cut and recip_rank (0 past
+      rank 10), by pytrec_eval: grades are gains, >= 1 is relevant
+  own_at_10: share of a query's top 10 in the query's own language
+  mrc_at_10: mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code: rho_ab = Spearman's rho
+      of parallel queries a and b's scores over the union of their top 10s (pair left out if constant); RC(a) = mean
+      of rho_ab over a's partners; MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
+  peer_at_100: (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test of their
+      relevant documents' ranks grouped by language (past 100: 101); 1: none favoured
+  alignment: (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
+  uniformity: log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
 main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
 """
 
@@ -157,7 +150,6 @@ def build_parser():
 
 
 def get_args(argv=None):
-    """The arguments, with the checks that involve more than one flag."""
     args = build_parser().parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.split):
         raise BadInput(f"--split must be a plain name such as test or dev, got '{args.split}'")
@@ -169,9 +161,8 @@ def get_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# Exact top-k by inner product in trec_eval's order: score descending, then document id descending
-# (strcmp). Hand-written: torch.topk and vector indexes keep an arbitrary subset of tied scores,
-# and the whole (Q, N) score matrix of a million documents does not fit in memory.
+# Exact top-k by inner product in trec_eval's order: score, then document id (strcmp), descending. Hand-written:
+# torch.topk and vector indexes keep an arbitrary subset of tied scores; a (Q, N) matrix of 10^6 documents won't fit.
 
 
 def id_ranks(ids):
@@ -187,13 +178,9 @@ def trec_order(scores, rank):
 
 
 def top_k(scores, rank, k):
-    """scores (Q, C), rank (C,) -> each row's first k <= C columns in trec_eval's order: scores, columns (Q, k).
-
-    subtle: torch.topk keeps an arbitrary subset of the scores equal to the k-th. A row where more tie
-    with it than fit has its (k+1)-th score equal to its k-th: taking k + 1 finds those rare rows with
-    no other (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py), and only they
-    are redone with a full two-key sort.
-    """
+    """scores (Q, C), rank (C,) -> scores, columns (Q, k): each row's first k <= C in trec_eval's order.
+    subtle: topk keeps an arbitrary subset of the scores tied with the k-th; asking for k + 1 finds the rare rows
+    where more tie than fit without another (Q, C) pass (40% of the matmul's time on CPU, bench/bench_retrieval.py)."""
     values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
     if values.shape[1] > k:
         crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
@@ -207,9 +194,8 @@ def top_k(scores, rank, k):
 
 @torch.no_grad()
 def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
-    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, on one device -> scores and document indices
-    (Q, min(k, N)) on CPU. Each (query_chunk, doc_chunk) block's top k is merged into its queries'
-    running top k: the top k of the union of the blocks' top k is exact, ties included."""
+    """q: (Q, D), d: (N, D), doc_rank: (N,) id_ranks, one device -> scores, document indices (Q, min(k, N)) on CPU.
+    Each block's top k merges into its queries' running top k: the top k of their union is exact, ties included."""
     k = min(k, d.shape[0])
     # one score block, reused: on CPU 8% faster than a fresh 256 MB one per chunk (bench_retrieval.py, N = 10^6)
     buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
@@ -233,8 +219,7 @@ def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
 
 
 # ---------------------------------------------------------------------------
-# Metrics: the ranking ones are trec_eval's own (pytrec_eval); no library computes the
-# language-bias ones (own@10, PEER, MRC, alignment, uniformity), so they are written here.
+# Metrics: the ranking ones are trec_eval's (pytrec_eval); no library computes the language-bias ones, written here.
 
 
 def ranking_metrics(rankings, qrels):
@@ -253,15 +238,13 @@ def ranking_metrics(rankings, qrels):
 
 
 def own_language_share(ranking_langs, query_lang, k):
-    """Share of the top k (of fewer, if fewer were retrieved) in the query's language."""
     top = ranking_langs[:k]
     return sum(lang == query_lang for lang in top) / len(top) if top else 0.0
 
 
 def kruskal_wallis(groups):
-    """Kruskal-Wallis H test of g >= 2 groups of numbers -> (H, p-value), by scipy.stats.kruskal.
-    subtle: all values equal (tie correction 0), where scipy raises, tells no group apart: p = 1, as in
-    the MIMO reference code."""
+    """(H, p-value) of g >= 2 groups by scipy.stats.kruskal. subtle: all values equal (tie correction 0), where
+    scipy raises, tells no group apart: p = 1, as in the MIMO reference code."""
     if len({value for group in groups for value in group}) <= 1:
         return 0.0, 1.0
     import scipy.stats
@@ -271,8 +254,7 @@ def kruskal_wallis(groups):
 
 
 def peer_groups(ranking, judged, doc_lang, k):
-    """{lang: ranks} of a query's relevant documents, ranks past k set to k + 1; relevant documents not
-    in the corpus (doc_lang: {doc id: lang}) have no language and are left out."""
+    """{lang: ranks, past k as k + 1} of a query's relevant documents; those not in doc_lang (no corpus) left out."""
     position, groups = {doc: r for r, doc in enumerate(ranking[:k], 1)}, {}
     for doc in (doc for doc, grade in judged.items() if grade > 0 and doc in doc_lang):
         groups.setdefault(doc_lang[doc], []).append(position.get(doc, k + 1))
@@ -280,7 +262,6 @@ def peer_groups(ranking, judged, doc_lang, k):
 
 
 def spearman(x, y):
-    """Spearman's rho (scipy.stats.spearmanr: Pearson's r of mid-ranks); nan if x or y is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     constant = len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
     import scipy.stats
@@ -289,11 +270,10 @@ def spearman(x, y):
 
 
 def mrc(query_emb, doc_emb, top, groups, query_langs):
-    """Mean rank correlation x 100, aggregated as the MIMO reference code does (module docstring)
-    -> (overall, {lang: value}, queries used, pairs used). query_emb: (Q, D), doc_emb: (N, D),
-    top: (Q, k) each query's top k; groups: lists of query indices that translate each other."""
-    # subtle: all in numpy. Interleaving torch's small matmuls with scipy's (numpy's BLAS) made the
-    # two thread pools spin against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
+    """MRC x 100 (module docstring) -> (overall, {lang: value}, queries used, pairs used). query_emb: (Q, D),
+    doc_emb: (N, D), top: (Q, k); groups: lists of query indices that translate each other."""
+    # subtle: all in numpy; torch's small matmuls between scipy's (numpy's BLAS) made the two thread pools spin
+    # against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
     per_query, pairs = {}, 0  # query index -> rho with each of its partners
     for a, b in ((a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]):
@@ -327,8 +307,7 @@ def uniformity(x, t=2.0):
 
 
 def alignment_uniformity(emb, langs, groups, seed):
-    """Alignment over the translation pairs inside groups (lists of indices into emb: (N, D), unit rows),
-    uniformity over the grouped texts; overall and per language (the pairs that involve it, its texts)."""
+    """Alignment of the pairs in groups (index lists into emb: (N, D), unit rows), uniformity of their texts."""
     pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
     if not pairs:
         return None
@@ -355,8 +334,6 @@ def alignment_uniformity(emb, langs, groups, seed):
 
 
 def config_json(path, filename):
-    """A model's JSON file, found as sentence-transformers finds it (a local folder, or the hub
-    through its cache), or None where the model has none."""
     from sentence_transformers.util import load_file_path
 
     try:
@@ -370,9 +347,6 @@ def config_json(path, filename):
 
 
 def check_model(name, trust_remote_code):
-    """Refuse early, in one sentence, a model that cannot be encoded as sentence-transformers encodes it:
-    not loadable here (offline: not in the cache), a module type it cannot import, a module that makes
-    no single dense vector, or a similarity that inner products do not rank by."""
     from sentence_transformers.util import import_module_class
     from transformers import AutoConfig
 
@@ -434,9 +408,8 @@ class LazyModel:
 
 
 def resolve_prompt(model, task, args):
-    """The prompt a text of `task` ("query" or "document") gets: none with --no-prompts, else the flag's,
-    else the one encode_query / encode_document picks: the model's "query" prompt (for documents the
-    first of "document", "passage", "corpus"), else its default prompt, else none."""
+    """A `task` ("query" or "document") text's prompt: none with --no-prompts, else the flag's, else encode_query's /
+    encode_document's: the model's "query" (documents: "document", "passage", "corpus"), its default, or none."""
     given = args.query_prompt if task == "query" else args.document_prompt
     if args.no_prompts or given is not None:
         return given or ""
@@ -447,14 +420,12 @@ def resolve_prompt(model, task, args):
 
 
 def embed(lazy, texts, task, what, args):
-    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document return them, the settings
-    they were made with), from --cache-dir when the model's files, the prompt, length and precision asked
-    for and the texts are unchanged. A damaged cache entry is embedded afresh, not trusted."""
+    """texts -> ((N, D) float32 CPU embeddings as encode_query / encode_document give them, their settings), from
+    --cache-dir while model files, prompt, length, precision and texts are unchanged; a damaged entry is redone."""
     import sentence_transformers
     from huggingface_hub import try_to_load_from_cache
 
-    # the model's weights: a local folder's file names, sizes and times (a retrained run gets new embeddings),
-    # or the cached hub snapshot (.../snapshots/<commit>/config.json)
+    # the weights: a folder's file names, sizes, times (a retrained run re-embeds), or the hub snapshot's commit
     path = checkpoint.resolve_model(lazy.name)
     if Path(path).is_dir():
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
@@ -511,8 +482,7 @@ def embed(lazy, texts, task, what, args):
 
 
 def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device):
-    """Each query's top DEPTH -> (document indices, scores) per query; with --monolingual each language's
-    queries search only the documents in that language."""
+    """Each query's top DEPTH -> (document indices, scores) per query; --monolingual: in the query's language."""
     doc_rank, d = id_ranks(doc_ids).to(device), doc_emb.to(device)
     if not args.monolingual:
         scores, index = retrieve(query_emb.to(device), d, doc_rank, DEPTH, args.query_chunk, args.doc_chunk)
@@ -659,15 +629,13 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
 
 
 def slug(name):
-    """A file name for a model or benchmark name: path parts joined by "__", other characters kept
-    to letters, digits and ._- ("runs/stage2" -> "runs__stage2")."""
+    """Model or benchmark -> file name: path parts in [A-Za-z0-9._-], joined by "__": runs/stage2 -> runs__stage2."""
     parts = [part for part in re.split(r"[/\\]+", name) if part not in ("", ".", "..")]
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part) for part in parts) or "_"
 
 
 def atomic_write(path, content):
-    """Bytes to a fresh temporary name in the same folder, renamed to `path`: never half a file, and no
-    other name replaced ("xb" refuses to reuse a name, and keeps the user's umask, unlike tempfile)."""
+    """A fresh name beside `path`, renamed: never half a file; "xb" reuses no name and, unlike tempfile, keeps umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".evaluate-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     with open(tmp, "xb") as f:
@@ -676,9 +644,7 @@ def atomic_write(path, content):
 
 
 class OwnedFolder:
-    """A folder evaluate.py writes into, and MANIFEST there: each file it wrote, with its kind and SHA-256.
-    As the training scripts replace only run directories of their own, evaluate.py replaces only files
-    it wrote and nobody changed since: a user's own results.json is never replaced."""
+    """A folder evaluate.py writes into; MANIFEST there lists each file it wrote, with its kind and SHA-256."""
 
     def __init__(self, root, flag):
         self.root, self.flag = Path(root), flag
@@ -758,9 +724,8 @@ def result_file(name, info, result, per_query, encoding, args, seconds):
 
 
 def build_report(out, digests):
-    """results.json's benchmarks from every result file evaluate.py wrote in out: per benchmark folder
-    its description and every model's summary and encoding. A folder's version is this run's (digests)
-    or else its newest file's; models scored on another version are listed apart, not mixed in."""
+    """results.json's benchmarks from our result files in out: per folder its description, each model's summary
+    and encoding at this run's version (digests) or else its newest file's; other versions are listed apart."""
     found = {}
     for relative, entry in sorted(out.files.items()):
         if entry["kind"] == "result" and out.ours(relative):
@@ -785,7 +750,6 @@ def cells(result):
 
 
 def print_benchmark(entry, order):
-    """The table of one benchmark folder (a row per model in `order`), its counts, the prompts, the notes."""
     print(f"\n{entry['name']} ({entry['mode']}, split {entry['split']}: {entry['queries']} queries, "
           f"{entry['documents']} documents, {len(entry['languages'])} languages)")  # fmt: skip
     width = max(len("model"), *(len(name) for name in order))
@@ -821,18 +785,14 @@ def run_arguments(name):
 
 
 def objective_label(arguments):
-    """How au.png names a joint_train.py baseline run: its objective's label in losses.OBJECTIVES
-    (its name, for one no longer there) and where it started."""
+    """au.png's name for a joint_train.py baseline: its losses.OBJECTIVES label (or name) and where it started."""
     objective = losses.OBJECTIVES.get(arguments.get("objective"))
     return f"{objective.label if objective else arguments.get('objective')} from {arguments.get('init')}"
 
 
 def au_points(models):
-    """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models that have both,
-    the MIMO runs among them in lambda order, which the plot joins: a --lam sweep's path from lambda 0,
-    distillation alone, to 1, XLCO alone). A MIMO run is labelled by its lambda, a distill.py run
-    "stage 1", a baseline by objective_label, any other model by its name; each label ends with the
-    model's nDCG@10."""
+    """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models with both, the MIMO runs in
+    lambda order: a --lam sweep's path from lambda 0, distillation alone, to 1, XLCO alone)."""
     points, lams = [], {}
     for name, result in models.items():
         if result.get("alignment") is None or result.get("uniformity") is None:
@@ -849,9 +809,7 @@ def au_points(models):
 
 
 def plot_alignment_uniformity(report, path):
-    """au.png: a labelled point per model, a panel per benchmark, MIMO runs joined in lambda order;
-    lower-left is better (Wang and Isola 2020, Fig. 1). Returns the path, or None (with a note)
-    where there is nothing to plot or no matplotlib."""
+    """au.png, a panel per benchmark (lower-left is better: Wang and Isola 2020, Fig. 1) -> path, or None, noted."""
     try:
         import matplotlib
 
@@ -880,9 +838,8 @@ def plot_alignment_uniformity(report, path):
         bottom, top = axis.get_ylim()
         # one label line (10 points of 8-point text) in data units, from the axes' height in points
         line = 10 * (top - bottom) / (axis.get_window_extent().height * 72 / figure.dpi)
-        # subtle: a sweep's runs can sit closer than a line of text (lambda 0.2 and 1 on the demo).
-        # Labels point inwards (a long name at the right edge stays inside), so those on one side
-        # can collide: going up, each is raised to at least a line above the one below it.
+        # subtle: a sweep's runs can sit closer than a line of text (lambda 0.2 and 1 on the demo), and labels point
+        # inwards (so long ones stay inside): going up, each is raised at least a line above the one below it.
         floor = {True: -math.inf, False: -math.inf}
         for _, label, x, y in sorted(points, key=lambda point: point[3]):
             right_half = x > middle
@@ -899,7 +856,6 @@ def plot_alignment_uniformity(report, path):
 
 
 def save_plot(out, name, draw):
-    """Draw a plot (draw(path) -> path, or None) in a scratch folder and write it into out; whether it did."""
     with tempfile.TemporaryDirectory() as scratch:
         plot = draw(Path(scratch) / name)
         if plot:
@@ -912,9 +868,7 @@ def save_plot(out, name, draw):
 
 
 def default_models():
-    """The runs in runs/ that hold a model (config.json, written with the first checkpoint): runs/stage2,
-    the other joint_train.py runs runs/stage2-* (a --lam sweep's in lambda order, then the baselines by
-    name), runs/stage1; then the demo teacher as the reference row."""
+    """--model's default (its help= says which); a run holds a model once its config.json is written."""
     stage2, stage1 = Path("runs/stage2/config.json").is_file(), Path("runs/stage1/config.json").is_file()
     if not stage2:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
@@ -929,8 +883,7 @@ def default_models():
 
 
 def plan_outputs(tasks, args, out, runs):
-    """Every file this run will write, checked before any work: each is absent or ours, and no two
-    models (here or earlier in --out-dir) share a file name. Returns {benchmark name: folder}."""
+    """{benchmark name: folder}, once every file to write is absent or ours and no two models share a file name."""
     models = {}
     for name in args.model:
         if slug(name) in models:
@@ -969,9 +922,8 @@ def main(argv=None):
         for run in (run for run in args.curves if not (Path(run) / "log.jsonl").is_file()):
             raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
                            "joint_train.py")  # fmt: skip
-        save_plot(
-            OwnedFolder(args.out_dir, "--out-dir"), "curves.png", lambda path: checkpoint.plot_curves(args.curves, path)
-        )
+        save_plot(OwnedFolder(args.out_dir, "--out-dir"), "curves.png",
+                  lambda path: checkpoint.plot_curves(args.curves, path))  # fmt: skip
         return None
     args.model = args.model or default_models()
     args.benchmark = args.benchmark or ["data/demo/test.jsonl"]
@@ -1008,8 +960,8 @@ def main(argv=None):
         print(f"benchmark {benchmark.name}: {info['queries']} queries, {info['documents']} documents, languages "
               f"{' '.join(info['languages']) or 'unknown'}; read as {json.dumps(benchmark.layout)}")  # fmt: skip
 
-    # --- each model on each benchmark, a model loaded only if some embedding is not cached (and
-    # dropped before the next is loaded); each result file is written as soon as it is known
+    # --- each model on each benchmark, loaded only if an embedding is not cached (and dropped before the next is
+    # loaded); each result file is written as soon as it is known
     for name in args.model:
         lazy = LazyModel(name, args, device)
         for benchmark in tasks:

@@ -7,25 +7,21 @@ Starting from stage 1 (student s and projection W), on aligned query/passage row
     L_XLCO    = InfoNCE(s(q_X), s(p_Y)), in-batch negatives, X != Y, scale 20 (tau 0.05)
     L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2,  d = 1 - cos
 
-XLCO alone pulls each query toward its passage in another language but lets
-languages drift apart as clusters; the distillation term keeps every language
-anchored to the teacher's single English space.
+XLCO alone pulls each query toward its passage in another language but lets languages drift apart as clusters;
+the distillation term keeps every language anchored to the teacher's single English space.
 
     python joint_train.py                           # MIMO on the demo, from runs/stage1
     python joint_train.py --lam 0 0.2 0.5 0.8 1     # one run per lambda: runs/stage2-lam0, -lam0.2, ...
     python joint_train.py --objective xlco          # baselines: xlco | infonce | lakda
     python joint_train.py --preset paper            # the paper's run (GPU, network)
 
-Before training, MIMO checks its premise, that the teacher's space is the better one:
-teacher and student each retrieve the English passages of the dev rows for their
-English queries, and the line `teacher check ... nDCG@10` gives both scores. Where the
-student is already clearly better, the distillation term pulls it down towards the
-teacher, and the line says what to try. `python evaluate.py` over a lambda sweep draws
-the runs' alignment/uniformity trajectory (runs/eval/au.png).
+Before training, MIMO checks its premise, that the teacher's space is the better one: teacher and student each
+retrieve the dev rows' English passages for their English queries, and the line `teacher check ... nDCG@10` gives
+both scores; where the student is already clearly better (distillation would pull it down), it says what to try.
+`python evaluate.py` over a lambda sweep draws the runs' alignment/uniformity trajectory (runs/eval/au.png).
 
---per-device-batch-size B with --mini-batch-size M < B uses gradient caching (Gao et
-al. 2021): the loss sees all B in-batch negatives while only M texts hold a graph at a
-time.
+--per-device-batch-size B with --mini-batch-size M < B uses gradient caching (Gao et al. 2021): the loss sees all
+B in-batch negatives while only M texts hold a graph at a time.
 """
 
 import json
@@ -47,8 +43,7 @@ from teacher import TeacherCache, teacher_embed
 QWEN3_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 PRESETS = {
     "demo": {},
-    # The paper's stage 2 (MIMO, EMNLP 2026, Sec. 4): translated MS MARCO in 14
-    # languages (prepare it with `python data.py prepare-mmarco`), all ordered pairs.
+    # The paper's stage 2 (MIMO, EMNLP 2026, Sec. 4): mMARCO in 14 languages (`python data.py prepare-mmarco`)
     "paper": {
         "data": "mmarco-14.parquet",
         "languages": "en ar de es fr hi id it ja nl pt ru vi zh".split(),
@@ -65,13 +60,10 @@ PRESETS = {
         "teacher_batch_size": 128,
     },
 }
-# The student counts as clearly better than the teacher when its mean nDCG@10 exceeds the
-# teacher's by more than max(CHECK_MIN_MARGIN, 2 standard errors of the per-query difference).
-CHECK_MIN_MARGIN = 0.02
+CHECK_MIN_MARGIN = 0.02  # the teacher check's least margin of nDCG@10 (see teacher_check)
 
 
 def build_parser():
-    """The script's flags: its own, then those both training scripts share."""
     # fmt: off
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
@@ -145,12 +137,10 @@ def default_out_dir(objective):
 
 
 def get_args(argv=None):
-    """The arguments of one run: a preset's (or, with --resume, the run's saved ones), then
-    the flags given; with the checks that involve more than one flag."""
+    """One run's arguments: a preset's (or the resumed run's), then the flags given; checked across flags."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    # subtle: --out-dir's default depends on --objective, and --resume reads args.json
-    # from --out-dir, so settle it before the preset/resume parse
+    # subtle: --resume reads args.json from --out-dir, whose default depends on --objective: settle it first
     first, _ = parser.parse_known_args(argv)
     if first.out_dir is None:
         argv += ["--out-dir", default_out_dir(first.objective)]
@@ -179,14 +169,9 @@ def get_args(argv=None):
 
 
 def get_runs(argv=None):
-    """The arguments of each run, one per --lam value.
-
-    One value is one run, in --out-dir as given. Several are a sweep from the same stage 1:
-    the run for value v has the arguments of `joint_train.py <the same flags> --lam v
-    --out-dir <out-dir>-lam<v>` (runs/stage2-lam0.2 by default), so each folder keeps its
-    own args.json, lock and checkpoints. With --resume, a sweep resumes each of its folders
-    that holds a run and starts the others, so an interrupted sweep goes on where it stopped.
-    """
+    """The arguments of one run per --lam value. Several values sweep from the same stage 1: value v runs as
+    `joint_train.py <the same flags> --lam v --out-dir <out-dir>-lam<v>`, so each folder keeps its own args.json,
+    lock and checkpoints; --resume resumes the folders that hold a run and starts the others."""
     argv = sys.argv[1:] if argv is None else list(argv)
     first, _ = build_parser().parse_known_args(argv)
     lams = first.lam if isinstance(first.lam, list) else [first.lam]
@@ -221,9 +206,8 @@ def is_resume_flag(token):
 
 
 def load_models(args, device, amp_dtype, precision):
-    """(student, teacher, W, caches): the student from stage 1 or a raw backbone; for an
-    objective with a teacher also stage 1's frozen teacher, its projection W and the
-    teacher caches for queries and passages (teacher, W and caches are None otherwise)."""
+    """(student, teacher, W, caches): the student from stage 1 or a raw backbone; with a teacher objective, stage
+    1's frozen teacher, its projection W and the query and passage teacher caches (else None)."""
     stage1 = Path(args.stage1)
     if args.init == "stage1" and not (
         (stage1 / "projection.safetensors").is_file() and (stage1 / "config.json").is_file()
@@ -258,8 +242,7 @@ def load_models(args, device, amp_dtype, precision):
         )
     W = torch.nn.Linear(student_dim, teacher_dim, bias=False)  # weight (Dt, Ds), trained on
     W.weight.data.copy_(projection)
-    # Queries and passages differ in prompt, so they have one cache each; with an empty
-    # query prompt the query cache is stage 1's, and its English texts are reused.
+    # a cache per prompt; with an empty query prompt the query cache is stage 1's, and its English texts are reused
     caches = {
         view: TeacherCache(
             args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling, precision=precision
@@ -280,10 +263,8 @@ TEACHER_VIEWS = {"q_en": ("query", "en"), "p_en": ("passage", "en")}  # the Engl
 
 
 def make_batch(rows, pairs, objective, passage_langs=None):
-    """Texts for one step: {view: list of texts}, the objective's student views (see
-    losses.Objective: "q" the queries in X, "p" their passages in Y, ...) and, where it has
-    a teacher, "q_en"/"p_en", the English versions. pairs: each row's (X, Y);
-    passage_langs: each row's third language Z, drawn apart from X and Y (LaKDA's)."""
+    """{view: texts} for one step: the objective's views (losses.Objective: "q" the queries in X, "p" their passages
+    in Y, ...) and, with a teacher, the English "q_en"/"p_en"; passage_langs: LaKDA's third language Z per row."""
     entry = OBJECTIVES[objective]
     views = {**entry.views, **(TEACHER_VIEWS if entry.teacher else {})}
     z = passage_langs or [None] * len(rows)
@@ -305,8 +286,8 @@ def cuda_rng_state(device):
 
 
 def embed_without_graph(student, texts, mini_batch_size, autocast):
-    """Gradient caching, pass 1: (N, D) fp32 embeddings with no graph, in mini-batches,
-    and the RNG state before each so pass 2 can replay the same dropout masks."""
+    """Gradient caching, pass 1: (N, D) fp32 embeddings without a graph, in mini-batches, and the RNG state before
+    each so pass 2 can replay the same dropout masks."""
     device = student.device
     chunks, states = [], []
     with torch.no_grad():
@@ -318,14 +299,12 @@ def embed_without_graph(student, texts, mini_batch_size, autocast):
 
 
 def backward_through_cache(student, texts, grad, states, mini_batch_size, autocast):
-    """Gradient caching, pass 2: re-checkpoint.encode each mini-batch with a graph, under the RNG
-    state pass 1 saw, and back-propagate the cached dL/d(embedding) rows into the
-    parameters. By the chain rule the parameter gradients are those of the full batch."""
+    """Gradient caching, pass 2: re-encode each mini-batch with a graph under pass 1's RNG state, and back-propagate
+    the cached dL/d(embedding) rows; by the chain rule the parameter gradients are the full batch's."""
     device = student.device
     after = (torch.get_rng_state(), cuda_rng_state(device))
     for index, start in enumerate(range(0, len(texts), mini_batch_size)):
-        # subtle: without the replayed RNG state dropout would draw new masks, and the
-        # cached dL/de would belong to a different network than the one differentiated here
+        # subtle: with new dropout masks the cached dL/de would belong to another network than the one here
         torch.set_rng_state(states[index][0])
         if states[index][1] is not None:
             torch.cuda.set_rng_state(states[index][1], device)
@@ -338,19 +317,13 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
 
 
 def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
-    """The (cross-lingual) InfoNCE term for this rank's queries q and passages p, (B, Ds) each.
-
-    gather=False: negatives are this rank's other passages (the paper's setting).
-    gather=True (--gather-negatives under torchrun): each query also sees every other
-    rank's passages, and for the symmetric loss each passage every rank's queries, so
-    the mean over ranks equals the loss of one process on the whole global batch:
+    """The InfoNCE term for this rank's q and p, (B, Ds) each; negatives: this rank's other passages (the paper's), or
+    with gather (--gather-negatives) every rank's, so the mean over ranks is one process's loss on the global batch:
 
         L = InfoNCE(q, P_all)                                  (query -> passage)
         L = (InfoNCE(q, P_all) + InfoNCE(p, Q_all)) / 2        (--symmetric)
 
-    with P_all, Q_all every rank's rows, this rank's first (row i stays the positive).
-    dtype: the fused kernel's operand dtype (bf16 under autocast), or None for as-is.
-    """
+    P_all, Q_all: every rank's rows, this rank's first (row i stays the positive). dtype: the fused kernel's inputs'."""
     if dtype is not None:  # the cast is differentiable: its gradient comes back in fp32
         q, p = q.to(dtype), p.to(dtype)
     if not gather:
@@ -364,9 +337,8 @@ def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
 
 @torch.no_grad()
 def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, autocast):
-    """In-batch accuracy over the whole dev set (each query in X finds its passage in
-    Y among all dev passages, each in its own Y) and, with a teacher, the dev
-    distillation distance through W averaged over queries and passages."""
+    """In-batch accuracy over the dev set (query in X -> its passage in Y among all dev passages) and, with a
+    teacher, the distillation distance through W averaged over queries and passages."""
     q = checkpoint.encode(
         student, [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)], batch_size, autocast
     )  # (N, Ds)
@@ -382,24 +354,18 @@ def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, a
 
 
 def gold_ndcg_at_k(q, p, k=10):
-    """Per-query nDCG@k when query i has one relevant passage, passage i, among all rows of p.
-
-    q: (N, D), p: (N, D), unit rows -> (N,) float64. With a single relevant passage at
-    rank r the ideal DCG is 1, so nDCG@k = 1 / log2(r + 1) for r <= k, else 0. r counts
-    the passages scoring at least as high as the gold one (itself included): a tie goes
-    against the gold, so an embedder that gives every text one vector scores its worst.
-    """
+    """Per-query nDCG@k, passage i the one relevant to query i: q, p (N, D) unit rows -> (N,) float64. The ideal DCG
+    is 1, so nDCG@k = 1 / log2(r + 1) for rank r <= k, else 0. r counts the passages scoring at least as high as the
+    gold (itself included): a tie goes against it, so an embedder giving every text one vector scores its worst."""
     scores = q.float() @ p.float().T  # (N, N)
     rank = (scores >= scores.diagonal()[:, None]).sum(1).double()  # (N,), 1 = the gold passage is first
     return torch.where(rank <= k, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
 
 
 def teacher_check(teacher_q, teacher_p, student_q, student_p):
-    """MIMO's premise: the distillation term pulls the student towards the teacher's space,
-    which helps only while that space is the better one. English query -> English passage
-    retrieval over the same N rows (query i's passage is passage i, the other N - 1 its
-    candidates too), nDCG@10 of each; (N, Dt) and (N, Ds) unit rows. The student is clearly
-    better when the mean per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
+    """MIMO's premise, that distilling helps while the teacher's space is the better one: nDCG@10 of English query ->
+    passage retrieval over the N dev rows, (N, Dt) and (N, Ds) unit rows. The student is clearly better when the mean
+    per-query difference d exceeds max(CHECK_MIN_MARGIN, 2 SE(d))."""
     teacher, student = gold_ndcg_at_k(teacher_q, teacher_p), gold_ndcg_at_k(student_q, student_p)  # (N,) each
     difference = student - teacher
     n, mean_difference = len(difference), difference.mean().item()
@@ -430,7 +396,6 @@ def teacher_check_message(check):
 
 
 def print_summary(args, step, history, dev_size):
-    """Before and after on the dev rows: in-batch accuracy, and the distance to the teacher."""
     before, after = history.get("before"), history["after"]
     print(f"\nstage 2 ({args.objective}) done: {step} steps")
     if before:
@@ -450,8 +415,7 @@ def print_summary(args, step, history, dev_size):
 
 
 def main(argv=None):
-    """Train one run per --lam value (see get_runs). Returns its dev history; several
-    values return the list of their histories, in --lam order."""
+    """One run per --lam value (see get_runs) -> its dev history, or the list of them in --lam order."""
     runs = get_runs(argv)
     if len(runs) > 1:  # Ctrl-C: besides the interrupted run's own checkpoint, how the whole sweep goes on
         given = sys.argv[1:] if argv is None else list(argv)
@@ -488,8 +452,6 @@ def train(args):
             f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} process(es)), "
             f"more than the {len(train_rows)} training rows of '{args.data}'"
         )
-    # Each example's (query language X, passage language Y): every ordered pair X != Y in
-    # turn, so each occurs equally often; the dev rows get a pairing of their own.
     same_language = objective.same_language  # the monolingual baseline: X = Y
     dev_pairs = data.language_pairs(len(dev_rows), languages, args.seed, epoch=-1, same_language=same_language)
     if run.main:
@@ -503,19 +465,15 @@ def train(args):
         teacher.to(device)
         W.to(device)
     student_dim = student.get_embedding_dimension()
-    # The InfoNCE implementation for this batch and width (--loss-impl auto: the one measured fastest)
     passages = run.global_batch if args.gather_negatives else per_rank  # each query's candidates
     try:
         info_nce = pick_info_nce(args.loss_impl, device, per_rank, dim=student_dim, passages=passages)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    # The fused kernel multiplies bf16/fp16 operands on tensor cores; fp32 operands send
-    # it down its exact-fp32 path, without them. So under autocast the contrastive term
-    # gets the embeddings rounded to the autocast dtype (as a bf16 similarity matmul
-    # would round them); the distillation term, and every other path, keeps fp32.
+    # The fused kernel sends bf16/fp16 operands to tensor cores and fp32 ones down its exact path, so under autocast
+    # the contrastive term gets embeddings rounded to the autocast dtype (as a bf16 matmul would); the rest keeps fp32.
     contrastive_dtype = amp_dtype if info_nce is info_nce_triton else None
-    # What an objective sees besides the embeddings (losses.py): the arguments, the InfoNCE term
-    # of this run, every rank's rows for --gather-negatives, and the distance d of L_Distill.
+    # what an objective sees besides the embeddings (losses.py): arguments, this run's InfoNCE, gather, and d
     h = SimpleNamespace(
         **vars(args),
         info_nce=lambda q, p: contrastive(
@@ -537,8 +495,7 @@ def train(args):
               f"{'teacher ' + teacher.name if teacher else 'no teacher'}, InfoNCE {info_nce.__name__}, "
               f"{device} {run.precision}, {cache_note}, {run.world} process(es){gathered}")  # fmt: skip
 
-    # --- optimizer and schedule: AdamW over the student (and W), warm-up then linear decay
-    # W keeps training in stage 2: the distillation term goes through it, as in stage 1
+    # --- optimizer and schedule: AdamW over the student and W (the distillation term goes through it), warm-up, decay
     params = [*student.parameters(), *([W.weight] if W is not None else [])]
     steps_per_epoch = len(train_rows) // run.global_batch
     optimizer, scheduler, max_steps = checkpoint.adamw_with_schedule(params, args, steps_per_epoch)
@@ -550,7 +507,7 @@ def train(args):
             targets("q_en", [row["query"]["en"] for row in dev_rows]),
             targets("p_en", [row["passage"]["en"] for row in dev_rows]),
         )
-    # The teacher check, before training: a resumed run has it in its history already
+    # a resumed run has the teacher check in its history already
     check = None
     if dev_targets is not None and not args.no_teacher_check and not args.resume:
         english = [checkpoint.encode(student, [row[field]["en"] for row in dev_rows], 64, run.autocast)
@@ -582,8 +539,7 @@ def train(args):
         index = range(first, first + per_rank)
         views = make_batch([train_rows[order[k]] for k in index], [pairs[k] for k in index], args.objective,
                            [passage_langs[k] for k in index])  # fmt: skip
-        # The teacher's English query and passage, from the cache after their first epoch (an
-        # 8B teacher is paid for once per unique text); MIMO's distillation term needs them.
+        # teacher targets come from the cache after their first epoch: an 8B teacher is paid once per unique text
         t = {view: targets(view, views[view]).to(device) for view in TEACHER_VIEWS if view in views}  # (B, Dt)
 
         # embeddings: with gradient caching, leaves without a graph (pass 1) ...
@@ -597,8 +553,7 @@ def train(args):
         # the objective (losses.OBJECTIVES): for MIMO, lam * L_XLCO + (1 - lam) * L_Distill
         loss, terms = objective.loss(e, t, W, h)
 
-        # The optimizer step. The scaler is a no-op unless the precision is fp16; unscale
-        # before clipping so that the norm is the true one.
+        # the scaler is a no-op unless the precision is fp16; unscale before clipping so the norm is the true one
         run.scaler.scale(loss).backward()  # into the parameters, or, when caching, into the embeddings
         if caching:  # pass 2, mini-batch by mini-batch; the cached gradients carry fp16's loss scale
             for view, (_, states) in cached.items():
@@ -611,8 +566,7 @@ def train(args):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        # Logs on log steps (the only .item() calls, which wait for the GPU), stops the run on a
-        # non-finite loss or gradient norm, and says whether a checkpoint is due.
+        # logs on log steps (the only .item(), which waits for the GPU); stops on a non-finite loss or gradient norm
         if run.after_step(step, loss, terms, grad_norm):
             run.save(step, history)
 

@@ -1,8 +1,7 @@
 """
-The teacher cache of distill.py and joint_train.py: teacher embeddings on disk (fp16,
-memory-mapped), so each unique (teacher weights, precision, prompt, max length, text)
-is embedded once across epochs, runs and stages. An 8B teacher's forward is the cost
-that dominates training; no library keeps such a cache, so it is written here.
+The teacher cache of distill.py and joint_train.py: teacher embeddings on disk (fp16, memory-mapped), so each unique
+(teacher weights, precision, prompt, max length, text) is embedded once across epochs, runs and stages. An 8B
+teacher's forward dominates training's cost, and no library keeps such a cache.
 """
 
 import hashlib
@@ -19,15 +18,10 @@ from checkpoint import resolve_model
 
 
 def teacher_fingerprint(name_or_path, memo_dir=None):
-    """What identifies a teacher's weights, for the cache key.
-
-    A local folder: a SHA-1 over its files' names and contents (hidden ones aside), so
-    a model retrained in place gets new targets; its modification times do not count,
-    so copying or touching it costs nothing. Hashing an 8B model's 16 GB takes a minute
-    once: memo_dir/fingerprints.json remembers each file's digest by (path, size,
-    modification time). A hub id: the commit of the snapshot in the Hugging Face cache
-    (the one its weights were loaded from), or None when it is not cached.
-    """
+    """What identifies a teacher's weights, for the cache key. A local folder: SHA-1 over its files' names and contents
+    (hidden ones aside), so a model retrained in place gets new targets, while copying or touching it costs nothing.
+    Hashing an 8B model's 16 GB takes a minute once: memo_dir/fingerprints.json keeps each file's digest by (path, size,
+    mtime). A hub id: the commit of the Hugging Face cache snapshot its weights load from, or None when not cached."""
     path = resolve_model(name_or_path)
     if not Path(path).is_dir():
         from huggingface_hub import try_to_load_from_cache
@@ -67,20 +61,14 @@ def teacher_fingerprint(name_or_path, memo_dir=None):
 class TeacherCache:
     """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
 
-    One folder per (teacher weights, precision, prompt, max length, dim, pooling):
-    `meta.json` names them. The weights enter as teacher_fingerprint(): a local
-    teacher retrained in place, or a hub teacher at a new commit, starts a new
-    cache. precision ("fp32", "bf16", "fp16") is the dtype the teacher computes in:
-    bf16 targets differ from fp32 ones by far more than the fp16 rounding of the
-    stored rows, so the two never share a cache. Each cache object that adds texts appends to files of its own,
-    `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (one SHA-1
-    of the text per line, line i naming row i), with a writer name unique to it
-    (host, process, random suffix). So ranks under torchrun and runs side by side
-    need no locks, and no one ever appends to a file a crashed writer left: readers
-    take the union of all files, each cut to its whole rows that have whole key
-    lines. A row is written (and synced) before its key, so a kill leaves at worst
-    an unindexed row or half a line, never a key without its row.
-    """
+    One folder per (teacher weights, precision, prompt, max length, dim, pooling), named in `meta.json`. The weights
+    enter as teacher_fingerprint(): a local teacher retrained in place, or a hub teacher at a new commit, starts a new
+    cache. precision ("fp32", "bf16", "fp16") is the dtype the teacher computes in: bf16 targets differ from fp32 ones
+    by far more than the stored rows' fp16 rounding, so the two never share a cache. Each cache object that adds texts
+    appends to files of its own, `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (line i: SHA-1 of
+    row i's text), the writer unique (host, process, random suffix): torchrun ranks and side-by-side runs need no locks,
+    and no one appends to a crashed writer's file. Readers take the union of all files, each cut to whole rows with
+    whole key lines. A row is written (and synced) before its key, so a kill never leaves a key without its row."""
 
     def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean", *, precision, fingerprint=None):
         identity = {
@@ -138,10 +126,8 @@ class TeacherCache:
         return out
 
     def add(self, texts, embeddings):
-        """Append (N, D) embeddings of texts; returns them rounded to fp16 as stored.
-
-        Nothing stays in memory but the index: the rows are read back through the
-        map, so a paper-scale cache (millions of 4096-d rows) costs disk, not RAM."""
+        """Append (N, D) embeddings of texts; returns them as stored (fp16). Only the index stays in memory, rows are
+        read back through the map, so a paper-scale cache (millions of 4096-d rows) costs disk, not RAM."""
         stored = embeddings.detach().to("cpu", torch.float16)
         with open(self.emb_file, "ab") as f:
             f.write(stored.numpy().tobytes())
@@ -169,13 +155,9 @@ class TeacherCache:
 
 
 def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
-    """Teacher embeddings of texts, (N, D) float32 CPU, normalised, via the cache;
-    the teacher sees the cache's prompt, so a cache never mixes prompts.
-
-    subtle: freshly computed vectors are rounded to fp16 before use, exactly as the
-    cache stores them, so a run that finds its targets cached and one that computes
-    them see the same numbers (and resuming reproduces an uninterrupted run).
-    """
+    """(N, D) float32 CPU, normalised teacher embeddings of texts via the cache, with its prompt (a cache never mixes
+    prompts). subtle: fresh vectors are rounded to fp16 as the cache stores them, so a run finding its targets cached
+    and one computing them see the same numbers (and a resume reproduces an uninterrupted run)."""
     todo = cache.missing(texts)
     if todo:
         device = teacher.device
