@@ -358,12 +358,30 @@ def ours(path):
     return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or (path / "args.json").is_file()))
 
 
-def claim_out_dir(out_dir, resume, overwrite):
-    """Refuse an existing run unless asked, anything not a run, and a place no run can be written to; then lock the
-    run against a second writer and finish a swap a crash interrupted. Returns the lock (keep it referenced)."""
+def read_paths(args):
+    """(flag, resolved path) of each local file or folder the command reads or caches into: the
+    models, --stage1, --cache-dir and each --data source (LANG=FILE, DIR:config or a plain path)."""
+    found = []
+    for name in ("stage1", "teacher", "student", "cache_dir", "data"):
+        value = getattr(args, name, None)
+        for spec in value if isinstance(value, list) else [value] if value else []:
+            for path in {spec, spec.split("=", 1)[-1], spec.split("=", 1)[-1].rsplit(":", 1)[0]}:
+                if path and Path(path).exists():
+                    found.append((f"--{name.replace('_', '-')}", Path(path).resolve()))
+    return found
+
+
+def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
+    """Refuse an existing run unless asked (and with --overwrite, one of another script), anything not a run, a
+    folder that is, holds or sits inside what the command reads (reads: read_paths), and a place no run can be
+    written to; then lock the run against a second writer and finish a swap a crash interrupted. Returns the lock."""
     given, out_dir = out_dir, Path(out_dir).resolve()  # "." and ".." get real names
     if out_dir == Path(out_dir.anchor):
         raise BadInput(f"--out-dir '{given}' is the root of the file system; a run needs a folder of its own")
+    for flag, path in reads:  # every checkpoint replaces the run folder whole, and with it whatever it holds
+        if path == out_dir or out_dir in path.parents or path in out_dir.parents:
+            raise BadInput(f"--out-dir '{given}' is, holds or sits inside {flag} '{path}', which this command reads; "
+                           "choose an --out-dir apart from it")  # fmt: skip
     existing = next(parent for parent in [out_dir, *out_dir.parents] if parent.exists())
     if not existing.is_dir():
         raise BadInput(f"--out-dir '{given}': '{existing}' is a file, not a folder; choose another --out-dir")
@@ -382,9 +400,23 @@ def claim_out_dir(out_dir, resume, overwrite):
         raise BadInput(
             f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
+    writer = run_script_of(out_dir) if overwrite and script else None
+    if writer not in (None, script):
+        raise BadInput(f"--out-dir '{out_dir}' holds a run of {writer}; --overwrite replaces only a run of {script}: "
+                       "choose another --out-dir")  # fmt: skip
     if resume and not (out_dir / STATE).exists():
         raise BadInput(f"--resume: '{out_dir}' has no checkpoint yet (no {STATE}); start again with --overwrite")
     return lock
+
+
+def run_script_of(out_dir):
+    """The script that wrote the run in out_dir (args.json's "script"), or None for an empty or absent folder."""
+    try:
+        return json.loads((out_dir / "args.json").read_text(encoding="utf-8")).get("script", "another script")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        return "an unknown script (its args.json is damaged)"
 
 
 def after_recovery(out_dir):
@@ -412,27 +444,39 @@ def siblings(out_dir):
     return out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
 
 
+LOCK_SIGNATURE = "mimo run lock: "  # how a lock file of ours begins, so a user's file of that name is never touched
+
+
 def lock_run_dir(out_dir):
-    """flock `.<name>.lock` beside out_dir (not in it: each checkpoint replaces the folder); the kernel drops it however
-    the process ends, so kill -9 leaves none stale. The file names the owner; keep the returned handle."""
+    """flock `.<name>.mimo-lock` beside out_dir (not in it: each checkpoint replaces the folder); the kernel drops it
+    however the process ends, so kill -9 leaves none stale. The file names the owner; keep the returned handle.
+    A file of that name that is not one of ours is refused, never truncated."""
     if fcntl is None:
         return None
-    path = out_dir.with_name(f".{out_dir.name}.lock")
+    path = out_dir.with_name(f".{out_dir.name}.mimo-lock")
     if path in held_locks:  # this process already owns it (main() called again in one process, as tests do)
         return held_locks[path]
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
+    try:  # created exclusively, or opened only where it is one of ours
+        handle = open(path, "x+")
+    except FileExistsError:
+        handle = open(path, "r+") if path.is_file() and not path.is_symlink() else None
+        if handle is None or handle.read(len(LOCK_SIGNATURE)) not in ("", LOCK_SIGNATURE):
+            raise BadInput(
+                f"'{path}', where a run's lock file goes, is not one of ours; move it, then run again"
+            ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        owner = handle.read().strip() or "another process"
+        owner = handle.read().removeprefix(LOCK_SIGNATURE).strip() or "another process"
         handle.close()
         raise BadInput(f"--out-dir '{out_dir}' is in use by {owner}; wait for it to end, or stop it first") from None
     handle.seek(0)
     handle.truncate()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    handle.write(f"process {os.getpid()} on {socket.gethostname()} (python {' '.join(sys.argv)}, since {started})")
+    handle.write(f"{LOCK_SIGNATURE}process {os.getpid()} on {socket.gethostname()} (python {' '.join(sys.argv)}, "
+                 f"since {started})")  # fmt: skip
     handle.flush()
     held_locks[path] = handle
     return handle
@@ -552,7 +596,7 @@ class Run:
         if self.main:
             print("arguments: " + json.dumps(vars(args)))
             check_report_to(args.report_to)
-            self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite)  # never clobber a run unless asked
+            self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite, script, read_paths(args))
         # subtle: the batch is per device, as in the HF Trainer and the authors' runs (2 GPUs x 2048 rows in stage 2):
         # each rank's in-batch negatives are its own rows, and one step consumes per_rank x world rows
         self.per_rank = args.per_device_batch_size

@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,6 +160,48 @@ def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path
     (tmp_path / "other.old" / "notes.txt").write_text("keep")
     checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)
     assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
+
+
+def test_overwrite_never_replaces_what_the_command_reads_nor_another_scripts_run(tiny_models, rows, tmp_path):
+    """A stage-1 run is not stage 2's to replace: joint_train.py --overwrite into it is refused,
+    and so is an --out-dir that is, holds or sits inside a folder the command reads (--stage1,
+    --cache-dir, a --data file's folder), each before anything is written; every file stays."""
+    import joint_train
+
+    distill.main(distill_argv(tiny_models, rows, tmp_path / "stage1", tmp_path / "cache"))
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    base = ["--stage1", str(tmp_path / "stage1"), "--data", rows, "--cache-dir", str(tmp_path / "cache"),
+            "--dev-size", "4", "--per-device-batch-size", "8", "--mini-batch-size", "4",
+            "--max-length", "32"]  # fmt: skip
+    for out_dir, expected in [
+        (tmp_path / "stage1", r"is, holds or sits inside --stage1"),
+        (tmp_path, r"is, holds or sits inside --stage1"),
+        (tmp_path / "cache" / "run", r"is, holds or sits inside --cache-dir"),
+        (Path(rows).parent, r"is, holds or sits inside --data"),
+    ]:
+        with pytest.raises(BadInput, match=expected):
+            joint_train.main([*base, "--out-dir", str(out_dir), "--overwrite"])
+    other = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "stage1", other)
+    with pytest.raises(BadInput, match=r"holds a run of distill.py; --overwrite replaces only a run of joint_train.py"):
+        joint_train.main([*base, "--out-dir", str(other), "--overwrite"])
+    assert {path: path.read_bytes() for path in before} == before
+    assert (
+        sorted(other.iterdir())
+        and (other / "args.json").read_bytes() == (tmp_path / "stage1" / "args.json").read_bytes()
+    )
+
+
+def test_a_users_file_where_the_lock_goes_is_refused_not_truncated(tmp_path):
+    """The lock file's name is namespaced and created exclusively; a file of that name that is not
+    one of ours stays byte for byte, and the run is refused in one sentence before anything else."""
+    user_file = tmp_path / ".run.mimo-lock"
+    user_file.write_text("my notes")
+    with pytest.raises(BadInput, match=r"where a run's lock file goes, is not one of ours"):
+        checkpoint.claim_out_dir(tmp_path / "run", resume=False, overwrite=False)
+    assert user_file.read_text() == "my notes" and not (tmp_path / "run").exists()
+    checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)  # a lock of ours: created, then kept
+    assert (tmp_path / ".other.mimo-lock").read_text().startswith(checkpoint.LOCK_SIGNATURE)
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_models, rows, tmp_path, monkeypatch):
