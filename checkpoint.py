@@ -117,6 +117,8 @@ def entry_point(main):
         main()
     except BadInput as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # a full disk or a folder made read-only mid-run: checkpoints stay whole (see save())
+        sys.exit(f"error: {error.filename or 'a file'}: {error.strerror or first_line(error)}")
     except KeyboardInterrupt:
         # the innermost work first: the interrupted run's checkpoint, then the sweep around it
         lines = [line for line in (hint() for hint in reversed(interrupt_hints.values())) if line]
@@ -256,6 +258,9 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     # fmt: on
 
 
+FIXED_ON_RESUME = ("objective", "student", "no_projection")  # they decide which parameters train: a run keeps its own
+
+
 def parse_args(parser, presets, script, argv=None):
     """Parse with a preset's values (with --resume, args.json's) as defaults that given flags override, each checked by
     its flag's Range. script: the file name args.json records, so only the script that began a run resumes it."""
@@ -283,6 +288,15 @@ def parse_args(parser, presets, script, argv=None):
     args = parser.parse_args(argv)
     args.resume = "resume" in given
     args.overwrite = "overwrite" in given
+    for name in FIXED_ON_RESUME if args.resume else ():  # checked before any optimizer state is read
+        if name in given and name in defaults and getattr(args, name) != defaults[name]:
+            flag = next(action.option_strings[0] for action in parser._actions if action.dest == name)
+            raise BadInput(f"--resume with {flag} {getattr(args, name)}: the run was trained with {defaults[name]}, "
+                           "and its saved optimizer state fits those parameters only; resume without it, or start a "
+                           "new run in another --out-dir")  # fmt: skip
+    if args.lr * args.weight_decay >= 1:  # AdamW multiplies each weight by 1 - lr * weight_decay at every step
+        raise BadInput(f"--weight-decay {args.weight_decay:g} with --lr {args.lr:g}: their product reaches 1, which "
+                       "wipes out the weights in one step; use a weight decay below 1 / lr")  # fmt: skip
     return args
 
 
@@ -341,8 +355,14 @@ def adamw_with_schedule(params, args, steps_per_epoch):
         {"params": [param for param in params if param.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup * max_steps),
-                              num_training_steps=max_steps)  # fmt: skip
+    warmup = int(args.warmup * max_steps)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
+    # the factor is 0 only at warm-up's first step and past the end: every step at 0 is one step, all warm-up
+    if not any(scheduler.lr_lambdas[0](step) > 0 for step in range(min(max_steps, warmup + 1))):
+        raise BadInput(
+            f"--warmup {args.warmup:g} over {max_steps} step(s) leaves the learning rate 0 at every "
+            "step, so nothing would train; lower --warmup or train more steps (--max-steps, --epochs)"
+        )
     return optimizer, scheduler, max_steps
 
 

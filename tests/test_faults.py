@@ -5,6 +5,7 @@ nothing the user had is changed."""
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -208,6 +209,46 @@ def test_resume_from_a_damaged_run_is_one_sentence(case, finished_run, tiny_mode
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --resume") and says in last, last
     assert snapshot(run) == before  # nothing changed
+
+
+def test_resume_with_a_flag_that_changes_the_trained_parameters_is_refused(finished_run, tiny_models, rows, tmp_path):
+    """--no-projection or another --student would not fit the saved optimizer state: refused in one
+    sentence that names the flag, before the state is read; the run stays resumable, unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    before = snapshot(run)
+    for extra in (["--no-projection"], ["--student", tiny_models["same"]]):
+        with pytest.raises(BadInput, match=rf"--resume with {extra[0]} .* the run was trained with"):
+            distill.main([*distill_argv(tiny_models, rows, run, finished_run / "cache", "--resume"), *extra])
+    assert snapshot(run) == before
+
+
+def test_numbers_that_can_only_be_a_mistake_name_their_flags(tiny_models, rows, tmp_path):
+    """A weight decay whose product with the learning rate reaches 1 (each step multiplies the
+    weights by 1 - lr * wd), and a schedule that is all warm-up (lr 0 at its only step): each is
+    refused in one sentence naming the flags, before anything is trained."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "a", tmp_path / "cache")
+    with pytest.raises(BadInput, match=r"--weight-decay 4 with --lr 0.25: their product reaches 1"):
+        distill.get_args([*argv, "--lr", "0.25", "--weight-decay", "4"])
+    assert distill.get_args([*argv, "--lr", "0.25", "--weight-decay", "3.9"]).weight_decay == 3.9
+    with pytest.raises(BadInput, match=r"--warmup 1 over 1 step\(s\) leaves the learning rate 0 at every step"):
+        distill.main([*argv, "--max-steps", "1", "--warmup", "1"])
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_os_error_mid_run_is_one_sentence_naming_the_path(tiny_models, rows, tmp_path, monkeypatch):
+    """Permissions changed under a running script (here the teacher cache refuses a write): one
+    `error:` line with the path and the reason, exit status 1, no traceback."""
+    import teacher
+
+    def refused(self, texts, embeddings):
+        raise PermissionError(13, "Permission denied", str(self.emb_file))
+
+    monkeypatch.setattr(teacher.TeacherCache, "add", refused)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(SystemExit) as stop:
+        checkpoint.entry_point(lambda: distill.main(argv))
+    assert re.fullmatch(r"error: .*cache.*emb-.*\.f16: Permission denied", str(stop.value.code))
 
 
 def test_joint_train_refuses_to_resume_a_stage_1_run(finished_run, tiny_models, rows, tmp_path):
