@@ -294,7 +294,8 @@ def parse_args(parser, presets, script, argv=None):
             raise BadInput(f"--resume with {flag} {getattr(args, name)}: the run was trained with {defaults[name]}, "
                            "and its saved optimizer state fits those parameters only; resume without it, or start a "
                            "new run in another --out-dir")  # fmt: skip
-    if args.lr * args.weight_decay >= 1:  # AdamW multiplies each weight by 1 - lr * weight_decay at every step
+    # AdamW multiplies each weight by 1 - lr * weight_decay at every step
+    if getattr(args, "lr", 0) * getattr(args, "weight_decay", 0) >= 1:
         raise BadInput(f"--weight-decay {args.weight_decay:g} with --lr {args.lr:g}: their product reaches 1, which "
                        "wipes out the weights in one step; use a weight decay below 1 / lr")  # fmt: skip
     return args
