@@ -166,8 +166,8 @@ def load_model(name_or_path, pooling=None, max_length=None, dtype=None):
         raise BadInput(f"cannot load model '{name_or_path}' ({where}): {first_line(error)}") from None
     modules = [module for module in model if not isinstance(module, Normalize)]  # the losses normalise themselves
     if pooling is not None:
-        modules = [Pooling(model.get_embedding_dimension(), POOLING_MODES[pooling]) if isinstance(module, Pooling)
-                   else module for module in modules]  # fmt: skip
+        modules = [Pooling(module.embedding_dimension, POOLING_MODES[pooling], include_prompt=module.include_prompt)
+                   if isinstance(module, Pooling) else module for module in modules]  # fmt: skip
     model = SentenceTransformer(modules=modules, device="cpu", prompts=model.prompts)
     limit = model.tokenizer.model_max_length if model.tokenizer.model_max_length < 10**6 else 512
     model.max_seq_length = min(max_length or model.max_seq_length or 512, limit)
@@ -184,7 +184,10 @@ def save_model(model, out_dir):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize
 
-    out = SentenceTransformer(modules=[*model, Normalize()], prompts={}, similarity_fn_name="cosine", device="cpu")
+    # subtle: the wrapper moves the modules it is given to its device, and these are the live student's: give it
+    # the student's own, or a mid-run save on a GPU would move the model being trained to the CPU
+    device = str(next(model.parameters()).device)
+    out = SentenceTransformer(modules=[*model, Normalize()], prompts={}, similarity_fn_name="cosine", device=device)
     out.save(str(out_dir), create_model_card=False)  # the card is the run's own: see write_card
 
 
@@ -258,7 +261,7 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     # fmt: on
 
 
-FIXED_ON_RESUME = ("objective", "student", "no_projection")  # they decide which parameters train: a run keeps its own
+FIXED_ON_RESUME = ("objective", "no_projection")  # they decide which parameters train: a run keeps its own
 
 
 def parse_args(parser, presets, script, argv=None):
@@ -270,7 +273,7 @@ def parse_args(parser, presets, script, argv=None):
     defaults, source = dict(presets[args.preset]), f"--preset {args.preset}"
     if args.resume:
         # subtle: a crash mid-swap leaves the run as out_dir.tmp or .old until rank 0's claim_out_dir(); read it there
-        saved = after_recovery(Path(args.out_dir)) / "args.json"
+        saved = after_recovery(Path(args.out_dir).resolve()) / "args.json"
         if not saved.is_file():
             raise BadInput(
                 f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
@@ -433,7 +436,9 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
 def run_script_of(out_dir):
     """The script that wrote the run in out_dir (args.json's "script"), or None for an empty or absent folder."""
     try:
-        return json.loads((out_dir / "args.json").read_text(encoding="utf-8")).get("script", "another script")
+        return json.loads((out_dir / "args.json").read_text(encoding="utf-8")).get(
+            "script"
+        )  # none: ours, as --resume reads it
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError):
@@ -481,8 +486,10 @@ def lock_run_dir(out_dir):
     try:  # created exclusively, or opened only where it is one of ours
         handle = open(path, "x+")
     except FileExistsError:
-        handle = open(path, "r+") if path.is_file() and not path.is_symlink() else None
+        handle = open(path, "r+", errors="replace") if path.is_file() and not path.is_symlink() else None
         if handle is None or handle.read(len(LOCK_SIGNATURE)) not in ("", LOCK_SIGNATURE):
+            if handle is not None:
+                handle.close()
             raise BadInput(
                 f"'{path}', where a run's lock file goes, is not one of ours; move it, then run again"
             ) from None
@@ -683,10 +690,17 @@ class Run:
         state = read(STATE, lambda path: torch.load(path, weights_only=False))
         # subtle: the student is read back through its saved files, so a resume trains exactly what a user would load
         saved_student = read("model.safetensors", lambda _: load_model(str(self.out_dir)))
-        self.student.load_state_dict(saved_student.state_dict())
-        if self.W is not None:
-            self.W.weight.data.copy_(read("projection.safetensors", lambda _: load_projection(self.out_dir)))
-        self.optimizer.load_state_dict(state["optimizer"])
+        projection = (
+            read("projection.safetensors", lambda _: load_projection(self.out_dir)) if self.W is not None else None
+        )
+        try:  # flags given now (another --teacher, --student, --init) can build a model the checkpoint does not fit
+            self.student.load_state_dict(saved_student.state_dict())
+            if projection is not None:
+                self.W.weight.data.copy_(projection)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise BadInput(f"--resume: the checkpoint in {self.out_dir} does not fit the model these flags build "
+                           f"({first_line(error)}); resume with the run's own model flags") from None  # fmt: skip
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_learning_rate(self.optimizer, self.scheduler, self.args.lr)  # --resume --lr X takes effect

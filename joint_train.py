@@ -227,6 +227,9 @@ def load_models(args, device, amp_dtype, precision):
             "point --stage1 at a run directory written by distill.py"
         )
     stage1_args = json.loads((stage1 / "args.json").read_text())
+    if stage1_args.get("script", "distill.py") != "distill.py" or not stage1_args.get("teacher"):
+        raise BadInput(f"--stage1 '{stage1}' holds a run of {stage1_args.get('script', 'another script')}, not a "
+                       "stage-1 run of distill.py with its teacher; point --stage1 at one")  # fmt: skip
     # the teacher, and how it pools, as in stage 1: W maps into that space
     name = args.teacher or stage1_args["teacher"]
     pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")

@@ -363,6 +363,14 @@ def test_missing_stage1_says_how_to_make_it(tiny_models, stage1, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_stage_2_run_given_as_stage_1_is_one_sentence(tiny_models, stage1, tmp_path):
+    """A MIMO stage-2 run has a student and a W, but its args.json names no teacher: given as
+    --stage1 it is refused by name, not a TypeError."""
+    joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "mimo", "--max-steps", "1", "--no-teacher-check"))
+    with pytest.raises(BadInput, match=r"holds a run of joint_train.py, not a stage-1 run of distill.py"):
+        joint_train.main(joint_argv(tiny_models, {**stage1, "stage1": str(tmp_path / "mimo")}, tmp_path / "run"))
+
+
 def test_mini_batch_larger_than_batch(tiny_models, stage1, tmp_path):
     with pytest.raises(BadInput, match="--mini-batch-size 16 is larger than --per-device-batch-size 8"):
         joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "run", "--mini-batch-size", "16"))
