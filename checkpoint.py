@@ -9,8 +9,9 @@ The bookkeeping around each step of distill.py and joint_train.py, so the script
 
 A run folder holds the student (a sentence-transformers model) with its card (README.md), projection.safetensors (W),
 args.json, log.jsonl, curves.png and training_state/ (optimizer, scheduler, RNG states, step: what --resume needs and
-an upload leaves out). It is written whole under a temporary name and swapped in, so a crash never leaves half of one;
-only folders holding a run of ours (args.json) are ever replaced.
+an upload leaves out) and .mimo-run.json, the marker that proves the folder ours: the writing script and a run id. It
+is written whole under a temporary name and swapped in, so a crash never leaves half of one; only a folder with a
+marker (or an empty one) is ever replaced, and a leftover .tmp or .old only when its marker names the same run.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +221,7 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
     paper = presets["paper"]
     # fmt: off
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--lr", "--learning-rate", type=Range(float, 0, open_low=True), default=lr,
+    group.add_argument("--lr", "--learning-rate", type=Range(float, 0, 1, open_low=True, open_high=True), default=lr,
                        help=f"peak AdamW learning rate (paper: {paper['lr']:g})")
     group.add_argument("--weight-decay", type=Range(float, 0), default=0.0,
                        help="AdamW weight decay of the weight matrices; never of biases and normalisation weights "
@@ -250,7 +252,7 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="steps between checkpoints (always one at the end)")
     group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
                        help="seed for data order, sampling, language pairs and initialisation")
-    group.add_argument("--threads", type=Range(int, 0), default=0, help="CPU threads for torch (0: torch's default)")
+    group.add_argument("--threads", type=Range(int, 0, 1024), default=0, help="CPU threads for torch (0: torch's default)")
     group.add_argument("--resume", action="store_true",
                        help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
                             "(flags given now override them)")
@@ -273,7 +275,7 @@ def parse_args(parser, presets, script, argv=None):
     defaults, source = dict(presets[args.preset]), f"--preset {args.preset}"
     if args.resume:
         # subtle: a crash mid-swap leaves the run as out_dir.tmp or .old until rank 0's claim_out_dir(); read it there
-        saved = after_recovery(Path(args.out_dir).resolve()) / "args.json"
+        saved = after_recovery(writable_folder("--out-dir", args.out_dir)) / "args.json"
         if not saved.is_file():
             raise BadInput(
                 f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
@@ -377,9 +379,51 @@ def adamw_with_schedule(params, args, steps_per_epoch):
 STATE = Path("training_state") / "trainer_state.pt"  # its presence marks a complete checkpoint
 
 
-def ours(path):
-    """Whether path is missing, empty, or a run of ours (holds args.json): all this module ever deletes or replaces."""
-    return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or (path / "args.json").is_file()))
+MARKER = ".mimo-run.json"  # {"mimo_script": ..., "run_id": ...}: written into each run folder first, read as proof
+
+
+def marker_of(folder):
+    """(script, run id) from a folder's marker, or None where it holds no marker of ours."""
+    try:
+        found = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        marker = found["mimo_script"], found["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker if all(isinstance(part, str) and part for part in marker) else None
+
+
+def write_marker(folder, script, run_id):
+    (Path(folder) / MARKER).write_text(json.dumps({"mimo_script": script, "run_id": run_id}), encoding="utf-8")
+
+
+def ours(path, run=None):
+    """Whether path is missing, an empty folder, or a run folder of ours (run: that (script, run id) exactly): all
+    this module ever deletes or replaces."""
+    if not os.path.lexists(path):
+        return True
+    if path.is_symlink() or not path.is_dir():
+        return False
+    marker = marker_of(path)
+    return not any(path.iterdir()) or (marker is not None and run in (None, marker))
+
+
+def writable_folder(flag, path):
+    """path, resolved, once a folder exists or can be made there and files can be written in it; else one sentence
+    naming the flag: a file in the way, a symlink loop, no permission. Checked before anything is loaded."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, before Python 3.13
+        raise BadInput(f"{flag} '{path}' cannot be resolved ({first_line(error)}); give another folder") from None
+    existing = next(parent for parent in [resolved, *resolved.parents] if os.path.lexists(parent))
+    if not existing.is_dir():
+        what = "a file, not a folder" if existing.is_file() else "not a folder"
+        raise BadInput(f"{flag} '{path}': '{existing}' is {what}; give another {flag}")
+    try:  # the one sure test that a folder can be made here: make one, and remove it
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as error:
+        raise BadInput(f"{flag} '{path}' cannot be written ({error.strerror or first_line(error)}); give another "
+                       f"{flag}") from None  # fmt: skip
+    return resolved
 
 
 def read_paths(args):
@@ -399,26 +443,19 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
     """Refuse an existing run unless asked (and with --overwrite, one of another script), anything not a run, a
     folder that is, holds or sits inside what the command reads (reads: read_paths), and a place no run can be
     written to; then lock the run against a second writer and finish a swap a crash interrupted. Returns the lock."""
-    given, out_dir = out_dir, Path(out_dir).resolve()  # "." and ".." get real names
+    given, out_dir = out_dir, writable_folder("--out-dir", out_dir)  # resolved: "." and ".." get real names
     if out_dir == Path(out_dir.anchor):
         raise BadInput(f"--out-dir '{given}' is the root of the file system; a run needs a folder of its own")
     for flag, path in reads:  # every checkpoint replaces the run folder whole, and with it whatever it holds
         if path == out_dir or out_dir in path.parents or path in out_dir.parents:
             raise BadInput(f"--out-dir '{given}' is, holds or sits inside {flag} '{path}', which this command reads; "
                            "choose an --out-dir apart from it")  # fmt: skip
-    existing = next(parent for parent in [out_dir, *out_dir.parents] if parent.exists())
-    if not existing.is_dir():
-        raise BadInput(f"--out-dir '{given}': '{existing}' is a file, not a folder; choose another --out-dir")
-    try:  # the one sure test that a folder can be made here: make one, and remove it
-        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
-    except OSError as error:
-        raise BadInput(f"--out-dir '{given}' cannot be written: {first_line(error)}") from None
     lock = lock_run_dir(out_dir)
     recover(out_dir)
     if not ours(out_dir):
         raise BadInput(
-            f"--out-dir '{out_dir}' holds files that are not a run of this repository (no args.json); "
-            "it is never overwritten: choose another --out-dir"
+            f"--out-dir '{out_dir}' is not a run folder of this repository (it has no {MARKER}); it is never "
+            "replaced: choose another --out-dir"
         )
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise BadInput(
@@ -434,34 +471,30 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
 
 
 def run_script_of(out_dir):
-    """The script that wrote the run in out_dir (args.json's "script"), or None for an empty or absent folder."""
-    try:
-        return json.loads((out_dir / "args.json").read_text(encoding="utf-8")).get(
-            "script"
-        )  # none: ours, as --resume reads it
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return "an unknown script (its args.json is damaged)"
+    """The script that wrote the run in out_dir (its marker's), or None for an empty or absent folder."""
+    marker = marker_of(out_dir)
+    return marker and marker[0]
 
 
 def after_recovery(out_dir):
     """Where the run is: out_dir, or after a crash mid-swap the complete new checkpoint (.tmp), else the last (.old)."""
     tmp, old = siblings(out_dir)
-    if not out_dir.exists() and (tmp / STATE).exists() and (tmp / "args.json").exists():
+    if not os.path.lexists(out_dir) and (tmp / STATE).exists() and marker_of(tmp):
         return tmp
-    if not out_dir.exists() and (old / "args.json").exists():
+    if not os.path.lexists(out_dir) and marker_of(old):
         return old
     return out_dir
 
 
 def recover(out_dir):
-    """Finish a swap a crash interrupted; folders named like ours that are not runs (no args.json) are left alone."""
+    """Finish a swap a crash interrupted, then remove the .tmp and .old whose marker names this very run; any other
+    folder of those names (a user's backup, another run's) is left alone."""
     found = after_recovery(out_dir)
     if found != out_dir:
         os.replace(found, out_dir)
-    for leftover in siblings(out_dir):
-        if leftover.exists() and ours(leftover):
+    run = marker_of(out_dir)
+    for leftover in siblings(out_dir) if run else ():
+        if leftover.is_dir() and not leftover.is_symlink() and marker_of(leftover) == run:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -473,7 +506,7 @@ def siblings(out_dir):
 LOCK_SIGNATURE = "mimo run lock: "  # how a lock file of ours begins, so a user's file of that name is never touched
 
 
-def lock_run_dir(out_dir):
+def lock_run_dir(out_dir, flag="--out-dir"):
     """flock `.<name>.mimo-lock` beside out_dir (not in it: each checkpoint replaces the folder); the kernel drops it
     however the process ends, so kill -9 leaves none stale. The file names the owner; keep the returned handle.
     A file of that name that is not one of ours is refused, never truncated."""
@@ -499,7 +532,7 @@ def lock_run_dir(out_dir):
         handle.seek(0)
         owner = handle.read().removeprefix(LOCK_SIGNATURE).strip() or "another process"
         handle.close()
-        raise BadInput(f"--out-dir '{out_dir}' is in use by {owner}; wait for it to end, or stop it first") from None
+        raise BadInput(f"{flag} '{out_dir}' is in use by {owner}; wait for it to end, or stop it first") from None
     handle.seek(0)
     handle.truncate()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -517,20 +550,22 @@ class CheckpointError(Exception):
     """A checkpoint that could not be written; the previous one is intact."""
 
 
-def write_checkpoint(out_dir, student, W, arguments, state, records):
-    """Write the run folder as out_dir.tmp, training_state/ last (it marks it complete), and swap it in by two atomic
-    renames: a crash or full disk leaves the previous checkpoint; recover() finishes a swap cut between them."""
+def write_checkpoint(out_dir, run, student, W, arguments, state, records):
+    """Write the run folder as out_dir.tmp, its marker first and training_state/ last (it marks it complete), and swap
+    it in by two atomic renames: a crash or full disk leaves the previous checkpoint; recover() finishes a swap cut
+    between them. run: the (script, run id) of the marker; a .tmp or .old of another is never touched."""
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
-        if not ours(leftover):
+        if not ours(leftover, run):
             raise CheckpointError(
-                f"'{leftover}' is in the way of the checkpoint and is not a run of this repository; "
+                f"'{leftover}' is in the way of the checkpoint and is not a leftover of this run; "
                 f"move it, then continue with --resume"
             )
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        (tmp / "args.json").write_text(json.dumps(arguments, indent=2))  # first: it marks the folder as ours
+        write_marker(tmp, *run)
+        (tmp / "args.json").write_text(json.dumps(arguments, indent=2))
         save_model(student, tmp)
         if W is not None:
             save_projection(W, tmp)
@@ -625,6 +660,7 @@ class Run:
             print("arguments: " + json.dumps(vars(args)))
             check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite, script, read_paths(args))
+            writable_folder("--cache-dir", args.cache_dir)
         # subtle: the batch is per device, as in the HF Trainer and the authors' runs (2 GPUs x 2048 rows in stage 2):
         # each rank's in-batch negatives are its own rows, and one step consumes per_rank x world rows
         self.per_rank = args.per_device_batch_size
@@ -657,8 +693,10 @@ class Run:
         elif self.main:
             if self.args.overwrite and ours(self.out_dir):
                 shutil.rmtree(self.out_dir, ignore_errors=True)
+            self.run = (self.script, uuid.uuid4().hex)
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
+                write_marker(self.out_dir, *self.run)
                 (self.out_dir / "args.json").write_text(json.dumps(self.saved_arguments(), indent=2))
             except OSError as error:
                 raise BadInput(f"--out-dir '{self.out_dir}' cannot be written: {first_line(error)}") from None
@@ -687,6 +725,7 @@ class Run:
                     "resumed: start again with --overwrite"
                 ) from None
 
+        self.run = marker_of(self.out_dir)
         state = read(STATE, lambda path: torch.load(path, weights_only=False))
         # subtle: the student is read back through its saved files, so a resume trains exactly what a user would load
         saved_student = read("model.safetensors", lambda _: load_model(str(self.out_dir)))
@@ -714,7 +753,14 @@ class Run:
         return state["step"], state["history"]
 
     def log(self, record):
+        """One log line (rank 0); a dev metric that is not finite stops the run before anything is saved with it."""
         if self.main:
+            for name, value in record.items():
+                if isinstance(value, float) and not math.isfinite(value) and record.get("step"):
+                    self.stop_not_finite(f"{name} is {value}", record["step"])
+                if isinstance(value, float) and not math.isfinite(value):  # untrained: the dev set is to blame
+                    self.stop(f"{name} is {value} before any training, so the dev set measures nothing; check "
+                              "--data and --dev-size")  # fmt: skip
             log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):
@@ -757,7 +803,7 @@ class Run:
             }
             self.reporter.pause()
             try:
-                write_checkpoint(self.out_dir, self.student, self.W, self.saved_arguments(), state,
+                write_checkpoint(self.out_dir, self.run, self.student, self.W, self.saved_arguments(), state,
                                  lambda folder: self.write_records(folder, step, history))  # fmt: skip
             except CheckpointError as error:
                 self.stop(f"{error}; {self.where_to_go_on()}")

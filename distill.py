@@ -102,7 +102,7 @@ def build_parser():
                             "en-ja) instead of failing")
     group.add_argument("--no-identity-pairs", action="store_true",
                        help="do not add English sentences paired with themselves")
-    group.add_argument("--dev-size", type=Range(int, 1), default=40,
+    group.add_argument("--dev-size", type=Range(int, 2), default=40,
                        help="English sentences held out (with all their translations) for the dev set")
     group.add_argument("--per-device-batch-size", "--per-device-train-batch-size", type=Range(int, 1), default=32,
                        help="pairs per step on each process (paper: 128 on each of 2 GPUs); one step takes this "

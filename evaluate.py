@@ -647,9 +647,15 @@ class OwnedFolder:
     """A folder evaluate.py writes into; MANIFEST there lists each file it wrote, with its kind and SHA-256."""
 
     def __init__(self, root, flag):
+        """Checked before anything loads: writable, outside every training run (whose next checkpoint replaces its
+        folder whole), and locked as training locks its run, so no two writers share it."""
         self.root, self.flag = Path(root), flag
-        if self.root.exists() and not self.root.is_dir():
-            raise BadInput(f"{flag} '{root}' is a file, not a folder; give a folder to write into")
+        self.resolved = resolved = checkpoint.writable_folder(flag, root)
+        run = next((folder for folder in [resolved, *resolved.parents] if checkpoint.marker_of(folder)), None)
+        if run is not None:
+            raise BadInput(f"{flag} '{root}' is or sits inside the training run '{run}', whose next checkpoint "
+                           f"replaces that folder whole; choose another {flag}")  # fmt: skip
+        self.lock = checkpoint.lock_run_dir(resolved, flag)
         self.files = self.read_manifest()
 
     def read_manifest(self):
@@ -941,10 +947,10 @@ def main(argv=None):
     out = OwnedFolder(args.out_dir, "--out-dir")
     runs = None
     if args.save_run is not None:
-        same_folder = args.save_run == "" or Path(args.save_run).resolve() == out.root.resolve()
+        same_folder = args.save_run == "" or checkpoint.writable_folder("--save-run", args.save_run) == out.resolved
         runs = out if same_folder else OwnedFolder(args.save_run, "--save-run")
-    if not args.no_cache and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
-        raise BadInput(f"--cache-dir '{args.cache_dir}' is a file, not a folder; give a folder, or pass --no-cache")
+    if not args.no_cache:
+        checkpoint.writable_folder("--cache-dir", args.cache_dir)
     import benchmarks  # reads through datasets, which bench/bench_retrieval.py's timing of retrieve() does not need
 
     tasks = [benchmarks.load_benchmark(spec, need_lang=language_metrics, split=args.split) for spec in args.benchmark]

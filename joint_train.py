@@ -80,7 +80,7 @@ def build_parser():
                             "(paper: 0.2). Several values train one run each from the same stage 1, into "
                             "--out-dir plus -lam<value>; with --resume, each of those folders that holds a run "
                             "is resumed and the others are started")
-    group.add_argument("--scale", type=Range(float, 0, open_low=True), default=20.0,
+    group.add_argument("--scale", type=Range(float, 0, 1000, open_low=True), default=20.0,
                        help="InfoNCE logit scale 1/tau (paper: 20, i.e. tau 0.05)")
     group.add_argument("--symmetric", action="store_true",
                        help="add the passage-to-query InfoNCE direction (paper: query-to-passage only)")
@@ -120,7 +120,7 @@ def build_parser():
                        help="aligned rows: .jsonl/.parquet or hub id with columns id, query_<lang>, passage_<lang>")
     group.add_argument("--languages", nargs="+", default=None,
                        help="languages to draw pairs from (default: all in the data; every row must hold each)")
-    group.add_argument("--dev-size", type=Range(int, 1), default=20, help="rows held out as the dev set")
+    group.add_argument("--dev-size", type=Range(int, 2), default=20, help="rows held out as the dev set")
     group.add_argument("--per-device-batch-size", "--per-device-train-batch-size", type=Range(int, 1), default=32,
                        help="queries per step on each process, each with its passage: every query's in-batch "
                             "negatives (paper: 2048 on each of 2 GPUs); one step takes this times the processes")

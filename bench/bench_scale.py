@@ -447,6 +447,11 @@ def main(argv=None):
     pairs_per_language = max(int(PAPER_PAIRS_PER_LANGUAGE * args.scale), 200)
     rows = max(int(PAPER_ROWS * args.scale), 1000)
     work = Path(args.work_dir)
+    # what this script deletes (old data, old runs) lies only inside a work folder it made and marked itself
+    if work.is_dir() and any(work.iterdir()) and not (work / ".mimo-bench-scale").is_file():
+        sys.exit(f"error: --work-dir '{work}' holds files bench_scale.py did not make; choose another --work-dir")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / ".mimo-bench-scale").write_text("bench_scale.py's work folder: data, models and runs it may delete\n")
     print(f"hardware: {hardware()}")
     print(f"sizes: stage 1 {len(STAGE1_LANGUAGES)} languages x {pairs_per_language:,} pairs + as many identity pairs,")
     print(f"       stage 2 {rows:,} rows x {len(STAGE2_LANGUAGES)} languages")

@@ -18,6 +18,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="the generated-input tests try ten times as many inputs")
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)

@@ -38,3 +38,14 @@ def test_bench_scale_small_mode(tmp_path):
     for run in ("stage1-1", "stage2-cold-1", "stage2-warm-1"):
         state = torch.load(tmp_path / "runs" / run / checkpoint.STATE, weights_only=False)
         assert state["step"] == 1
+
+
+def test_bench_scale_deletes_only_in_a_work_folder_it_made(tmp_path):
+    """A --work-dir holding files bench_scale.py did not make (here a folder named runs, which it would
+    otherwise clear) is refused in one line before anything is generated; every file stays."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    command = [sys.executable, "bench/bench_scale.py", "--scale", "0.001", "--work-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and result.stderr.strip().endswith("did not make; choose another --work-dir")
+    assert [path.name for path in tmp_path.rglob("*")] == ["runs", "notes.txt"]

@@ -140,19 +140,21 @@ def test_a_crash_between_the_two_renames_is_recovered_by_resume(tiny_models, row
 
     run.rename(tmp_path / "run.old")
     (tmp_path / "run.tmp").mkdir()
-    (tmp_path / "run.tmp" / "args.json").write_text("{}")  # the checkpoint writes args.json first
+    shutil.copy(tmp_path / "run.old" / checkpoint.MARKER, tmp_path / "run.tmp")  # the checkpoint writes it first
     checkpoint.recover(run)
     assert state_step(run) == 6
     assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
 
 
 def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path):
-    """--overwrite replaces a run, never a folder of someone else's files; nor does the
-    crash recovery touch a user's own `<out-dir>.old` or `.tmp` folder."""
+    """A folder is a run of ours only by its marker: --overwrite never replaces a folder of someone
+    else's files, even one holding an args.json; crash recovery never touches a user's own
+    `<out-dir>.old` or `.tmp`, nor a leftover whose marker names another run."""
     mine = tmp_path / "run"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(BadInput, match="not a run of this repository .* never overwritten"):
+    (mine / "args.json").write_text("{}")  # looks like a run, and is not one
+    with pytest.raises(BadInput, match="not a run folder of this repository .* never replaced"):
         distill.main(distill_argv(tiny_models, rows, mine, tmp_path / "cache", "--overwrite"))
     assert (mine / "thesis.tex").read_text() == "years of work"
 
@@ -160,6 +162,13 @@ def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path
     (tmp_path / "other.old" / "notes.txt").write_text("keep")
     checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)
     assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
+
+    run = tmp_path / "ours"
+    for folder, run_id in ((run, "a"), (tmp_path / "ours.old", "b"), (tmp_path / "ours.tmp", "a")):
+        folder.mkdir()
+        checkpoint.write_marker(folder, "distill.py", run_id)
+    checkpoint.recover(run)
+    assert (tmp_path / "ours.old").is_dir() and not (tmp_path / "ours.tmp").exists()  # another run's; this run's
 
 
 def test_overwrite_never_replaces_what_the_command_reads_nor_another_scripts_run(tiny_models, rows, tmp_path):

@@ -154,7 +154,7 @@ def test_out_dirs_no_run_can_live_in(where, tiny_models, rows, tmp_path, monkeyp
     (tmp_path / "notes.txt").write_text("mine")
     out_dir, says = {
         "root": ("/", "is the root of the file system"),
-        "here": (".", "holds files that are not a run"),
+        "here": (".", "is not a run folder of this repository"),
         "proc": ("/proc/mimo-run", "cannot be written"),
         "below_a_file": (str(tmp_path / "notes.txt" / "run"), "is a file, not a folder"),
     }[where]
@@ -238,6 +238,30 @@ def test_numbers_that_can_only_be_a_mistake_name_their_flags(tiny_models, rows, 
     with pytest.raises(BadInput, match=r"--warmup 1 over 1 step\(s\) leaves the learning rate 0 at every step"):
         distill.main([*argv, "--max-steps", "1", "--warmup", "1"])
     assert not (tmp_path / "a").exists()
+
+
+def test_a_dev_metric_that_is_not_finite_stops_the_run_before_it_is_saved(tiny_models, rows, tmp_path, monkeypatch):
+    """Finite loss, absurd weights: the dev distance after training comes out NaN. The run stops in one
+    sentence naming the metric and the step; the last checkpoint (step 4) stays, and no NaN reaches disk.
+    NaN before any training blames the dev set, not the learning rate."""
+    real = distill.evaluate_dev
+    calls = []
+
+    def nan_after_training(*args):
+        calls.append(1)
+        return {**real(*args), "distance": float("nan")} if len(calls) > 1 else real(*args)
+
+    monkeypatch.setattr(distill, "evaluate_dev", nan_after_training)
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(SystemExit, match=r"error: dev_distance is nan at step 6; the checkpoint of step 4 .* intact"):
+        distill.main(argv)
+    assert torch.load(tmp_path / "run" / checkpoint.STATE, weights_only=False)["step"] == 4
+    assert "NaN" not in (tmp_path / "run" / "log.jsonl").read_text()
+
+    calls.clear()
+    monkeypatch.setattr(distill, "evaluate_dev", lambda *args: {**real(*args), "accuracy": float("nan")})
+    with pytest.raises(SystemExit, match=r"dev_accuracy is nan before any training, so the dev set measures nothing"):
+        distill.main([*argv, "--overwrite"])
 
 
 def test_an_os_error_mid_run_is_one_sentence_naming_the_path(tiny_models, rows, tmp_path, monkeypatch):

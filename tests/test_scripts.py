@@ -91,12 +91,11 @@ def test_resume_after_the_step_4_checkpoint_matches_an_uninterrupted_run(tiny_mo
 def test_refuses_to_touch_an_existing_run(tiny_models, rows, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "args.json").write_text("{}")  # a run of ours
+    checkpoint.write_marker(out, "distill.py", "a run id")  # a run of ours
     (out / "precious.txt").write_text("mine")
     with pytest.raises(BadInput, match="already holds a run; pass --resume"):
         distill.main(distill_argv(tiny_models, rows, out, tmp_path / "cache"))
-    assert sorted(p.name for p in out.iterdir()) == ["args.json", "precious.txt"]
-    assert (out / "args.json").read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == [checkpoint.MARKER, "precious.txt"]
 
 
 def test_dimension_mismatch_without_projection(tiny_models, rows, tmp_path):
