@@ -1,7 +1,8 @@
 """
 Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout (yjoonjang/mlir-benchmarks),
-a file of aligned rows or a hub dataset id, with their parallel groups; and the parallel texts of --parallel. A bad
-file is refused with its file and line and what was expected. A Benchmark holds plain dicts:
+a file of aligned rows or a hub dataset id, with their parallel groups; NeuCLIR'22/'23 as true MLIR (load_neuclir);
+and the parallel texts of --parallel. A bad file is refused with its file and line and what was expected. A Benchmark
+holds plain dicts:
   corpus        {doc id: (text, lang or None)}
   queries       {query id: (text, lang or None)}, only the queries that have judgements
   qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
@@ -14,8 +15,11 @@ Groups hold at least two members, each in a different language.
 
 import random
 import re
+import reprlib
 from collections import Counter, namedtuple
 from pathlib import Path
+
+import datasets
 
 import data
 from checkpoint import BadInput, first_line
@@ -27,6 +31,7 @@ Benchmark = namedtuple(
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
 BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
 DEFAULT_SPLIT = "test"
+QRELS_HEADERS = ("score", "relevance", "rel", "grade", "label", "judgement", "judgment")  # a qrels.tsv header's last
 # The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
 LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}
 
@@ -37,6 +42,9 @@ def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
     -> Benchmark. need_lang: every document and query must carry a `lang` (checked for folders only)."""
     if Path(spec).is_dir():
         return read_beir_dir(Path(spec), spec, need_lang, split)
+    track, _, root = spec.partition("=")  # neuclir22, or neuclir22=DIR for local copies in the hub layout
+    if track in NEUCLIR_TRACKS:
+        return load_neuclir(track, root or None)
     if data.is_local(spec):
         if split != DEFAULT_SPLIT:
             raise BadInput(
@@ -150,8 +158,8 @@ def read_texts(path, kind, need_lang):
     for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
         items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
         for text_id, fields in items:
-            if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
-                raise BadInput(f"{where}: expected a string field '_id'")
+            if not isinstance(text_id, (str, int)) or isinstance(text_id, bool) or text_id == "":
+                raise BadInput(f"{where}: expected a non-empty string field '_id'")
             text_id = str(text_id)
             text, title, lang = fields.get("text"), fields.get("title"), fields.get("lang")
             if not isinstance(text, str):
@@ -160,7 +168,11 @@ def read_texts(path, kind, need_lang):
                 text = f"{title.strip()} {text}".strip()
             if kind == "query" and not text.strip():
                 raise BadInput(f"{where}: query '{text_id}' has an empty text; give it one or remove the line")
-            if not (isinstance(lang, str) and lang):
+            if isinstance(lang, str) and lang and data.language_tag(lang) is None:
+                raise BadInput(f"{where}: {kind} '{text_id}' has lang {lang!r}, which is not a language tag ('de', "
+                               "'pt-br')")  # fmt: skip
+            lang = data.language_tag(lang)
+            if lang is None:
                 if need_lang:
                     raise BadInput(
                         f"{where}: {kind} '{text_id}' has no 'lang' field; the language metrics (own-language share, "
@@ -198,24 +210,27 @@ def read_qrels(path):
     qrels = {}
 
     def add(where, query_id, doc_id, grade):
-        if isinstance(grade, bool) or not isinstance(grade, int):
+        if isinstance(grade, bool) or not isinstance(grade, int) or not -(2**31) <= grade < 2**31:
             raise BadInput(
                 f"{where}: the relevance grade of document '{doc_id}' for query '{query_id}' must be an integer, "
-                f"found {grade!r}"
+                f"found {reprlib.repr(grade)} (and below 2^31 in size, as trec_eval holds it)"
             )
-        qrels.setdefault(str(query_id), {})[str(doc_id)] = grade
+        judged = qrels.setdefault(str(query_id), {})
+        if judged.setdefault(str(doc_id), grade) != grade:
+            raise BadInput(f"{where}: document '{doc_id}' is judged again for query '{query_id}', {grade} after "
+                           f"{judged[str(doc_id)]}; give one grade")  # fmt: skip
 
     if path.suffix != ".jsonl":
         for number, (where, line) in enumerate(data.text_lines(path)):
             fields = [field.strip() for field in (line.split("\t") if "\t" in line else line.split())]
-            if number == 0 and not fields[-1].lstrip("-").isdigit():
-                continue  # the header line, e.g. query-id corpus-id score
+            if number == 0 and fields[-1].lower() in QRELS_HEADERS:
+                continue  # the header line, e.g. query-id corpus-id score; any other first line is a judgement
             if len(fields) not in (3, 4):
                 raise BadInput(
                     f"{where}: expected 3 columns (query-id, corpus-id, score) "
                     f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
                 )
-            grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]+", fields[-1]) else fields[-1]  # "1.0" stays text
+            grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]{1,30}", fields[-1]) else fields[-1]  # "1.0" stays text
             add(where, fields[0], fields[-2], grade)
         return qrels, "TREC/BEIR columns"
     layout, is_beir = "beir", lambda record: {"query-id", "corpus-id", "score"} <= set(record)
@@ -298,3 +313,109 @@ def parallel_groups(spec, max_groups=None, seed=0):
     if max_groups and len(groups) > max_groups:
         groups = random.Random(seed).sample(groups, max_groups)
     return groups
+
+
+# ---------------------------------------------------------------------------
+# NeuCLIR'22/'23 as the MIMO paper's authors evaluate them ("true MLIR"): English topics against one corpus of Russian
+# and Chinese news. The tracks' Persian is left out: it is not a training language.
+
+# track -> mteb's hard-negative version of it (corpora, native-language queries, qrels), at the revision mteb 2.26 pins
+NEUCLIR_TRACKS = {
+    "neuclir22": ("mteb/NeuCLIR2022RetrievalHardNegatives", "cc5a0360c8bdf1e4afa19d2ea8ec111c0ca96335"),
+    "neuclir23": ("mteb/NeuCLIR2023RetrievalHardNegatives", "efb44bb789b9f82223aa819e18dba3748fd09e33"),
+}
+NEUCLIR_TOPICS = "neuclir/bench"  # English topics and TREC's judgements; the authors name no revision of it
+NEUCLIR_LANGS = {"rus": "ru", "zho": "zh"}  # mteb's config prefix and neuclir/bench's split -> the corpus's lang
+
+
+def load_neuclir_part(dataset_id, revision, root, config, split, columns):
+    """One split of one config, from the hub (at `revision`) or from root/<dataset_id> in the hub layout, both through
+    datasets.load_dataset so they read alike -> (Dataset, where it came from, for the layout)."""
+    location = str(Path(root) / dataset_id) if root else dataset_id
+    where = location if root else f"{dataset_id}@{revision or 'main'}"
+    try:
+        part = datasets.load_dataset(location, config, split=split, **({} if root else {"revision": revision}))
+    except Exception as error:  # offline, not in the cache, no such folder or config: one message
+        needed = (
+            f"a copy of '{dataset_id}' in its hub layout under root ({location})"
+            if root
+            else f"a network or a local copy of it passed as root (root/{dataset_id})"
+        )
+        raise BadInput(
+            f"NeuCLIR: dataset '{dataset_id}' config '{config}' split '{split}' could not be loaded, which needs "
+            f"{needed}: {first_line(error)}"
+        ) from None
+    if missing := [column for column in columns if column not in part.column_names]:
+        raise BadInput(
+            f"NeuCLIR: {where} config '{config}' split '{split}' has no column {', '.join(missing)}; "
+            f"expected {', '.join(columns)}"
+        )
+    return part, where
+
+
+def load_neuclir(track, root=None):
+    """A track, "neuclir22" or "neuclir23" -> Benchmark, pooled as the authors' evaluate_neuclir.py: one corpus of
+    mteb's Russian and Chinese hard-negative corpora (ids "rus::<id>", "zho::<id>"); as queries, the English topics of
+    the ids mteb judges in either language; as judgements, TREC's (neuclir/bench) of pooled documents, relevance > 0
+    as grade 1 (the authors' evaluator is binary). root: a folder holding both datasets in their hub layout, in place
+    of the hub."""
+    if track not in NEUCLIR_TRACKS:
+        raise BadInput(f"NeuCLIR track '{track}' is unknown; expected one of {', '.join(NEUCLIR_TRACKS)}")
+    mteb_id, revision = NEUCLIR_TRACKS[track]
+    corpus, track_ids = {}, set()
+    for iso, lang in NEUCLIR_LANGS.items():
+        docs, mteb_where = load_neuclir_part(mteb_id, revision, root, f"{iso}-corpus", "test", ["_id", "title", "text"])
+        for doc_id, title, text in zip(docs["_id"], docs["title"], docs["text"]):
+            # subtle: a newline, not BEIR's space, joins the title, as the authors' evaluator does
+            text = f"{title}\n{text}" if title and title.strip() else (text or "").strip()
+            # the two languages' ids are numbered apart, so they could collide
+            corpus[f"{iso}::{doc_id}"] = (text, lang)
+        native, _ = load_neuclir_part(mteb_id, revision, root, f"{iso}-queries", "test", ["_id", "text"])
+        judged, _ = load_neuclir_part(mteb_id, revision, root, f"{iso}-qrels", "test", ["query-id", "corpus-id"])
+        # mteb drops a query without judgements when loading; the authors take the track's ids after that
+        judged_ids = {str(query_id) for query_id in judged["query-id"]}
+        track_ids.update(str(query_id) for query_id in native["_id"] if str(query_id) in judged_ids)
+
+    topics, topics_where = load_neuclir_part(NEUCLIR_TOPICS, None, root, "queries", "eng", ["id", "query"])
+    # subtle: the topics are a headerless TSV, so datasets reads numeric ids as integers
+    english = {str(query_id): text for query_id, text in zip(topics["id"], topics["query"])}
+    queries = {
+        query_id: (english[query_id], "en")
+        for query_id in sorted(track_ids)
+        if isinstance(english.get(query_id), str) and english[query_id].strip()
+    }
+    stats = {"track_queries": len(track_ids), "dropped_queries_without_english": len(track_ids) - len(queries)}
+
+    qrels, not_relevant, outside_corpus, other_queries = {}, 0, 0, 0
+    for iso in NEUCLIR_LANGS:
+        rows, _ = load_neuclir_part(NEUCLIR_TOPICS, None, root, "qrels", iso, ["id", "docid", "relevance"])
+        for query_id, doc_id, relevance in zip(rows["id"], rows["docid"], rows["relevance"]):
+            query_id, doc_id = str(query_id), f"{iso}::{doc_id}"
+            if query_id not in queries:
+                other_queries += 1
+            elif int(relevance) <= 0:
+                not_relevant += 1
+            elif doc_id not in corpus:  # relevant, but not among the hard negatives mteb kept
+                outside_corpus += 1
+            else:
+                qrels.setdefault(query_id, {})[doc_id] = 1
+    stats["dropped_queries_without_relevant"] = sum(query_id not in qrels for query_id in queries)
+    queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
+    stats.update(
+        judgements_of_other_queries=other_queries,
+        judgements_not_relevant=not_relevant,
+        relevant_outside_corpus=outside_corpus,
+    )
+
+    configs = ", ".join(NEUCLIR_LANGS)
+    layout = {
+        "source": f"NeuCLIR {track} as true MLIR: English queries, one corpus of {configs} (fas left out)",
+        "corpus": f"{mteb_where} configs {{{configs}}}-corpus split test; ids '<iso>::<_id>', title + newline + text",
+        "queries": f"{topics_where} config queries split eng, for the ids of {mteb_where} {{{configs}}}-queries "
+        f"judged in {{{configs}}}-qrels",
+        "qrels": f"{topics_where} config qrels splits {configs}, of pooled documents; relevance > 0 as grade 1",
+        "query_groups": "none",
+        "document_groups": "none",
+    }
+    bench = finish_benchmark(track, corpus, queries, qrels, {}, {}, layout)
+    return bench._replace(stats={**stats, **bench.stats})

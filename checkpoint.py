@@ -252,7 +252,8 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="steps between checkpoints (always one at the end)")
     group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
                        help="seed for data order, sampling, language pairs and initialisation")
-    group.add_argument("--threads", type=Range(int, 0, 1024), default=0, help="CPU threads for torch (0: torch's default)")
+    group.add_argument("--threads", type=Range(int, 0, 1024), default=0,
+                       help="CPU threads for torch (0: torch's default)")
     group.add_argument("--resume", action="store_true",
                        help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
                             "(flags given now override them)")

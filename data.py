@@ -17,9 +17,11 @@ line (or row) and what was expected. Two kinds of source:
 `python data.py prepare-mmarco` builds aligned rows.
 """
 
+import functools
 import gzip
 import json
 import logging
+import mmap
 import os
 import random
 import re
@@ -37,7 +39,8 @@ from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 BATCH = 65_536  # rows of a memory-mapped table made Python objects at once
-ROW_COLUMN = re.compile(r"^(query|passage)_([a-z]{2,3}(?:[-_][A-Za-z]+)?)$")
+LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})*")  # an ISO 639 code and subtags, one way: de, pt-br, zh-hans
+ROW_COLUMN = re.compile(rf"^(query|passage)_({LANGUAGE_TAG.pattern})$")
 # datasets logs a file it cannot parse before raising; our one error line names the file and line instead
 logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
 
@@ -62,8 +65,10 @@ def parse_source(spec):
     lang = None
     if "=" in spec.split("/")[0]:
         lang, spec = spec.split("=", 1)
-        if not lang.strip():
-            raise BadInput(f"'={spec}' names no language before '='; write LANG={spec}, e.g. de={spec}")
+        if language_tag(lang) is None:
+            named = "names no language before '='" if not lang.strip() else f"'{lang}' is not a language tag"
+            raise BadInput(f"'{lang}={spec}' {named}; write LANG={spec}, e.g. de={spec}")
+        lang = language_tag(lang)
     config = None
     if not is_local(spec) and ":" in spec:
         spec, config = spec.rsplit(":", 1)
@@ -117,8 +122,10 @@ def load_source(location, config=None, check=None):
     # json: a column of mixed types is an error, never quietly re-encoded as JSON text
     options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})
     try:
+        if kind == "json" and bare_null_line(path):
+            raise ValueError("a line that is null, not a JSON object")  # read line by line below, for the line
         dataset = datasets.load_dataset(kind, data_files=files, split="train", **options)
-        if kind == "json":  # subtle: pyarrow's JSON reader lets bytes that are not UTF-8 into its strings
+        if kind != "text":  # subtle: pyarrow lets bytes that are not UTF-8 into JSON's and parquet's strings
             dataset.data.table.validate(full=True)
         return dataset, str(path)
     except Exception as error:  # pyarrow's, zlib's, UnicodeDecodeError, ...: read again for the line
@@ -132,6 +139,15 @@ def load_source(location, config=None, check=None):
         raise BadInput(f"cannot read '{path}': {first_line(error.__cause__ or error)}") from None
 
 
+def bare_null_line(path):
+    """Whether a JSON-lines file has a line that is a bare null: pyarrow's JSON reader (26) crashes the process on
+    one that starts a file. A scan of the mapped file, no decoding: fast next to the read itself."""
+    if path.name.endswith(".gz") or not path.is_file():
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return re.search(rb"(?:\A|\n)[ \t\r]*null[ \t\r]*(?:\n|\Z)", mapped) is not None
+
+
 def text_lines(path):
     """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); bad bytes name their line."""
     path, number = Path(path), 0
@@ -139,7 +155,8 @@ def text_lines(path):
         raise BadInput(f"file '{path}' does not exist")
     try:
         with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
-            for number, raw in enumerate(f, 1):  # decoded line by line, so that a bad byte names its line
+            # numbered as datasets' text loader splits them (universal newlines: a lone \r ends a line too)
+            for number, raw in enumerate((part for chunk in f for part in re.split(rb"\r(?!\n)", chunk)), 1):
                 try:
                     # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
@@ -157,12 +174,53 @@ def json_records(path):
     """Yield (where, record) for each line of a JSON-lines file (gzip if .gz): one JSON object a line."""
     for where, line in text_lines(path):
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=functools.partial(unique_keys, where))
         except json.JSONDecodeError as error:
             raise BadInput(f"{where}: not valid JSON ({error.msg}); a truncated file ends like this") from None
+        except BadInput:
+            raise
+        except (ValueError, RecursionError) as error:  # a number past 4,300 digits, nesting past Python's limit
+            raise BadInput(f"{where}: JSON that Python cannot hold ({first_line(error)})") from None
         if not isinstance(record, dict):
             raise BadInput(f"{where}: expected a JSON object, found {type(record).__name__}")
+        if "\\u" in line and re.search(r"\\u[dD][89a-fA-F]", line):  # a \uD8xx escape: half of a character?
+            try:
+                json.dumps(record, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput(f"{where}: a \\u escape that is half a character (a lone surrogate)") from None
         yield where, record
+
+
+def unique_keys(where, pairs):
+    """json's object hook: a key given twice would keep only its last value; refused instead."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise BadInput(f"{where}: the key '{twice}' appears twice in one object")
+    return record
+
+
+def language_tag(tag):
+    """A language tag written one way, lower case with '-' ('EN' -> 'en', 'pt_BR' -> 'pt-br'), so that one language is
+    never counted as two; None for what is no tag. A region stays apart: 'en-us' is not 'en'."""
+    tag = tag.strip().lower().replace("_", "-") if isinstance(tag, str) else ""
+    return tag if LANGUAGE_TAG.fullmatch(tag) else None
+
+
+def canonical_columns(names, where):
+    """{column: its name with the language written one way} for each query_<lang> / passage_<lang> column; two
+    columns that name one language are refused."""
+    renamed, first = {}, {}
+    for name in names:
+        side, _, tag = name.partition("_")
+        if side in ("query", "passage") and language_tag(tag) is None:
+            raise BadInput(f"{where}: column '{name}' names no language; expected {side}_<lang>, e.g. {side}_de")
+        if side in ("query", "passage") and (lang := language_tag(tag)):
+            new = f"{side}_{lang}"
+            if new in first:
+                raise BadInput(f"{where}: columns '{first[new]}' and '{name}' are one language ({lang}); keep one")
+            first[new], renamed[name] = name, new
+    return renamed
 
 
 def row_languages(names):
@@ -180,6 +238,8 @@ def check_row(where, record, seen, min_languages=2, english=False):
             if not isinstance(record.get(column), str):
                 raise BadInput(f"{where}: expected a string column '{column}'")
         return
+    renamed = canonical_columns(record, where)
+    record = {renamed.get(name, name): value for name, value in record.items()}
     held = lambda lang: (record[f"query_{lang}"], record[f"passage_{lang}"]) != (None, None)  # both null: lacks it
     langs = [lang for lang in row_languages(record) if held(lang)]
     if english and ("en" not in langs or len(langs) < 2):
@@ -209,6 +269,8 @@ def check_table(dataset, label, min_languages=2, english=False):
     """Refuse a table that breaks a rule of check_row. Columns are checked in Arrow (no Python object per text); a
     flagged row goes through check_row for its message, which names the line in a JSON-lines file (read again).
     Returns the dataset, with an id column of row positions added when it has none."""
+    renamed = {old: new for old, new in canonical_columns(dataset.column_names, f"'{label}'").items() if old != new}
+    dataset = dataset.rename_columns(renamed) if renamed else dataset
     table, names, n = dataset.data.table, dataset.column_names, len(dataset)
     where = (lambda i: f"{label}:{i + 1}") if label.endswith(".jsonl") else (lambda i: f"{label} row {i + 1}")
 
@@ -295,6 +357,7 @@ def read_parallel_source(spec):
             yield from (Pair(lang, a, b) for a, b in zip(english, text))
         return
     dataset = check_table(dataset, label, english=True)
+    names = dataset.column_names
     if "english" in names:
         if lang is None:
             raise untagged
@@ -313,8 +376,8 @@ def read_parallel_source(spec):
 
 def keep_pair(pair, min_chars, max_chars, max_ratio):
     """The paper's filters: each side min..max characters, length ratio at most max_ratio."""
-    a, b = len(pair.english), len(pair.text)
-    if not (min_chars <= a <= max_chars and min_chars <= b <= max_chars):
+    a, b = len(pair.english.strip()), len(pair.text.strip())  # a side of white space only is no sentence
+    if not (a and b and min_chars <= a <= max_chars and min_chars <= b <= max_chars):
         return "length"
     if max(a, b) / max(min(a, b), 1) > max_ratio:
         return "ratio"

@@ -31,14 +31,15 @@ q17-de, q17_de, de_q_005a), or for documents (doc_<lang>_<n>) the judgements of 
 
 Metrics. Documents are ranked by the model's similarity (cosine; dot product where the model declares it), ties
 by document id descending, as trec_eval ranks; every judged query counts.
-  ndcg_at_k, recall_at_k, map_at_100, mrr_at_10: trec_eval's ndcg_cut, recall, map_cut and recip_rank (0 past
-      rank 10), by pytrec_eval: grades are gains, >= 1 is relevant
+  ndcg_at_k, recall_at_k, map_at_100, mrr_at_k (k = 10, 20, 100): trec_eval's ndcg_cut, recall, map_cut and
+      recip_rank (0 past rank k), by pytrec_eval: grades are gains, >= 1 is relevant
   own_at_10: share of a query's top 10 in the query's own language
-  mrc_at_10: mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code: rho_ab = Spearman's rho
-      of parallel queries a and b's scores over the union of their top 10s (pair left out if constant); RC(a) = mean
-      of rho_ab over a's partners; MRC(l) = mean of RC(a) over language l's queries; mrc_at_10 = 100 * mean_l MRC(l)
-  peer_at_100: (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test of their
-      relevant documents' ranks grouped by language (past 100: 101); 1: none favoured
+  mrc_at_k (k = 5, 10, 20): mean rank correlation (Yang et al., MRL 2024), aggregated as its reference code:
+      rho_ab = Spearman's rho of parallel queries a and b's scores over the union of their top ks (pair left out if
+      constant); RC(a) = mean of rho_ab over a's partners; MRC(l) = mean of RC(a) over language l's queries;
+      mrc_at_k = 100 * mean_l MRC(l)
+  peer_at_k (k = 20, 100): (Yang et al., SIGIR 2024) mean over queries of the p-value of a Kruskal-Wallis test of
+      their relevant documents' ranks grouped by language (past k: k + 1); 1: none favoured
   alignment: (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
   uniformity: log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
 main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
@@ -76,17 +77,24 @@ COLUMNS = [  # (key in the result files, table header or None for the files only
     ("ndcg_at_10", "nDCG@10", "{:.4f}", "ndcg_cut_10"),
     ("ndcg_at_20", "nDCG@20", "{:.4f}", "ndcg_cut_20"),
     ("ndcg_at_100", None, "{:.4f}", "ndcg_cut_100"),
+    ("recall_at_10", None, "{:.4f}", "recall_10"),
     ("recall_at_20", "R@20", "{:.4f}", "recall_20"),
     ("recall_at_100", None, "{:.4f}", "recall_100"),
     ("mrr_at_10", "MRR@10", "{:.4f}", "recip_rank"),
+    ("mrr_at_20", None, "{:.4f}", "recip_rank"),
+    ("mrr_at_100", None, "{:.4f}", "recip_rank"),
     ("map_at_100", "MAP@100", "{:.4f}", "map_cut_100"),
     ("own_at_10", "own@10", "{:.4f}", None),
+    ("mrc_at_5", None, "{:.2f}", None),
     ("mrc_at_10", "MRC@10", "{:.2f}", None),
+    ("mrc_at_20", None, "{:.2f}", None),
+    ("peer_at_20", None, "{:.4f}", None),
     ("peer_at_100", "PEER@100", "{:.4f}", None),
     ("alignment", "align", "{:.4f}", None),
     ("uniformity", "unif", "{:.4f}", None),
 ]
 TREC_MEASURES = {key: measure for key, _, _, measure in COLUMNS if measure}
+MRR_CUTOFFS, MRC_CUTOFFS, PEER_CUTOFFS = (10, 20, 100), (5, 10, 20), (20, 100)  # the MIMO paper's
 TABLE = [(key, header, fmt) for key, header, fmt, _ in COLUMNS if header]
 
 
@@ -100,7 +108,9 @@ def build_parser():
                              "the demo teacher as the reference row")
     parser.add_argument("--benchmark", action="append", default=None,
                         help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
-                             "owner/name[/folder], or a file of aligned rows; default: data/demo/test.jsonl")
+                             "owner/name[/folder], a file of aligned rows, or neuclir22 / neuclir23: NeuCLIR's "
+                             "English topics against its Russian and Chinese corpora pooled, as the MIMO paper "
+                             "(=DIR after it: local copies in the hub layout); default: data/demo/test.jsonl")
     parser.add_argument("--split", default="test",
                         help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
     parser.add_argument("--monolingual", action="store_true",
@@ -226,14 +236,14 @@ def ranking_metrics(rankings, qrels):
     """{query id: [doc id, best first]}, {query id: {doc id: grade}} -> {query id: {TREC_MEASURES key: value}}."""
     # trec_eval sorts by score: scores falling with the rank keep our order, whose ties are already settled
     run = {query_id: {doc: -float(r) for r, doc in enumerate(ranking)} for query_id, ranking in rankings.items()}
-    measures = {"ndcg_cut.10,20,100", "recall.20,100", "recip_rank", "map_cut.100"}
+    measures = {"ndcg_cut.10,20,100", "recall.10,20,100", "recip_rank", "map_cut.100"}
     import pytrec_eval  # here, not at the top: bench/bench_retrieval.py times retrieve() where it is not installed
 
     found = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     out = {query_id: {key: found[query_id][name] for key, name in TREC_MEASURES.items()} for query_id in rankings}
-    for values in out.values():
-        if values["mrr_at_10"] < 0.1:  # recip_rank also counts a first relevant document past rank 10
-            values["mrr_at_10"] = 0.0
+    for values, k in ((values, k) for values in out.values() for k in MRR_CUTOFFS):
+        if values[f"mrr_at_{k}"] < 1 / k:  # recip_rank also counts a first relevant document past rank k
+            values[f"mrr_at_{k}"] = 0.0
     return out
 
 
@@ -521,9 +531,11 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
         per_query[query_id] = values = {"lang": query_lang, **metrics[query_id]}
         if language_metrics and not monolingual:
             values["own_at_10"] = own_language_share([doc_lang.get(doc) for doc in ranking], query_lang, 10)
-            groups = peer_groups(ranking, judged[query_id], doc_lang, DEPTH)
-            if len(groups) >= 2:
-                values["peer_at_100"] = kruskal_wallis(list(groups.values()))[1]
+            for k in PEER_CUTOFFS:
+                groups = peer_groups(ranking, judged[query_id], doc_lang, k)
+                if len(groups) >= 2:
+                    values[f"peer_at_{k}"] = kruskal_wallis(list(groups.values()))[1]
+            if "peer_at_100" in values:
                 p_values.append(values["peer_at_100"])
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
@@ -532,17 +544,20 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
     for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
         rows = [values for values in per_query.values() if values["lang"] == lang]
         per_language[lang] = {"queries": len(rows), **{key: sum(row[key] for row in rows) / len(rows) for key in keys}}
-        peers = [row["peer_at_100"] for row in rows if "peer_at_100" in row]
-        if peers:
-            per_language[lang]["peer_at_100"] = sum(peers) / len(peers)
+        for key in (f"peer_at_{k}" for k in PEER_CUTOFFS):
+            peers = [row[key] for row in rows if key in row]
+            if peers:
+                per_language[lang][key] = sum(peers) / len(peers)
     # the mean over languages, as MIRACL reports it; else over queries, as trec_eval does
     means = per_language.values() if monolingual else per_query.values()
     result = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
     result.update(queries_scored=len(per_query), per_language=per_language)
     if monolingual:
         result["queries_without_judgements_in_their_language"] = len(query_ids) - len(ranked)
-    if p_values:
-        result["peer_at_100"] = sum(p_values) / len(p_values)
+    for key in (f"peer_at_{k}" for k in PEER_CUTOFFS):
+        peers = [values[key] for values in per_query.values() if key in values]
+        if peers:
+            result[key] = sum(peers) / len(peers)
     result.update(peer_queries=len(p_values), peer_skipped_one_language=no_peer)
     return result, per_query
 
@@ -554,12 +569,16 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_u
         position = {query_id: i for i, query_id in enumerate(query_ids)}
         query_groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
         query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
-        found = mrc(query_emb, doc_emb, top[:, :10], query_groups, query_langs) if query_groups else (None, {}, 0, 0)
-        result.update(zip(("mrc_at_10", "mrc_per_language", "mrc_queries", "mrc_pairs"), found))
+        result.update(mrc_at_10=None, mrc_per_language={}, mrc_queries=0, mrc_pairs=0)
+        for k in MRC_CUTOFFS if query_groups else ():
+            found = mrc(query_emb, doc_emb, top[:, :k], query_groups, query_langs)
+            result[f"mrc_at_{k}"] = found[0]
+            if k == 10:  # the table's cutoff: its languages and counts too
+                result.update(zip(("mrc_per_language", "mrc_queries", "mrc_pairs"), found[1:]))
         if not query_groups:
             notes.append("MRC n/a: no parallel query groups (give queries a `group` field, or ids like 'q1/de' or "
                          "'de_q1')")  # fmt: skip
-        elif found[0] is None:
+        elif result["mrc_at_10"] is None:
             notes.append("MRC n/a: every pair of parallel queries scores its top 10 with one constant value")
     if parallel:
         texts, langs = [], []

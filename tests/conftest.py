@@ -22,6 +22,22 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="the generated-input tests try ten times as many inputs")
 
 
+FUZZ_SCALE = [1]  # 10 with --slow; read when the test modules are imported, after pytest_configure
+
+
+def pytest_configure(config):
+    FUZZ_SCALE[0] = 10 if config.getoption("--slow") else 1
+
+
+def examples(n):
+    """hypothesis settings for n generated inputs (10 n with --slow), the same ones every run, no deadline, no
+    example database in the repository."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=n * FUZZ_SCALE[0], deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import distill_argv
-from hypothesis import HealthCheck, given, settings
+from conftest import distill_argv, examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 import checkpoint
@@ -20,13 +20,6 @@ import distill
 import evaluate
 import joint_train
 from checkpoint import BadInput, Range
-
-
-def examples(pytestconfig, n):
-    """settings for n examples (10 n with --slow), no deadline: a refusal may import a library first."""
-    scale = 10 if pytestconfig.getoption("--slow") else 1
-    return settings(max_examples=n * scale, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-
 
 # ---------------------------------------------------------------------------
 # Numbers
@@ -58,11 +51,11 @@ NUMBER_TEXTS = st.one_of(
 )
 
 
-def test_every_value_of_every_numeric_flag_is_in_range_or_one_sentence(pytestconfig):
+def test_every_value_of_every_numeric_flag_is_in_range_or_one_sentence():
     flags = range_flags()
     assert len(flags) >= 30  # every script's numeric flags, not a few
 
-    @examples(pytestconfig, 300)
+    @examples(300)
     @given(st.sampled_from(flags), NUMBER_TEXTS)
     def check(flag, text):
         script, name, kind = flag
@@ -78,12 +71,12 @@ def test_every_value_of_every_numeric_flag_is_in_range_or_one_sentence(pytestcon
     check()
 
 
-def test_learning_rate_and_weight_decay_together_train_or_name_both_flags(pytestconfig, tmp_path):
+def test_learning_rate_and_weight_decay_together_train_or_name_both_flags(tmp_path):
     """AdamW multiplies each weight by 1 - lr * weight_decay per step: any pair either parses with a
     product below 1 or is refused naming both flags."""
     models = {"teacher": "t", "student": "s"}
 
-    @examples(pytestconfig, 60)
+    @examples(60)
     @given(st.floats(1e-12, 0.999), st.floats(0, 1e12))
     def check(lr, weight_decay):
         argv = distill_argv(models, "rows.jsonl", tmp_path / "run", tmp_path / "cache")
@@ -168,7 +161,7 @@ def snapshot(root):
     return {path: path.read_bytes() for path in root.rglob("*") if path.is_file() and not path.is_symlink()}
 
 
-def test_every_path_flag_is_checked_before_any_model_loads(pytestconfig, tmp_path, monkeypatch):
+def test_every_path_flag_is_checked_before_any_model_loads(tmp_path, monkeypatch):
     """A path in the way is one sentence naming its flag; no model was loaded first (loading would
     fail this test), and every file already there keeps its bytes."""
 
@@ -179,7 +172,7 @@ def test_every_path_flag_is_checked_before_any_model_loads(pytestconfig, tmp_pat
     models = {"teacher": str(tmp_path / "teacher"), "student": str(tmp_path / "student")}
     situations = sorted(SITUATIONS) + ["someone else's folder"]
 
-    @examples(pytestconfig, 40)
+    @examples(40)
     @given(st.sampled_from(sorted(TARGETS)), st.sampled_from(situations), NAMES.filter(lambda n: n not in (".", "..")))
     def check(target, situation, name):
         root = Path(tempfile.mkdtemp(dir=tmp_path))
