@@ -135,7 +135,7 @@ def test_every_numeric_flag_is_range_checked(script, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag, value, says", [("--lam", "1.5", "a number in [0, 1]"), ("--lr/--learning-rate", "inf", "a number > 0")]
+    "flag, value, says", [("--lam", "1.5", "a number in [0, 1]"), ("--lr/--learning-rate", "inf", "a number in (0, 1)")]
 )
 def test_a_flag_out_of_range_is_status_1_and_one_line(flag, value, says, tmp_path):
     result = run_script("joint_train.py", flag.split("/")[0], value, "--out-dir", str(tmp_path / "run"))
