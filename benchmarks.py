@@ -25,7 +25,9 @@ import data
 from checkpoint import BadInput, first_line
 
 Benchmark = namedtuple(
-    "Benchmark", ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout"]
+    "Benchmark",
+    ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout", "mteb_task"],
+    defaults=[None],  # mteb_task: the mteb task that scores it (load_mteb_task), else evaluate.py's own retrieval
 )
 
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
@@ -42,6 +44,8 @@ def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
     -> Benchmark. need_lang: every document and query must carry a `lang` (checked for folders only)."""
     if Path(spec).is_dir():
         return read_beir_dir(Path(spec), spec, need_lang, split)
+    if spec == "miracl":
+        return load_mteb_task(spec)
     track, _, root = spec.partition("=")  # neuclir22, or neuclir22=DIR for local copies in the hub layout
     if track in NEUCLIR_TRACKS:
         return load_neuclir(track, root or None)
@@ -367,7 +371,9 @@ def load_neuclir(track, root=None):
         docs, mteb_where = load_neuclir_part(mteb_id, revision, root, f"{iso}-corpus", "test", ["_id", "title", "text"])
         for doc_id, title, text in zip(docs["_id"], docs["title"], docs["text"]):
             # subtle: a newline, not BEIR's space, joins the title, as the authors' evaluator does
-            text = f"{title}\n{text}" if title and title.strip() else (text or "").strip()
+            text = (
+                f"{title.strip()}\n{(text or '').strip()}".strip() if title and title.strip() else (text or "").strip()
+            )
             # the two languages' ids are numbered apart, so they could collide
             corpus[f"{iso}::{doc_id}"] = (text, lang)
         native, _ = load_neuclir_part(mteb_id, revision, root, f"{iso}-queries", "test", ["_id", "text"])
@@ -419,3 +425,39 @@ def load_neuclir(track, root=None):
     }
     bench = finish_benchmark(track, corpus, queries, qrels, {}, {}, layout)
     return bench._replace(stats={**stats, **bench.stats})
+
+
+# MIRACL as the paper scores it: mteb's hard-negative task, on the training languages it has, each language alone
+MIRACL_TASK = "MIRACLRetrievalHardNegatives.v2"
+MIRACL_LANGUAGES = ("ar", "de", "en", "es", "fr", "hi", "id", "ja", "ru", "zh")
+
+
+def load_mteb_task(task):
+    """An mteb retrieval task (an mteb task object, or "miracl") -> Benchmark of its data as mteb loads it, ids
+    "<subset>::<id>", a title joined by a space as mteb joins it; evaluate.py scores it through mteb itself, each
+    subset (language) alone, so its numbers are the ones mteb's leaderboard shows."""
+    try:
+        import mteb
+    except ImportError:
+        raise BadInput("--benchmark miracl is scored by mteb, which is not installed here: pip install mteb") from None
+    if task == "miracl":
+        task = mteb.get_task(MIRACL_TASK, hf_subsets=list(MIRACL_LANGUAGES))
+    meta = task.metadata
+    try:
+        task.load_data()
+    except Exception as error:  # offline and not cached, no access: one message
+        raise BadInput(f"mteb task {meta.name} (dataset {meta.dataset['path']}) could not be loaded, which needs a "
+                       f"network or a copy in the Hugging Face cache: {first_line(error)}") from None  # fmt: skip
+    split, corpus, queries, qrels = meta.eval_splits[0], {}, {}, {}
+    for subset in task.hf_subsets:
+        part, lang = task.dataset[subset][split], data.language_tag(subset)
+        for row in part["corpus"]:
+            corpus[f"{subset}::{row['id']}"] = (f"{row.get('title') or ''} {row['text']}".strip(), lang)
+        queries.update({f"{subset}::{row['id']}": (row["text"], lang) for row in part["queries"]})
+        for query_id, judged in part["relevant_docs"].items():
+            qrels[f"{subset}::{query_id}"] = {f"{subset}::{doc}": int(grade) for doc, grade in judged.items()}
+    layout = {"source": f"mteb task {meta.name}, scored by mteb {mteb.__version__}, each language alone",
+              "dataset": f"{meta.dataset['path']}@{meta.dataset['revision']}", "split": split,
+              "subsets": list(task.hf_subsets), "mode": "monolingual", "query_groups": "none",
+              "document_groups": "none"}  # fmt: skip
+    return finish_benchmark(meta.name, corpus, queries, qrels, {}, {}, layout)._replace(mteb_task=task)

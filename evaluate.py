@@ -96,6 +96,16 @@ COLUMNS = [  # (key in the result files, table header or None for the files only
 TREC_MEASURES = {key: measure for key, _, _, measure in COLUMNS if measure}
 MRR_CUTOFFS, MRC_CUTOFFS, PEER_CUTOFFS = (10, 20, 100), (5, 10, 20), (20, 100)  # the MIMO paper's
 TABLE = [(key, header, fmt) for key, header, fmt, _ in COLUMNS if header]
+MLIR = "yjoonjang/mlir-benchmarks/MMLIR"
+PAPER_SUITE = [  # (column, --benchmark, headline metric): the MIMO paper's results table
+    ("Belebele", f"{MLIR}/Belebele_test", "ndcg_at_20"),
+    ("XQuAD", f"{MLIR}/XQuAD_test", "ndcg_at_20"),
+    ("MLQA", f"{MLIR}/MLQA_test", "ndcg_at_20"),
+    ("MultiEuP", f"{MLIR}/MultiEup_test", "ndcg_at_20"),
+    ("NeuCLIR'22", "neuclir22", "ndcg_at_20"),
+    ("NeuCLIR'23", "neuclir23", "ndcg_at_20"),
+    ("MIRACL", "miracl", "ndcg_at_10"),  # mteb's main score; nDCG@20 is in the result file too
+]
 
 
 def build_parser():
@@ -111,6 +121,11 @@ def build_parser():
                              "owner/name[/folder], a file of aligned rows, or neuclir22 / neuclir23: NeuCLIR's "
                              "English topics against its Russian and Chinese corpora pooled, as the MIMO paper "
                              "(=DIR after it: local copies in the hub layout); default: data/demo/test.jsonl")
+    parser.add_argument("--suite", choices=["paper"], default=None,
+                        help="every benchmark of the MIMO paper's table, then the table in its shape (a row per "
+                             "model, the headline metric per benchmark): Belebele, XQuAD, MLQA, MultiEuP (MLIR, "
+                             "nDCG@20), NeuCLIR'22 and '23 pooled (nDCG@20), MIRACL-HN v2 on 10 languages through "
+                             "mteb (nDCG@10); from the hub, so it needs a network or the datasets cached")
     parser.add_argument("--split", default="test",
                         help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
     parser.add_argument("--monolingual", action="store_true",
@@ -604,6 +619,8 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_u
 
 def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics):
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
+    if benchmark.mteb_task is not None:
+        return evaluate_with_mteb(benchmark, lazy, args)
     doc_ids, query_ids, tick = list(benchmark.corpus), list(benchmark.queries), time.time()
     doc_texts, query_texts = [benchmark.corpus[i][0] for i in doc_ids], [benchmark.queries[i][0] for i in query_ids]
     doc_emb, doc_settings = embed(lazy, doc_texts, "document", f"{lazy.name} documents", args)  # (N, D)
@@ -640,6 +657,63 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
         for i, query_id in enumerate(query_ids)
         for rank, (j, score) in enumerate(zip(rankings[i], ranking_scores[i]), 1)
     ]
+    return result, per_query, encoding, run
+
+
+def evaluate_with_mteb(benchmark, lazy, args):
+    """One model on an mteb task, through mteb.evaluate: its retrieval and its scores per subset (what its leaderboard
+    shows), the mean over subsets as the paper averages them; each text embedded by embed(), as every benchmark here
+    is. Per query: trec_eval's measures (ranking_metrics) on mteb's own rankings. -> as evaluate_model_on."""
+    import mteb
+    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.model_meta import ModelMeta, ScoringFunction
+    from mteb.types import PromptType
+
+    tick, settings = time.time(), {}
+    config = config_json(checkpoint.resolve_model(lazy.name), "config_sentence_transformers.json") or {}
+    similarity = ScoringFunction(config.get("similarity_fn_name") or "cosine")  # check_model allowed cosine or dot
+
+    class Encoder(AbsEncoder):  # mteb's model protocol, around embed()
+        mteb_model_meta = ModelMeta.create_empty({"name": f"mimo/{slug(lazy.name)}", "similarity_fn_name": similarity})
+
+        def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
+            task = "query" if prompt_type == PromptType.query else "document"
+            texts = [text for batch in inputs for text in batch["text"]]
+            emb, settings[task] = embed(lazy, texts, task, f"{lazy.name} {hf_subset} {task}s", args)
+            return emb.numpy()
+
+    split = benchmark.layout["split"]
+    with tempfile.TemporaryDirectory() as folder:
+        found = mteb.evaluate(Encoder(), [benchmark.mteb_task], cache=None, overwrite_strategy="always",
+                              prediction_folder=folder, encode_kwargs={"batch_size": args.batch_size},
+                              show_progress_bar=False)  # fmt: skip
+        predictions = json.loads(next(Path(folder).glob("*.json")).read_text(encoding="utf-8"))
+    scored = found.task_results[0]
+    rankings = {}  # by score, ties by document id descending: trec_eval's order, in which mteb scored them
+    for subset in benchmark.layout["subsets"]:
+        for query_id, scores in predictions[subset][split].items():
+            ranked = sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)[:DEPTH]
+            rankings[f"{subset}::{query_id}"] = [(f"{subset}::{doc}", scores[doc]) for doc in ranked]
+    judged = {query_id: benchmark.qrels[query_id] for query_id in rankings if query_id in benchmark.qrels}
+    metrics = ranking_metrics({q: [doc for doc, _ in rankings[q]] for q in judged}, judged)
+    per_query = {query_id: {"lang": benchmark.queries[query_id][1], **values} for query_id, values in metrics.items()}
+    keys = [key for key, *_ in COLUMNS if key in TREC_MEASURES]
+    per_language = {
+        entry["hf_subset"]: {key: entry[key] for key in keys if key in entry} for entry in scored.scores[split]
+    }
+    result = {key: sum(values[key] for values in per_language.values()) / len(per_language) for key in keys}
+    result.update(queries_scored=len(per_query), per_language=per_language, peer_queries=0, notes=[
+        f"scored by mteb {scored.mteb_version} on {scored.task_name} (dataset revision {scored.dataset_revision}), "
+        f"each of {len(per_language)} languages alone; the mean over languages"])  # fmt: skip
+    result.update(mteb={"task": scored.task_name, "dataset_revision": scored.dataset_revision,
+                        "mteb_version": scored.mteb_version})  # fmt: skip
+    result["seconds"] = {"embed": round(time.time() - tick, 2), "retrieve": 0.0, "metrics": 0.0}
+    query, document = settings.get("query", {}), settings.get("document", {})
+    encoding = {"query_prompt": query.get("prompt"), "document_prompt": document.get("prompt")}
+    encoding.update({key: document.get(key) for key in ("max_length", "similarity", "dimension")})
+    encoding["precision"] = document.get("dtype")
+    run = [f"{query_id} Q0 {doc} {rank} {score:.9g} {slug(lazy.name)}\n" for query_id, ranked in rankings.items()
+           for rank, (doc, score) in enumerate(ranked, 1)]  # fmt: skip
     return result, per_query, encoding, run
 
 
@@ -723,7 +797,8 @@ def benchmark_info(benchmark, args):
     for part in (benchmark.corpus, benchmark.queries, benchmark.qrels):
         for key in sorted(part):
             digest.update(json.dumps([key, part[key]], ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
-    info = {"name": benchmark.name, "split": args.split, "mode": "monolingual" if args.monolingual else "MLIR"}
+    info = {"name": benchmark.name, "split": benchmark.layout.get("split", args.split)}
+    info["mode"] = benchmark.layout.get("mode") or ("monolingual" if args.monolingual else "MLIR")
     info.update(documents=len(benchmark.corpus), queries=len(benchmark.queries))
     info["languages"] = sorted({lang for _, lang in benchmark.corpus.values() if lang is not None})
     info.update(benchmark.stats, query_groups=len(benchmark.query_groups), document_groups=len(benchmark.doc_groups))
@@ -798,6 +873,17 @@ def print_benchmark(entry, order):
     if entry["models_on_another_version"]:
         print("  not in this table, scored on another version of this benchmark: "
               + ", ".join(entry["models_on_another_version"]))  # fmt: skip
+
+
+def print_paper_table(columns, models):
+    """The paper's table: a row per model, a column per benchmark ({label: (report entry, headline metric)})."""
+    headers = [f"{label} {next(h for k, h, _, _ in COLUMNS if k == key) or key}" for label, (_, key) in columns.items()]
+    width = max(len("model"), *(len(name) for name in models))
+    print("\nthe MIMO paper's table\n" + f"{'model':<{width}}  " + "  ".join(headers))
+    for name in models:
+        cells = [entry["models"].get(name, {}).get(key) for entry, key in columns.values()]
+        print(f"{name:<{width}}  " + "  ".join(f"{'n/a' if v is None else f'{v:.4f}':>{len(h)}}"
+                                               for v, h in zip(cells, headers)))  # fmt: skip
 
 
 def run_arguments(name):
@@ -951,6 +1037,8 @@ def main(argv=None):
                   lambda path: checkpoint.plot_curves(args.curves, path))  # fmt: skip
         return None
     args.model = args.model or default_models()
+    if args.suite:
+        args.benchmark = [*(args.benchmark or []), *(spec for _, spec, _ in PAPER_SUITE)]
     args.benchmark = args.benchmark or ["data/demo/test.jsonl"]
     print("arguments: " + json.dumps(vars(args)))
     language_metrics = not args.no_language_metrics
@@ -1021,6 +1109,9 @@ def main(argv=None):
                       "documents)", "", headers, "|" + " ---: |" * len(TABLE), row, ""]  # fmt: skip
         if Path(name).is_dir() and checkpoint.add_results_to_card(name, lines, "Retrieval, scored by evaluate.py"):
             print(f"added its table to {Path(name) / 'README.md'}")
+    if args.suite:
+        names = dict(zip(args.benchmark, (folders[b.name] for b in tasks)))
+        print_paper_table({label: (report[names[spec]], key) for label, spec, key in PAPER_SUITE}, args.model)
     print(f"done in {time.time() - started:.0f} s")
     return {benchmark.name: report[folders[benchmark.name]] for benchmark in tasks}
 
