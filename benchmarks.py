@@ -235,6 +235,9 @@ def read_qrels(path):
                     f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
                 )
             grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]{1,30}", fields[-1]) else fields[-1]  # "1.0" stays text
+            if number == 0 and isinstance(grade, str) and re.fullmatch(r"[A-Za-z_-]+", grade):
+                raise BadInput(f"{where}: a first line whose last column is '{grade}': a header's last column is one "
+                               f"of {', '.join(QRELS_HEADERS)}, a judgement's an integer grade")  # fmt: skip
             add(where, fields[0], fields[-2], grade)
         return qrels, "TREC/BEIR columns"
     layout, is_beir = "beir", lambda record: {"query-id", "corpus-id", "score"} <= set(record)

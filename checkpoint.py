@@ -393,19 +393,26 @@ def marker_of(folder):
     return marker if all(isinstance(part, str) and part for part in marker) else None
 
 
-def write_marker(folder, script, run_id):
-    (Path(folder) / MARKER).write_text(json.dumps({"mimo_script": script, "run_id": run_id}), encoding="utf-8")
+def write_marker(folder, script, run_id, parked=False):
+    """parked: the folder is the previous checkpoint set aside mid-swap, which recover() may delete; a user's copy of
+    a run (run.old) keeps the run's own marker, which is never parked, so it is never deleted."""
+    marker = {"mimo_script": script, "run_id": run_id, **({"parked": True} if parked else {})}
+    (Path(folder) / MARKER).write_text(json.dumps(marker), encoding="utf-8")
 
 
-def ours(path, run=None):
-    """Whether path is missing, an empty folder, or a run folder of ours (run: that (script, run id) exactly): all
-    this module ever deletes or replaces."""
+def parked(folder):
+    try:
+        return json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("parked") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def ours(path):
+    """Whether path is missing, an empty folder, or a run folder of ours (it holds our marker): all that --overwrite
+    ever replaces."""
     if not os.path.lexists(path):
         return True
-    if path.is_symlink() or not path.is_dir():
-        return False
-    marker = marker_of(path)
-    return not any(path.iterdir()) or (marker is not None and run in (None, marker))
+    return path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or marker_of(path) is not None)
 
 
 def writable_folder(flag, path):
@@ -453,11 +460,20 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
                            "choose an --out-dir apart from it")  # fmt: skip
     lock = lock_run_dir(out_dir)
     recover(out_dir)
+    run = marker_of(out_dir) if resume else ("", "")  # a new run (--overwrite too) owns no leftover
+    for leftover in siblings(out_dir):
+        if not swap_leftover(leftover, run):
+            raise BadInput(f"'{leftover}', where this run's checkpoints are swapped, holds files that are not its "
+                           "leftovers (a backup of the run?); move it, then run again")  # fmt: skip
     if not ours(out_dir):
-        raise BadInput(
-            f"--out-dir '{out_dir}' is not a run folder of this repository (it has no {MARKER}); it is never "
-            "replaced: choose another --out-dir"
-        )
+        mark = ""  # a run written before runs were marked names its script in args.json: say how to mark it
+        if (out_dir / STATE).exists() and (earlier := run_script_in(out_dir / "args.json")):
+            marker = json.dumps({"mimo_script": earlier, "run_id": "earlier"})
+            mark = (
+                f" (if it is a run of {earlier} from before runs were marked, write {marker} into {out_dir / MARKER})"
+            )
+        raise BadInput(f"--out-dir '{out_dir}' is not a run folder of this repository (it has no {MARKER}){mark}; it "
+                       "is never replaced: choose another --out-dir")  # fmt: skip
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise BadInput(
             f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
@@ -471,6 +487,15 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
     return lock
 
 
+def run_script_in(path):
+    """The "script" an args.json names, or None."""
+    try:
+        script = json.loads(path.read_text(encoding="utf-8")).get("script")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return script if isinstance(script, str) else None
+
+
 def run_script_of(out_dir):
     """The script that wrote the run in out_dir (its marker's), or None for an empty or absent folder."""
     marker = marker_of(out_dir)
@@ -482,7 +507,7 @@ def after_recovery(out_dir):
     tmp, old = siblings(out_dir)
     if not os.path.lexists(out_dir) and (tmp / STATE).exists() and marker_of(tmp):
         return tmp
-    if not os.path.lexists(out_dir) and marker_of(old):
+    if not os.path.lexists(out_dir) and marker_of(old) and parked(old):
         return old
     return out_dir
 
@@ -493,10 +518,22 @@ def recover(out_dir):
     found = after_recovery(out_dir)
     if found != out_dir:
         os.replace(found, out_dir)
+    if found != out_dir:  # live again: no longer what a later recovery may delete
+        write_marker(out_dir, *marker_of(out_dir))
     run = marker_of(out_dir)
     for leftover in siblings(out_dir) if run else ():
-        if leftover.is_dir() and not leftover.is_symlink() and marker_of(leftover) == run:
+        if os.path.lexists(leftover) and swap_leftover(leftover, run):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def swap_leftover(path, run):
+    """Whether path (out_dir.tmp or .old) may go for `run`: absent, an empty folder, or the run's own, an .old only
+    as the swap parked it (a user's copy of the run keeps an unparked marker)."""
+    if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
+        return True
+    return (
+        path.is_dir() and not path.is_symlink() and marker_of(path) == run and (path.suffix != ".old" or parked(path))
+    )
 
 
 def siblings(out_dir):
@@ -516,9 +553,12 @@ def lock_run_dir(out_dir, flag="--out-dir"):
     path = out_dir.with_name(f".{out_dir.name}.mimo-lock")
     if path in held_locks:  # this process already owns it (main() called again in one process, as tests do)
         return held_locks[path]
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:  # created exclusively, or opened only where it is one of ours
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "x+")
+    except PermissionError as error:  # the folder's parent may be read-only where the folder itself is not
+        raise BadInput(f"{flag} '{out_dir}': its lock file '{path}' cannot be made ({error.strerror}); give a folder "
+                       "whose parent can be written") from None  # fmt: skip
     except FileExistsError:
         handle = open(path, "r+", errors="replace") if path.is_file() and not path.is_symlink() else None
         if handle is None or handle.read(len(LOCK_SIGNATURE)) not in ("", LOCK_SIGNATURE):
@@ -557,7 +597,7 @@ def write_checkpoint(out_dir, run, student, W, arguments, state, records):
     between them. run: the (script, run id) of the marker; a .tmp or .old of another is never touched."""
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
-        if not ours(leftover, run):
+        if not swap_leftover(leftover, run):
             raise CheckpointError(
                 f"'{leftover}' is in the way of the checkpoint and is not a leftover of this run; "
                 f"move it, then continue with --resume"
@@ -583,6 +623,7 @@ def write_checkpoint(out_dir, run, student, W, arguments, state, records):
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write a checkpoint to {tmp} ({first_line(error)})") from None
     if out_dir.exists():
+        write_marker(out_dir, *run, parked=True)  # what recover() may delete, should the swap be cut here
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
@@ -652,8 +693,9 @@ class Run:
     def __init__(self, args, script):
         self.args, self.script = args, script
         self.out_dir = Path(args.out_dir)
-        if self.out_dir.name in ("", ".", ".."):  # "." or "/x/..": name it, so .tmp and .old siblings exist
-            self.out_dir = self.out_dir.resolve()
+        # "." or "/x/..": named, so .tmp and .old siblings exist; a link: its target, which the swap replaces
+        if self.out_dir.name in ("", ".", "..") or self.out_dir.is_symlink():
+            self.out_dir = Path(os.path.realpath(self.out_dir))
         self.rank, self.world, self.device = setup(args.device)  # (0, 1, device) without torchrun
         self.main = self.rank == 0
         self.bar, self.saved_step, self.lock, self.reporter = None, None, None, None
@@ -756,7 +798,8 @@ class Run:
     def log(self, record):
         """One log line (rank 0); a dev metric that is not finite stops the run before anything is saved with it."""
         if self.main:
-            for name, value in record.items():
+            # a training record's own non-finite values were judged by after_step (fp16's scaler skips those steps)
+            for name, value in ((k, v) for k, v in record.items() if k.startswith("dev_")):
                 if isinstance(value, float) and not math.isfinite(value) and record.get("step"):
                     self.stop_not_finite(f"{name} is {value}", record["step"])
                 if isinstance(value, float) and not math.isfinite(value):  # untrained: the dev set is to blame

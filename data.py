@@ -209,11 +209,11 @@ def language_tag(tag):
 
 def canonical_columns(names, where):
     """{column: its name with the language written one way} for each query_<lang> / passage_<lang> column; two
-    columns that name one language are refused."""
+    columns that name one language, or a column query_ / passage_ that names none, are refused."""
     renamed, first = {}, {}
     for name in names:
         side, _, tag = name.partition("_")
-        if side in ("query", "passage") and language_tag(tag) is None:
+        if side in ("query", "passage") and not tag.strip():  # other columns (query_type) are not languages
             raise BadInput(f"{where}: column '{name}' names no language; expected {side}_<lang>, e.g. {side}_de")
         if side in ("query", "passage") and (lang := language_tag(tag)):
             new = f"{side}_{lang}"

@@ -697,10 +697,9 @@ def evaluate_with_mteb(benchmark, lazy, args):
     judged = {query_id: benchmark.qrels[query_id] for query_id in rankings if query_id in benchmark.qrels}
     metrics = ranking_metrics({q: [doc for doc, _ in rankings[q]] for q in judged}, judged)
     per_query = {query_id: {"lang": benchmark.queries[query_id][1], **values} for query_id, values in metrics.items()}
-    keys = [key for key, *_ in COLUMNS if key in TREC_MEASURES]
-    per_language = {
-        entry["hf_subset"]: {key: entry[key] for key in keys if key in entry} for entry in scored.scores[split]
-    }
+    per_language = {entry["hf_subset"]: entry for entry in scored.scores[split]}
+    keys = [key for key, *_ in COLUMNS if key in TREC_MEASURES and all(key in v for v in per_language.values())]
+    per_language = {lang: {key: entry[key] for key in keys} for lang, entry in per_language.items()}
     result = {key: sum(values[key] for values in per_language.values()) / len(per_language) for key in keys}
     result.update(queries_scored=len(per_query), per_language=per_language, peer_queries=0, notes=[
         f"scored by mteb {scored.mteb_version} on {scored.task_name} (dataset revision {scored.dataset_revision}), "

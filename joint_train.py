@@ -159,6 +159,8 @@ def get_args(argv=None):
             "--symmetric is for the InfoNCE objectives; LaKDA (query-to-passage InfoNCE plus its KL) "
             "has no passage-to-query term"
         )
+    if args.languages:  # written one way, as data.py writes the columns' languages
+        args.languages = [data.language_tag(lang) or lang for lang in args.languages]
     if args.languages and len(set(args.languages)) != len(args.languages):
         raise BadInput(f"--languages names a language twice ({' '.join(args.languages)}); give each once")
     teacher = OBJECTIVES[args.objective].teacher

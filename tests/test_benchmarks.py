@@ -187,3 +187,12 @@ def test_bad_benchmark_files_name_the_file_and_line(tmp_path, case, expected):
         append_line(root / "queries.jsonl", {"_id": "en_q_009a", "text": "  ", "lang": "en"})
     with pytest.raises(BadInput, match=expected):
         benchmarks.load_benchmark(str(root))
+
+
+def test_a_first_qrels_line_is_a_header_only_by_its_last_column(tmp_path):
+    """'score' (and the like) ends a header; any other word there is named, with the words that are accepted."""
+    (tmp_path / "qrels.tsv").write_text("qid\tdocid\trelevance_score\nq1\td1\t1\n")
+    with pytest.raises(BadInput, match=r"qrels.tsv:1: .*'relevance_score': a header's last column is one of score"):
+        benchmarks.read_qrels(tmp_path / "qrels.tsv")
+    (tmp_path / "qrels.tsv").write_text("qid\tdocid\tscore\nq1\td1\t1\n")
+    assert benchmarks.read_qrels(tmp_path / "qrels.tsv")[0] == {"q1": {"d1": 1}}

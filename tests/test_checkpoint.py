@@ -4,6 +4,7 @@ keep non-finite numbers out of a checkpoint."""
 
 import argparse
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -133,11 +134,13 @@ def test_a_crash_between_the_two_renames_is_recovered_by_resume(tiny_models, row
     distill.main([*argv, "--max-steps", "2"])
     run = tmp_path / "run"
     shutil.copytree(run, tmp_path / "run.tmp")
+    checkpoint.write_marker(run, *checkpoint.marker_of(run), parked=True)  # the swap marks what it sets aside
     run.rename(tmp_path / "run.old")
     distill.main([*argv, "--resume"])
     assert state_step(run) == 6
     assert not (tmp_path / "run.old").exists() and not (tmp_path / "run.tmp").exists()
 
+    checkpoint.write_marker(run, *checkpoint.marker_of(run), parked=True)
     run.rename(tmp_path / "run.old")
     (tmp_path / "run.tmp").mkdir()
     shutil.copy(tmp_path / "run.old" / checkpoint.MARKER, tmp_path / "run.tmp")  # the checkpoint writes it first
@@ -160,7 +163,8 @@ def test_folders_that_are_not_runs_are_never_deleted(tiny_models, rows, tmp_path
 
     (tmp_path / "other.old").mkdir()
     (tmp_path / "other.old" / "notes.txt").write_text("keep")
-    checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)
+    with pytest.raises(BadInput, match=r"other.old', where this run's checkpoints are swapped, holds files"):
+        checkpoint.claim_out_dir(tmp_path / "other", resume=False, overwrite=False)  # refused before it starts
     assert (tmp_path / "other.old" / "notes.txt").read_text() == "keep" and not (tmp_path / "other").exists()
 
     run = tmp_path / "ours"
@@ -335,3 +339,28 @@ def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
     resumed = {r["step"]: r["lr"] for r in read_log(tmp_path / "run") if "lr" in r}
     for step in (3, 4, 5):
         assert resumed[step] == pytest.approx(full[step] / 4)
+
+
+def test_an_out_dir_that_is_a_link_is_its_target(tiny_models, rows, tmp_path):
+    """Checkpoints swap the folder the link points to, three times here; the link stays a link to it."""
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    distill.main(distill_argv(tiny_models, rows, tmp_path / "link", tmp_path / "cache"))
+    assert (tmp_path / "link").is_symlink() and state_step(tmp_path / "real") == 6
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(("real", "link"))) == [
+        "link",
+        "real",
+    ]
+
+
+def test_only_dev_metrics_are_judged_in_the_log(tmp_path):
+    """fp16's scaler skips a step whose gradient overflowed, and its log line says grad_norm inf: that is no reason
+    to stop; a dev metric that is not finite is."""
+    run = argparse.Namespace(main=True, out_dir=tmp_path, reporter=None, bar=None, saved_step=None, script="distill.py",
+                             args=argparse.Namespace(lr=1e-4))  # fmt: skip
+    run.stop = lambda message: checkpoint.Run.stop(run, message)
+    run.stop_not_finite = lambda what, step: checkpoint.Run.stop_not_finite(run, what, step)
+    run.where_to_go_on = lambda lr=None: checkpoint.Run.where_to_go_on(run, lr)
+    checkpoint.Run.log(run, {"step": 3, "loss": 0.5, "grad_norm": float("inf")})
+    assert json.loads((tmp_path / "log.jsonl").read_text())["step"] == 3
+    with pytest.raises(SystemExit, match=r"dev_distance is nan at step 4"):
+        checkpoint.Run.log(run, {"step": 4, "dev_distance": float("nan")})

@@ -611,3 +611,20 @@ def test_bad_parquet_rows_are_named_by_row(tmp_path, column, row, value, message
     path = rows_parquet(tmp_path, change=replace_value(column, row, value))
     with pytest.raises(BadInput, match=message):
         data.load_rows(path)
+
+
+def test_language_tags_are_written_one_way(tmp_path):
+    """Columns query_EN / passage_EN and query_de_DE read as en and de-de; --languages is written the same way;
+    another column (query_type) is not a language; two columns of one language are refused."""
+    row = {"id": "r", "query_EN": "a question", "passage_EN": "a passage", "query_de_DE": "eine Frage",
+           "passage_de_DE": "ein Text", "query_type": "factoid"}  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    rows = data.load_rows(str(tmp_path / "rows.jsonl"))
+    assert rows[0]["query"] == {"de-de": "eine Frage", "en": "a question"}
+    import joint_train
+
+    args = joint_train.get_args(["--data", str(tmp_path / "rows.jsonl"), "--languages", "EN", "de_DE"])
+    assert args.languages == ["en", "de-de"]
+    (tmp_path / "twice.jsonl").write_text(json.dumps({**row, "query_en": "x", "passage_en": "y"}) + "\n")
+    with pytest.raises(BadInput, match=r"columns 'query_EN' and 'query_en' are one language \(en\)"):
+        data.load_rows(str(tmp_path / "twice.jsonl"))

@@ -279,6 +279,30 @@ def test_an_os_error_mid_run_is_one_sentence_naming_the_path(tiny_models, rows, 
     assert re.fullmatch(r"error: .*cache.*emb-.*\.f16: Permission denied", str(stop.value.code))
 
 
+def test_a_users_copy_of_the_run_beside_it_is_kept(finished_run, tiny_models, rows, tmp_path):
+    """`cp -r run run.old` copies the run's marker, but not as a swap sets a folder aside: --resume refuses to
+    start (the first checkpoint would need that name), before anything loads, and the copy keeps every byte."""
+    run, backup = tmp_path / "run", tmp_path / "run.old"
+    shutil.copytree(finished_run / "run", run)
+    shutil.copytree(run, backup)
+    before = snapshot(backup)
+    with pytest.raises(BadInput, match=r"run.old', where this run's checkpoints are swapped, holds files that are not"):
+        distill.main(distill_argv(tiny_models, rows, run, finished_run / "cache", "--resume", "--max-steps", "4"))
+    assert snapshot(backup) == before
+
+
+def test_a_run_from_before_runs_were_marked_is_told_how_to_mark_it(finished_run, tiny_models, rows, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    (run / checkpoint.MARKER).unlink()
+    argv = distill_argv(tiny_models, rows, run, finished_run / "cache", "--resume", "--max-steps", "4")
+    with pytest.raises(BadInput, match=r"from before runs were marked, write .*distill.py.* into .*mimo-run.json"):
+        distill.main(argv)
+    checkpoint.write_marker(run, "distill.py", "earlier")  # what the sentence says to write
+    distill.main(argv)
+    assert trained_steps(run)[-1] == 4
+
+
 def test_joint_train_refuses_to_resume_a_stage_1_run(finished_run, tiny_models, rows, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run / "run", run)

@@ -116,7 +116,7 @@ def test_the_suite_is_the_papers_table(tiny_models, tmp_path, capsys):
     argv = ["--suite", "paper", "--model", tiny_models["student"], "--out-dir", str(tmp_path / "eval")]
     with pytest.raises(BadInput, match=r"yjoonjang/mlir-benchmarks.* could not be loaded"):
         evaluate.main([*argv, "--cache-dir", str(tmp_path / "cache")])
-    assert not (tmp_path / "eval").exists() or not any((tmp_path / "eval").iterdir())
+    assert not (tmp_path / "eval").exists()
     entry = {"models": {"m": {"ndcg_at_20": 0.5, "ndcg_at_10": 0.25}}}
     evaluate.print_paper_table({"MLQA": (entry, "ndcg_at_20"), "MIRACL": (entry, "ndcg_at_10")}, ["m", "other"])
     lines = capsys.readouterr().out.splitlines()[-3:]
