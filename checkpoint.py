@@ -859,7 +859,8 @@ class Run:
     def write_records(self, folder, step, history):
         steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
         name = self.out_dir.name
-        write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card)
+        # the scores evaluate.py added are in the live folder's card; the new checkpoint (folder) has none yet
+        write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card, scored=self.out_dir)
         plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
 
     def finish(self, step, history, **extra):
@@ -1120,9 +1121,10 @@ def plot_curves(run_dirs, path, quiet=False, names=None):
 CARD_RESULTS_START, CARD_RESULTS_END = "<!-- evaluate.py results -->", "<!-- end of evaluate.py results -->"
 
 
-def write_card(folder, name, arguments, history, base_model, teacher, languages, objective, dev_metrics):
+def write_card(folder, name, arguments, history, base_model, teacher, languages, objective, dev_metrics, scored=None):
     """README.md of a run folder: hub front matter, what a reader needs to use and judge the model, any evaluate.py
-    table kept. history: dev numbers so far; objective: the loss in paper notation; dev_metrics: dev keys' labels."""
+    table kept (from scored's card: the live run, when folder is its next checkpoint). history: dev numbers so far;
+    objective: the loss in paper notation; dev_metrics: dev keys' labels."""
     folder, script = Path(folder), arguments["script"]
     stage = "stage 1 (distillation)" if script == "distill.py" else f"stage 2 ({arguments.get('objective')})"
     caching = f", mini-batches of {arguments['mini_batch_size']} (gradient caching)" if "mini_batch_size" in arguments \
@@ -1160,7 +1162,7 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages,
         *(["| metric | before | after |", "| --- | ---: | ---: |", *dev] if dev else ["No dev evaluation yet."]), "",
         *teacher_check_lines(history),
         "![training curves](curves.png)", "",
-        CARD_RESULTS_START, *previous_results(folder / "README.md"), CARD_RESULTS_END, "",
+        CARD_RESULTS_START, *previous_results(Path(scored or folder) / "README.md"), CARD_RESULTS_END, "",
     ]  # fmt: skip
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
 

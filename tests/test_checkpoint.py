@@ -364,3 +364,12 @@ def test_only_dev_metrics_are_judged_in_the_log(tmp_path):
     assert json.loads((tmp_path / "log.jsonl").read_text())["step"] == 3
     with pytest.raises(SystemExit, match=r"dev_distance is nan at step 4"):
         checkpoint.Run.log(run, {"step": 4, "dev_distance": float("nan")})
+
+
+def test_scores_evaluate_added_to_the_card_survive_the_next_checkpoint(tiny_models, rows, tmp_path):
+    """evaluate.py puts its table into a run's README.md; the checkpoints a --resume writes carry it over."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache")
+    distill.main([*argv, "--max-steps", "2"])
+    assert checkpoint.add_results_to_card(tmp_path / "run", ["| nDCG@10 |", "| 0.1234 |"], "Retrieval")
+    distill.main([*argv, "--resume", "--max-steps", "4"])
+    assert state_step(tmp_path / "run") == 4 and "| 0.1234 |" in (tmp_path / "run" / "README.md").read_text()
