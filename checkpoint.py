@@ -407,12 +407,18 @@ def parked(folder):
         return False
 
 
-def ours(path):
-    """Whether path is missing, an empty folder, or a run folder of ours (it holds our marker): all that --overwrite
-    ever replaces."""
+def folder_of_ours(path, run=None):
+    """Whether path is missing, an empty folder, or a folder holding our marker (run: naming that (script, run id))."""
     if not os.path.lexists(path):
         return True
-    return path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or marker_of(path) is not None)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return not any(path.iterdir()) or (marker_of(path) is not None and run in (None, marker_of(path)))
+
+
+def ours(path):
+    """All that --overwrite ever replaces: nothing, an empty folder, or a run folder of ours."""
+    return folder_of_ours(path)
 
 
 def writable_folder(flag, path):
@@ -467,7 +473,7 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
                            "leftovers (a backup of the run?); move it, then run again")  # fmt: skip
     if not ours(out_dir):
         mark = ""  # a run written before runs were marked names its script in args.json: say how to mark it
-        if (out_dir / STATE).exists() and (earlier := run_script_in(out_dir / "args.json")):
+        if (out_dir / STATE).exists() and isinstance(earlier := run_arguments(out_dir).get("script"), str):
             marker = json.dumps({"mimo_script": earlier, "run_id": "earlier"})
             mark = (
                 f" (if it is a run of {earlier} from before runs were marked, write {marker} into {out_dir / MARKER})"
@@ -487,13 +493,13 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
     return lock
 
 
-def run_script_in(path):
-    """The "script" an args.json names, or None."""
+def run_arguments(folder):
+    """The args.json of a run folder (with "script"), or {} for any other folder or model name."""
     try:
-        script = json.loads(path.read_text(encoding="utf-8")).get("script")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return script if isinstance(script, str) else None
+        arguments = json.loads((Path(folder) / "args.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def run_script_of(out_dir):
@@ -518,8 +524,7 @@ def recover(out_dir):
     found = after_recovery(out_dir)
     if found != out_dir:
         os.replace(found, out_dir)
-    if found != out_dir:  # live again: no longer what a later recovery may delete
-        write_marker(out_dir, *marker_of(out_dir))
+        write_marker(out_dir, *marker_of(out_dir))  # live again: no longer what a later recovery may delete
     run = marker_of(out_dir)
     for leftover in siblings(out_dir) if run else ():
         if os.path.lexists(leftover) and swap_leftover(leftover, run):
@@ -529,11 +534,8 @@ def recover(out_dir):
 def swap_leftover(path, run):
     """Whether path (out_dir.tmp or .old) may go for `run`: absent, an empty folder, or the run's own, an .old only
     as the swap parked it (a user's copy of the run keeps an unparked marker)."""
-    if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
-        return True
-    return (
-        path.is_dir() and not path.is_symlink() and marker_of(path) == run and (path.suffix != ".old" or parked(path))
-    )
+    # without a marker, folder_of_ours holds for nothing there or an empty folder only
+    return folder_of_ours(path, run) and (marker_of(path) is None or path.suffix != ".old" or parked(path))
 
 
 def siblings(out_dir):
@@ -799,12 +801,12 @@ class Run:
         """One log line (rank 0); a dev metric that is not finite stops the run before anything is saved with it."""
         if self.main:
             # a training record's own non-finite values were judged by after_step (fp16's scaler skips those steps)
-            for name, value in ((k, v) for k, v in record.items() if k.startswith("dev_")):
-                if isinstance(value, float) and not math.isfinite(value) and record.get("step"):
-                    self.stop_not_finite(f"{name} is {value}", record["step"])
-                if isinstance(value, float) and not math.isfinite(value):  # untrained: the dev set is to blame
+            for name, value in record.items():
+                if name.startswith("dev_") and isinstance(value, float) and not math.isfinite(value):
+                    if record.get("step"):
+                        self.stop_not_finite(f"{name} is {value}", record["step"])
                     self.stop(f"{name} is {value} before any training, so the dev set measures nothing; check "
-                              "--data and --dev-size")  # fmt: skip
+                              "--data and --dev-size")  # untrained: the dev set is to blame  # fmt: skip
             log_line(self.out_dir, record, self.reporter, write=tqdm.write)
 
     def after_step(self, step, loss, terms, grad_norm):

@@ -617,6 +617,20 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_u
     return result, notes
 
 
+def encoding_of(query, document):
+    """What a result file says of how a model embedded, from embed()'s settings of its queries and its documents."""
+    encoding = {"query_prompt": query.get("prompt"), "document_prompt": document.get("prompt")}
+    encoding.update({key: document.get(key) for key in ("max_length", "similarity", "dimension")})
+    return {**encoding, "precision": document.get("dtype")}
+
+
+def trec_run(ranked, tag):
+    """{query id: [(doc id, score), best first]} -> the lines of a TREC run file."""
+    # 9 digits: every float32 score stays distinct
+    return [f"{query_id} Q0 {doc} {rank} {score:.9g} {tag}\n" for query_id, docs in ranked.items()
+            for rank, (doc, score) in enumerate(docs, 1)]  # fmt: skip
+
+
 def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics):
     """One (model, benchmark) -> (summary, {query id: metrics}, encoding settings, TREC run lines)."""
     if benchmark.mteb_task is not None:
@@ -625,9 +639,7 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
     doc_texts, query_texts = [benchmark.corpus[i][0] for i in doc_ids], [benchmark.queries[i][0] for i in query_ids]
     doc_emb, doc_settings = embed(lazy, doc_texts, "document", f"{lazy.name} documents", args)  # (N, D)
     query_emb, query_settings = embed(lazy, query_texts, "query", f"{lazy.name} queries", args)  # (Q, D)
-    encoding = {"query_prompt": query_settings["prompt"], "document_prompt": doc_settings["prompt"]}
-    encoding.update({key: doc_settings[key] for key in ("max_length", "similarity", "dimension")})
-    encoding["precision"] = doc_settings["dtype"]
+    encoding = encoding_of(query_settings, doc_settings)
     # what retrieval multiplies: unit vectors for cosine, the model's own vectors for a dot-product model
     doc_unit, query_unit = torch.nn.functional.normalize(doc_emb), torch.nn.functional.normalize(query_emb)
     doc_scoring, query_scoring = (doc_unit, query_unit) if encoding["similarity"] == "cosine" else (doc_emb, query_emb)
@@ -651,13 +663,9 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
         notes += more_notes
     seconds["metrics"] = time.time() - tick
     result.update(seconds={key: round(value, 2) for key, value in seconds.items()}, notes=notes)
-    tag = slug(lazy.name)
-    run = [
-        f"{query_id} Q0 {doc_ids[j]} {rank} {score:.9g} {tag}\n"  # 9 digits: every float32 score stays distinct
-        for i, query_id in enumerate(query_ids)
-        for rank, (j, score) in enumerate(zip(rankings[i], ranking_scores[i]), 1)
-    ]
-    return result, per_query, encoding, run
+    ranked = {query_id: [(doc_ids[j], score) for j, score in zip(rankings[i], ranking_scores[i])]
+              for i, query_id in enumerate(query_ids)}  # fmt: skip
+    return result, per_query, encoding, trec_run(ranked, slug(lazy.name))
 
 
 def evaluate_with_mteb(benchmark, lazy, args):
@@ -707,13 +715,8 @@ def evaluate_with_mteb(benchmark, lazy, args):
     result.update(mteb={"task": scored.task_name, "dataset_revision": scored.dataset_revision,
                         "mteb_version": scored.mteb_version})  # fmt: skip
     result["seconds"] = {"embed": round(time.time() - tick, 2), "retrieve": 0.0, "metrics": 0.0}
-    query, document = settings.get("query", {}), settings.get("document", {})
-    encoding = {"query_prompt": query.get("prompt"), "document_prompt": document.get("prompt")}
-    encoding.update({key: document.get(key) for key in ("max_length", "similarity", "dimension")})
-    encoding["precision"] = document.get("dtype")
-    run = [f"{query_id} Q0 {doc} {rank} {score:.9g} {slug(lazy.name)}\n" for query_id, ranked in rankings.items()
-           for rank, (doc, score) in enumerate(ranked, 1)]  # fmt: skip
-    return result, per_query, encoding, run
+    encoding = encoding_of(settings.get("query", {}), settings.get("document", {}))
+    return result, per_query, encoding, trec_run(rankings, slug(lazy.name))
 
 
 # ---------------------------------------------------------------------------
@@ -885,15 +888,6 @@ def print_paper_table(columns, models):
                                                for v, h in zip(cells, headers)))  # fmt: skip
 
 
-def run_arguments(name):
-    """The args.json of a run directory of ours (with "script"), or {} for any other model."""
-    try:
-        arguments = json.loads((Path(name) / "args.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return arguments if isinstance(arguments, dict) else {}
-
-
 def objective_label(arguments):
     """au.png's name for a joint_train.py baseline: its losses.OBJECTIVES label (or name) and where it started."""
     objective = losses.OBJECTIVES.get(arguments.get("objective"))
@@ -907,7 +901,7 @@ def au_points(models):
     for name, result in models.items():
         if result.get("alignment") is None or result.get("uniformity") is None:
             continue
-        arguments, label = run_arguments(name), name
+        arguments, label = checkpoint.run_arguments(name), name
         if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
             lams[name], label = arguments["lam"], f"λ = {arguments['lam']:g}"
         elif arguments.get("script") in ("distill.py", "joint_train.py"):
@@ -983,7 +977,7 @@ def default_models():
     if not stage2:
         print("note: runs/stage2 holds no model yet (train it with joint_train.py); not evaluated")
     # a .tmp or .old folder is a checkpoint being swapped in, not a run
-    others = {path.as_posix(): run_arguments(path) for path in Path("runs").glob("stage2-*")
+    others = {path.as_posix(): checkpoint.run_arguments(path) for path in Path("runs").glob("stage2-*")
               if path.suffix not in (".tmp", ".old") and (path / "config.json").is_file()}  # fmt: skip
     others = {path: arguments for path, arguments in others.items() if arguments.get("script") == "joint_train.py"}
     others = sorted(others, key=lambda run: (others[run].get("objective") != "mimo", others[run].get("lam", 0), run))
