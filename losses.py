@@ -1,10 +1,7 @@
-"""
-The MIMO objectives (Multilingual Information Retrieval via Monolingual Objectives, EMNLP 2026) as pure
-functions: tensors and scalar hyperparameters in, a scalar tensor out. No state, no logging, no device moves.
-Numerically sensitive parts (norms, exp, logsumexp) run in fp32 whatever the input dtype.
-
-Notation follows the paper: s(x) student embedding, t(x) teacher embedding, W the trainable student -> teacher
-projection, q / p query and passage embeddings, tau the temperature and scale = 1 / tau. In the paper's order:
+"""The MIMO objectives (Multilingual Information Retrieval via Monolingual Objectives, EMNLP 2026) as pure functions:
+tensors and scalar hyperparameters in, a scalar tensor out, the sensitive parts (norms, exp, logsumexp) in fp32. In the
+paper's notation (s, t student and teacher embeddings, W the trainable student -> teacher projection, q / p query and
+passage embeddings, scale = 1 / tau the inverse temperature) and order:
 
     stage 1     L_Distill = mean_i d(W s(x_X,i), t(x_en,i)),  d = 1 - cos  (or MSE)
     stage 2     L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2
@@ -12,10 +9,8 @@ projection, q / p query and passage embeddings, tau the temperature and scale = 
                 L         = lam * L_XLCO + (1 - lam) * L_Distill       (in joint_train.py)
     baseline    LaKDA     = (1 - a) InfoNCE(q_a, p) + a KL(p_b || p_a)
 
-Then the objectives joint_train.py trains, and their table: a new objective is one function of the batch's
-embeddings plus one OBJECTIVES entry, a new distance one function plus one DISTILL_LOSSES entry; the scripts'
-flags, logs, model cards and evaluate.py's labels all read these tables. Last, InfoNCE with the same value and
-gradients in bounded memory: chunked PyTorch here, fused Triton kernels in fused.py (imported only when used).
+Then joint_train.py's objectives in OBJECTIVES (distances in DISTILL_LOSSES), which flags, logs, cards and labels read:
+a new one is a function plus an entry. Last, InfoNCE in bounded memory: chunked here, Triton in fused.py (when used).
 """
 
 import importlib.util
@@ -33,23 +28,19 @@ def fp32(x):
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-# ---------------------------------------------------------------------------
-# Distillation (MIMO stage 1, and the L_Distill term of stage 2)
+# --- Distillation (MIMO stage 1, and the L_Distill term of stage 2) --------
 
 
 def cosine_distill_loss(student, teacher):
-    """The MIMO distillation loss, L = mean_i (1 - cos(W s(x_i), t(en_i))): student (B, D) already projected by
-    W, teacher (B, D). 0 when every pair points the same way, 1 when orthogonal, 2 when opposite. Scale-free:
-    the student need only match directions, all that cosine retrieval uses."""
-    student, teacher = fp32(student), fp32(teacher)
-    cos = F.cosine_similarity(student, teacher, dim=-1, eps=1e-8)  # (B,)
+    """MIMO's L = mean_i (1 - cos(W s(x_i), t(en_i))): student (B, D) already projected by W, teacher (B, D). 0 when
+    aligned, 1 orthogonal, 2 opposite. Scale-free: the student need only match directions, all cosine retrieval uses."""
+    cos = F.cosine_similarity(fp32(student), fp32(teacher), dim=-1, eps=1e-8)  # (B,)
     return (1.0 - cos).mean()
 
 
 def mse_distill_loss(student, teacher):
-    """L = mean_{i,d} (W s(x_i) - t(en_i))_d^2 (Reimers and Gurevych 2020, "Making Monolingual Sentence
-    Embeddings Multilingual using Knowledge Distillation"): student (B, D) already projected by W, teacher
-    (B, D). Unlike 1 - cos it also asks the student to match the teacher's norms (unit: the cache is normalised)."""
+    """L = mean_{i,d} (W s(x_i) - t(en_i))_d^2 (Reimers and Gurevych, EMNLP 2020): student (B, D) projected by W,
+    teacher (B, D). Unlike 1 - cos it also matches the teacher's norms (unit: the cache is normalised)."""
     return F.mse_loss(fp32(student), fp32(teacher))
 
 
@@ -65,14 +56,12 @@ DISTILL_LOSSES = {"cosine": Distance(cosine_distill_loss, "1 - cos"), "mse": Dis
 
 
 def query_passage_distill(Wq, t_q, Wp, t_p, distance=cosine_distill_loss):
-    """Stage 2's L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2. Wq, Wp: (B, Dt) the student's
-    query and passage embeddings projected by W; t_q, t_p: (B, Dt) the teacher's of their English versions (the
-    query's maybe under its query prompt). Each side is pulled onto the English anchor, so X and Y meet."""
+    """Stage 2's L_Distill = (d(W s(q_X), t(q_en)) + d(W s(p_Y), t(p_en))) / 2: both pulled onto the English anchor, X
+    and Y meet. Wq, Wp: (B, Dt) student embeddings projected by W; t_q, t_p: (B, Dt) the teacher's of their English."""
     return (distance(Wq, t_q) + distance(Wp, t_p)) / 2
 
 
-# ---------------------------------------------------------------------------
-# Contrastive terms (stage 2 and its baselines)
+# --- Contrastive terms (stage 2 and its baselines) -------------------------
 
 
 def similarity(q, p):
@@ -81,15 +70,9 @@ def similarity(q, p):
 
 
 def info_nce(q, p, scale=20.0, symmetric=False):
-    """InfoNCE with in-batch negatives (van den Oord et al. 2018; MIMO's L_XLCO when q, p differ in language):
-
-        S = scale * cos(q, p)                                     # (B, N)
-        L_q->p = mean_i [ logsumexp_j S_ij - S_ii ],  L_p->q = mean_j<B [ logsumexp_i<B S_ij - S_jj ]
-        L = L_q->p, or (L_q->p + L_p->q) / 2 with symmetric=True.
-
-    q: (B, D) queries; p: (N, D) passages with N >= B, p[i] the positive of q[i] and rows B.. extra negatives,
-    which have no query of their own, so L_p->q runs over the B positives only. scale = 1 / tau; 20 is tau 0.05.
-    """
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018; L_XLCO across languages), S = scale * cos(q, p):
+    L_q->p = mean_i [logsumexp_j S_ij - S_ii], or symmetric its mean with L_p->q = mean_j<B [logsumexp_i<B S_ij - S_jj].
+    q: (B, D); p: (N, D), N >= B, p[i] q[i]'s positive, rows B.. extra negatives; scale = 1 / tau, 20 is tau 0.05."""
     B = q.shape[0]
     scores = scale * similarity(q, p)  # (B, N)
     target = torch.arange(B, device=q.device)
@@ -100,23 +83,19 @@ def info_nce(q, p, scale=20.0, symmetric=False):
 
 
 def lakda_loss(q_a, q_b, p, scale=20.0, alpha=0.5):
-    """LaKDA (Yang et al., MRL 2024): InfoNCE plus a KL term asking two language versions of a query to rank
-    the batch's passages alike, L = (1 - alpha) * InfoNCE(q_a, p) + alpha * mean_i KL(p_b,i || p_a,i) with
-    p_a,i = softmax_j cos(q_a,i, p_j), p_b,i likewise. q_a, q_b: (B, D) the query in languages a and b; p: (N, D)
-    passages, p[i] query i's positive. The KL uses unscaled cosines, as in the paper; both versions get gradients."""
-    log_p_a = torch.log_softmax(similarity(q_a, p), dim=-1)  # (B, N)
-    log_p_b = torch.log_softmax(similarity(q_b, p), dim=-1)  # (B, N)
+    """LaKDA (Yang et al., MRL 2024): L = (1 - alpha) InfoNCE(q_a, p) + alpha mean_i KL(p_b,i || p_a,i), p_a,i =
+    softmax_j cos(q_a,i, p_j) unscaled as in the paper, p_b,i likewise: two language versions of a query rank the
+    passages alike. q_a, q_b: (B, D) in languages a, b; p: (N, D), p[i] query i's positive; both get gradients."""
+    log_p_a, log_p_b = (torch.log_softmax(similarity(x, p), dim=-1) for x in (q_a, q_b))  # (B, N) each
     kl = F.kl_div(log_p_a, log_p_b, log_target=True, reduction="batchmean")
     return (1 - alpha) * info_nce(q_a, p, scale) + alpha * kl
 
 
-# ---------------------------------------------------------------------------
-# The objectives of joint_train.py. Each maps one step's embeddings to (loss, terms): e the student's by
-# view, (B, Ds) each ("q" queries in X, "p" passages in Y, ...); t the teacher's, (B, Dt) each ("q_en", "p_en");
-# W the projection into the teacher's space (None without a teacher); h the hyperparameters (joint_train.py's
-# arguments: lam, scale, lakda_alpha, ...), h.info_nce(q, p) the run's InfoNCE term (its implementation,
-# --symmetric, --gather-negatives), h.gather(p) every rank's rows (this rank's first) and h.distance.
-# terms: the named parts of the loss, which the log, the progress bar and curves.png show.
+# --- The objectives of joint_train.py --------------------------------------
+# Each maps a step's embeddings to (loss, terms: its named parts, as logged and plotted): e the student's, (B, Ds) by
+# view ("q" queries in X, "p" passages in Y, ...); t the teacher's, (B, Dt) ("q_en", "p_en"); W the projection to the
+# teacher's space (None without one); h joint_train.py's arguments (lam, scale, ...) with h.distance, h.info_nce(q, p)
+# the run's InfoNCE (--loss-impl, --symmetric, --gather-negatives) and h.gather(p) all ranks' rows (this rank's first).
 
 
 def mimo_objective(e, t, W, h):
@@ -146,17 +125,14 @@ def lakda_objective(e, t, W, h):
 
 @dataclass(frozen=True)
 class Objective:
-    """One --objective of joint_train.py. loss: its function (above); views: what the student embeds, in this
-    order, view -> (field, language), language "x" (the example's query language), "y" (its passage's) or "z" (a
-    third draw, LaKDA's); teacher: whether it needs stage 1's teacher and W (then t holds "q_en" and "p_en");
-    same_language: X = Y for every pair; label: its short name in tables and plots; card: arguments -> card line."""
+    """One --objective of joint_train.py."""
 
-    loss: Callable
-    views: dict
-    teacher: bool
-    same_language: bool
-    label: str
-    card: Callable
+    loss: Callable  # its function (above)
+    views: dict  # view -> (field, language) the student embeds, in order; "x" query's, "y" passage's, "z" a third draw
+    teacher: bool  # whether it needs stage 1's teacher and W (then t holds "q_en" and "p_en")
+    same_language: bool  # X = Y for every pair
+    label: str  # its short name in tables and plots
+    card: Callable  # arguments -> model card line
 
 
 def nce(a):
@@ -176,9 +152,9 @@ OBJECTIVES = {  # --objective: Objective(loss, views, teacher, same_language, la
 }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------
-# Memory-bounded InfoNCE: info_nce's value and gradients without the (B, N) score matrix. Like FlashAttention,
-# this and the fused kernels keep only the inputs and O(B + N) log-sum-exp statistics, recomputing scores.
+# --- Memory-bounded InfoNCE ------------------------------------------------
+# info_nce's value and gradients without the (B, N) scores: like FlashAttention, keep only the inputs and O(B + N)
+# log-sum-exp statistics, and recompute scores.
 
 
 def inverse_norms(x):
@@ -194,8 +170,6 @@ def normalize_backward(grad_unit, x, inv_norm):
 
 
 class _ChunkedInfoNCE(torch.autograd.Function):
-    """info_nce streamed over passage chunks; see info_nce_chunked."""
-
     @staticmethod
     def forward(ctx, q, p, scale, symmetric, chunk_size):
         B, N = q.shape[0], p.shape[0]
@@ -246,39 +220,32 @@ class _ChunkedInfoNCE(torch.autograd.Function):
 
 
 def info_nce_chunked(q, p, scale=20.0, symmetric=False, chunk_size=1024):
-    """info_nce (same formula, shapes q (B, D), p (N, D), N >= B, and result, in fp32) with memory O(B * chunk_size)
-    instead of O(B * N), in PyTorch: the CPU and no-Triton path of --loss-impl. The forward streams chunk_size
-    passages at a time, merging each query's log-sum-exp across chunks; the backward recomputes each (B, chunk)
-    score block once for both gradients: 4 matmuls to info_nce's 3."""
+    """info_nce (q (B, D), p (N, D), N >= B, fp32) in memory O(B chunk_size), not O(B N): --loss-impl's no-Triton path.
+    Each (B, chunk) score block is recomputed once in the backward for both gradients: 4 matmuls to info_nce's 3."""
     return _ChunkedInfoNCE.apply(q, p, scale, symmetric, chunk_size)
 
 
-# ---------------------------------------------------------------------------
-# The fused kernels (fused.py), and choosing an implementation
+# --- The fused kernels (fused.py), and choosing an implementation ----------
 
 
 def triton_unavailable(device):
     """None if the fused kernels can run on `device`, else why not, to end a sentence."""
     if not TRITON_INSTALLED:
         return "Triton is not installed (pip install triton; it ships Linux wheels only)"
-    if torch.device(device).type != "cuda":
-        import fused  # imports Triton: only here, once a non-CUDA device asks for the kernels
+    if torch.device(device).type == "cuda":
+        return None
+    import fused  # imports Triton: only here, once a non-CUDA device asks for the kernels
 
-        if not fused.INTERPRETED:
-            return (
-                "its kernels need a CUDA device, or Triton's CPU interpreter (TRITON_INTERPRET=1 before Python starts)"
-            )
+    if not fused.INTERPRETED:
+        return "its kernels need a CUDA device, or Triton's CPU interpreter (TRITON_INTERPRET=1 before Python starts)"
     return None
 
 
 def info_nce_triton(q, p, scale=20.0, symmetric=False):
-    """info_nce through fused Triton kernels (fused.py gives the math and design): same formula, shapes and
-    gradients, memory O((B + N) D) instead of O(B N). q: (B, D), p: (N, D), N >= B, one dtype of bf16, fp16, fp32.
-    Gradients are summed with fp32 atomic adds, so on a GPU they can differ from run to run in the last bits.
-    subtle: with fp16 inputs the backward's operand dL/dS_ij / (||q_i|| ||p_j||) overflows fp16 if
-    ||q_i|| ||p_j|| < ~2e-5; bf16 has fp32's range."""
-    reason = triton_unavailable(q.device)
-    if reason is not None:
+    """info_nce (q (B, D), p (N, D), N >= B, one of bf16, fp16, fp32) in fused.py's kernels: memory O((B + N) D), and
+    fp32 atomic adds make GPU gradients vary between runs in the last bits. subtle: with fp16 the backward's operand
+    dL/dS_ij / (||q_i|| ||p_j||) overflows if ||q_i|| ||p_j|| < ~2e-5; bf16 has fp32's range."""
+    if (reason := triton_unavailable(q.device)) is not None:
         raise ValueError(f"info_nce_triton cannot run on {q.device}: {reason}")
     supported = (torch.bfloat16, torch.float16, torch.float32)
     if q.dtype != p.dtype or q.dtype not in supported or q.shape[1] != p.shape[1] or p.shape[0] < q.shape[0]:
@@ -292,24 +259,18 @@ def info_nce_triton(q, p, scale=20.0, symmetric=False):
 
 
 INFO_NCE_IMPLS = {"torch": info_nce, "chunked": info_nce_chunked, "triton": info_nce_triton}
-
-# What --loss-impl auto follows: per GPU (torch.cuda.get_device_name), the fastest of INFO_NCE_IMPLS at each
-# measured (B, D), one-way loss, forward plus backward, bf16, N = B. bench/gpu_check.sh prints these entries,
-# like ("NVIDIA H200", 16384, 1024): "triton". No GPU has run it yet, so auto follows SMALL_SCORES alone.
+# --loss-impl auto's fastest of INFO_NCE_IMPLS per (GPU name, B, D), one-way, forward + backward, bf16, N = B, as
+# bench/gpu_check.sh prints: ("NVIDIA H200", 16384, 1024): "triton". None measured yet: auto follows SMALL_SCORES.
 MEASURED_FASTEST = {}
-# Up to this many scores (B x N) auto takes plain info_nce, the exact reference: its (B, N) fp32 matrices
-# (scores, log-softmax, their gradient: about 12 bytes a score) then stay under 1 GiB. 2^26 is
-# B = N = 8192; the paper's 2048 per device is 2^22. Beyond it, info_nce_chunked, memory O(B x 1024).
+# Up to 2^26 scores (B = N = 8192; the paper's 2048 per device is 2^22) auto takes plain info_nce, the exact reference,
+# as its (B, N) fp32 matrices (~12 bytes a score) stay under 1 GiB; beyond, info_nce_chunked, memory O(B x 1024).
 SMALL_SCORES = 2**26
 
 
 def auto_info_nce(gpu, batch_size, passages, dim):
-    """The INFO_NCE_IMPLS name --loss-impl auto takes for B = batch_size queries against N = passages passages
-    of width D = dim (None if not known yet), on the GPU named `gpu` (None where the fused kernels cannot run):
-    1. MEASURED_FASTEST's entry for this GPU at the largest measured B <= batch_size and the measured D nearest
-       dim (dim None: only if all measured D there agree), if triton or chunked (memory linear in B), torch only
-       up to the largest measured B x B scores: the kernel, whose edge grows with B, only where measured;
-    2. otherwise plain info_nce up to SMALL_SCORES scores, info_nce_chunked beyond."""
+    """--loss-impl auto's INFO_NCE_IMPLS name for B = batch_size, N = passages, D = dim (None: unknown) on GPU `gpu`
+    (None: no kernels): MEASURED_FASTEST's entry at the largest measured B <= batch_size and D nearest dim (dim None: if
+    all agree), torch only up to the largest measured B x B (triton and chunked grow linearly); else by SMALL_SCORES."""
     measured = {(B, D): name for (on, B, D), name in MEASURED_FASTEST.items() if gpu is not None and on == gpu}
     below = [B for B, _ in measured if B <= batch_size]
     if below:
@@ -325,9 +286,8 @@ def auto_info_nce(gpu, batch_size, passages, dim):
 
 
 def pick_info_nce(impl, device, batch_size, dim=None, passages=None):
-    """The InfoNCE function for --loss-impl: one of INFO_NCE_IMPLS, or "auto", which takes auto_info_nce's
-    choice for batch_size queries against `passages` passages (default: as many) of width dim. Asking for
-    "triton" where it cannot run raises ValueError, at start-up rather than at the first step."""
+    """The InfoNCE function for --loss-impl (INFO_NCE_IMPLS, or "auto": auto_info_nce's choice, passages default B).
+    Asking for "triton" where it cannot run raises ValueError at start-up rather than at the first step."""
     if impl == "auto":
         device = torch.device(device)
         kernels = device.type == "cuda" and triton_unavailable(device) is None
