@@ -1,16 +1,10 @@
 """
-Retrieval benchmarks for evaluate.py: a BEIR-style folder, the MLIR benchmarks' layout (yjoonjang/mlir-benchmarks),
-a file of aligned rows or a hub dataset id, with their parallel groups; NeuCLIR'22/'23 as true MLIR (load_neuclir);
-and the parallel texts of --parallel. A bad file is refused with its file and line and what was expected. A Benchmark
-holds plain dicts:
-  corpus        {doc id: (text, lang or None)}
-  queries       {query id: (text, lang or None)}, only the queries that have judgements
-  qrels         {query id: {doc id: grade}}, integer grades as in the qrels file (> 0 is relevant)
-  query_groups  {key: [query ids]}: parallel versions (translations) of one query
-  doc_groups    {key: [doc ids]}: parallel versions of one document
-  stats         counts of what was skipped or could not be matched
-  layout        how each part was read: file layouts, the qrels file, where the groups come from
-Groups hold at least two members, each in a different language.
+Retrieval benchmarks for evaluate.py: a BEIR-style or MLIR-benchmarks (yjoonjang/mlir-benchmarks) folder, a file of
+aligned rows or a hub dataset id, with their parallel groups; NeuCLIR'22/'23 as true MLIR; MIRACL via mteb; the parallel
+texts of --parallel. A bad file is refused with its file and line and what was expected. A Benchmark holds plain dicts:
+corpus and queries {id: (text, lang or None)} (judged queries only), qrels {query id: {doc id: integer grade}} (> 0
+relevant), query_groups and doc_groups {key: [ids]} (translations of one text, two or more, each in a language of its
+own), stats (what was skipped or unmatched), layout (how each part was read), mteb_task (the mteb task scoring it).
 """
 
 import random
@@ -20,28 +14,25 @@ from collections import Counter, namedtuple
 from pathlib import Path
 
 import datasets
+from huggingface_hub import snapshot_download
 
 import data
 from checkpoint import BadInput, first_line
 
 Benchmark = namedtuple(
-    "Benchmark",
-    ["name", "corpus", "queries", "qrels", "query_groups", "doc_groups", "stats", "layout", "mteb_task"],
-    defaults=[None],  # mteb_task: the mteb task that scores it (load_mteb_task), else evaluate.py's own retrieval
+    "Benchmark", "name corpus queries qrels query_groups doc_groups stats layout mteb_task", defaults=[None]
 )
 
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz", "corpus.parquet")
 BEIR_QUERIES = ("queries.jsonl", "queries.jsonl.gz", "queries.parquet")
 DEFAULT_SPLIT = "test"
 QRELS_HEADERS = ("score", "relevance", "rel", "grade", "label", "judgement", "judgment")  # a qrels.tsv header's last
-# The two record layouts of corpus.jsonl and qrels.jsonl, by the names errors use for them.
-LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}
+LAYOUT_NAMES = {"beir": "BEIR", "mlir": "MLIR-benchmark ({id: {...}})"}  # corpus/qrels.jsonl layouts, as errors say
 
 
 def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
-    """A folder (read_beir_dir), a .jsonl/.parquet file of aligned rows like data/demo/test.jsonl (rows_to_benchmark)
-    or a hub dataset id with an optional folder (owner/name/MMLIR/xx), read from the Hugging Face cache or downloaded,
-    -> Benchmark. need_lang: every document and query must carry a `lang` (checked for folders only)."""
+    """A folder, a file of aligned rows like data/demo/test.jsonl, owner/name[/folder] on the hub, neuclir22/23[=DIR]
+    or miracl -> Benchmark. need_lang: every document and query must carry a `lang` (checked for folders only)."""
     if Path(spec).is_dir():
         return read_beir_dir(Path(spec), spec, need_lang, split)
     if spec == "miracl":
@@ -51,19 +42,16 @@ def load_benchmark(spec, need_lang=True, split=DEFAULT_SPLIT):
         return load_neuclir(track, root or None)
     if data.is_local(spec):
         if split != DEFAULT_SPLIT:
-            raise BadInput(
-                f"--split {split}: '{spec}' is a file of aligned rows, which has no splits; "
-                "--split applies to benchmark folders"
-            )
+            raise BadInput(f"--split {split}: '{spec}' is a file of aligned rows, which has no splits; "
+                           "--split applies to benchmark folders")  # fmt: skip
         return rows_to_benchmark(data.load_rows(spec), spec)
     return read_beir_dir(download_benchmark(spec), spec, need_lang, split)
 
 
 def rows_to_benchmark(rows, name="rows"):
-    """Aligned rows -> the MLIR benchmark of the MIMO paper: every language version of every passage in one corpus, of
-    every query a query (ids "<row id>/<lang>"); all versions of a row's passage relevant (grade 1) to all versions of
-    its query, so a perfect language-agnostic model ranks the L gold versions first, in any order. A row's queries (and
-    its passages) are a parallel group. Row ids are unique (load_rows refuses repeats), so ids cannot collide."""
+    """Aligned rows -> the MIMO paper's MLIR benchmark: every language version of every passage and query (ids
+    "<row id>/<lang>", a parallel group per row), all versions of a row's passage relevant (grade 1) to all versions of
+    its query, so a perfect language-agnostic model ranks the L gold versions first, in any order."""
     corpus, queries, qrels, query_groups, doc_groups = {}, {}, {}, {}, {}
     for row in rows:
         key = row["id"]
@@ -81,28 +69,22 @@ def download_benchmark(spec):
     so a benchmark fetched once keeps working without a network."""
     parts = spec.strip("/").split("/")
     if len(parts) < 2 or not all(parts):
-        raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id (owner/name[/folder])"
-        )
+        raise BadInput(f"benchmark '{spec}' is not a directory or file here, nor a hub dataset id "
+                       "(owner/name[/folder])")  # fmt: skip
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import snapshot_download
-
     try:
         # fnmatch's '*' also matches '/', so "folder/*" takes the folder's qrels/ too
         root = snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{folder}/*"] if folder else None)
     except Exception as error:  # offline and not cached, unknown repo, no access: one message
-        raise BadInput(
-            f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could not be "
-            f"loaded (the hub needs a network or a cached copy): {first_line(error)}"
-        ) from None
+        raise BadInput(f"benchmark '{spec}' is not a directory or file here, and as hub dataset '{repo_id}' it could "
+                       "not be loaded (the hub needs a network or a cached copy): "
+                       f"{first_line(error)}") from None  # fmt: skip
     if not (Path(root) / folder).is_dir():
         raise BadInput(f"hub dataset '{repo_id}' has no folder '{folder}'")
     return Path(root) / folder
 
 
 def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
-    """A benchmark folder (BEIR or MLIR-benchmark layout) -> Benchmark."""
-
     def find(candidates, what):
         for candidate in candidates:
             if (folder / candidate).is_file():
@@ -120,9 +102,8 @@ def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
             f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
             f"(splits there: {', '.join(present) or 'none besides the default qrels file'})"
         )
-    qrels_path = find(candidates, f"relevance judgements for split '{split}'")
-    qrels, qrels_layout = read_qrels(qrels_path)
-    qrels_layout = f"{qrels_path.relative_to(folder)} ({qrels_layout})"
+    qrels, qrels_layout = read_qrels(path := find(candidates, f"relevance judgements for split '{split}'"))
+    qrels_layout = f"{path.relative_to(folder)} ({qrels_layout})"
     layout = {"corpus": corpus_layout, "queries": queries_layout, "qrels": qrels_layout, "split": split}
     query_groups, doc_groups = group_by(query_keys, queries), group_by(doc_keys, corpus)
     return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
@@ -142,26 +123,20 @@ def read_records(path, is_beir, expected):
         if this_layout == "beir" and not is_beir(record):
             raise BadInput(f"{where}: expected {expected}; found the fields {sorted(record)[:6]}")
         if layout not in (None, this_layout):
-            raise BadInput(
-                f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
-                f"{LAYOUT_NAMES[layout]}; a file holds one layout"
-            )
+            raise BadInput(f"{where}: a {LAYOUT_NAMES[this_layout]} record in a file whose first record is "
+                           f"{LAYOUT_NAMES[layout]}; a file holds one layout")  # fmt: skip
         layout = this_layout
         yield where, layout, record
 
 
 def read_texts(path, kind, need_lang):
-    """corpus.jsonl / queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout). BEIR: a record a line with `_id`
-    (or `id`), `text`, optional `title`, `lang`, `group`; the MLIR benchmarks' corpus: {doc id: {"text", "lang"}}, one
-    or more a line (their queries.jsonl is BEIR). subtle: a title joins the text with a space, as BEIR's SentenceBERT
-    encoder and MTEB do, so scores compare with published BEIR numbers. The group key (parallel versions of one text)
-    is `group`, else language_free_id(): "q17/de" and "q17/fr" are one group, as are "de_q_005a" and "en_q_005a".
-    A query's text may not be empty: no model can be judged on it."""
-    texts, keys, first_line, layout = {}, {}, {}, None
+    """corpus/queries.jsonl -> ({id: (text, lang)}, {id: group key}, layout). BEIR: a record a line with `_id` (or
+    `id`), `text`, optional `title`, `lang`, `group` (else the key is language_free_id()); MLIR: {id: {"text", "lang"}}.
+    subtle: a title joins the text with a space, as BEIR and MTEB do, so scores compare with published BEIR numbers."""
+    texts, keys, seen_at = {}, {}, {}
     expected = """a BEIR record with '_id' and 'text', or an MLIR-benchmark record {id: {"text": ..., "lang": ...}}"""
     for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
-        items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else list(record.items())
-        for text_id, fields in items:
+        for text_id, fields in [(record.get("_id", record.get("id")), record)] if layout == "beir" else record.items():
             if not isinstance(text_id, (str, int)) or isinstance(text_id, bool) or text_id == "":
                 raise BadInput(f"{where}: expected a non-empty string field '_id'")
             text_id = str(text_id)
@@ -175,42 +150,33 @@ def read_texts(path, kind, need_lang):
             if isinstance(lang, str) and lang and data.language_tag(lang) is None:
                 raise BadInput(f"{where}: {kind} '{text_id}' has lang {lang!r}, which is not a language tag ('de', "
                                "'pt-br')")  # fmt: skip
-            lang = data.language_tag(lang)
-            if lang is None:
-                if need_lang:
-                    raise BadInput(
-                        f"{where}: {kind} '{text_id}' has no 'lang' field; the language metrics (own-language share, "
-                        "MRC, PEER, per-language alignment, --monolingual) need it; add it, or run evaluate.py with "
-                        "--no-language-metrics"
-                    )
-                lang = None
+            if (lang := data.language_tag(lang)) is None and need_lang:
+                raise BadInput(f"{where}: {kind} '{text_id}' has no 'lang' field; the language metrics (own-language "
+                               "share, MRC, PEER, per-language alignment, --monolingual) need it; add it, or run "
+                               "evaluate.py with --no-language-metrics")  # fmt: skip
             if text_id in texts:
-                raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {first_line[text_id]})")
-            texts[text_id], first_line[text_id] = (text, lang), where
-            group = fields.get("group")
-            keys[text_id] = str(group) if group is not None else language_free_id(text_id, lang)
+                raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {seen_at[text_id]})")
+            texts[text_id], seen_at[text_id] = (text, lang), where
+            keys[text_id] = str(g) if (g := fields.get("group")) is not None else language_free_id(text_id, lang)
     if not texts:
         raise BadInput(f"{path} holds no {kind} records")
     return texts, keys, LAYOUT_NAMES[layout]
 
 
 def language_free_id(text_id, lang):
-    """The id without the language it names: a "/<lang>", "-<lang>" or "_<lang>" suffix ("q17/de" -> "q17"), else a
-    "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR benchmarks' query ids ("de_q_005a" -> "q_005a")."""
-    if lang:
-        for separator in "/-_":
-            if text_id.endswith(separator + lang) and len(text_id) > len(lang) + 1:
-                return text_id[: -len(separator + lang)]
-        for separator in "_-/":
-            if text_id.startswith(lang + separator) and len(text_id) > len(lang) + 1:
-                return text_id[len(lang + separator) :]
+    """The id without the language it names, so parallel versions share it: a "/<lang>", "-<lang>" or "_<lang>" suffix
+    ("q17/de" -> "q17"), else a "<lang>_", "<lang>-" or "<lang>/" prefix, as the MLIR benchmarks' ("de_q_005a")."""
+    if lang and len(text_id) > len(lang) + 1:
+        if text_id.endswith(lang) and text_id[-len(lang) - 1] in "/-_":
+            return text_id[: -len(lang) - 1]
+        if text_id.startswith(lang) and text_id[len(lang)] in "_-/":
+            return text_id[len(lang) + 1 :]
     return text_id
 
 
 def read_qrels(path):
-    """Judgements -> ({query id: {doc id: integer grade}}, layout). .tsv: `query-id corpus-id score` (BEIR, header
-    optional) or TREC's `query-id 0 corpus-id score`, by tabs or spaces; .jsonl: BEIR records (`query-id`, `corpus-id`,
-    `score`) or the MLIR benchmarks' {query id: {doc id: grade}}, a query's judgements on several lines gathered."""
+    """Judgements -> ({query id: {doc id: integer grade}}, layout): a .tsv of BEIR's `query-id corpus-id score` (header
+    optional) or TREC's `query-id 0 corpus-id score`, or a .jsonl of BEIR records or {query id: {doc id: grade}}."""
     qrels = {}
 
     def add(where, query_id, doc_id, grade):
@@ -230,10 +196,8 @@ def read_qrels(path):
             if number == 0 and fields[-1].lower() in QRELS_HEADERS:
                 continue  # the header line, e.g. query-id corpus-id score; any other first line is a judgement
             if len(fields) not in (3, 4):
-                raise BadInput(
-                    f"{where}: expected 3 columns (query-id, corpus-id, score) "
-                    f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}"
-                )
+                raise BadInput(f"{where}: expected 3 columns (query-id, corpus-id, score) "
+                               f"or 4 (TREC: query-id, 0, corpus-id, score), found {len(fields)}")  # fmt: skip
             grade = int(fields[-1]) if re.fullmatch(r"-?[0-9]{1,30}", fields[-1]) else fields[-1]  # "1.0" stays text
             if number == 0 and isinstance(grade, str) and re.fullmatch(r"[A-Za-z_-]+", grade):
                 raise BadInput(f"{where}: a first line whose last column is '{grade}': a header's last column is one "
@@ -241,9 +205,8 @@ def read_qrels(path):
             add(where, fields[0], fields[-2], grade)
         return qrels, "TREC/BEIR columns"
     layout, is_beir = "beir", lambda record: {"query-id", "corpus-id", "score"} <= set(record)
-    expected = (
-        "a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark record {query id: {doc id: grade}}"
-    )
+    expected = ("a BEIR record with 'query-id', 'corpus-id', 'score', or an MLIR-benchmark record "
+                "{query id: {doc id: grade}}")  # fmt: skip
     for where, layout, record in read_records(path, is_beir, expected):
         if layout == "beir":
             add(where, record["query-id"], record["corpus-id"], record["score"])
@@ -267,15 +230,12 @@ def group_by(keys, texts):
 
 
 def groups_from_judgements(query_groups, qrels, corpus):
-    """Parallel documents where ids do not name them (the MLIR benchmarks' doc_<lang>_<n>): under the MLIR protocol
-    every version of the gold passage is relevant to every version of its query, so a parallel query group's relevant
-    documents, when one in each of two or more languages, are one passage's versions (given once if groups share it).
-    A document that two such sets claim belongs to neither: which passage it translates is unclear."""
+    """Parallel documents where ids do not name them (the MLIR benchmarks' doc_<lang>_<n>): under the MLIR protocol a
+    parallel query group's relevant documents, one in each of two or more languages, are one passage's versions (given
+    once if groups share it); a document two such sets claim is in neither: which passage it translates is unclear."""
     candidates = {}  # sorted doc ids -> the first query group's key
     for key, ids in query_groups.items():
-        relevant = sorted(
-            {doc for query_id in ids for doc, grade in qrels[query_id].items() if grade > 0 and doc in corpus}
-        )
+        relevant = sorted({doc for q in ids for doc, grade in qrels[q].items() if grade > 0 and doc in corpus})
         if parallel([corpus[doc][1] for doc in relevant]):
             candidates.setdefault(tuple(relevant), key)
     claims = Counter(doc for docs in candidates for doc in docs)
@@ -296,30 +256,23 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, lay
     queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
     if not queries:
         raise BadInput(f"benchmark '{name}': no query has a relevance judgement (do the qrels use the queries' ids?)")
-    kept_groups = {}  # a skipped query leaves its group
-    for key, ids in query_groups.items():
-        if len(kept := [query_id for query_id in ids if query_id in queries]) >= 2:
-            kept_groups[key] = kept
+    kept_groups = {key: [q for q in ids if q in queries] for key, ids in query_groups.items()}
+    kept_groups = {key: ids for key, ids in kept_groups.items() if len(ids) >= 2}  # a skipped query leaves its group
     layout = dict(layout)
     layout.setdefault("query_groups", "ids" if kept_groups else "none")
     if "document_groups" not in layout:
         layout["document_groups"] = "ids" if doc_groups else "none"
-        if not doc_groups and kept_groups:
-            doc_groups = groups_from_judgements(kept_groups, qrels, corpus)
-            layout["document_groups"] = "judgements of parallel queries" if doc_groups else "none"
+        if not doc_groups and kept_groups and (doc_groups := groups_from_judgements(kept_groups, qrels, corpus)):
+            layout["document_groups"] = "judgements of parallel queries"
     return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, stats, layout)
 
 
 def parallel_groups(spec, max_groups=None, seed=0):
-    """--parallel (any source distill.py reads: LANG=FILE, hub-id:en-de, aligned rows) -> [{lang: text}], an
-    (English, X) pair a group, at most max_groups (seeded sample)."""
-    pairs = data.read_parallel_source(spec)
-    groups = [{"en": pair.english, pair.lang: pair.text} for pair in pairs if pair.lang != "en"]
+    """--parallel (any source distill.py reads) -> [{"en": text, lang: text}], at most max_groups (seeded sample)."""
+    groups = [{"en": p.english, p.lang: p.text} for p in data.read_parallel_source(spec) if p.lang != "en"]
     if not groups:
         raise BadInput(f"--parallel '{spec}' holds no (English, other language) pairs")
-    if max_groups and len(groups) > max_groups:
-        groups = random.Random(seed).sample(groups, max_groups)
-    return groups
+    return random.Random(seed).sample(groups, max_groups) if max_groups and len(groups) > max_groups else groups
 
 
 # ---------------------------------------------------------------------------
@@ -336,36 +289,27 @@ NEUCLIR_LANGS = {"rus": "ru", "zho": "zh"}  # mteb's config prefix and neuclir/b
 
 
 def load_neuclir_part(dataset_id, revision, root, config, split, columns):
-    """One split of one config, from the hub (at `revision`) or from root/<dataset_id> in the hub layout, both through
-    datasets.load_dataset so they read alike -> (Dataset, where it came from, for the layout)."""
+    """One split of one config, from the hub at `revision` or from root/<dataset_id>, both by datasets.load_dataset so
+    they read alike -> (Dataset, where it came from)."""
     location = str(Path(root) / dataset_id) if root else dataset_id
     where = location if root else f"{dataset_id}@{revision or 'main'}"
     try:
         part = datasets.load_dataset(location, config, split=split, **({} if root else {"revision": revision}))
     except Exception as error:  # offline, not in the cache, no such folder or config: one message
-        needed = (
-            f"a copy of '{dataset_id}' in its hub layout under root ({location})"
-            if root
-            else f"a network or a local copy of it passed as root (root/{dataset_id})"
-        )
-        raise BadInput(
-            f"NeuCLIR: dataset '{dataset_id}' config '{config}' split '{split}' could not be loaded, which needs "
-            f"{needed}: {first_line(error)}"
-        ) from None
+        needed = (f"a copy of '{dataset_id}' in its hub layout under root ({location})" if root
+                  else f"a network or a local copy of it passed as root (root/{dataset_id})")  # fmt: skip
+        raise BadInput(f"NeuCLIR: dataset '{dataset_id}' config '{config}' split '{split}' could not be loaded, "
+                       f"which needs {needed}: {first_line(error)}") from None  # fmt: skip
     if missing := [column for column in columns if column not in part.column_names]:
-        raise BadInput(
-            f"NeuCLIR: {where} config '{config}' split '{split}' has no column {', '.join(missing)}; "
-            f"expected {', '.join(columns)}"
-        )
+        raise BadInput(f"NeuCLIR: {where} config '{config}' split '{split}' has no column {', '.join(missing)}; "
+                       f"expected {', '.join(columns)}")  # fmt: skip
     return part, where
 
 
 def load_neuclir(track, root=None):
-    """A track, "neuclir22" or "neuclir23" -> Benchmark, pooled as the authors' evaluate_neuclir.py: one corpus of
-    mteb's Russian and Chinese hard-negative corpora (ids "rus::<id>", "zho::<id>"); as queries, the English topics of
-    the ids mteb judges in either language; as judgements, TREC's (neuclir/bench) of pooled documents, relevance > 0
-    as grade 1 (the authors' evaluator is binary). root: a folder holding both datasets in their hub layout, in place
-    of the hub."""
+    """A track -> Benchmark, pooled as the authors' evaluate_neuclir.py: one corpus of mteb's Russian and Chinese
+    hard-negative corpora; the English topics of the ids mteb judges in either language; TREC's judgements of pooled
+    documents (neuclir/bench), relevance > 0 as grade 1 (their evaluator is binary). root: a local copy, for the hub."""
     if track not in NEUCLIR_TRACKS:
         raise BadInput(f"NeuCLIR track '{track}' is unknown; expected one of {', '.join(NEUCLIR_TRACKS)}")
     mteb_id, revision = NEUCLIR_TRACKS[track]
@@ -373,12 +317,10 @@ def load_neuclir(track, root=None):
     for iso, lang in NEUCLIR_LANGS.items():
         docs, mteb_where = load_neuclir_part(mteb_id, revision, root, f"{iso}-corpus", "test", ["_id", "title", "text"])
         for doc_id, title, text in zip(docs["_id"], docs["title"], docs["text"]):
-            # subtle: a newline, not BEIR's space, joins the title, as the authors' evaluator does
-            text = (
-                f"{title.strip()}\n{(text or '').strip()}".strip() if title and title.strip() else (text or "").strip()
-            )
-            # the two languages' ids are numbered apart, so they could collide
-            corpus[f"{iso}::{doc_id}"] = (text, lang)
+            # subtle: a newline, not BEIR's space, joins the title, as the authors' evaluator does; "<iso>::" as the
+            # two languages' ids are numbered apart, so they could collide
+            title, text = (title or "").strip(), (text or "").strip()
+            corpus[f"{iso}::{doc_id}"] = (f"{title}\n{text}".strip() if title else text, lang)
         native, _ = load_neuclir_part(mteb_id, revision, root, f"{iso}-queries", "test", ["_id", "text"])
         judged, _ = load_neuclir_part(mteb_id, revision, root, f"{iso}-qrels", "test", ["query-id", "corpus-id"])
         # mteb drops a query without judgements when loading; the authors take the track's ids after that
@@ -388,33 +330,24 @@ def load_neuclir(track, root=None):
     topics, topics_where = load_neuclir_part(NEUCLIR_TOPICS, None, root, "queries", "eng", ["id", "query"])
     # subtle: the topics are a headerless TSV, so datasets reads numeric ids as integers
     english = {str(query_id): text for query_id, text in zip(topics["id"], topics["query"])}
-    queries = {
-        query_id: (english[query_id], "en")
-        for query_id in sorted(track_ids)
-        if isinstance(english.get(query_id), str) and english[query_id].strip()
-    }
+    queries = {q: (text, "en") for q in sorted(track_ids) if isinstance(text := english.get(q), str) and text.strip()}
     stats = {"track_queries": len(track_ids), "dropped_queries_without_english": len(track_ids) - len(queries)}
 
-    qrels, not_relevant, outside_corpus, other_queries = {}, 0, 0, 0
+    qrels, skipped = {}, {"judgements_of_other_queries": 0, "judgements_not_relevant": 0, "relevant_outside_corpus": 0}
     for iso in NEUCLIR_LANGS:
         rows, _ = load_neuclir_part(NEUCLIR_TOPICS, None, root, "qrels", iso, ["id", "docid", "relevance"])
         for query_id, doc_id, relevance in zip(rows["id"], rows["docid"], rows["relevance"]):
             query_id, doc_id = str(query_id), f"{iso}::{doc_id}"
             if query_id not in queries:
-                other_queries += 1
+                skipped["judgements_of_other_queries"] += 1
             elif int(relevance) <= 0:
-                not_relevant += 1
+                skipped["judgements_not_relevant"] += 1
             elif doc_id not in corpus:  # relevant, but not among the hard negatives mteb kept
-                outside_corpus += 1
+                skipped["relevant_outside_corpus"] += 1
             else:
                 qrels.setdefault(query_id, {})[doc_id] = 1
-    stats["dropped_queries_without_relevant"] = sum(query_id not in qrels for query_id in queries)
+    stats.update(dropped_queries_without_relevant=sum(query_id not in qrels for query_id in queries), **skipped)
     queries = {query_id: value for query_id, value in queries.items() if query_id in qrels}
-    stats.update(
-        judgements_of_other_queries=other_queries,
-        judgements_not_relevant=not_relevant,
-        relevant_outside_corpus=outside_corpus,
-    )
 
     configs = ", ".join(NEUCLIR_LANGS)
     layout = {
@@ -423,8 +356,6 @@ def load_neuclir(track, root=None):
         "queries": f"{topics_where} config queries split eng, for the ids of {mteb_where} {{{configs}}}-queries "
         f"judged in {{{configs}}}-qrels",
         "qrels": f"{topics_where} config qrels splits {configs}, of pooled documents; relevance > 0 as grade 1",
-        "query_groups": "none",
-        "document_groups": "none",
     }
     bench = finish_benchmark(track, corpus, queries, qrels, {}, {}, layout)
     return bench._replace(stats={**stats, **bench.stats})
@@ -436,9 +367,8 @@ MIRACL_LANGUAGES = ("ar", "de", "en", "es", "fr", "hi", "id", "ja", "ru", "zh")
 
 
 def load_mteb_task(task):
-    """An mteb retrieval task (an mteb task object, or "miracl") -> Benchmark of its data as mteb loads it, ids
-    "<subset>::<id>", a title joined by a space as mteb joins it; evaluate.py scores it through mteb itself, each
-    subset (language) alone, so its numbers are the ones mteb's leaderboard shows."""
+    """An mteb retrieval task object, or "miracl" -> Benchmark of its data as mteb loads it (ids "<subset>::<id>", a
+    title joined by a space); evaluate.py scores it through mteb, each subset alone, as mteb's leaderboard does."""
     try:
         import mteb
     except ImportError:
@@ -461,6 +391,5 @@ def load_mteb_task(task):
             qrels[f"{subset}::{query_id}"] = {f"{subset}::{doc}": int(grade) for doc, grade in judged.items()}
     layout = {"source": f"mteb task {meta.name}, scored by mteb {mteb.__version__}, each language alone",
               "dataset": f"{meta.dataset['path']}@{meta.dataset['revision']}", "split": split,
-              "subsets": list(task.hf_subsets), "mode": "monolingual", "query_groups": "none",
-              "document_groups": "none"}  # fmt: skip
+              "subsets": list(task.hf_subsets), "mode": "monolingual"}  # fmt: skip
     return finish_benchmark(meta.name, corpus, queries, qrels, {}, {}, layout)._replace(mteb_task=task)

@@ -1,6 +1,6 @@
 """
 The teacher cache of distill.py and joint_train.py: teacher embeddings on disk (fp16, memory-mapped), so each unique
-(teacher weights, precision, prompt, max length, text) is embedded once across epochs, runs and stages. An 8B
+(teacher weights, precision, prompt, max length, pooling, text) is embedded once across epochs, runs and stages. An 8B
 teacher's forward dominates training's cost, and no library keeps such a cache.
 """
 
@@ -13,19 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 
 from checkpoint import resolve_model
 
 
 def teacher_fingerprint(name_or_path, memo_dir=None):
-    """What identifies a teacher's weights, for the cache key. A local folder: SHA-1 over its files' names and contents
-    (hidden ones aside), so a model retrained in place gets new targets, while copying or touching it costs nothing.
-    Hashing an 8B model's 16 GB takes a minute once: memo_dir/fingerprints.json keeps each file's digest by (path, size,
-    mtime). A hub id: the commit of the Hugging Face cache snapshot its weights load from, or None when not cached."""
+    """A local folder: SHA-1 over its files' names and contents (hidden ones aside), so retraining in place gives new
+    targets while copying or touching costs nothing; memo_dir/fingerprints.json keeps each file's digest by (path, size,
+    mtime), as hashing an 8B model's 16 GB takes a minute. A hub id: the commit of its cached snapshot, or None."""
     path = resolve_model(name_or_path)
     if not Path(path).is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
         try:
             config = try_to_load_from_cache(path, "config.json")  # .../snapshots/<commit>/config.json when cached
         except ValueError:  # not a valid hub id either
@@ -41,57 +39,37 @@ def teacher_fingerprint(name_or_path, memo_dir=None):
         relative = file.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue  # .git, .cache/huggingface: bookkeeping, not weights
-        stat = file.stat()
-        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = f"{file}|{(stat := file.stat()).st_size}|{stat.st_mtime_ns}"
         if key not in memo:
-            content = hashlib.sha1()
             with open(file, "rb") as f:
-                while block := f.read(1 << 20):
-                    content.update(block)
-            memo[key], changed = content.hexdigest(), True
+                memo[key], changed = hashlib.file_digest(f, "sha1").hexdigest(), True
         digest.update(f"{relative.as_posix()}\0{memo[key]}\n".encode())
     if changed and memo_file is not None:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
+        (tmp := memo_file.with_name(f"{memo_file.name}.{os.getpid()}.tmp")).write_text(json.dumps(memo))
         os.replace(tmp, memo_file)  # whole or not at all; a lost race only means hashing again
     return {"content": digest.hexdigest()}
 
 
 class TeacherCache:
-    """Teacher embeddings of unique texts, on disk as fp16 rows, memory-mapped.
-
-    One folder per (teacher weights, precision, prompt, max length, dim, pooling), named in `meta.json`. The weights
-    enter as teacher_fingerprint(): a local teacher retrained in place, or a hub teacher at a new commit, starts a new
-    cache. precision ("fp32", "bf16", "fp16") is the dtype the teacher computes in: bf16 targets differ from fp32 ones
-    by far more than the stored rows' fp16 rounding, so the two never share a cache. Each cache object that adds texts
-    appends to files of its own, `emb-<writer>.f16` (rows of D fp16 values) and `keys-<writer>.txt` (line i: SHA-1 of
-    row i's text), the writer unique (host, process, random suffix): torchrun ranks and side-by-side runs need no locks,
-    and no one appends to a crashed writer's file. Readers take the union of all files, each cut to whole rows with
-    whole key lines. A row is written (and synced) before its key, so a kill never leaves a key without its row."""
+    """One folder per (teacher_fingerprint(), precision, prompt, max length, dim, pooling), named in `meta.json`; bf16
+    targets (precision: the teacher's compute dtype) differ from fp32 ones by far more than fp16 storage rounds. Each
+    writer (host, process, random suffix) appends to its own `emb-<writer>.f16` (rows of D fp16 values) and
+    `keys-<writer>.txt` (line i: SHA-1 of row i's text): torchrun ranks and side-by-side runs need no locks, and none
+    appends to a crashed writer's file. Readers take the union, each file cut to whole rows with whole key lines."""
 
     def __init__(self, root, teacher_name, prompt, max_length, dim, pooling="mean", *, precision, fingerprint=None):
-        identity = {
-            "teacher": teacher_name,
-            "weights": teacher_fingerprint(teacher_name, root) if fingerprint is None else fingerprint,
-            "precision": precision,
-            "prompt": prompt,
-            "max_length": max_length,
-            "dim": dim,
-            "pooling": pooling,
-        }
-        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = Path(root) / digest
+        weights = teacher_fingerprint(teacher_name, root) if fingerprint is None else fingerprint
+        identity = dict(teacher=teacher_name, weights=weights, precision=precision, prompt=prompt,
+                        max_length=max_length, dim=dim, pooling=pooling)  # fmt: skip
+        self.folder = Path(root) / hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.folder.mkdir(parents=True, exist_ok=True)
-        meta = self.folder / "meta.json"
-        if not meta.exists():
+        if not (meta := self.folder / "meta.json").exists():
             meta.write_text(json.dumps(identity, indent=2))
-        self.dim = dim
-        self.prompt = prompt
+        self.dim, self.prompt = dim, prompt
         writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.emb_file, self.keys_file = self.folder / f"emb-{writer}.f16", self.folder / f"keys-{writer}.txt"
-        self.rows = {}  # text hash -> (shard index, row)
-        self.shards = []  # memory-mapped (N, D) fp16 arrays, one per writer's file
+        self.rows, self.shards = {}, []  # text hash -> (shard index, row); memory-mapped (N, D) fp16, one per writer
         self.own = None  # index of this object's own shard, once it has added texts
         for keys_file in sorted(self.folder.glob("keys-*.txt")):
             emb_file = keys_file.with_name("emb-" + keys_file.name[len("keys-") : -len(".txt")] + ".f16")
@@ -101,15 +79,10 @@ class TeacherCache:
                 self.map_shard(len(self.shards), emb_file, keys, 0)
 
     def map_shard(self, index, emb_file, new_keys, first_row):
-        """(Re)map a writer's file as shard `index` and index its rows first_row.. by new_keys."""
-        rows = first_row + len(new_keys)
-        shard = np.memmap(emb_file, dtype=np.float16, mode="r", shape=(rows, self.dim))
-        if index == len(self.shards):
-            self.shards.append(shard)
-        else:
-            self.shards[index] = shard
-        for row, key in enumerate(new_keys, first_row):
-            self.rows[key] = (index, row)
+        """(Re)map a writer's file as shard `index` (appended if new) and index its rows first_row.. by new_keys."""
+        shape = (first_row + len(new_keys), self.dim)
+        self.shards[index : index + 1] = [np.memmap(emb_file, dtype=np.float16, mode="r", shape=shape)]
+        self.rows.update({key: (index, row) for row, key in enumerate(new_keys, first_row)})
 
     @staticmethod
     def key(text):
@@ -117,49 +90,36 @@ class TeacherCache:
 
     def missing(self, texts):
         """The unique texts that are not cached yet, in first-seen order."""
-        seen, out = set(), []
-        for text in texts:
-            key = self.key(text)
-            if key not in self.rows and key not in seen:
-                seen.add(key)
-                out.append(text)
-        return out
+        return [text for text in dict.fromkeys(texts) if self.key(text) not in self.rows]
 
     def add(self, texts, embeddings):
         """Append (N, D) embeddings of texts; returns them as stored (fp16). Only the index stays in memory, rows are
         read back through the map, so a paper-scale cache (millions of 4096-d rows) costs disk, not RAM."""
-        stored = embeddings.detach().to("cpu", torch.float16)
-        with open(self.emb_file, "ab") as f:
+        stored, keys = embeddings.detach().to("cpu", torch.float16), [self.key(text) for text in texts]
+        with open(self.emb_file, "ab") as f:  # a row is synced before its key: a kill never leaves a key rowless
             f.write(stored.numpy().tobytes())
             f.flush()
             os.fsync(f.fileno())
         with open(self.keys_file, "a") as f:
-            f.write("".join(self.key(text) + "\n" for text in texts))
-        if self.own is None:
-            self.own, first_row = len(self.shards), 0
-        else:
-            first_row = self.shards[self.own].shape[0]
-        self.map_shard(self.own, self.emb_file, [self.key(text) for text in texts], first_row)
+            f.write("".join(key + "\n" for key in keys))
+        first_row = 0 if self.own is None else self.shards[self.own].shape[0]
+        self.own = len(self.shards) if self.own is None else self.own
+        self.map_shard(self.own, self.emb_file, keys, first_row)
         return stored
 
     def get(self, texts):
         """(N, D) float32 CPU tensor for texts that are all cached."""
-        out = torch.empty(len(texts), self.dim, dtype=torch.float16)
-        for i, text in enumerate(texts):
-            shard, row = self.rows[self.key(text)]
-            out[i] = torch.from_numpy(np.array(self.shards[shard][row]))  # a copy: the map is read-only
-        return out.float()
+        vectors = [self.shards[shard][row] for shard, row in (self.rows[self.key(text)] for text in texts)]
+        return torch.from_numpy(np.array(vectors, np.float16).reshape(-1, self.dim)).float()  # copies read-only rows
 
     def __len__(self):
         return len(self.rows)
 
 
 def teacher_embed(teacher, cache, texts, batch_size, autocast_dtype=None):
-    """(N, D) float32 CPU, normalised teacher embeddings of texts via the cache, with its prompt (a cache never mixes
-    prompts). subtle: fresh vectors are rounded to fp16 as the cache stores them, so a run finding its targets cached
-    and one computing them see the same numbers (and a resume reproduces an uninterrupted run)."""
-    todo = cache.missing(texts)
-    if todo:
+    """(N, D) float32 CPU, normalised teacher embeddings of texts via the cache, with its prompt. subtle: fresh vectors
+    are rounded to fp16 as stored, so a run finding its targets cached and one computing them (or resuming) agree."""
+    if todo := cache.missing(texts):
         device = teacher.device
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             vectors = teacher.encode(todo, prompt=cache.prompt, batch_size=batch_size, convert_to_tensor=True,
