@@ -2,21 +2,19 @@
 The bookkeeping around each step of distill.py and joint_train.py, so the scripts show the method:
 
 - the command line: bad input is one `error:` line and exit status 1, never a traceback; Ctrl-C says how to go on;
-- arguments: the flags both scripts share, presets, --resume reading args.json;
-- the process: torchrun's rank and device, seed, precision; models, loaded and saved through sentence-transformers;
-- `Run`: one run folder, fresh or resumed: log lines (log.jsonl, --report-to trackers), non-finite checks,
-  crash-safe checkpoints, curves.png and the model card.
+- the flags both scripts share, presets, --resume reading args.json;
+- torchrun's rank and device, seed, precision; models loaded and saved through sentence-transformers;
+- `Run`: one run folder, fresh or resumed: log.jsonl, non-finite checks, crash-safe checkpoints, the model card.
 
 A run folder holds the student (a sentence-transformers model) with its card (README.md), projection.safetensors (W),
-args.json, log.jsonl, curves.png and training_state/ (optimizer, scheduler, RNG states, step: what --resume needs and
-an upload leaves out) and .mimo-run.json, the marker that proves the folder ours: the writing script and a run id. It
-is written whole under a temporary name and swapped in, so a crash never leaves half of one; only a folder with a
-marker (or an empty one) is ever replaced, and a leftover .tmp or .old only when its marker names the same run.
+args.json, log.jsonl, training_state/ (optimizer, scheduler, RNG states, step: what --resume needs and an upload leaves
+out) and .mimo-run.json, the marker that proves the folder ours: the writing script and a run id. It is written whole
+under a temporary name and swapped in, so a crash never leaves half of one; only a folder with a marker (or an empty
+one) is ever replaced, and a leftover .tmp or .old only when its marker names the same run.
 """
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -76,9 +74,7 @@ class Range:
         ok = ok and (self.low is None or (value > self.low if self.open_low else value >= self.low))
         ok = ok and (self.high is None or (value < self.high if self.open_high else value <= self.high))
         if not ok:
-            raise argparse.ArgumentTypeError(
-                f"expected {self.describe()}, got {repr(value if shown is None else shown)}"
-            )
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {value if shown is None else shown!r}")
         return self.kind(value)
 
     def describe(self):
@@ -113,8 +109,8 @@ interrupt_hints = {}
 
 
 def entry_point(main):
-    """Run main(): a BadInput becomes one `error:` line and exit status 1; Ctrl-C prints what the interrupted work
-    left (no traceback) and exits 130, the shell's status for an interrupt."""
+    """Run main(): a BadInput or OSError is one `error:` line and exit status 1; Ctrl-C prints what the interrupted
+    work left (no traceback) and exits 130, the shell's status for an interrupt."""
     try:
         main()
     except BadInput as error:
@@ -199,9 +195,8 @@ def encode(model, texts, batch_size, autocast=contextlib.nullcontext):
     model in eval mode; a training student is put back, or it would lose its dropout."""
     training = model.training
     with autocast():
-        vectors = model.encode(
-            texts, prompt="", batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True
-        )
+        vectors = model.encode(texts, prompt="", batch_size=batch_size, convert_to_tensor=True,
+                               normalize_embeddings=True)  # fmt: skip
     model.train(training)
     return vectors.float().cpu()
 
@@ -258,9 +253,6 @@ def add_training_arguments(parser, presets, lr, epochs, max_length, log_every, s
                        help="continue the run in --out-dir from its last checkpoint, with its saved arguments "
                             "(flags given now override them)")
     group.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out-dir")
-    group.add_argument("--report-to", default="none", choices=REPORT_TO,
-                       help="also send the log records to this tracker (rank 0); tensorboard writes to "
-                            "<out-dir>/tensorboard")
     # fmt: on
 
 
@@ -278,9 +270,8 @@ def parse_args(parser, presets, script, argv=None):
         # subtle: a crash mid-swap leaves the run as out_dir.tmp or .old until rank 0's claim_out_dir(); read it there
         saved = after_recovery(writable_folder("--out-dir", args.out_dir)) / "args.json"
         if not saved.is_file():
-            raise BadInput(
-                f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to start one"
-            )
+            raise BadInput(f"--resume: '{args.out_dir}' holds no run to resume (no args.json); run without --resume to "
+                           "start one")  # fmt: skip
         defaults, source = read_saved_arguments(saved, script, parser), f"--resume: {saved}"
     # subtle: argparse would check a string default by its flag's type without naming its source; check here
     for action in parser._actions:
@@ -292,8 +283,7 @@ def parse_args(parser, presets, script, argv=None):
                 raise BadInput(f"{source}: {action.option_strings[0]}: {error}") from None
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    args.resume = "resume" in given
-    args.overwrite = "overwrite" in given
+    args.resume, args.overwrite = "resume" in given, "overwrite" in given  # never args.json's
     for name in FIXED_ON_RESUME if args.resume else ():  # checked before any optimizer state is read
         if name in given and name in defaults and getattr(args, name) != defaults[name]:
             flag = next(action.option_strings[0] for action in parser._actions if action.dest == name)
@@ -312,9 +302,8 @@ def read_saved_arguments(path, script, parser):
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadInput(
-            f"--resume: {path} is not readable JSON ({first_line(error)}); the run cannot be resumed"
-        ) from None
+        raise BadInput(f"--resume: {path} is not readable JSON ({first_line(error)}); the run cannot be "
+                       "resumed") from None  # fmt: skip
     if not isinstance(saved, dict):
         raise BadInput(f"--resume: {path} holds {type(saved).__name__}, expected a JSON object of arguments")
     writer = saved.pop("script", script)
@@ -326,51 +315,15 @@ def read_saved_arguments(path, script, parser):
 
 
 def explicit_flags(parser, argv):
-    """Names of the options given on the command line, as opposed to defaulted."""
-    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    """Names of the options given on the command line, as opposed to defaulted: parsed with no defaults at all."""
+    defaults = {action: action.default for action in parser._actions}
     for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        if action.nargs == 0:  # store_true and friends
-            shadow.add_argument(*action.option_strings, dest=action.dest, action="store_true")
-        else:
-            shadow.add_argument(*action.option_strings, dest=action.dest, nargs=action.nargs)
-    return set(vars(shadow.parse_known_args(argv)[0]))
-
-
-# ---------------------------------------------------------------------------
-# The process: rank, seed, device, precision
-
-
-def seed_everything(seed, rank=0, threads=0):
-    """Seed Python, NumPy and torch; ranks differ in dropout masks (seed + rank), weights are broadcast from rank 0."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed + rank)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def adamw_with_schedule(params, args, steps_per_epoch):
-    """(optimizer, scheduler, max_steps): AdamW, linear warm-up over --warmup of the steps, then linear decay to 0 (the
-    paper's schedule, the HF Trainer's "linear"); --weight-decay, as in the Trainer, on matrices (W too) only."""
-    from transformers import get_scheduler
-
-    max_steps = args.max_steps or steps_per_epoch * args.epochs
-    groups = [
-        {"params": [param for param in params if param.ndim >= 2], "weight_decay": args.weight_decay},
-        {"params": [param for param in params if param.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr)
-    warmup = int(args.warmup * max_steps)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
-    # the factor is 0 only at warm-up's first step and past the end: every step at 0 is one step, all warm-up
-    if not any(scheduler.lr_lambdas[0](step) > 0 for step in range(min(max_steps, warmup + 1))):
-        raise BadInput(
-            f"--warmup {args.warmup:g} over {max_steps} step(s) leaves the learning rate 0 at every "
-            "step, so nothing would train; lower --warmup or train more steps (--max-steps, --epochs)"
-        )
-    return optimizer, scheduler, max_steps
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_known_args(argv)[0]))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
 
 
 # ---------------------------------------------------------------------------
@@ -378,33 +331,38 @@ def adamw_with_schedule(params, args, steps_per_epoch):
 
 
 STATE = Path("training_state") / "trainer_state.pt"  # its presence marks a complete checkpoint
-
-
 MARKER = ".mimo-run.json"  # {"mimo_script": ..., "run_id": ...}: written into each run folder first, read as proof
+
+
+def json_object(folder, name):
+    """The JSON object in folder/name, or {} where it is missing, unreadable or not an object."""
+    try:
+        found = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def run_arguments(folder):
+    """The args.json of a run folder (with "script"), or {} for any other folder or model name."""
+    return json_object(folder, "args.json")
 
 
 def marker_of(folder):
     """(script, run id) from a folder's marker, or None where it holds no marker of ours."""
-    try:
-        found = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
-        marker = found["mimo_script"], found["run_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    found = json_object(folder, MARKER)
+    marker = found.get("mimo_script"), found.get("run_id")
     return marker if all(isinstance(part, str) and part for part in marker) else None
 
 
 def write_marker(folder, script, run_id, parked=False):
-    """parked: the folder is the previous checkpoint set aside mid-swap, which recover() may delete; a user's copy of
-    a run (run.old) keeps the run's own marker, which is never parked, so it is never deleted."""
+    """parked: the previous checkpoint set aside mid-swap, which recover() may delete (a user's copy is not parked)."""
     marker = {"mimo_script": script, "run_id": run_id, **({"parked": True} if parked else {})}
     (Path(folder) / MARKER).write_text(json.dumps(marker), encoding="utf-8")
 
 
 def parked(folder):
-    try:
-        return json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("parked") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    return json_object(folder, MARKER).get("parked") is True
 
 
 def folder_of_ours(path, run=None):
@@ -414,11 +372,6 @@ def folder_of_ours(path, run=None):
     if path.is_symlink() or not path.is_dir():
         return False
     return not any(path.iterdir()) or (marker_of(path) is not None and run in (None, marker_of(path)))
-
-
-def ours(path):
-    """All that --overwrite ever replaces: nothing, an empty folder, or a run folder of ours."""
-    return folder_of_ours(path)
 
 
 def writable_folder(flag, path):
@@ -471,20 +424,18 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
         if not swap_leftover(leftover, run):
             raise BadInput(f"'{leftover}', where this run's checkpoints are swapped, holds files that are not its "
                            "leftovers (a backup of the run?); move it, then run again")  # fmt: skip
-    if not ours(out_dir):
+    if not folder_of_ours(out_dir):  # all --overwrite ever replaces
         mark = ""  # a run written before runs were marked names its script in args.json: say how to mark it
         if (out_dir / STATE).exists() and isinstance(earlier := run_arguments(out_dir).get("script"), str):
             marker = json.dumps({"mimo_script": earlier, "run_id": "earlier"})
-            mark = (
-                f" (if it is a run of {earlier} from before runs were marked, write {marker} into {out_dir / MARKER})"
-            )
+            mark = (f" (if it is a run of {earlier} from before runs were marked, write {marker} into "
+                    f"{out_dir / MARKER})")  # fmt: skip
         raise BadInput(f"--out-dir '{out_dir}' is not a run folder of this repository (it has no {MARKER}){mark}; it "
                        "is never replaced: choose another --out-dir")  # fmt: skip
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
-        raise BadInput(
-            f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    writer = run_script_of(out_dir) if overwrite and script else None
+        raise BadInput(f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to "
+                       "replace it")  # fmt: skip
+    writer = (marker_of(out_dir) or [None])[0] if overwrite and script else None
     if writer not in (None, script):
         raise BadInput(f"--out-dir '{out_dir}' holds a run of {writer}; --overwrite replaces only a run of {script}: "
                        "choose another --out-dir")  # fmt: skip
@@ -493,34 +444,18 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
     return lock
 
 
-def run_arguments(folder):
-    """The args.json of a run folder (with "script"), or {} for any other folder or model name."""
-    try:
-        arguments = json.loads((Path(folder) / "args.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return arguments if isinstance(arguments, dict) else {}
-
-
-def run_script_of(out_dir):
-    """The script that wrote the run in out_dir (its marker's), or None for an empty or absent folder."""
-    marker = marker_of(out_dir)
-    return marker and marker[0]
-
-
 def after_recovery(out_dir):
     """Where the run is: out_dir, or after a crash mid-swap the complete new checkpoint (.tmp), else the last (.old)."""
     tmp, old = siblings(out_dir)
-    if not os.path.lexists(out_dir) and (tmp / STATE).exists() and marker_of(tmp):
+    if os.path.lexists(out_dir):
+        return out_dir
+    if (tmp / STATE).exists() and marker_of(tmp):
         return tmp
-    if not os.path.lexists(out_dir) and marker_of(old) and parked(old):
-        return old
-    return out_dir
+    return old if marker_of(old) and parked(old) else out_dir
 
 
 def recover(out_dir):
-    """Finish a swap a crash interrupted, then remove the .tmp and .old whose marker names this very run; any other
-    folder of those names (a user's backup, another run's) is left alone."""
+    """Finish a swap a crash interrupted, then remove the .tmp and .old of this very run (a user's backup stays)."""
     found = after_recovery(out_dir)
     if found != out_dir:
         os.replace(found, out_dir)
@@ -532,9 +467,7 @@ def recover(out_dir):
 
 
 def swap_leftover(path, run):
-    """Whether path (out_dir.tmp or .old) may go for `run`: absent, an empty folder, or the run's own, an .old only
-    as the swap parked it (a user's copy of the run keeps an unparked marker)."""
-    # without a marker, folder_of_ours holds for nothing there or an empty folder only
+    """Whether path (out_dir.tmp or .old) may go for `run`: absent, empty, or the run's own (an .old only if parked)."""
     return folder_of_ours(path, run) and (marker_of(path) is None or path.suffix != ".old" or parked(path))
 
 
@@ -544,12 +477,12 @@ def siblings(out_dir):
 
 
 LOCK_SIGNATURE = "mimo run lock: "  # how a lock file of ours begins, so a user's file of that name is never touched
+held_locks = {}  # lock file path -> open lock file, for every run directory this process owns
 
 
 def lock_run_dir(out_dir, flag="--out-dir"):
     """flock `.<name>.mimo-lock` beside out_dir (not in it: each checkpoint replaces the folder); the kernel drops it
-    however the process ends, so kill -9 leaves none stale. The file names the owner; keep the returned handle.
-    A file of that name that is not one of ours is refused, never truncated."""
+    however the process ends, so kill -9 leaves none stale. The file names its owner; one not ours is never touched."""
     if fcntl is None:
         return None
     path = out_dir.with_name(f".{out_dir.name}.mimo-lock")
@@ -566,9 +499,8 @@ def lock_run_dir(out_dir, flag="--out-dir"):
         if handle is None or handle.read(len(LOCK_SIGNATURE)) not in ("", LOCK_SIGNATURE):
             if handle is not None:
                 handle.close()
-            raise BadInput(
-                f"'{path}', where a run's lock file goes, is not one of ours; move it, then run again"
-            ) from None
+            raise BadInput(f"'{path}', where a run's lock file goes, is not one of ours; move it, then run "
+                           "again") from None  # fmt: skip
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -578,15 +510,11 @@ def lock_run_dir(out_dir, flag="--out-dir"):
         raise BadInput(f"{flag} '{out_dir}' is in use by {owner}; wait for it to end, or stop it first") from None
     handle.seek(0)
     handle.truncate()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
     handle.write(f"{LOCK_SIGNATURE}process {os.getpid()} on {socket.gethostname()} (python {' '.join(sys.argv)}, "
-                 f"since {started})")  # fmt: skip
+                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')})")  # fmt: skip
     handle.flush()
     held_locks[path] = handle
     return handle
-
-
-held_locks = {}  # lock file path -> open lock file, for every run directory this process owns
 
 
 class CheckpointError(Exception):
@@ -594,29 +522,23 @@ class CheckpointError(Exception):
 
 
 def write_checkpoint(out_dir, run, student, W, arguments, state, records):
-    """Write the run folder as out_dir.tmp, its marker first and training_state/ last (it marks it complete), and swap
-    it in by two atomic renames: a crash or full disk leaves the previous checkpoint; recover() finishes a swap cut
-    between them. run: the (script, run id) of the marker; a .tmp or .old of another is never touched."""
+    """Write out_dir.tmp, marker first and training_state/ last, and swap it in by two atomic renames; recover()
+    finishes a swap cut between them. run: the marker's (script, run id); another's .tmp or .old is never touched."""
     tmp, old = siblings(out_dir)
     for leftover in (tmp, old):
         if not swap_leftover(leftover, run):
-            raise CheckpointError(
-                f"'{leftover}' is in the way of the checkpoint and is not a leftover of this run; "
-                f"move it, then continue with --resume"
-            )
+            raise CheckpointError(f"'{leftover}' is in the way of the checkpoint and is not a leftover of this run; "
+                                  f"move it, then continue with --resume")  # fmt: skip
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         write_marker(tmp, *run)
         (tmp / "args.json").write_text(json.dumps(arguments, indent=2))
         save_model(student, tmp)
-        if W is not None:
-            save_projection(W, tmp)
-        for name in ("log.jsonl", "tensorboard"):  # what the run appends to between checkpoints
-            if (out_dir / name).is_file():
-                shutil.copy2(out_dir / name, tmp / name)
-            elif (out_dir / name).is_dir():
-                shutil.copytree(out_dir / name, tmp / name)
+        if W is not None:  # weight (Dt, Ds); training-only: the model is the student
+            save_file({"weight": W.weight.detach().cpu().contiguous()}, tmp / "projection.safetensors")
+        if (out_dir / "log.jsonl").is_file():  # what the run appends to between checkpoints
+            shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
         records(tmp)
         (tmp / STATE).parent.mkdir()
         torch.save(state, tmp / STATE)  # last: its presence marks a complete checkpoint
@@ -631,41 +553,35 @@ def write_checkpoint(out_dir, run, student, W, arguments, state, records):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_projection(W, folder):
-    """W as projection.safetensors: weight (Dt, Ds). Training-only: the model is the student."""
-    save_file({"weight": W.weight.detach().cpu().contiguous()}, Path(folder) / "projection.safetensors")
-
-
 def load_projection(folder):
     """The (Dt, Ds) weight of a run's W."""
     return load_file(Path(folder) / "projection.safetensors")["weight"]
 
 
 # ---------------------------------------------------------------------------
-# RNG state, learning rate after a resume
+# One training run: the optimizer and its schedule, what a resume restores (learning rate, RNG states), and `Run`
 
 
-def rng_state():
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+def adamw_with_schedule(params, args, steps_per_epoch):
+    """(optimizer, scheduler, max_steps): AdamW, linear warm-up over --warmup of the steps, then linear decay to 0 (the
+    paper's schedule, the HF Trainer's "linear"); --weight-decay, as in the Trainer, on matrices (W too) only."""
+    from transformers import get_scheduler
 
-
-def set_rng_state(states, rank=0, world=1):
-    """Restore this rank's generators from the list of every rank's states."""
-    if len(states) != world:
+    max_steps = args.max_steps or steps_per_epoch * args.epochs
+    groups = [
+        {"params": [param for param in params if param.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [param for param in params if param.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=args.lr)
+    warmup = int(args.warmup * max_steps)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
+    # the factor is 0 only at warm-up's first step and past the end: every step at 0 is one step, all warm-up
+    if not any(scheduler.lr_lambdas[0](step) > 0 for step in range(min(max_steps, warmup + 1))):
         raise BadInput(
-            f"the checkpoint was written by {len(states)} process(es); resume it with the same number, not {world}"
+            f"--warmup {args.warmup:g} over {max_steps} step(s) leaves the learning rate 0 at every "
+            "step, so nothing would train; lower --warmup or train more steps (--max-steps, --epochs)"
         )
-    state = states[rank]
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return optimizer, scheduler, max_steps
 
 
 def set_learning_rate(optimizer, scheduler, lr):
@@ -678,19 +594,27 @@ def set_learning_rate(optimizer, scheduler, lr):
         group["lr"] = lr * factor
 
 
-def all_finite(params):
-    """Whether every parameter is finite (one device sync; called before each save)."""
-    return bool(torch.stack([torch.isfinite(param).all() for param in params]).all())
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}  # fmt: skip
 
 
-# ---------------------------------------------------------------------------
-# One training run
+def set_rng_state(states, rank=0, world=1):
+    """Restore this rank's generators from the list of every rank's states."""
+    if len(states) != world:
+        raise BadInput(f"the checkpoint was written by {len(states)} process(es); resume it with the same number, not "
+                       f"{world}")  # fmt: skip
+    state = states[rank]
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Run:
-    """This process's rank, device, precision and run folder. Every rank builds one first thing in main(); rank 0
-    alone prints, logs, writes, and claims --out-dir before anything loads. start() begins or resumes; after_step()
-    logs, checks finiteness and says when a checkpoint is due; save() writes one (called on every rank)."""
+    """This process's rank, device, precision and run folder, built first in main() on every rank; rank 0 alone prints,
+    logs, writes and claims --out-dir. start() begins or resumes; after_step() logs and checks; save() checkpoints."""
 
     def __init__(self, args, script):
         self.args, self.script = args, script
@@ -700,17 +624,21 @@ class Run:
             self.out_dir = Path(os.path.realpath(self.out_dir))
         self.rank, self.world, self.device = setup(args.device)  # (0, 1, device) without torchrun
         self.main = self.rank == 0
-        self.bar, self.saved_step, self.lock, self.reporter = None, None, None, None
+        self.bar, self.saved_step, self.lock = None, None, None
         if self.main:
             print("arguments: " + json.dumps(vars(args)))
-            check_report_to(args.report_to)
             self.lock = claim_out_dir(self.out_dir, args.resume, args.overwrite, script, read_paths(args))
             writable_folder("--cache-dir", args.cache_dir)
         # subtle: the batch is per device, as in the HF Trainer and the authors' runs (2 GPUs x 2048 rows in stage 2):
         # each rank's in-batch negatives are its own rows, and one step consumes per_rank x world rows
         self.per_rank = args.per_device_batch_size
         self.global_batch = self.per_rank * self.world
-        seed_everything(args.seed, self.rank, args.threads)
+        # ranks differ in dropout masks (seed + rank); start() broadcasts rank 0's weights
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed + self.rank)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         # One block decides precision, so the loop has no branches: autocast() is off in fp32, the scaler except in fp16
         auto = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = auto if args.precision == "auto" else args.precision
@@ -719,24 +647,21 @@ class Run:
         interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see entry_point)
 
     def autocast(self):
-        dtype = self.amp_dtype or torch.float32
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype))
 
-    def saved_arguments(self):
-        """args.json: every resolved argument, and which script they belong to."""
+    def saved_arguments(self):  # args.json
         return {"script": self.script, **vars(self.args)}
 
     def start(self, student, W, optimizer, scheduler, max_steps, description, card):
         """(step, history): (0, {}) fresh, or where --resume's checkpoint left off. card: write_card's model args."""
         self.student, self.W, self.optimizer, self.scheduler = student, W, optimizer, scheduler
-        self.card = card
+        self.card, self.max_steps = card, max_steps
         self.params = [param for group in optimizer.param_groups for param in group["params"]]
-        self.max_steps = max_steps
         step, history = 0, {}
         if self.args.resume:
             step, history = self.resume()
         elif self.main:
-            if self.args.overwrite and ours(self.out_dir):
+            if self.args.overwrite and folder_of_ours(self.out_dir):
                 shutil.rmtree(self.out_dir, ignore_errors=True)
             self.run = (self.script, uuid.uuid4().hex)
             try:
@@ -745,8 +670,6 @@ class Run:
                 (self.out_dir / "args.json").write_text(json.dumps(self.saved_arguments(), indent=2))
             except OSError as error:
                 raise BadInput(f"--out-dir '{self.out_dir}' cannot be written: {first_line(error)}") from None
-            self.reporter = Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
-                                             self.saved_arguments())  # fmt: skip
         if distributed():  # every rank starts from rank 0's weights (W's random start included)
             for param in self.params:
                 dist.broadcast(param.data, src=0)
@@ -765,18 +688,14 @@ class Run:
             try:
                 return load(self.out_dir / name)
             except Exception as error:  # truncated or corrupt: torch, safetensors and transformers raise many kinds
-                raise BadInput(
-                    f"--resume: {self.out_dir / name} is damaged ({first_line(error)}); the checkpoint cannot be "
-                    "resumed: start again with --overwrite"
-                ) from None
+                raise BadInput(f"--resume: {self.out_dir / name} is damaged ({first_line(error)}); the checkpoint "
+                               "cannot be resumed: start again with --overwrite") from None  # fmt: skip
 
         self.run = marker_of(self.out_dir)
         state = read(STATE, lambda path: torch.load(path, weights_only=False))
         # subtle: the student is read back through its saved files, so a resume trains exactly what a user would load
         saved_student = read("model.safetensors", lambda _: load_model(str(self.out_dir)))
-        projection = (
-            read("projection.safetensors", lambda _: load_projection(self.out_dir)) if self.W is not None else None
-        )
+        projection = None if self.W is None else read("projection.safetensors", lambda _: load_projection(self.out_dir))
         try:  # flags given now (another --teacher, --student, --init) can build a model the checkpoint does not fit
             self.student.load_state_dict(saved_student.state_dict())
             if projection is not None:
@@ -791,8 +710,6 @@ class Run:
         set_rng_state(state["rng"], self.rank, self.world)
         if self.main:
             drop_log_lines_after(self.out_dir, state["step"])  # the resumed run is about to redo those steps
-            self.reporter = Reporter(self.args.report_to, self.out_dir, self.script, self.out_dir.name,
-                                             self.saved_arguments())  # fmt: skip
             print(f"resumed from step {state['step']} of {self.max_steps}")
         self.saved_step = state["step"]
         return state["step"], state["history"]
@@ -807,7 +724,11 @@ class Run:
                         self.stop_not_finite(f"{name} is {value}", record["step"])
                     self.stop(f"{name} is {value} before any training, so the dev set measures nothing; check "
                               "--data and --dev-size")  # untrained: the dev set is to blame  # fmt: skip
-            log_line(self.out_dir, record, self.reporter, write=tqdm.write)
+            # one greppable console line (`step 120 | loss 0.4121 | ...`) and one log.jsonl line
+            tqdm.write(" | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                  for key, value in record.items()))  # fmt: skip
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def after_step(self, step, loss, terms, grad_norm):
         """On log and save steps (.item() syncs): log, stopping on a non-finite loss or grad norm. Whether to save."""
@@ -824,9 +745,8 @@ class Run:
             if self.main:
                 rate = self.examples / (time.time() - self.last_log)
                 self.bar.set_postfix({name: f"{value:.4f}" for name, value in (values or {"loss": loss_value}).items()})
-                lr = self.scheduler.get_last_lr()[0]
-                record = {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item(), "lr": lr}
-                self.log({**record, "ex/s": round(rate, 1)})
+                record = {"step": step, "loss": loss_value, **values, "grad_norm": grad_norm.item()}
+                self.log({**record, "lr": self.scheduler.get_last_lr()[0], "ex/s": round(rate, 1)})
             self.examples, self.last_log = 0, time.time()
         if step == self.max_steps:
             self.bar.close()  # the summary the script prints next starts on a line of its own
@@ -834,43 +754,33 @@ class Run:
 
     def save(self, step, history, **extra):
         """Every rank calls it (RNG states are gathered), rank 0 writes; weights gone non-finite are never saved."""
-        if not all_finite(self.params):
+        if not torch.stack([torch.isfinite(param).all() for param in self.params]).all():  # one device sync
             self.stop_not_finite("the weights are not finite", step)
-        rng = gather_objects(rng_state())
+        rng = [rng_state()]  # every rank's generators, on every rank
+        if distributed():
+            rng = [None] * dist.get_world_size()
+            dist.all_gather_object(rng, rng_state())
         if self.main:
-            state = {
-                "step": step,
-                **extra,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-                "history": history,
-            }
-            self.reporter.pause()
+            state = {"step": step, **extra, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
+                     "history": history}  # fmt: skip
             try:
-                write_checkpoint(self.out_dir, self.run, self.student, self.W, self.saved_arguments(), state,
-                                 lambda folder: self.write_records(folder, step, history))  # fmt: skip
+                # the scores evaluate.py added are in the live folder's card; the new checkpoint (folder) has none
+                history_now = {**history, "steps": step, "max_steps": self.max_steps, "precision": self.precision}
+                card = lambda folder: write_card(folder, self.out_dir.name, self.saved_arguments(), history_now,
+                                                 **self.card, scored=self.out_dir)  # fmt: skip
+                write_checkpoint(self.out_dir, self.run, self.student, self.W, self.saved_arguments(), state, card)
             except CheckpointError as error:
                 self.stop(f"{error}; {self.where_to_go_on()}")
-            self.reporter.resume()
             self.saved_step = step
         if distributed():
             dist.barrier()
-
-    def write_records(self, folder, step, history):
-        steps = {"steps": step, "max_steps": self.max_steps, "precision": self.precision}
-        name = self.out_dir.name
-        # the scores evaluate.py added are in the live folder's card; the new checkpoint (folder) has none yet
-        write_card(folder, name, self.saved_arguments(), {**history, **steps}, **self.card, scored=self.out_dir)
-        plot_curves([folder], folder / "curves.png", quiet=True, names=[name])
 
     def finish(self, step, history, **extra):
         """The final checkpoint, due or not; then, under torchrun, leave the group and end the process."""
         self.bar.close()
         self.save(step, history, **extra)
         if self.main:
-            self.reporter.finish()
             print(f"saved to {self.out_dir}")
         shutdown()
 
@@ -879,13 +789,10 @@ class Run:
         lower = f" --lr {lr:g}" if lr is not None else ""
         if self.saved_step is None:
             return f"no checkpoint was written yet: start again with your flags and --overwrite{lower}"
-        return (
-            f"the checkpoint of step {self.saved_step} in {self.out_dir} is intact: continue with "
-            f"`python {self.script} --resume --out-dir {self.out_dir}{lower}`"
-        )
+        return (f"the checkpoint of step {self.saved_step} in {self.out_dir} is intact: continue with "
+                f"`python {self.script} --resume --out-dir {self.out_dir}{lower}`")  # fmt: skip
 
-    def stop_not_finite(self, what, step):
-        """Say at which step the run went non-finite, and how to go on with a quarter of the learning rate."""
+    def stop_not_finite(self, what, step):  # how to go on: a quarter of the learning rate
         self.stop(f"{what} at step {step}; {self.where_to_go_on(lr=self.args.lr / 4)}")
 
     def stop(self, message):
@@ -988,135 +895,6 @@ def mean_over_ranks(x):
     return x
 
 
-def gather_objects(obj):
-    """[every rank's obj], on every rank."""
-    if not distributed():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-# ---------------------------------------------------------------------------
-# What a run leaves for people: log.jsonl and the trackers, curves.png, the model card
-
-
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
-
-
-def check_report_to(report_to):
-    """Refuse, before anything is written, a tracker whose package is not installed."""
-    if report_to != "none" and importlib.util.find_spec(report_to) is None:
-        raise BadInput(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
-
-
-class Reporter:
-    """--report-to's tracker, fed log.jsonl's records (rank 0): tensorboard writes event files to
-    <out_dir>/tensorboard; trackio and wandb share one API (init, log, finish) and keep their own folders."""
-
-    def __init__(self, report_to, out_dir, project, run_name, config):
-        self.report_to, self.out_dir, self.tensorboard, self.tracker = report_to, Path(out_dir), None, None
-        if report_to in ("trackio", "wandb"):
-            self.tracker = __import__(report_to)
-            self.tracker.init(project=project, name=run_name, config=config)
-        self.resume()
-
-    def report(self, record):
-        """One log record: every number but the step, under train/ or dev/."""
-        named = {(key.replace("dev_", "dev/", 1) if key.startswith("dev_") else f"train/{key}"): value
-                 for key, value in record.items() if key != "step" and isinstance(value, (int, float))}  # fmt: skip
-        for name, value in named.items() if self.tensorboard else ():
-            self.tensorboard.add_scalar(name, value, record["step"])
-        if self.tracker is not None:
-            self.tracker.log(named, step=record["step"])
-
-    def pause(self):
-        """Close the event file before a checkpoint swaps the run folder, so the checkpoint's copy is whole."""
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-    def resume(self):
-        """A new event file in the (new) run folder; tensorboard reads them all."""
-        if self.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
-
-    def finish(self):
-        self.pause()
-        if self.tracker is not None:
-            self.tracker.finish()
-
-
-def log_line(out_dir, record, reporter=None, write=print):
-    """One greppable console line (`step 120 | loss 0.4121 | ...`), one log.jsonl line, the record to the tracker."""
-    write(" | ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                     for key, value in record.items()))  # fmt: skip
-    with open(Path(out_dir) / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if reporter is not None:
-        reporter.report(record)
-
-
-def read_log(out_dir):
-    """The records of a run's log.jsonl; a line cut short by a kill is skipped."""
-    path, found = Path(out_dir) / "log.jsonl", []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            found.append(record)
-    return found
-
-
-NOT_LOSS_TERMS = ("step", "grad_norm", "lr", "ex/s")  # what a training step's log record holds besides its terms
-CURVE_PANELS = (  # (title, keys it draws when the log has them)
-    ("loss", ()),  # the loss and its terms, as each run logged them
-    ("learning rate", ("lr",)),
-    ("dev set", ("dev_distance", "dev_accuracy")),
-)
-
-
-def plot_curves(run_dirs, path, quiet=False, names=None):
-    """curves.png: per run folder a row of panels (loss and terms, learning rate, dev metrics) against the step. The
-    path, or None (noted unless quiet) without matplotlib or anything to draw. names: run titles, else folder names."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if not quiet:
-            print("note: matplotlib is not installed, so no curves (pip install matplotlib)")
-        return None
-    names = names or [Path(run).name for run in run_dirs]
-    runs = [(name, read_log(run)) for run, name in zip(run_dirs, names)]
-    runs = [(name, log) for name, log in runs if log]
-    if not runs:
-        if not quiet:
-            print(f"note: no log records in {', '.join(map(str, run_dirs))}, so no curves")
-        return None
-    figure, axes = plt.subplots(len(runs), len(CURVE_PANELS), figsize=(4.5 * len(CURVE_PANELS), 3.2 * len(runs)),
-                                squeeze=False)  # fmt: skip
-    for row, (run, log) in zip(axes, runs):
-        terms = {key: None for record in log if "loss" in record for key in record if key not in NOT_LOSS_TERMS}
-        panels = (("loss", tuple(terms)), *CURVE_PANELS[1:])
-        for axis, (title, keys) in zip(row, panels):
-            for key in keys:
-                points = [(record["step"], record[key]) for record in log if isinstance(record.get(key), (int, float))]
-                if points:
-                    axis.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3, label=key)
-            axis.set(title=f"{run}: {title}", xlabel="step")
-            if axis.lines:
-                axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
-
-
 # ---------------------------------------------------------------------------
 # The model card
 
@@ -1163,7 +941,6 @@ def write_card(folder, name, arguments, history, base_model, teacher, languages,
         "## Dev set, before and after training", "",
         *(["| metric | before | after |", "| --- | ---: | ---: |", *dev] if dev else ["No dev evaluation yet."]), "",
         *teacher_check_lines(history),
-        "![training curves](curves.png)", "",
         CARD_RESULTS_START, *previous_results(Path(scored or folder) / "README.md"), CARD_RESULTS_END, "",
     ]  # fmt: skip
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
@@ -1183,20 +960,17 @@ def teacher_check_lines(history):
 
 def previous_results(card):
     """The lines between the results markers of an existing card, or the placeholder."""
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        if CARD_RESULTS_START in text and CARD_RESULTS_END in text:
-            inside = text.split(CARD_RESULTS_START, 1)[1].split(CARD_RESULTS_END, 1)[0]
-            return inside.strip("\n").splitlines()
-    return ["Not yet scored: `python evaluate.py --model <this folder>` adds its table here."]
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if CARD_RESULTS_START not in text or CARD_RESULTS_END not in text:
+        return ["Not yet scored: `python evaluate.py --model <this folder>` adds its table here."]
+    inside = text.split(CARD_RESULTS_START, 1)[1].split(CARD_RESULTS_END, 1)[0]
+    return inside.strip("\n").splitlines()
 
 
 def add_results_to_card(folder, table_lines, title):
     """Put evaluate.py's table between the card's markers; False, card untouched, if it has none (not ours)."""
     card = Path(folder) / "README.md"
-    if not card.is_file():
-        return False
-    text = card.read_text(encoding="utf-8")
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
     if CARD_RESULTS_START not in text or CARD_RESULTS_END not in text:
         return False
     head, rest = text.split(CARD_RESULTS_START, 1)

@@ -1,23 +1,13 @@
-"""
-Training data for distill.py and joint_train.py: reading and checking sources, filtering, sampling, ordering.
-Nothing here touches a model; everything is seeded and deterministic. Sources are read by `datasets` into
-memory-mapped Arrow in its cache (HF_DATASETS_CACHE), then one validator refuses a bad row, naming the file and
-line (or row) and what was expected. Two kinds of source:
+"""Training data for distill.py and joint_train.py: reading and checking sources, filtering, sampling, ordering; no
+model, everything seeded and deterministic. `datasets` reads each source into memory-mapped Arrow in its cache
+(HF_DATASETS_CACHE); one validator refuses a bad row, naming the file, the line (or row) and what was expected.
+- Parallel sentences (stage 1), columns `english`, `non_english`: `.jsonl`, `.tsv` (`.tsv.gz`) or `.parquet` files,
+  a hub dataset `owner/name:en-de` or a folder `DIR:en-de` (DIR/en-de/train*.parquet) laid out as sentence-transformers'
+  `parallel-sentences-*`. `de=path` tags a source's language, else it is read from `en-xx` in its file or config name.
+- Aligned retrieval rows (stage 2, evaluation; in stage 1 each English version pairs with each other version): one
+  row per query, columns `id`, `query_<lang>`, `passage_<lang>` for each language it holds (as data/demo/).
+`python data.py prepare-mmarco` builds aligned rows from mMARCO files."""
 
-- Parallel sentences (stage 1): columns `english`, `non_english`, from a hub dataset in the
-  `sentence-transformers/parallel-sentences-*` layout (`owner/name:en-de`), a local folder in that layout
-  (`DIR:en-de` reads DIR/en-de/train*.parquet), or `.jsonl`, `.tsv` (`.tsv.gz`) or `.parquet` files. Tag a
-  source with its language as `de=path`; untagged, it is read from an `en-xx` in the file or config name.
-- Aligned retrieval rows (stage 2, evaluation, and stage 1 too): one row per query, columns `id`, `query_<lang>`,
-  `passage_<lang>` for each language it holds (as data/demo/). As a parallel source, every (English, X) version
-  of every query and passage is a pair.
-
-`python data.py stats SOURCE...` shows what sources yield after filtering, de-duplication and caps, per language
-(`--collections ROOT --languages ...`: the stage-1 collections, read as `distill.py --preset paper` reads them).
-`python data.py prepare-mmarco` builds aligned rows.
-"""
-
-import functools
 import gzip
 import json
 import logging
@@ -34,18 +24,15 @@ import datasets
 import numpy as np
 import pyarrow as pa  # installed with datasets
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from checkpoint import BadInput, Parser, Range, entry_point, first_line
 
-LOCAL_SUFFIXES = (".jsonl", ".tsv", ".tsv.gz", ".parquet")
 BATCH = 65_536  # rows of a memory-mapped table made Python objects at once
 LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})*")  # an ISO 639 code and subtags, one way: de, pt-br, zh-hans
 ROW_COLUMN = re.compile(rf"^(query|passage)_({LANGUAGE_TAG.pattern})$")
-# datasets logs a file it cannot parse before raising; our one error line names the file and line instead
-logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
-
-# One parallel example: the student embeds `text` (in `lang`), the teacher `english`.
-Pair = namedtuple("Pair", ["lang", "english", "text"])
+logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)  # our error names the file and line instead
+Pair = namedtuple("Pair", ["lang", "english", "text"])  # the student embeds `text` (in `lang`), the teacher `english`
 
 
 # ---------------------------------------------------------------------------
@@ -57,32 +44,27 @@ class MissingConfig(BadInput):
 
 
 def is_local(location):
-    return location.endswith(LOCAL_SUFFIXES) or Path(location).exists()
+    return location.endswith((".jsonl", ".tsv", ".tsv.gz", ".parquet")) or Path(location).exists()
 
 
 def parse_source(spec):
     """'de=path', 'path', 'hub/id:en-de', 'dir:en-de' -> (lang or None, location, config or None)."""
-    lang = None
+    lang = config = None
     if "=" in spec.split("/")[0]:
-        lang, spec = spec.split("=", 1)
-        if language_tag(lang) is None:
-            named = "names no language before '='" if not lang.strip() else f"'{lang}' is not a language tag"
-            raise BadInput(f"'{lang}={spec}' {named}; write LANG={spec}, e.g. de={spec}")
-        lang = language_tag(lang)
-    config = None
+        tag, spec = spec.split("=", 1)
+        if (lang := language_tag(tag)) is None:
+            named = "names no language before '='" if not tag.strip() else f"'{tag}' is not a language tag"
+            raise BadInput(f"'{tag}={spec}' {named}; write LANG={spec}, e.g. de={spec}")
     if not is_local(spec) and ":" in spec:
         spec, config = spec.rsplit(":", 1)
-    if lang is None:
-        match = re.search(r"(?:^|[^a-z])en[-_]([a-z]{2,3})(?:[^a-z]|$)", f"{Path(spec).name} {config or ''}")
-        lang = match.group(1) if match else None
-    return lang, spec, config
+    match = re.search(r"(?:^|[^a-z])en[-_]([a-z]{2,3})(?:[^a-z]|$)", f"{Path(spec).name} {config or ''}")
+    return lang or (match and match.group(1)), spec, config
 
 
 def load_source(location, config=None, check=None):
     """-> (datasets.Dataset, or None for a file without records; label for messages). A .tsv is one `text` row per
-    line, split by read_parallel_source: datasets' csv loader (pandas) takes quotes for CSV quoting and pads or
-    drops fields without a word. A text file datasets cannot read is read again line by line (JSON records through
-    check(where, record, seen)) so that the error names the line, which datasets' own errors do not."""
+    line (datasets' csv loader takes quotes for CSV quoting and silently pads or drops fields). A file datasets cannot
+    read is read again line by line (JSON records through check(where, record, seen)), for an error naming the line."""
     path = Path(location)
     if not is_local(location):
         if location.startswith((".", "/", "~")) or location.count("/") != 1:  # a path, not a hub id owner/name
@@ -93,18 +75,15 @@ def load_source(location, config=None, check=None):
             # other configs listed, this one missing: "Available: [...]" online, "... in the cache: [...]" offline
             if config and re.search(r"Available(?: configs in the cache)?: \[.+\]", str(error)):
                 raise MissingConfig(f"dataset '{location}' has no config '{config}'") from None
-            raise BadInput(
-                f"cannot load dataset '{location}'{' config ' + repr(config) if config else ''} "
-                f"(not a local file, and the hub needs a network or a cached copy): {first_line(error)}"
-            ) from None
+            named = f"dataset '{location}'{' config ' + repr(config) if config else ''}"
+            raise BadInput(f"cannot load {named} (not a local file, and the hub needs a network or a cached copy): "
+                           f"{first_line(error)}") from None  # fmt: skip
     kind = "parquet" if path.suffix == ".parquet" or path.is_dir() else "text" if ".tsv" in path.name else "json"
     files = [str(path)]
     if path.is_dir():
         if config is None:
-            raise BadInput(
-                f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
-                f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout"
-            )
+            raise BadInput(f"data file '{path}' is a directory; expected a .jsonl, .tsv, .tsv.gz or .parquet file, "
+                           f"or DIR:CONFIG (e.g. {path}:en-de) for a folder in the hub's layout")  # fmt: skip
         if not (path / config).is_dir():
             available = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
             raise MissingConfig(f"'{path}' has no config '{config}' (it has {', '.join(available) or 'none'})")
@@ -114,16 +93,17 @@ def load_source(location, config=None, check=None):
         if not files:
             raise BadInput(f"'{path}' holds no train*.parquet files")
     elif not path.is_file():
-        raise BadInput(
-            f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub dataset id)"
-        )
+        raise BadInput(f"data file '{path}' does not exist (expected a .jsonl, .tsv, .tsv.gz or .parquet file or a hub "
+                       "dataset id)")  # fmt: skip
     elif path.stat().st_size == 0:
         return None, str(path)
-    # json: a column of mixed types is an error, never quietly re-encoded as JSON text
-    options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})
+    options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})  # mixed types fail
     try:
-        if kind == "json" and bare_null_line(path):
-            raise ValueError("a line that is null, not a JSON object")  # read line by line below, for the line
+        # subtle: a bare null line that starts a file crashes pyarrow's JSON reader (26): read null lines line by line
+        if kind == "json" and not path.name.endswith(".gz"):
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                if re.search(rb"(?:\A|\n)[ \t\r]*null[ \t\r]*(?:\n|\Z)", mapped):
+                    raise ValueError("a line that is null, not a JSON object")
         dataset = datasets.load_dataset(kind, data_files=files, split="train", **options)
         if kind != "text":  # subtle: pyarrow lets bytes that are not UTF-8 into JSON's and parquet's strings
             dataset.data.table.validate(full=True)
@@ -139,15 +119,6 @@ def load_source(location, config=None, check=None):
         raise BadInput(f"cannot read '{path}': {first_line(error.__cause__ or error)}") from None
 
 
-def bare_null_line(path):
-    """Whether a JSON-lines file has a line that is a bare null: pyarrow's JSON reader (26) crashes the process on
-    one that starts a file. A scan of the mapped file, no decoding: fast next to the read itself."""
-    if path.name.endswith(".gz") or not path.is_file():
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        return re.search(rb"(?:\A|\n)[ \t\r]*null[ \t\r]*(?:\n|\Z)", mapped) is not None
-
-
 def text_lines(path):
     """Yield (where, line) for each non-blank line of a UTF-8 text file (gzip if .gz); bad bytes name their line."""
     path, number = Path(path), 0
@@ -157,8 +128,7 @@ def text_lines(path):
         with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
             # numbered as datasets' text loader splits them (universal newlines: a lone \r ends a line too)
             for number, raw in enumerate((part for chunk in f for part in re.split(rb"\r(?!\n)", chunk)), 1):
-                try:
-                    # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
+                try:  # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not text
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError:
                     raise BadInput(f"{path}:{number}: not UTF-8 text") from None
@@ -172,9 +142,17 @@ def text_lines(path):
 
 def json_records(path):
     """Yield (where, record) for each line of a JSON-lines file (gzip if .gz): one JSON object a line."""
+
+    def unique_keys(pairs):  # json's object hook: a key given twice would keep only its last value; refused instead
+        record = dict(pairs)
+        if len(record) < len(pairs):
+            twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+            raise BadInput(f"{where}: the key '{twice}' appears twice in one object")  # where: the line being read
+        return record
+
     for where, line in text_lines(path):
         try:
-            record = json.loads(line, object_pairs_hook=functools.partial(unique_keys, where))
+            record = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as error:
             raise BadInput(f"{where}: not valid JSON ({error.msg}); a truncated file ends like this") from None
         except BadInput:
@@ -189,15 +167,6 @@ def json_records(path):
             except UnicodeEncodeError:
                 raise BadInput(f"{where}: a \\u escape that is half a character (a lone surrogate)") from None
         yield where, record
-
-
-def unique_keys(where, pairs):
-    """json's object hook: a key given twice would keep only its last value; refused instead."""
-    record = dict(pairs)
-    if len(record) < len(pairs):
-        twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
-        raise BadInput(f"{where}: the key '{twice}' appears twice in one object")
-    return record
 
 
 def language_tag(tag):
@@ -234,24 +203,19 @@ def check_row(where, record, seen, min_languages=2, english=False):
     english), each a non-empty query and passage string, and a str or int id (default: its position) used once.
     With english (stage 1), a record with `english` or `non_english` is a parallel pair instead: two strings."""
     if english and ("english" in record or "non_english" in record):
-        for column in ("english", "non_english"):
-            if not isinstance(record.get(column), str):
-                raise BadInput(f"{where}: expected a string column '{column}'")
+        if wrong := [column for column in ("english", "non_english") if not isinstance(record.get(column), str)]:
+            raise BadInput(f"{where}: expected a string column '{wrong[0]}'")
         return
     renamed = canonical_columns(record, where)
     record = {renamed.get(name, name): value for name, value in record.items()}
     held = lambda lang: (record[f"query_{lang}"], record[f"passage_{lang}"]) != (None, None)  # both null: lacks it
     langs = [lang for lang in row_languages(record) if held(lang)]
     if english and ("en" not in langs or len(langs) < 2):
-        raise BadInput(
-            f"{where}: expected columns 'english' and 'non_english', or aligned columns "
-            f"query_<lang>/passage_<lang> including English and another language; found {sorted(record)}"
-        )
+        raise BadInput(f"{where}: expected columns 'english' and 'non_english', or aligned columns query_<lang>/"
+                       f"passage_<lang> including English and another language; found {sorted(record)}")  # fmt: skip
     if len(langs) < min_languages:
-        raise BadInput(
-            f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} languages, "
-            f"found {langs or 'none'}"
-        )
+        raise BadInput(f"{where}: expected query_<lang> and passage_<lang> columns for at least {min_languages} "
+                       f"languages, found {langs or 'none'}")  # fmt: skip
     for column in (f"{side}_{lang}" for lang in langs for side in ("query", "passage")):
         value = record[column]
         if not isinstance(value, str) or not value.strip():  # a number or a null is a broken row, never skipped
@@ -266,9 +230,8 @@ def check_row(where, record, seen, min_languages=2, english=False):
 
 
 def check_table(dataset, label, min_languages=2, english=False):
-    """Refuse a table that breaks a rule of check_row. Columns are checked in Arrow (no Python object per text); a
-    flagged row goes through check_row for its message, which names the line in a JSON-lines file (read again).
-    Returns the dataset, with an id column of row positions added when it has none."""
+    """check_row's rules, checked on Arrow columns (no Python object per text), and check_row on a flagged row for its
+    message, which names its line in a JSON-lines file -> the dataset, plus an id column of row positions if none."""
     renamed = {old: new for old, new in canonical_columns(dataset.column_names, f"'{label}'").items() if old != new}
     dataset = dataset.rename_columns(renamed) if renamed else dataset
     table, names, n = dataset.data.table, dataset.column_names, len(dataset)
@@ -296,15 +259,13 @@ def check_table(dataset, label, min_languages=2, english=False):
                 bad |= flag(column, lambda c: pc.or_(pc.equal(pc.binary_length(c), 0), pc.utf8_is_space(c))) & ~null
         bad |= held < min_languages
     ids = table.column("id").to_pylist() if "id" in names and not pairs else []
-    first = {}  # id -> the row it first appears in
+    first, seen = {}, {}  # id -> its first row: in the table, and in a JSON-lines file read again below
     for i, value in enumerate(ids):
         bad[i] |= value is None or isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) in first
         first.setdefault(str(value), i)
     flagged = np.flatnonzero(bad).tolist()
-    if flagged and label.endswith(".jsonl"):
-        seen = {}
-        for line, record in json_records(label):
-            check_row(line, record, seen, min_languages, english)
+    for line, record in json_records(label) if flagged and label.endswith(".jsonl") else []:  # to name the line
+        check_row(line, record, seen, min_languages, english)
     for i in flagged:  # raises at the first row Python finds bad too
         if ids and first[str(ids[i])] != i:
             twice = f"id '{ids[i]}' is used twice (first at {where(first[str(ids[i])])}); row ids must be unique"
@@ -318,8 +279,7 @@ def check_table(dataset, label, min_languages=2, english=False):
 
 # The collections the MIMO authors read in stage 1, configs en-<lang>. Not every corpus has every language
 # (Europarl has no Arabic, News-Commentary no Chinese): read them with skip_missing=True.
-PARALLEL_CORPORA = ("europarl", "global-voices", "jw300", "news-commentary", "opensubtitles", "talks", "tatoeba",
-                    "wikimatrix")  # fmt: skip
+PARALLEL_CORPORA = tuple("europarl global-voices jw300 news-commentary opensubtitles talks tatoeba wikimatrix".split())
 
 
 def parallel_sentences_sources(languages, root="sentence-transformers", corpora=PARALLEL_CORPORA):
@@ -342,22 +302,17 @@ def read_parallel_source(spec):
             fields = pc.split_pattern(lines, "\t")
             count = pc.list_value_length(fields).to_numpy()  # (n,) fields each line holds
             keep = ~pc.or_(pc.equal(pc.binary_length(lines), 0), pc.utf8_is_space(lines)).to_numpy()  # not blank
-            if first == 0 and lines[0].as_py() == "english\tnon_english":
+            if first == 0 and lines[0].as_py() == "english\tnon_english":  # a header line is no pair
                 keep[0] = False
-            wrong = np.flatnonzero(keep & (count != 2)).tolist()
-            if wrong:
-                raise BadInput(
-                    f"{label}:{first + wrong[0] + 1}: expected 2 tab-separated columns (english, non_english), "
-                    f"found {count[wrong[0]]}"
-                )
+            if wrong := np.flatnonzero(keep & (count != 2)).tolist():
+                raise BadInput(f"{label}:{first + wrong[0] + 1}: expected 2 tab-separated columns (english, "
+                               f"non_english), found {count[wrong[0]]}")  # fmt: skip
             if lang is None and keep.any():
                 raise untagged
             fields, first = fields.filter(pa.array(keep)), first + len(lines)
-            english, text = (pc.list_element(fields, k).to_pylist() for k in (0, 1))
-            yield from (Pair(lang, a, b) for a, b in zip(english, text))
+            yield from (Pair(lang, a, b) for a, b in zip(*(pc.list_element(fields, k).to_pylist() for k in (0, 1))))
         return
-    dataset = check_table(dataset, label, english=True)
-    names = dataset.column_names
+    dataset = check_table(dataset, label, english=True)  # renames aligned columns, or adds an id: english stays
     if "english" in names:
         if lang is None:
             raise untagged
@@ -365,9 +320,9 @@ def read_parallel_source(spec):
             english, text = batch.column("english").to_pylist(), batch.column("non_english").to_pylist()
             yield from (Pair(lang, a, b) for a, b in zip(english, text))
         return
-    langs = row_languages(names)
+    langs = row_languages(dataset.column_names)
     for batch in dataset.with_format("arrow").iter(BATCH):  # every (English, X) of every query and passage
-        columns = {name: batch.column(name).to_pylist() for name in names if ROW_COLUMN.match(name)}
+        columns = {name: batch.column(name).to_pylist() for name in batch.column_names if ROW_COLUMN.match(name)}
         for i in range(len(batch)):
             held = [lang for lang in langs if lang != "en" and columns[f"query_{lang}"][i] is not None]
             for side in ("query", "passage"):
@@ -379,40 +334,31 @@ def keep_pair(pair, min_chars, max_chars, max_ratio):
     a, b = len(pair.english.strip()), len(pair.text.strip())  # a side of white space only is no sentence
     if not (a and b and min_chars <= a <= max_chars and min_chars <= b <= max_chars):
         return "length"
-    if max(a, b) / max(min(a, b), 1) > max_ratio:
-        return "ratio"
-    return None
+    return "ratio" if max(a, b) / max(min(a, b), 1) > max_ratio else None
 
 
 def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_language=None, identity_pairs=True,
                   seed=0, dedupe="language", sample="random", skip_missing=False):  # fmt: skip
-    """Read, filter, de-duplicate, cap -> (pairs, stats): Pairs shuffled with the seed; what each rule dropped, the
-    pairs kept per language (lang_xx), sources skipped for lacking their config (missing_sources, skip_missing).
-
-    Sources are read in order, pairs in file order; a pair passing the length filters is then
-    - dedupe="global": dropped if any earlier pair, of any source and language, took its English side (one
-      English sentence serves one language); "language": dropped if taken within its own language;
-    - sample="first": kept while its language holds fewer than max_per_language pairs; a source stops being read
-      once every language it yields is full; "random": all kept, then a seeded sample of max_per_language each.
-    identity_pairs adds unique English sentences paired with themselves (lang 'en'), at most max_per_language:
-    under "first" the first kept, which cost the teacher nothing extra; under "random" a seeded sample."""
+    """Read, filter, de-duplicate, cap -> (pairs, stats): Pairs shuffled with the seed; what each rule dropped, pairs
+    kept per language (lang_xx), sources skipped for lacking their config (missing_sources, skip_missing). Sources are
+    read in order, pairs in file order; a pair that passes the length filters is then
+    - dedupe="global": dropped if any earlier pair (any source, any language) took its English side, so one English
+      sentence serves one language; "language": dropped if taken within its own language;
+    - sample="first": kept while its language holds under max_per_language pairs, and a source stops being read once
+      every language it yields is full; "random": all kept, then a seeded sample of max_per_language each.
+    identity_pairs adds unique English sentences paired with themselves (lang 'en'), at most max_per_language: under
+    "first" the first kept (no extra teacher cost), under "random" a seeded sample."""
     if dedupe not in ("global", "language") or sample not in ("first", "random"):
-        raise ValueError(
-            f"dedupe must be 'global' or 'language' and sample 'first' or 'random', got {dedupe}, {sample}"
-        )
-    first = sample == "first"
-    cap = max_per_language or float("inf")
-    rng = random.Random(seed)
-    by_lang, taken = {}, set()
-    english_order, english_kept = [], set()  # unique English of the kept pairs, in the order first kept
-    stats, missing = Counter(), []
+        raise ValueError(f"dedupe must be 'global' or 'language' and sample 'first' or 'random', "
+                         f"got {dedupe}, {sample}")  # fmt: skip
+    first, cap, rng = sample == "first", max_per_language or float("inf"), random.Random(seed)
+    by_lang, taken, stats, missing, english_order = {}, set(), Counter(), [], {}
     for spec in sources:
         open_languages = set()  # languages this source has yielded that are not full yet
         try:
             for pair in read_parallel_source(spec):
                 stats["read"] += 1
-                reason = keep_pair(pair, min_chars, max_chars, max_ratio)
-                if reason:
+                if reason := keep_pair(pair, min_chars, max_chars, max_ratio):
                     stats[f"dropped_{reason}"] += 1
                     continue
                 kept = by_lang.setdefault(pair.lang, [])
@@ -429,11 +375,8 @@ def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_l
                 taken.add(key)
                 kept.append(pair)
                 open_languages.add(pair.lang)
-                if first and dedupe == "global":
-                    english_order.append(pair.english)  # it was just taken, so it is new
-                elif first and pair.english not in english_kept:
-                    english_kept.add(pair.english)
-                    english_order.append(pair.english)
+                if first:  # the unique English kept, in the order first kept (a dict as an ordered set)
+                    english_order.setdefault(pair.english)
         except MissingConfig as error:
             if not skip_missing:
                 raise BadInput(f"{error}; drop '{spec}' from the sources, or pass --skip-missing-configs") from None
@@ -445,13 +388,10 @@ def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_l
             room = max(max_per_language - len(identity), 0) if max_per_language else None
             english = [text for text in english_order if text not in already][:room]
         else:
-            english = sorted(
-                {pair.english for pairs in by_lang.values() for pair in pairs if pair.lang != "en"} - already
-            )
+            english = sorted({p.english for pairs in by_lang.values() for p in pairs if p.lang != "en"} - already)
         identity.extend(Pair("en", text, text) for text in english)
     out = []
-    for lang in sorted(by_lang):
-        pairs = by_lang[lang]
+    for lang, pairs in sorted(by_lang.items()):
         if not first and max_per_language and len(pairs) > max_per_language:
             stats["dropped_cap"] += len(pairs) - max_per_language
             pairs = rng.sample(pairs, max_per_language)
@@ -465,10 +405,8 @@ def load_parallel(sources, min_chars=10, max_chars=512, max_ratio=3.0, max_per_l
         listed = "; ".join(f"{location}: {' '.join(configs)}" for location, configs in by_location.items())
         print(f"skipped {len(missing)} source(s) that lack their config ({listed})", file=sys.stderr)
     if not out:
-        raise BadInput(
-            f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); "
-            "check the files and --min-chars/--max-chars/--max-length-ratio"
-        )
+        raise BadInput(f"no parallel pairs left after filtering {', '.join(sources)} ({dict(stats)}); check the "
+                       "files and --min-chars/--max-chars/--max-length-ratio")  # fmt: skip
     rng.shuffle(out)
     return out, stats
 
@@ -479,9 +417,7 @@ def split_dev(pairs, dev_size, seed=0):
     if dev_size >= len(english):
         raise BadInput(f"--dev-size {dev_size} leaves no training data: only {len(english)} English sentences remain")
     held_out = set(random.Random(seed + 1).sample(english, dev_size))
-    train = [pair for pair in pairs if pair.english not in held_out]
-    dev = [pair for pair in pairs if pair.english in held_out]
-    return train, dev
+    return [p for p in pairs if p.english not in held_out], [p for p in pairs if p.english in held_out]
 
 
 def epoch_order(n, seed, epoch):
@@ -499,7 +435,6 @@ def batches(order, batch_size, drop_last=True):
 
 # ---------------------------------------------------------------------------
 # Aligned retrieval rows (stage 2 and evaluation)
-#
 # Rows stay Arrow columns in datasets' memory-mapped cache: 532k rows in 14 languages are about 4 GB of text, which
 # as Python dicts would cost each torchrun process more than that again; mapped, pages are read when touched and shared.
 
@@ -508,8 +443,7 @@ def load_rows(spec, min_languages=2):
     """Aligned rows (.jsonl, .parquet or hub dataset) -> datasets.Dataset; rows[i] is {'id', 'query': {lang: text},
     'passage': {lang: text}} for the languages row i holds (a format transform: only rows read become Python)."""
     _, location, config = parse_source(spec)
-    check = lambda where, record, seen: check_row(where, record, seen, min_languages)
-    dataset, label = load_source(location, config, check)
+    dataset, label = load_source(location, config, lambda where, row, seen: check_row(where, row, seen, min_languages))
     if dataset is None or not len(dataset):
         raise BadInput(f"'{spec}' holds no rows")
     return check_table(dataset, label, min_languages).with_transform(nested_rows)
@@ -519,11 +453,8 @@ def nested_rows(batch):
     """load_rows' format transform: flat columns -> one {'id', 'query', 'passage'} per row."""
     langs = row_languages(batch)
     held = [[lang for lang in langs if batch[f"query_{lang}"][i] is not None] for i in range(len(batch["id"]))]
-    return {
-        "id": [str(value) for value in batch["id"]],
-        "query": [{lang: batch[f"query_{lang}"][i] for lang in row} for i, row in enumerate(held)],
-        "passage": [{lang: batch[f"passage_{lang}"][i] for lang in row} for i, row in enumerate(held)],
-    }
+    nest = lambda side: [{lang: batch[f"{side}_{lang}"][i] for lang in row} for i, row in enumerate(held)]
+    return {"id": [str(value) for value in batch["id"]], "query": nest("query"), "passage": nest("passage")}
 
 
 def subset(rows, indices):
@@ -545,18 +476,14 @@ def common_languages(rows):
 def require_languages(rows, languages, spec):
     """Stage 2 draws any language for any row: every row must hold all of them, and cross-lingual pairs need two."""
     if len(languages) < 2:
-        raise BadInput(
-            f"'{spec}' holds fewer than two languages common to all rows ({languages}); cross-lingual pairs need two"
-        )
+        raise BadInput(f"'{spec}' holds fewer than two languages common to all rows ({languages}); cross-lingual "
+                       "pairs need two")  # fmt: skip
     held = held_languages(rows)
     lacking = np.stack([~held.get(lang, np.zeros(len(rows), dtype=bool)) for lang in languages], axis=1)  # (N, L)
-    bad = np.flatnonzero(lacking.any(1))
-    if len(bad):
+    if len(bad := np.flatnonzero(lacking.any(1))):
         missing = ", ".join(lang for lang, lacked in zip(languages, lacking[bad[0]]) if lacked)
-        raise BadInput(
-            f"row '{rows[int(bad[0])]['id']}' of '{spec}' lacks {missing}; every row needs all of --languages "
-            f"{' '.join(languages)}"
-        )
+        raise BadInput(f"row '{rows[int(bad[0])]['id']}' of '{spec}' lacks {missing}; every row needs all of "
+                       f"--languages {' '.join(languages)}")  # fmt: skip
 
 
 def language_pairs(n, languages, seed, epoch, same_language=False):
@@ -571,9 +498,8 @@ def language_pairs(n, languages, seed, epoch, same_language=False):
 
 
 def passage_languages(n, languages, seed, epoch):
-    """LaKDA's passage language Z for an epoch's n examples, apart from the query pairs: each language floor(n/L) or
-    ceil(n/L) times, shuffled by its own (seed, epoch) stream. So its KL term compares a query's two versions against
-    passages in any language, its own included, as the authors' sampler does."""
+    """LaKDA's passage language Z of an epoch's n examples, each language floor(n/L) or ceil(n/L) times, shuffled by its
+    own (seed, epoch) stream apart from the query pairs: any language, the query's own included, as the authors' do."""
     rng = random.Random(seed * 1_000_003 + epoch + 11)
     cycle = list(languages)
     rng.shuffle(cycle)
@@ -582,71 +508,14 @@ def passage_languages(n, languages, seed, epoch):
     return out
 
 
-def prepare_mmarco(triples, queries, collections, out, max_rows=None):
-    """mMARCO files -> aligned rows in .jsonl or .parquet: each query with the first positive of its id triples
-    (qid, positive pid, negative pid); only the passages needed are held, one language at a time."""
-    positives = {}
-    for _, record in read_tsv_columns(triples, 3):
-        positives.setdefault(record[0], record[1])
-        if max_rows and len(positives) >= max_rows:
-            break
-    needed = set(positives.values())
-    rows = {qid: {"id": qid} for qid in positives}
-    for lang in sorted(queries):
-        for _, (qid, text) in read_tsv_columns(queries[lang], 2):
-            if qid in rows:
-                rows[qid][f"query_{lang}"] = text
-        passages = {pid: text for _, (pid, text) in read_tsv_columns(collections[lang], 2) if pid in needed}
-        for qid, pid in positives.items():
-            if pid in passages:
-                rows[qid][f"passage_{lang}"] = passages[pid]
-    complete = [row for row in rows.values() if len(row) == 1 + 2 * len(queries)]
-    if not complete:
-        raise BadInput(f"no query in {triples} has a query and a passage in every language of {sorted(queries)}")
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never half a file under --out
-    if out.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(complete), tmp)
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in complete)
-    os.replace(tmp, out)
-    return len(complete), len(rows) - len(complete)
-
-
-def read_tsv_columns(path, columns):
-    """Yield (where, the first `columns` fields) of each line of a tab-separated file of ids and text."""
-    for where, line in text_lines(path):
-        fields = line.split("\t")
-        if len(fields) < columns:
-            raise BadInput(f"{where}: expected {columns} tab-separated columns, found {len(fields)}")
-        yield where, fields[:columns]
-
-
 # ---------------------------------------------------------------------------
-# Command line: inspect a source
+# Command line
 
 
 def build_parser():
     # fmt: off
     parser = Parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    stats = commands.add_parser("stats",
-                                help="count the parallel pairs sources yield after the paper's filters, per language")
-    stats.add_argument("sources", nargs="*", help="parallel sources, as for distill.py --data")
-    stats.add_argument("--collections", default=None,
-                       help="ROOT holding sentence-transformers' parallel-sentences-<corpus> collections (a folder of "
-                            "snapshot downloads, or the hub owner sentence-transformers): read their en-<lang> configs "
-                            "for --languages, corpus by corpus, as distill.py --preset paper does (after any SOURCES; "
-                            "configs a collection lacks are skipped)")
-    stats.add_argument("--languages", nargs="+", default=[], help="languages for --collections")
-    stats.add_argument("--max-per-language", type=Range(int, 1), default=None, help="as distill.py (paper: 500000)")
-    stats.add_argument("--dedupe", default="language", choices=["language", "global"], help="as distill.py")
-    stats.add_argument("--sample", default="random", choices=["random", "first"], help="as distill.py")
-    stats.add_argument("--skip-missing-configs", action="store_true", help="as distill.py")
-    stats.add_argument("--no-identity-pairs", action="store_true", help="as distill.py")
     mmarco = commands.add_parser("prepare-mmarco",
                                  help="turn translated MS MARCO (mMARCO) files into aligned rows for joint_train.py")
     mmarco.add_argument("--triples", required=True,
@@ -662,49 +531,51 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "stats":
-        sources = list(args.sources)
-        if args.collections:
-            if not args.languages:
-                raise BadInput("--collections needs --languages, e.g. --languages ar de zh")
-            sources += parallel_sentences_sources(args.languages, args.collections.rstrip("/"))
-        if not sources:
-            raise BadInput("give parallel sources, or --collections ROOT --languages ...")
-        pairs, stats = load_parallel(
-            sources,
-            max_per_language=args.max_per_language,
-            identity_pairs=not args.no_identity_pairs,
-            dedupe=args.dedupe,
-            sample=args.sample,
-            skip_missing=args.skip_missing_configs or bool(args.collections),
-        )
-        print(json.dumps(dict(stats), indent=2))
-        print(
-            f"{len(pairs)} pairs; per language: "
-            + ", ".join(f"{k[5:]} {v}" for k, v in stats.items() if k[:5] == "lang_")
-        )
-    elif args.command == "prepare-mmarco":
+    """prepare-mmarco: each query of the id triples (qid, positive pid, negative pid), its first positive passage."""
+    args = build_parser().parse_args(argv)
 
-        def by_language(specs, flag):
-            if not all("=" in spec for spec in specs):
-                raise BadInput(f"{flag} takes LANG=FILE items, e.g. {flag} de=german_file.tsv; got {' '.join(specs)}")
-            return dict(spec.split("=", 1) for spec in specs)
+    def read_tsv_columns(path, columns):  # (where, the first `columns` fields) of each line of ids and text
+        for where, line in text_lines(path):
+            if len(fields := line.split("\t")) < columns:
+                raise BadInput(f"{where}: expected {columns} tab-separated columns, found {len(fields)}")
+            yield where, fields[:columns]
 
-        queries, collections = by_language(args.queries, "--queries"), by_language(args.collection, "--collection")
-        if sorted(queries) != sorted(collections):
-            raise BadInput(
-                f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; "
-                "give both for each language"
-            )
-        if Path(args.out).exists():
-            raise BadInput(f"--out '{args.out}' exists; choose another name or remove it")
-        kept, incomplete = prepare_mmarco(args.triples, queries, collections, args.out, args.max_rows)
-        print(
-            f"wrote {kept} rows in {len(queries)} languages to {args.out} "
-            f"({incomplete} queries lacked a language and were left out)"
-        )
+    for flag, specs in (("--queries", args.queries), ("--collection", args.collection)):
+        if not all("=" in spec for spec in specs):
+            raise BadInput(f"{flag} takes LANG=FILE items, e.g. {flag} de=german_file.tsv; got {' '.join(specs)}")
+    queries, collections = (dict(spec.split("=", 1) for spec in specs) for specs in (args.queries, args.collection))
+    if sorted(queries) != sorted(collections):
+        raise BadInput(f"--queries has languages {sorted(queries)} but --collection has {sorted(collections)}; "
+                       "give both for each language")  # fmt: skip
+    if (out := Path(args.out)).exists():
+        raise BadInput(f"--out '{args.out}' exists; choose another name or remove it")
+    positives = {}
+    for _, (qid, pid, _) in read_tsv_columns(args.triples, 3):
+        positives.setdefault(qid, pid)
+        if args.max_rows and len(positives) >= args.max_rows:
+            break
+    needed = set(positives.values())  # only these passages are held, one language at a time
+    rows = {qid: {"id": qid} for qid in positives}
+    for lang in sorted(queries):
+        for _, (qid, text) in read_tsv_columns(queries[lang], 2):
+            if qid in rows:
+                rows[qid][f"query_{lang}"] = text
+        passages = {pid: text for _, (pid, text) in read_tsv_columns(collections[lang], 2) if pid in needed}
+        for qid, pid in positives.items():
+            if pid in passages:
+                rows[qid][f"passage_{lang}"] = passages[pid]
+    complete = [row for row in rows.values() if len(row) == 1 + 2 * len(queries)]
+    if not complete:
+        raise BadInput(f"no query in {args.triples} has a query and a passage in every language of {sorted(queries)}")
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never half a file under --out
+    if out.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(complete), tmp)
+    else:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in complete)
+    os.replace(tmp, out)
+    print(f"wrote {len(complete)} rows in {len(queries)} languages to {args.out} "
+          f"({len(rows) - len(complete)} queries lacked a language and were left out)")  # fmt: skip
 
 
 if __name__ == "__main__":

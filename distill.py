@@ -12,7 +12,7 @@ the English side, so every language meets in one anchor space instead of cluster
     python distill.py --resume             # continue the run in --out-dir
 
 Writes --out-dir (runs/stage1/): the student, a sentence-transformers model with its card (README.md),
-projection.safetensors (W), args.json, log.jsonl, curves.png, and training_state/ for --resume.
+projection.safetensors (W), args.json, log.jsonl and training_state/ for --resume.
 """
 
 import time
@@ -144,10 +144,8 @@ def evaluate_dev(student, W, dev, dev_targets, batch_size, autocast):
     gold = torch.tensor([english.index(pair.english) for pair in dev])  # (N,) row of each pair's source
     hits = (s @ s_en.T).argmax(1) == gold  # (N,)
     languages = [pair.lang for pair in dev]
-    per_language = {
-        lang: hits[torch.tensor([x == lang for x in languages])].float().mean().item()
-        for lang in sorted(set(languages) - {"en"})
-    }
+    per_language = {lang: hits[torch.tensor([x == lang for x in languages])].float().mean().item()
+                    for lang in sorted(set(languages) - {"en"})}  # fmt: skip
     crosslingual = torch.tensor([lang != "en" for lang in languages])  # identity pairs would find themselves
     accuracy = hits[crosslingual].float().mean().item()
     return {"distance": distance, "accuracy": accuracy, "accuracy_per_language": per_language}
@@ -167,19 +165,15 @@ def print_summary(step, history):
     before, after = history.get("before"), history["after"]
     print(f"\nstage 1 done: {step} steps")
     if before:
-        print(
-            f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)"
-        )
-        print(
-            f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}"
-            "  (X -> English, student space)"
-        )
+        print(f"  dev cosine distance to teacher   {before['distance']:.4f} -> {after['distance']:.4f}"
+              "  (lower is better)")  # fmt: skip
+        print(f"  dev translation retrieval top-1  {before['accuracy']:.3f} -> {after['accuracy']:.3f}"
+              "  (X -> English, student space)")  # fmt: skip
         for lang, value in after["accuracy_per_language"].items():
             print(f"    {lang}: {before['accuracy_per_language'][lang]:.3f} -> {value:.3f}")
     for record in history["epochs"]:
-        print(
-            f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher {record['teacher_seconds']:.1f} s"
-        )
+        print(f"  epoch {record['epoch']}: {record['seconds']:.1f} s, of which teacher "
+              f"{record['teacher_seconds']:.1f} s")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -208,16 +202,13 @@ def main(argv=None):
 
     # --- models: frozen teacher, trainable student and projection W
     teacher_dtype = amp_dtype if device.type == "cuda" else None  # an 8B teacher in bf16 on the GPU
-    teacher = checkpoint.freeze(
-        checkpoint.load_model(args.teacher, args.teacher_pooling, args.max_length, teacher_dtype)
-    ).to(device)
+    teacher = checkpoint.load_model(args.teacher, args.teacher_pooling, args.max_length, teacher_dtype)
+    teacher = checkpoint.freeze(teacher).to(device)
     student = checkpoint.load_model(args.student, args.student_pooling, args.max_length).to(device).train()
     teacher_dim, student_dim = teacher.get_embedding_dimension(), student.get_embedding_dimension()
     if args.no_projection and student_dim != teacher_dim:
-        raise BadInput(
-            f"--no-projection needs equal dimensions, but the student '{args.student}' has {student_dim} and the "
-            f"teacher '{args.teacher}' {teacher_dim}; drop --no-projection"
-        )
+        raise BadInput(f"--no-projection needs equal dimensions, but the student '{args.student}' has {student_dim} "
+                       f"and the teacher '{args.teacher}' {teacher_dim}; drop --no-projection")  # fmt: skip
     W = torch.nn.Linear(student_dim, teacher_dim, bias=False).to(device)  # weight (Dt, Ds)
     with torch.no_grad():
         # Identity when the shapes allow (the demo's student starts as the teacher), else

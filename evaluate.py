@@ -1,5 +1,4 @@
-"""
-Is a model any good for multilingual retrieval (MLIR: one corpus mixing languages, queries in any), and why?
+"""Is a model any good for multilingual retrieval (MLIR: one corpus mixing languages, queries in any), and why?
 
     python evaluate.py   # runs/stage2*, runs/stage1, the demo teacher; 50 held-out rows (350 queries, 350 passages)
     python evaluate.py --model runs/stage1 runs/stage2-lam* runs/stage2-xlco   # a --lam sweep's trajectory
@@ -42,9 +41,9 @@ by document id descending, as trec_eval ranks; every judged query counts.
       their relevant documents' ranks grouped by language (past k: k + 1); 1: none favoured
   alignment: (Wang and Isola 2020) mean ||f(x) - f(y)||^2 over translation pairs (x, y)
   uniformity: log mean exp(-2 ||f(x) - f(y)||^2) over all pairs of texts (unit vectors)
-main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity.
-"""
+main_score is ndcg_at_10; per_query holds each query's metrics but MRC, alignment and uniformity."""
 
+import functools
 import hashlib
 import io
 import json
@@ -73,64 +72,50 @@ REFUSED_MODULES = {  # module families that make no single dense vector per text
     "sentence_transformers.multi_vector_encoder": "a multi-vector (late-interaction) module",
     "sentence_transformers.cross_encoder": "a cross-encoder module",
 }
+MRR_CUTOFFS, MRC_CUTOFFS, PEER_CUTOFFS = (10, 20, 100), (5, 10, 20), (20, 100)  # the MIMO paper's
 COLUMNS = [  # (key in the result files, table header or None for the files only, format, trec_eval measure)
-    ("ndcg_at_10", "nDCG@10", "{:.4f}", "ndcg_cut_10"),
-    ("ndcg_at_20", "nDCG@20", "{:.4f}", "ndcg_cut_20"),
-    ("ndcg_at_100", None, "{:.4f}", "ndcg_cut_100"),
-    ("recall_at_10", None, "{:.4f}", "recall_10"),
-    ("recall_at_20", "R@20", "{:.4f}", "recall_20"),
-    ("recall_at_100", None, "{:.4f}", "recall_100"),
-    ("mrr_at_10", "MRR@10", "{:.4f}", "recip_rank"),
-    ("mrr_at_20", None, "{:.4f}", "recip_rank"),
-    ("mrr_at_100", None, "{:.4f}", "recip_rank"),
+    *((f"ndcg_at_{k}", {10: "nDCG@10", 20: "nDCG@20"}.get(k), "{:.4f}", f"ndcg_cut_{k}") for k in (10, 20, 100)),
+    *((f"recall_at_{k}", {20: "R@20"}.get(k), "{:.4f}", f"recall_{k}") for k in (10, 20, 100)),
+    *((f"mrr_at_{k}", {10: "MRR@10"}.get(k), "{:.4f}", "recip_rank") for k in MRR_CUTOFFS),
     ("map_at_100", "MAP@100", "{:.4f}", "map_cut_100"),
     ("own_at_10", "own@10", "{:.4f}", None),
-    ("mrc_at_5", None, "{:.2f}", None),
-    ("mrc_at_10", "MRC@10", "{:.2f}", None),
-    ("mrc_at_20", None, "{:.2f}", None),
-    ("peer_at_20", None, "{:.4f}", None),
-    ("peer_at_100", "PEER@100", "{:.4f}", None),
+    *((f"mrc_at_{k}", {10: "MRC@10"}.get(k), "{:.2f}", None) for k in MRC_CUTOFFS),
+    *((f"peer_at_{k}", {100: "PEER@100"}.get(k), "{:.4f}", None) for k in PEER_CUTOFFS),
     ("alignment", "align", "{:.4f}", None),
     ("uniformity", "unif", "{:.4f}", None),
 ]
 TREC_MEASURES = {key: measure for key, _, _, measure in COLUMNS if measure}
-MRR_CUTOFFS, MRC_CUTOFFS, PEER_CUTOFFS = (10, 20, 100), (5, 10, 20), (20, 100)  # the MIMO paper's
 TABLE = [(key, header, fmt) for key, header, fmt, _ in COLUMNS if header]
 MLIR = "yjoonjang/mlir-benchmarks/MMLIR"
 PAPER_SUITE = [  # (column, --benchmark, headline metric): the MIMO paper's results table
-    ("Belebele", f"{MLIR}/Belebele_test", "ndcg_at_20"),
-    ("XQuAD", f"{MLIR}/XQuAD_test", "ndcg_at_20"),
-    ("MLQA", f"{MLIR}/MLQA_test", "ndcg_at_20"),
-    ("MultiEuP", f"{MLIR}/MultiEup_test", "ndcg_at_20"),
-    ("NeuCLIR'22", "neuclir22", "ndcg_at_20"),
-    ("NeuCLIR'23", "neuclir23", "ndcg_at_20"),
+    ("Belebele", f"{MLIR}/Belebele_test", "ndcg_at_20"), ("XQuAD", f"{MLIR}/XQuAD_test", "ndcg_at_20"),
+    ("MLQA", f"{MLIR}/MLQA_test", "ndcg_at_20"), ("MultiEuP", f"{MLIR}/MultiEup_test", "ndcg_at_20"),
+    ("NeuCLIR'22", "neuclir22", "ndcg_at_20"), ("NeuCLIR'23", "neuclir23", "ndcg_at_20"),
     ("MIRACL", "miracl", "ndcg_at_10"),  # mteb's main score; nDCG@20 is in the result file too
-]
+]  # fmt: skip
 
 
 def build_parser():
     # fmt: off
     parser = Parser(__doc__)
-    parser.add_argument("--model", action="extend", nargs="+", default=None,
-                        help="models (several after one flag, or the flag repeated): our run directories, "
-                             "sentence-transformers models or Hugging Face ids; default: runs/stage2, runs/stage2-* "
-                             "(a --lam sweep in lambda order, then the baselines) and runs/stage1 where present, and "
-                             "the demo teacher as the reference row")
-    parser.add_argument("--benchmark", action="append", default=None,
-                        help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
-                             "owner/name[/folder], a file of aligned rows, or neuclir22 / neuclir23: NeuCLIR's "
-                             "English topics against its Russian and Chinese corpora pooled, as the MIMO paper "
-                             "(=DIR after it: local copies in the hub layout); default: data/demo/test.jsonl")
-    parser.add_argument("--suite", choices=["paper"], default=None,
-                        help="every benchmark of the MIMO paper's table, then the table in its shape (a row per "
-                             "model, the headline metric per benchmark): Belebele, XQuAD, MLQA, MultiEuP (MLIR, "
-                             "nDCG@20), NeuCLIR'22 and '23 pooled (nDCG@20), MIRACL-HN v2 on 10 languages through "
-                             "mteb (nDCG@10); from the hub, so it needs a network or the datasets cached")
+    parser.add_argument("--model", action="extend", nargs="+", default=None, help="models (several after one flag, "
+                        "or the flag repeated): our run directories, sentence-transformers models or Hugging Face ids; "
+                        "default: runs/stage2, runs/stage2-* (a --lam sweep in lambda order, then the baselines) and "
+                        "runs/stage1 where present, and the demo teacher as the reference row")
+    parser.add_argument("--benchmark", action="append", default=None, help="benchmark (repeatable): a folder (BEIR "
+                        "or MLIR-benchmark layout), a hub dataset owner/name[/folder], a file of aligned rows, or "
+                        "neuclir22 / neuclir23: NeuCLIR's English topics against its Russian and Chinese corpora "
+                        "pooled, as the MIMO paper (=DIR after it: local copies in the hub layout); default: "
+                        "data/demo/test.jsonl")
+    parser.add_argument("--suite", choices=["paper"], default=None, help="every benchmark of the MIMO paper's "
+                        "table, then the table in its shape (a row per model, the headline metric per benchmark): "
+                        "Belebele, XQuAD, MLQA, MultiEuP (MLIR, nDCG@20), NeuCLIR'22 and '23 pooled (nDCG@20), "
+                        "MIRACL-HN v2 on 10 languages through mteb (nDCG@10); from the hub, so it needs a network or "
+                        "the datasets cached")
     parser.add_argument("--split", default="test",
                         help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
-    parser.add_argument("--monolingual", action="store_true",
-                        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
-                             "its language; scores per language and their mean")
+    parser.add_argument("--monolingual", action="store_true", help="multi-monolingual retrieval, as for MIRACL: "
+                        "each query searches only the documents in its language; scores per language and their mean")
     parser.add_argument("--no-language-metrics", action="store_true",
                         help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
     parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any "
@@ -147,9 +132,9 @@ def build_parser():
     group.add_argument("--trust-remote-code", action="store_true",
                        help="let models run the code their repository ships (custom modules or architectures)")
     group.add_argument("--batch-size", type=Range(int, 1), default=64, help="texts per forward pass when embedding")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="dtype every model's weights are loaded in; auto: as SentenceTransformer(model) loads "
-                            "them (the checkpoint's own dtype), which gives sentence-transformers' own numbers")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="dtype every "
+                       "model's weights are loaded in; auto: as SentenceTransformer(model) loads them (the "
+                       "checkpoint's own dtype), which gives sentence-transformers' own numbers")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
     group = parser.add_argument_group("retrieval and output")
@@ -162,14 +147,11 @@ def build_parser():
     group.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
     group.add_argument("--out-dir", "--output-dir", default="runs/eval",
                        help="folder of the result files (one per model and benchmark), results.json and au.png")
-    group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
-                       help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
-                            "under DIR, or under --out-dir when DIR is left out")
-    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0, help="seed of the uniformity and "
-                       "--parallel samples")
-    group.add_argument("--curves", nargs="+", default=None, metavar="RUN",
-                       help="instead of evaluating: draw the training curves of these run directories into "
-                            "--out-dir/curves.png (loss and its terms, learning rate, dev metrics)")
+    group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR", help="write each (model, "
+                       "benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, under DIR, or under "
+                       "--out-dir when DIR is left out")
+    group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
+                       help="seed of the uniformity and --parallel samples")
     # fmt: on
     return parser
 
@@ -224,7 +206,7 @@ def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
     k = min(k, d.shape[0])
     # one score block, reused: on CPU 8% faster than a fresh 256 MB one per chunk (bench_retrieval.py, N = 10^6)
     buffer = torch.empty(min(query_chunk, q.shape[0]) * min(doc_chunk, d.shape[0]), device=q.device)
-    out_scores, out_index = [], []
+    out = []  # per query chunk: (scores, indices) on CPU
     for start in range(0, q.shape[0], query_chunk):
         block_q = q[start : start + query_chunk]  # (q, D)
         best_scores = torch.empty(len(block_q), 0, device=q.device)  # (q, <=k) running top k
@@ -238,9 +220,8 @@ def retrieve(q, d, doc_rank, k, query_chunk=1024, doc_chunk=65536):
             candidate_index = torch.cat([best_index, columns + doc_start], 1)
             order = trec_order(candidates, doc_rank[candidate_index])[:, :k]
             best_scores, best_index = candidates.gather(1, order), candidate_index.gather(1, order)
-        out_scores.append(best_scores.cpu())
-        out_index.append(best_index.cpu())
-    return torch.cat(out_scores), torch.cat(out_index)
+        out.append((best_scores.cpu(), best_index.cpu()))
+    return torch.cat([scores for scores, _ in out]), torch.cat([index for _, index in out])
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +255,7 @@ def kruskal_wallis(groups):
         return 0.0, 1.0
     import scipy.stats
 
-    result = scipy.stats.kruskal(*groups)
-    return float(result.statistic), float(result.pvalue)
+    return tuple(float(value) for value in scipy.stats.kruskal(*groups))
 
 
 def peer_groups(ranking, judged, doc_lang, k):
@@ -297,8 +277,7 @@ def spearman(x, y):
 def mrc(query_emb, doc_emb, top, groups, query_langs):
     """MRC x 100 (module docstring) -> (overall, {lang: value}, queries used, pairs used). query_emb: (Q, D),
     doc_emb: (N, D), top: (Q, k); groups: lists of query indices that translate each other."""
-    # subtle: all in numpy; torch's small matmuls between scipy's (numpy's BLAS) made the two thread pools spin
-    # against each other: 9 s instead of 0.6 s for the demo's 1,050 pairs.
+    # subtle: numpy only; torch's small matmuls between scipy's made two thread pools fight: 9 s, not 0.6 s, on the demo
     query_emb, doc_emb, top = query_emb.numpy(), doc_emb.numpy(), top.numpy()
     per_query, pairs = {}, 0  # query index -> rho with each of its partners
     for a, b in ((a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]):
@@ -391,9 +370,8 @@ def check_model(name, trust_remote_code):
         try:
             module = import_module_class(kind, path, trust_remote_code=trust_remote_code).__module__
         except Exception as error:  # ImportError, ValueError (untrusted code), whatever custom code raises
-            raise BadInput(
-                f"{what} cannot be loaded by sentence-transformers here ({first_line(error)}){hint}"
-            ) from None
+            raise BadInput(f"{what} cannot be loaded by sentence-transformers here "
+                           f"({first_line(error)}){hint}") from None  # fmt: skip
         for prefix, refused in REFUSED_MODULES.items():
             if module.startswith(prefix):
                 raise BadInput(f"{what} is {refused}; evaluate.py scores dense single-vector models only")
@@ -407,13 +385,12 @@ class LazyModel:
     """A SentenceTransformer loaded on first use: a model whose embeddings are all cached is never loaded."""
 
     def __init__(self, name, args, device):
-        self.name, self.args, self.device, self.model = name, args, device, None
+        self.name, self.args, self.device = name, args, device
 
-    def get(self):
+    @functools.cached_property
+    def model(self):
         from sentence_transformers import SentenceTransformer
 
-        if self.model is not None:
-            return self.model
         args, dtypes = self.args, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         kwargs = {"dtype": dtypes[args.precision]} if args.precision in dtypes else None
         try:
@@ -421,27 +398,13 @@ class LazyModel:
                                         trust_remote_code=args.trust_remote_code, model_kwargs=kwargs)  # fmt: skip
         except Exception as error:  # whatever loading raises, one sentence
             raise BadInput(f"cannot load model '{self.name}' with sentence-transformers: {first_line(error)}") from None
+        # a first module without a tokenizer (StaticEmbedding) states no limit
+        limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
+        if args.max_length is not None and limit is not None and limit < 10**6 and args.max_length > limit:
+            raise BadInput(f"--max-length {args.max_length} is more than model '{self.name}' takes ({limit} tokens)")
         if args.max_length is not None:
-            # a first module without a tokenizer (StaticEmbedding) states no limit
-            limit = getattr(getattr(model[0], "tokenizer", None), "model_max_length", None)
-            if limit is not None and limit < 10**6 and args.max_length > limit:
-                raise BadInput(f"--max-length {args.max_length} is more than model '{self.name}' takes "
-                               f"({limit} tokens)")  # fmt: skip
             model.max_seq_length = args.max_length
-        self.model = model.eval()  # its similarity was checked by check_model
-        return self.model
-
-
-def resolve_prompt(model, task, args):
-    """A `task` ("query" or "document") text's prompt: none with --no-prompts, else the flag's, else encode_query's /
-    encode_document's: the model's "query" (documents: "document", "passage", "corpus"), its default, or none."""
-    given = args.query_prompt if task == "query" else args.document_prompt
-    if args.no_prompts or given is not None:
-        return given or ""
-    for prompt_name in ("query",) if task == "query" else ("document", "passage", "corpus"):
-        if prompt_name in model.prompts:
-            return model.prompts[prompt_name] or ""
-    return model.prompts.get(model.default_prompt_name) or ""
+        return model.eval()  # its similarity was checked by check_model
 
 
 def embed(lazy, texts, task, what, args):
@@ -462,9 +425,9 @@ def embed(lazy, texts, task, what, args):
     digest = hashlib.sha1()
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
-    prompt_asked = "none" if args.no_prompts else (args.query_prompt if task == "query" else args.document_prompt)
-    identity = [f"sentence-transformers {sentence_transformers.__version__}", weights, task, prompt_asked,
-                args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
+    given = args.query_prompt if task == "query" else args.document_prompt
+    identity = [f"sentence-transformers {sentence_transformers.__version__}", weights, task,
+                "none" if args.no_prompts else given, args.max_length, args.precision, digest.hexdigest()]  # fmt: skip
     key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
     npy, meta = Path(args.cache_dir) / f"{key}.npy", Path(args.cache_dir) / f"{key}.json"
     if not args.no_cache and npy.is_file() and meta.is_file():
@@ -475,8 +438,12 @@ def embed(lazy, texts, task, what, args):
                 return torch.from_numpy(cached), settings
         except (OSError, ValueError, KeyError, TypeError) as error:
             print(f"  cache entry {npy} is unreadable ({error}); embedding again")
-    model = lazy.get()
-    prompt = resolve_prompt(model, task, args)
+    model = lazy.model
+    # the prompt: none with --no-prompts, else the flag's, else encode_query's / encode_document's: the model's "query"
+    # (documents: "document", "passage", "corpus"), its default, or none
+    names = ("query",) if task == "query" else ("document", "passage", "corpus")
+    default = next((name for name in names if name in model.prompts), model.default_prompt_name)
+    prompt = (given if args.no_prompts or given is not None else model.prompts.get(default)) or ""
     encode = model.encode_query if task == "query" else model.encode_document
     # the prompt is passed even when empty: "" also stops sentence-transformers' fall-back to a default prompt
     emb = encode(texts, prompt=prompt, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=True)
@@ -527,20 +494,23 @@ def rank_queries(benchmark, doc_ids, query_ids, doc_emb, query_emb, args, device
     return rankings, ranking_scores
 
 
+def means(rows, keys):
+    """{key: mean of row[key] over the rows holding it} for each of keys that some row holds."""
+    return {key: sum(values) / len(values) for key in keys if (values := [row[key] for row in rows if key in row])}
+
+
 def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, language_metrics):
     """Per-query metrics -> (means overall and per query language, PEER; {query id: metrics})."""
     doc_lang = {doc_id: lang for doc_id, (_, lang) in benchmark.corpus.items() if lang is not None}
     judged, ranked = {}, {}
     for i, query_id in enumerate(query_ids):
-        judged[query_id], query_lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
+        judged[query_id], lang = benchmark.qrels[query_id], benchmark.queries[query_id][1]
         if monolingual:  # only documents in the query's language can be found, so only they are judged
-            judged[query_id] = {
-                doc: grade for doc, grade in judged[query_id].items() if doc_lang.get(doc) == query_lang
-            }
+            judged[query_id] = {doc: grade for doc, grade in judged[query_id].items() if doc_lang.get(doc) == lang}
         if judged[query_id]:
             ranked[query_id] = [doc_ids[j] for j in rankings[i]]
     metrics = ranking_metrics(ranked, {query_id: judged[query_id] for query_id in ranked})
-    per_query, p_values, no_peer = {}, [], 0
+    per_query, peers, no_peer = {}, 0, 0
     for query_id, ranking in ranked.items():
         query_lang = benchmark.queries[query_id][1]
         per_query[query_id] = values = {"lang": query_lang, **metrics[query_id]}
@@ -551,39 +521,30 @@ def score_benchmark(benchmark, doc_ids, query_ids, rankings, monolingual, langua
                 if len(groups) >= 2:
                     values[f"peer_at_{k}"] = kruskal_wallis(list(groups.values()))[1]
             if "peer_at_100" in values:
-                p_values.append(values["peer_at_100"])
+                peers += 1
             else:
                 no_peer += 1  # relevant documents in fewer than two languages: nothing to compare
-    keys = [key for key in (*TREC_MEASURES, "own_at_10") if any(key in values for values in per_query.values())]
+    keys, peer_keys = [*TREC_MEASURES, "own_at_10"], [f"peer_at_{k}" for k in PEER_CUTOFFS]
     per_language = {}
     for lang in sorted({values["lang"] for values in per_query.values() if values["lang"] is not None}):
         rows = [values for values in per_query.values() if values["lang"] == lang]
-        per_language[lang] = {"queries": len(rows), **{key: sum(row[key] for row in rows) / len(rows) for key in keys}}
-        for key in (f"peer_at_{k}" for k in PEER_CUTOFFS):
-            peers = [row[key] for row in rows if key in row]
-            if peers:
-                per_language[lang][key] = sum(peers) / len(peers)
+        per_language[lang] = {"queries": len(rows), **means(rows, keys + peer_keys)}
     # the mean over languages, as MIRACL reports it; else over queries, as trec_eval does
-    means = per_language.values() if monolingual else per_query.values()
-    result = {key: sum(values[key] for values in means) / len(means) for key in keys} if means else {}
+    result = means(per_language.values() if monolingual else per_query.values(), keys)
     result.update(queries_scored=len(per_query), per_language=per_language)
     if monolingual:
         result["queries_without_judgements_in_their_language"] = len(query_ids) - len(ranked)
-    for key in (f"peer_at_{k}" for k in PEER_CUTOFFS):
-        peers = [values[key] for values in per_query.values() if key in values]
-        if peers:
-            result[key] = sum(peers) / len(peers)
-    result.update(peer_queries=len(p_values), peer_skipped_one_language=no_peer)
+    result.update(means(per_query.values(), peer_keys), peer_queries=peers, peer_skipped_one_language=no_peer)
     return result, per_query
 
 
-def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_unit, top, parallel, lazy, args):
+def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_unit, rankings, parallel, lazy, args):
     """MRC, alignment and uniformity of one model on one benchmark -> (result entries, notes)."""
     result, notes, groups = {}, [], []
     if not args.monolingual:
         position = {query_id: i for i, query_id in enumerate(query_ids)}
         query_groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
-        query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
+        query_langs, top = [benchmark.queries[query_id][1] for query_id in query_ids], torch.tensor(rankings)  # (Q, k)
         result.update(mrc_at_10=None, mrc_per_language={}, mrc_queries=0, mrc_pairs=0)
         for k in MRC_CUTOFFS if query_groups else ():
             found = mrc(query_emb, doc_emb, top[:, :k], query_groups, query_langs)
@@ -656,9 +617,8 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
     elif language_metrics and result["peer_queries"] == 0:
         notes.append("PEER n/a: no query has relevant documents in two or more languages")
     if language_metrics:
-        top = None if args.monolingual else torch.tensor(rankings)  # (Q, <=DEPTH) for MRC
         found, more_notes = language_metrics_of(benchmark, doc_ids, query_ids, query_scoring, doc_scoring, doc_unit,
-                                                top, parallel, lazy, args)  # fmt: skip
+                                                rankings, parallel, lazy, args)  # fmt: skip
         result.update(found)
         notes += more_notes
     seconds["metrics"] = time.time() - tick
@@ -669,9 +629,8 @@ def evaluate_model_on(benchmark, lazy, parallel, args, device, language_metrics)
 
 
 def evaluate_with_mteb(benchmark, lazy, args):
-    """One model on an mteb task, through mteb.evaluate: its retrieval and its scores per subset (what its leaderboard
-    shows), the mean over subsets as the paper averages them; each text embedded by embed(), as every benchmark here
-    is. Per query: trec_eval's measures (ranking_metrics) on mteb's own rankings. -> as evaluate_model_on."""
+    """One model on an mteb task through mteb.evaluate: its retrieval, its scores per subset (as its leaderboard shows),
+    their mean as the paper's; texts embedded by embed(); per query, ranking_metrics on mteb's rankings. -> as above."""
     import mteb
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta, ScoringFunction
@@ -888,12 +847,6 @@ def print_paper_table(columns, models):
                                                for v, h in zip(cells, headers)))  # fmt: skip
 
 
-def objective_label(arguments):
-    """au.png's name for a joint_train.py baseline: its losses.OBJECTIVES label (or name) and where it started."""
-    objective = losses.OBJECTIVES.get(arguments.get("objective"))
-    return f"{objective.label if objective else arguments.get('objective')} from {arguments.get('init')}"
-
-
 def au_points(models):
     """One au.png panel -> (points [(name, label, alignment, uniformity)] of the models with both, the MIMO runs in
     lambda order: a --lam sweep's path from lambda 0, distillation alone, to 1, XLCO alone)."""
@@ -904,16 +857,20 @@ def au_points(models):
         arguments, label = checkpoint.run_arguments(name), name
         if arguments.get("script") == "joint_train.py" and arguments.get("objective") == "mimo":
             lams[name], label = arguments["lam"], f"λ = {arguments['lam']:g}"
-        elif arguments.get("script") in ("distill.py", "joint_train.py"):
-            label = "stage 1" if arguments["script"] == "distill.py" else objective_label(arguments)
+        elif arguments.get("script") == "distill.py":
+            label = "stage 1"
+        elif arguments.get("script") == "joint_train.py":  # a baseline: its objective's label (or name), its start
+            objective = losses.OBJECTIVES.get(arguments.get("objective"))
+            label = f"{objective.label if objective else arguments.get('objective')} from {arguments.get('init')}"
         if result.get("ndcg_at_10") is not None:
             label += f", nDCG@10 {result['ndcg_at_10']:.3f}"
         points.append((name, label, result["alignment"], result["uniformity"]))
     return points, sorted(lams, key=lambda name: (lams[name], name))
 
 
-def plot_alignment_uniformity(report, path):
-    """au.png, a panel per benchmark (lower-left is better: Wang and Isola 2020, Fig. 1) -> path, or None, noted."""
+def plot_alignment_uniformity(report, out):
+    """Write au.png into out, a panel per benchmark (lower-left is better: Wang and Isola 2020, Fig. 1); False, noted,
+    where there is nothing to draw or no matplotlib."""
     try:
         import matplotlib
 
@@ -921,20 +878,19 @@ def plot_alignment_uniformity(report, path):
         import matplotlib.pyplot as plt
     except ImportError:
         print("note: matplotlib is not installed, so no au.png (pip install matplotlib to get the plot)")
-        return None
+        return False
     panels = [(entry.get("name", folder), *au_points(entry["models"])) for folder, entry in report.items()]
     panels = [panel for panel in panels if panel[1]]  # the benchmark as the user named it, and its points
     if not panels:
         print("note: no alignment/uniformity values, so no au.png")
-        return None
+        return False
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (name, points, trajectory) in zip(axes[0], panels):
         where = {model_name: (x, y) for model_name, _, x, y in points}
         if len(trajectory) > 1:  # the sweep's path, lambda rising along it
             xs, ys = zip(*(where[model_name] for model_name in trajectory))
             axis.plot(xs, ys, color="tab:blue", linewidth=1, zorder=1, label="MIMO, lambda rising")
-        xs, ys = zip(*where.values())
-        middle = (min(xs) + max(xs)) / 2
+        middle = (min(x for x, _ in where.values()) + max(x for x, _ in where.values())) / 2
         for model_name, _, x, y in points:
             on_path = model_name in trajectory
             axis.scatter(x, y, color="tab:blue" if on_path else "tab:red", marker="o" if on_path else "s", zorder=2)
@@ -954,18 +910,12 @@ def plot_alignment_uniformity(report, path):
         if len(trajectory) > 1:
             axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
     plt.close(figure)
-    return path
-
-
-def save_plot(out, name, draw):
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = draw(Path(scratch) / name)
-        if plot:
-            out.write(name, plot.read_bytes(), "plot")
-            print(f"wrote {out.root / name}")
-        return bool(plot)
+    out.write("au.png", png.getvalue(), "plot")
+    print(f"wrote {out.root / 'au.png'}")
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -1022,13 +972,6 @@ def plan_outputs(tasks, args, out, runs):
 def main(argv=None):
     started = time.time()
     args = get_args(argv)
-    if args.curves:  # the training curves of finished (or running) runs, from their log.jsonl
-        for run in (run for run in args.curves if not (Path(run) / "log.jsonl").is_file()):
-            raise BadInput(f"--curves: '{run}' holds no log.jsonl; give run directories of distill.py or "
-                           "joint_train.py")  # fmt: skip
-        save_plot(OwnedFolder(args.out_dir, "--out-dir"), "curves.png",
-                  lambda path: checkpoint.plot_curves(args.curves, path))  # fmt: skip
-        return None
     args.model = args.model or default_models()
     if args.suite:
         args.benchmark = [*(args.benchmark or []), *(spec for _, spec, _ in PAPER_SUITE)]
@@ -1092,7 +1035,7 @@ def main(argv=None):
         print_benchmark(entry, order + sorted(name for name in entry["models"] if name not in order))
     out.write("results.json", json.dumps({"benchmarks": report}, indent=1, ensure_ascii=False).encode(), "table")
     print(f"\nwrote {out.root / 'results.json'}")
-    if not save_plot(out, "au.png", lambda path: plot_alignment_uniformity(report, path)):
+    if not plot_alignment_uniformity(report, out):
         out.remove("au.png")  # rebuilt from what is there: nothing to plot, no stale plot
     for name in args.model:  # a run folder of ours shows its scores in its own model card
         lines, headers = [], "| " + " | ".join(header for _, header, _ in TABLE) + " |"

@@ -11,14 +11,16 @@ XLCO alone pulls each query toward its passage in another language but lets lang
 the distillation term keeps every language anchored to the teacher's single English space.
 
     python joint_train.py                           # MIMO on the demo, from runs/stage1
-    python joint_train.py --lam 0 0.2 0.5 0.8 1     # one run per lambda: runs/stage2-lam0, -lam0.2, ...
     python joint_train.py --objective xlco          # baselines: xlco | infonce | lakda
     python joint_train.py --preset paper            # the paper's run (GPU, network)
 
 Before training, MIMO checks its premise, that the teacher's space is the better one: teacher and student each
 retrieve the dev rows' English passages for their English queries, and the line `teacher check ... nDCG@10` gives
 both scores; where the student is already clearly better (distillation would pull it down), it says what to try.
-`python evaluate.py` over a lambda sweep draws the runs' alignment/uniformity trajectory (runs/eval/au.png).
+A lambda sweep is a shell loop, one run folder per value, and `python evaluate.py` draws its alignment/uniformity
+trajectory (runs/eval/au.png):
+
+    for lam in 0 0.1 0.2 1; do python joint_train.py --lam $lam --out-dir runs/stage2-lam$lam; done
 
 --per-device-batch-size B with --mini-batch-size M < B uses gradient caching (Gao et al. 2021): the loss sees all
 B in-batch negatives while only M texts hold a graph at a time.
@@ -26,8 +28,6 @@ B in-batch negatives while only M texts hold a graph at a time.
 
 import json
 import math
-import os
-import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,11 +75,9 @@ def build_parser():
                        help="mimo: lam*XLCO + (1-lam)*Distill; xlco: cross-lingual InfoNCE alone; infonce: "
                             "same-language InfoNCE; lakda: (1-a)*InfoNCE + a*KL(p_b||p_a); each is a function and "
                             "an entry of losses.OBJECTIVES")
-    group.add_argument("--lam", type=Range(float, 0, 1), nargs="+", default=0.2,
+    group.add_argument("--lam", type=Range(float, 0, 1), default=0.2,
                        help="lambda: weight of the cross-lingual InfoNCE term; 1 - lambda weighs distillation "
-                            "(paper: 0.2). Several values train one run each from the same stage 1, into "
-                            "--out-dir plus -lam<value>; with --resume, each of those folders that holds a run "
-                            "is resumed and the others are started")
+                            "(paper: 0.2)")
     group.add_argument("--scale", type=Range(float, 0, 1000, open_low=True), default=20.0,
                        help="InfoNCE logit scale 1/tau (paper: 20, i.e. tau 0.05)")
     group.add_argument("--symmetric", action="store_true",
@@ -112,9 +110,8 @@ def build_parser():
                             "instruction); passages get none")
     group.add_argument("--no-teacher-check", action="store_true",
                        help="skip the check before training that compares teacher and student on English query -> "
-                            "passage retrieval over the dev rows (nDCG@10); MIMO only, as the baselines have no "
-                            "teacher (distill.py has none: it reads even aligned rows as parallel sentences and holds "
-                            "out sentences, not query/passage rows)")
+                            "passage retrieval over the dev rows (nDCG@10); MIMO only: the baselines have no teacher, "
+                            "and distill.py reads even aligned rows as parallel sentences, holding none out as rows")
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="data/demo/train.jsonl",
                        help="aligned rows: .jsonl/.parquet or hub id with columns id, query_<lang>, passage_<lang>")
@@ -125,15 +122,11 @@ def build_parser():
                        help="queries per step on each process, each with its passage: every query's in-batch "
                             "negatives (paper: 2048 on each of 2 GPUs); one step takes this times the processes")
     group.add_argument("--mini-batch-size", type=Range(int, 1), default=16,
-                       help="texts per forward with a graph under gradient caching (>= the per-device batch: no "
-                            "caching)")
+                       help="texts per forward with a graph under gradient caching (at least the per-device batch: "
+                            "no caching)")
     # fmt: on
     checkpoint.add_training_arguments(parser, PRESETS, lr=2e-5, epochs=4, max_length=64, log_every=2, save_every=10)
     return parser
-
-
-def default_out_dir(objective):
-    return "runs/stage2" if objective == "mimo" else f"runs/stage2-{objective}"
 
 
 def get_args(argv=None):
@@ -143,22 +136,14 @@ def get_args(argv=None):
     # subtle: --resume reads args.json from --out-dir, whose default depends on --objective: settle it first
     first, _ = parser.parse_known_args(argv)
     if first.out_dir is None:
-        argv += ["--out-dir", default_out_dir(first.objective)]
+        argv += ["--out-dir", "runs/stage2" if first.objective == "mimo" else f"runs/stage2-{first.objective}"]
     args = checkpoint.parse_args(parser, PRESETS, "joint_train.py", argv)
-    if isinstance(args.lam, list):  # given on the command line; a preset's or args.json's is one number
-        if len(args.lam) > 1:
-            raise BadInput(f"one run takes one --lam, got {' '.join(f'{lam:g}' for lam in args.lam)}")
-        args.lam = args.lam[0]
     if args.mini_batch_size > args.per_device_batch_size:
-        raise BadInput(
-            f"--mini-batch-size {args.mini_batch_size} is larger than --per-device-batch-size "
-            f"{args.per_device_batch_size}; it must be at most the batch"
-        )
+        raise BadInput(f"--mini-batch-size {args.mini_batch_size} is larger than --per-device-batch-size "
+                       f"{args.per_device_batch_size}; it must be at most the batch")  # fmt: skip
     if args.objective == "lakda" and args.symmetric:
-        raise BadInput(
-            "--symmetric is for the InfoNCE objectives; LaKDA (query-to-passage InfoNCE plus its KL) "
-            "has no passage-to-query term"
-        )
+        raise BadInput("--symmetric is for the InfoNCE objectives; LaKDA (query-to-passage InfoNCE plus its KL) "
+                       "has no passage-to-query term")  # fmt: skip
     if args.languages:  # written one way, as data.py writes the columns' languages
         args.languages = [data.language_tag(lang) or lang for lang in args.languages]
     if args.languages and len(set(args.languages)) != len(args.languages):
@@ -170,64 +155,26 @@ def get_args(argv=None):
     return args
 
 
-def get_runs(argv=None):
-    """The arguments of one run per --lam value. Several values sweep from the same stage 1: value v runs as
-    `joint_train.py <the same flags> --lam v --out-dir <out-dir>-lam<v>`, so each folder keeps its own args.json,
-    lock and checkpoints; --resume resumes the folders that hold a run and starts the others."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    first, _ = build_parser().parse_known_args(argv)
-    lams = first.lam if isinstance(first.lam, list) else [first.lam]
-    if len(lams) == 1:
-        return [get_args(argv)]
-    if first.objective != "mimo":
-        raise BadInput(f"several --lam values sweep MIMO's lambda, and --objective {first.objective} has none")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise BadInput(
-            "several --lam values train one run after another in one process; under torchrun give one --lam per launch"
-        )
-    base = first.out_dir or default_out_dir(first.objective)
-    out_dirs = [f"{base}-lam{lam:g}" for lam in lams]
-    if len(set(out_dirs)) != len(out_dirs):
-        raise BadInput(f"--lam {' '.join(f'{lam:g}' for lam in lams)} names one value twice; give each once")
-    runs = []
-    for lam, out_dir in zip(lams, out_dirs):
-        run_argv = [*argv, "--lam", repr(lam), "--out-dir", out_dir]  # the last --lam and --out-dir count
-        if first.resume and not (checkpoint.after_recovery(Path(out_dir)) / "args.json").is_file():
-            run_argv = [token for token in run_argv if not is_resume_flag(token)]  # not started yet: start it
-        runs.append(get_args(run_argv))
-    return runs
-
-
-def is_resume_flag(token):
-    """--resume, or a prefix of it that argparse accepts as an abbreviation (--res, --resu, ...)."""
-    return token.startswith("--res") and "--resume".startswith(token)
-
-
 # ---------------------------------------------------------------------------
 # Models, batches, gradient caching, evaluation
 
 
 def load_models(args, device, amp_dtype, precision):
-    """(student, teacher, W, caches): the student from stage 1 or a raw backbone; with a teacher objective, stage
-    1's frozen teacher, its projection W and the query and passage teacher caches (else None)."""
+    """(student, teacher, W, caches) on device: the student from stage 1 or a raw backbone; with a teacher objective,
+    stage 1's frozen teacher, its projection W and the query and passage teacher caches (else None)."""
     stage1 = Path(args.stage1)
-    if args.init == "stage1" and not (
-        (stage1 / "projection.safetensors").is_file() and (stage1 / "config.json").is_file()
-    ):
-        raise BadInput(
-            f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and projection.safetensors): "
-            "run `python distill.py` first, or use --objective xlco, which needs no stage 1"
-        )
-    student = checkpoint.load_model(
-        str(stage1) if args.init == "stage1" else args.student, args.student_pooling, args.max_length
-    )
+    if args.init == "stage1" and not ((stage1 / "projection.safetensors").is_file()
+                                      and (stage1 / "config.json").is_file()):  # fmt: skip
+        raise BadInput(f"--stage1 '{stage1}' is not a finished stage-1 run (it needs the student and "
+                       "projection.safetensors): run `python distill.py` first, or use --objective xlco, which needs "
+                       "no stage 1")  # fmt: skip
+    start = str(stage1) if args.init == "stage1" else args.student
+    student = checkpoint.load_model(start, args.student_pooling, args.max_length).to(device).train()
     if not OBJECTIVES[args.objective].teacher:
         return student, None, None, None
     if not (stage1 / "args.json").is_file():
-        raise BadInput(
-            f"--stage1 '{stage1}' lacks args.json, which names the teacher W was trained against; "
-            "point --stage1 at a run directory written by distill.py"
-        )
+        raise BadInput(f"--stage1 '{stage1}' lacks args.json, which names the teacher W was trained against; "
+                       "point --stage1 at a run directory written by distill.py")  # fmt: skip
     stage1_args = json.loads((stage1 / "args.json").read_text())
     if stage1_args.get("script", "distill.py") != "distill.py" or not stage1_args.get("teacher"):
         raise BadInput(f"--stage1 '{stage1}' holds a run of {stage1_args.get('script', 'another script')}, not a "
@@ -235,9 +182,8 @@ def load_models(args, device, amp_dtype, precision):
     # the teacher, and how it pools, as in stage 1: W maps into that space
     name = args.teacher or stage1_args["teacher"]
     pooling = args.teacher_pooling or stage1_args.get("teacher_pooling")
-    teacher = checkpoint.freeze(
-        checkpoint.load_model(name, pooling, args.max_length, amp_dtype if device.type == "cuda" else None)
-    )
+    teacher = checkpoint.load_model(name, pooling, args.max_length, amp_dtype if device.type == "cuda" else None)
+    teacher = checkpoint.freeze(teacher).to(device)
     student_dim, teacher_dim = student.get_embedding_dimension(), teacher.get_embedding_dimension()
     projection = checkpoint.load_projection(stage1)  # (Dt, Ds)
     if projection.shape != (teacher_dim, student_dim):
@@ -245,15 +191,12 @@ def load_models(args, device, amp_dtype, precision):
             f"{stage1}/projection.safetensors maps {projection.shape[1]} to {projection.shape[0]} dimensions, "
             f"but the student has {student_dim} and the teacher '{name}' {teacher_dim}"
         )
-    W = torch.nn.Linear(student_dim, teacher_dim, bias=False)  # weight (Dt, Ds), trained on
+    W = torch.nn.Linear(student_dim, teacher_dim, bias=False).to(device)  # weight (Dt, Ds), trained on
     W.weight.data.copy_(projection)
     # a cache per prompt; with an empty query prompt the query cache is stage 1's, and its English texts are reused
-    caches = {
-        view: TeacherCache(
-            args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling, precision=precision
-        )  # fmt: skip
-        for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))
-    }
+    caches = {view: TeacherCache(args.cache_dir, name, prompt, teacher.max_seq_length, teacher_dim, teacher.pooling,
+                                 precision=precision)
+              for view, prompt in (("q_en", args.teacher_query_prompt), ("p_en", ""))}  # fmt: skip
     return student, teacher, W, caches
 
 
@@ -286,10 +229,6 @@ def embed(model, texts):
     return fp32(model(features)["sentence_embedding"])
 
 
-def cuda_rng_state(device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
 def embed_without_graph(student, texts, mini_batch_size, autocast):
     """Gradient caching, pass 1: (N, D) fp32 embeddings without a graph, in mini-batches, and the RNG state before
     each so pass 2 can replay the same dropout masks."""
@@ -297,7 +236,8 @@ def embed_without_graph(student, texts, mini_batch_size, autocast):
     chunks, states = [], []
     with torch.no_grad():
         for start in range(0, len(texts), mini_batch_size):
-            states.append((torch.get_rng_state(), cuda_rng_state(device)))
+            cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            states.append((torch.get_rng_state(), cuda_state))
             with autocast():
                 chunks.append(embed(student, texts[start : start + mini_batch_size]))  # (M, D)
     return torch.cat(chunks), states
@@ -307,18 +247,16 @@ def backward_through_cache(student, texts, grad, states, mini_batch_size, autoca
     """Gradient caching, pass 2: re-encode each mini-batch with a graph under pass 1's RNG state, and back-propagate
     the cached dL/d(embedding) rows; by the chain rule the parameter gradients are the full batch's."""
     device = student.device
-    after = (torch.get_rng_state(), cuda_rng_state(device))
-    for index, start in enumerate(range(0, len(texts), mini_batch_size)):
-        # subtle: with new dropout masks the cached dL/de would belong to another network than the one here
-        torch.set_rng_state(states[index][0])
-        if states[index][1] is not None:
-            torch.cuda.set_rng_state(states[index][1], device)
-        with autocast():
-            e = embed(student, texts[start : start + mini_batch_size])  # (M, D)
-        e.backward(grad[start : start + mini_batch_size])
-    torch.set_rng_state(after[0])  # continue the stream as if pass 2 had not replayed it
-    if after[1] is not None:
-        torch.cuda.set_rng_state(after[1], device)
+    # the RNG is restored on leaving: the stream continues as if pass 2 had not replayed it
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for index, start in enumerate(range(0, len(texts), mini_batch_size)):
+            # subtle: with new dropout masks the cached dL/de would belong to another network than the one here
+            torch.set_rng_state(states[index][0])
+            if states[index][1] is not None:
+                torch.cuda.set_rng_state(states[index][1], device)
+            with autocast():
+                e = embed(student, texts[start : start + mini_batch_size])  # (M, D)
+            e.backward(grad[start : start + mini_batch_size])
 
 
 def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
@@ -344,12 +282,9 @@ def contrastive(info_nce, q, p, scale, symmetric, gather, dtype=None):
 def evaluate_dev(student, W, dev_rows, dev_pairs, teacher_targets, batch_size, autocast):
     """In-batch accuracy over the dev set (query in X -> its passage in Y among all dev passages) and, with a
     teacher, the distillation distance through W averaged over queries and passages."""
-    q = checkpoint.encode(
-        student, [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)], batch_size, autocast
-    )  # (N, Ds)
-    p = checkpoint.encode(
-        student, [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)], batch_size, autocast
-    )
+    queries = [row["query"][x] for row, (x, _) in zip(dev_rows, dev_pairs)]  # query i in X, its passage i in Y
+    passages = [row["passage"][y] for row, (_, y) in zip(dev_rows, dev_pairs)]
+    q, p = (checkpoint.encode(student, texts, batch_size, autocast) for texts in (queries, passages))  # (N, Ds) each
     result = {"accuracy": ((q @ p.T).argmax(1) == torch.arange(len(q))).float().mean().item()}
     if W is not None:
         device = W.weight.device
@@ -375,29 +310,8 @@ def teacher_check(teacher_q, teacher_p, student_q, student_p):
     difference = student - teacher
     n, mean_difference = len(difference), difference.mean().item()
     margin = max(CHECK_MIN_MARGIN, 2 * difference.std().item() / math.sqrt(n) if n > 1 else math.inf)
-    return {
-        "queries": n,
-        "teacher_ndcg_at_10": teacher.mean().item(),
-        "student_ndcg_at_10": student.mean().item(),
-        "difference": mean_difference,
-        "margin": margin,
-        "student_better": mean_difference > margin,
-    }
-
-
-def teacher_check_message(check):
-    """The check's line, and where the student is clearly better, what that means and what to try."""
-    line = (
-        f"teacher check (English query -> English passage among the {check['queries']} dev passages, nDCG@10): "
-        f"teacher {check['teacher_ndcg_at_10']:.3f}, student {check['student_ndcg_at_10']:.3f}"
-    )
-    if check["student_better"]:
-        line += (
-            f"\nThe student already retrieves English better than the teacher (by {check['difference']:.3f}, "
-            f"beyond the margin {check['margin']:.3f}), so the distillation term pulls it toward a weaker space: "
-            "try a stronger teacher (stage 1 again with distill.py --teacher) or a larger --lam."
-        )
-    return line
+    return {"queries": n, "teacher_ndcg_at_10": teacher.mean().item(), "student_ndcg_at_10": student.mean().item(),
+            "difference": mean_difference, "margin": margin, "student_better": mean_difference > margin}  # fmt: skip
 
 
 def print_summary(args, step, history, dev_size):
@@ -405,37 +319,18 @@ def print_summary(args, step, history, dev_size):
     print(f"\nstage 2 ({args.objective}) done: {step} steps")
     if before:
         kind = "same-language" if OBJECTIVES[args.objective].same_language else "cross-lingual"
-        print(
-            f"  dev in-batch accuracy ({kind}, {dev_size} candidates)  "
-            f"{before['accuracy']:.3f} -> {after['accuracy']:.3f}"
-        )
+        print(f"  dev in-batch accuracy ({kind}, {dev_size} candidates)  "
+              f"{before['accuracy']:.3f} -> {after['accuracy']:.3f}")  # fmt: skip
         if "distance" in after:
-            print(
-                f"  dev distillation distance to the teacher           "
-                f"{before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)"
-            )
+            print(f"  dev distillation distance to the teacher           "
+                  f"{before['distance']:.4f} -> {after['distance']:.4f}  (lower is better)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
 
 
 def main(argv=None):
-    """One run per --lam value (see get_runs) -> its dev history, or the list of them in --lam order."""
-    runs = get_runs(argv)
-    if len(runs) > 1:  # Ctrl-C: besides the interrupted run's own checkpoint, how the whole sweep goes on
-        given = sys.argv[1:] if argv is None else list(argv)
-        again = shlex.join(["python", "joint_train.py", *[token for token in given if not is_resume_flag(token)]])
-        checkpoint.interrupt_hints["sweep"] = lambda: f"the whole sweep goes on with `{again} --resume`"
-    histories = []
-    for index, args in enumerate(runs):
-        if len(runs) > 1:
-            print(f"\nlambda sweep, run {index + 1} of {len(runs)}: --lam {args.lam:g} into {args.out_dir}")
-        histories.append(train(args))
-    return histories[0] if len(histories) == 1 else histories
-
-
-def train(args):
-    """One run of stage 2 with these arguments; returns its dev history."""
+    args = get_args(argv)
     # --- process, seed, device, precision: one Run per rank; rank 0 alone prints, evaluates and saves
     run = Run(args, "joint_train.py")
     device, amp_dtype, per_rank = run.device, run.amp_dtype, run.per_rank
@@ -446,17 +341,13 @@ def train(args):
     data.require_languages(rows, languages, args.data)
     objective = OBJECTIVES[args.objective]  # its loss function, views and labels: see losses.py
     if objective.teacher and "en" not in languages:
-        raise BadInput(
-            f"--objective {args.objective} needs English in every row (the teacher's side); '{args.data}' has "
-            f"{languages}"
-        )
+        raise BadInput(f"--objective {args.objective} needs English in every row (the teacher's side); "
+                       f"'{args.data}' has {languages}")  # fmt: skip
     order = data.epoch_order(len(rows), args.seed, epoch=-1)  # a fixed split, independent of training order
     dev_rows, train_rows = data.subset(rows, order[: args.dev_size]), data.subset(rows, order[args.dev_size :])
     if len(train_rows) < run.global_batch:
-        raise BadInput(
-            f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} process(es)), "
-            f"more than the {len(train_rows)} training rows of '{args.data}'"
-        )
+        raise BadInput(f"a step takes {run.global_batch} rows (--per-device-batch-size {per_rank} on {run.world} "
+                       f"process(es)), more than the {len(train_rows)} training rows of '{args.data}'")  # fmt: skip
     same_language = objective.same_language  # the monolingual baseline: X = Y
     dev_pairs = data.language_pairs(len(dev_rows), languages, args.seed, epoch=-1, same_language=same_language)
     if run.main:
@@ -465,10 +356,6 @@ def train(args):
 
     # --- models: the student (and W, teacher) from stage 1, or a raw backbone
     student, teacher, W, caches = load_models(args, device, amp_dtype, run.precision)
-    student.to(device).train()
-    if teacher is not None:
-        teacher.to(device)
-        W.to(device)
     student_dim = student.get_embedding_dimension()
     passages = run.global_batch if args.gather_negatives else per_rank  # each query's candidates
     try:
@@ -479,14 +366,11 @@ def train(args):
     # the contrastive term gets embeddings rounded to the autocast dtype (as a bf16 matmul would); the rest keeps fp32.
     contrastive_dtype = amp_dtype if info_nce is info_nce_triton else None
     # what an objective sees besides the embeddings (losses.py): arguments, this run's InfoNCE, gather, and d
-    h = SimpleNamespace(
-        **vars(args),
-        info_nce=lambda q, p: contrastive(
-            info_nce, q, p, args.scale, args.symmetric, args.gather_negatives, contrastive_dtype
-        ),  # fmt: skip
-        gather=checkpoint.gather_own_first if args.gather_negatives else lambda x: x,
-        distance=DISTILL_LOSSES[args.distill_loss].loss,
-    )
+    h = SimpleNamespace(**vars(args),
+                        info_nce=lambda q, p: contrastive(info_nce, q, p, args.scale, args.symmetric,
+                                                          args.gather_negatives, contrastive_dtype),
+                        gather=checkpoint.gather_own_first if args.gather_negatives else lambda x: x,
+                        distance=DISTILL_LOSSES[args.distill_loss].loss)  # fmt: skip
 
     def targets(view, texts):  # the cache carries its prompt: the query instruction, or none for passages
         return teacher_embed(teacher, caches[view], texts, args.teacher_batch_size, amp_dtype)
@@ -508,17 +392,20 @@ def train(args):
     # --- start or resume
     dev_targets = None  # teacher embeddings of the dev rows' English queries and passages, (N, Dt) each, on rank 0
     if teacher is not None and run.main:
-        dev_targets = (
-            targets("q_en", [row["query"]["en"] for row in dev_rows]),
-            targets("p_en", [row["passage"]["en"] for row in dev_rows]),
-        )
+        dev_targets = (targets("q_en", [row["query"]["en"] for row in dev_rows]),
+                       targets("p_en", [row["passage"]["en"] for row in dev_rows]))  # fmt: skip
     # a resumed run has the teacher check in its history already
     check = None
     if dev_targets is not None and not args.no_teacher_check and not args.resume:
         english = [checkpoint.encode(student, [row[field]["en"] for row in dev_rows], 64, run.autocast)
                    for field in ("query", "passage")]  # fmt: skip
         check = teacher_check(*dev_targets, *english)  # the teacher's side: the dev targets, its query prompt included
-        print(teacher_check_message(check))
+        print(f"teacher check (English query -> English passage among the {check['queries']} dev passages, nDCG@10): "
+              f"teacher {check['teacher_ndcg_at_10']:.3f}, student {check['student_ndcg_at_10']:.3f}")  # fmt: skip
+        if check["student_better"]:  # then distillation pulls the student down: say what to try
+            print(f"The student already retrieves English better than the teacher (by {check['difference']:.3f}, "
+                  f"beyond the margin {check['margin']:.3f}), so the distillation term pulls it toward a weaker space: "
+                  "try a stronger teacher (stage 1 again with distill.py --teacher) or a larger --lam.")  # fmt: skip
     kind = "same-language" if same_language else "cross-lingual"
     card = {"base_model": base_model(args), "teacher": teacher.name if teacher else None, "languages": languages,
             "objective": objective.card(vars(args)), "dev_metrics": {

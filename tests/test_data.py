@@ -415,9 +415,9 @@ def write_collection(root, corpus, lang, pairs):
     pq.write_table(table, folder / "train-00000-of-00001.parquet")
 
 
-def test_stats_on_local_collections_applies_the_authors_rules(tmp_path, capsys):
-    """Eight collection folders, three holding data; `data.py stats --collections` reads
-    en-de, en-zh for each in the preset's corpus order with the authors' rules
+def test_local_collections_are_read_with_the_authors_rules(tmp_path, capsys):
+    """Eight collection folders, three holding data; parallel_sentences_sources and load_parallel
+    read en-de, en-zh for each in the preset's corpus order with the authors' rules
     (global de-duplication, first 5 per language), skipping the configs a collection lacks:
       europarl en-de: 0-3 (4 kept)     global-voices en-de: 2-4 (2, 3 taken; 4 kept: de full)
       talks en-zh: 0-2 and 9 (0-2 taken by de; 9 kept) -> de 5, zh 1, en 5 (identity: the first five)."""
@@ -427,13 +427,11 @@ def test_stats_on_local_collections_applies_the_authors_rules(tmp_path, capsys):
     write_collection(tmp_path, "global-voices", "de", english_sentences("s", range(2, 5)))
     chinese = "这是一个足够长的中文句子"  # 12 characters: within the length ratio of its English side
     write_collection(tmp_path, "talks", "zh", [(a, chinese) for a, _ in english_sentences("s", [0, 1, 2, 9])])
-    common = ["--max-per-language", "5", "--dedupe", "global", "--sample", "first"]
-    data.main(["stats", "--collections", str(tmp_path), "--languages", "de", "zh", *common])
-    out = capsys.readouterr()
-    stats = json.loads(out.out[: out.out.rindex("}") + 1])
+    sources = data.parallel_sentences_sources(["de", "zh"], str(tmp_path))
+    _, stats = data.load_parallel(sources, max_per_language=5, dedupe="global", sample="first", skip_missing=True)
     assert (stats["lang_de"], stats["lang_zh"], stats["lang_en"]) == (5, 1, 5)
     assert stats["dropped_duplicate"] == 2 + 3
-    assert len(stats["missing_sources"]) == 8 * 2 - 3 and "skipped 13 source(s)" in out.err
+    assert len(stats["missing_sources"]) == 8 * 2 - 3 and "skipped 13 source(s)" in capsys.readouterr().err
     with pytest.raises(BadInput, match=r"has no config 'en-zh' \(it has en-de\).*--skip-missing-configs"):
         data.load_parallel([f"{tmp_path}/parallel-sentences-europarl:en-zh"])
 

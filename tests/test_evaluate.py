@@ -801,7 +801,7 @@ def test_au_points_label_each_kind_of_run(tmp_path):
 def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     report = {"b": {"models": {"m": {"alignment": 1.0, "uniformity": -2.0}}}}
-    assert evaluate.plot_alignment_uniformity(report, tmp_path / "au.png") is None
+    assert evaluate.plot_alignment_uniformity(report, evaluate.OwnedFolder(tmp_path, "--out-dir")) is False
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not (tmp_path / "au.png").exists()
 
@@ -811,8 +811,9 @@ def test_plot_is_written_with_matplotlib(tmp_path):
     report = {
         "b": {"models": {"m1": {"alignment": 1.0, "uniformity": -2.0}, "m2": {"alignment": 0.5, "uniformity": -3.0}}}
     }
-    assert evaluate.plot_alignment_uniformity(report, tmp_path / "au.png") == tmp_path / "au.png"
-    assert (tmp_path / "au.png").stat().st_size > 1000
+    out = evaluate.OwnedFolder(tmp_path, "--out-dir")
+    assert evaluate.plot_alignment_uniformity(report, out) is True
+    assert (tmp_path / "au.png").stat().st_size > 1000 and out.ours("au.png")  # listed as evaluate.py's own
 
 
 # ---------------------------------------------------------------------------

@@ -400,29 +400,41 @@ def awkward_files(tmp_path):
 
 
 AWKWARD = [  # (script and its arguments with {file}, what the error line says; None: it must work)
-    (["data.py", "stats", "de={file}"], "directory", "is a directory; expected a .jsonl"),
     (["distill.py", "--data", "de={file}"], "directory", "is a directory; expected a .jsonl"),
-    (["data.py", "stats", "{file}"], "corrupt_gzip", "en-de.tsv.gz"),
     (["distill.py", "--data", "{file}"], "corrupt_gzip", "en-de.tsv.gz"),
-    (["data.py", "stats", "={file}"], "null_text", "names no language before '='"),
-    (["data.py", "stats", "{file}"], "null_text", "passage_de"),
     (["joint_train.py", "--objective", "xlco", "--data", "{file}"], "shared_id", "'a'"),
     (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "shared_id", "'a'"),
     (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "empty_query", "query_de"),
-    (["data.py", "stats", "{file}"], "bom", None),
     (["distill.py", "--data", "de={file}"], "empty_file", "no parallel pairs left"),
     (["joint_train.py", "--objective", "xlco", "--data", "{file}"], "empty_file", "holds no rows"),
     (["evaluate.py", "--model", "{model}", "--benchmark", "{file}"], "empty_file", "holds no rows"),
 ]
 
 
+LOADED = [  # (source with {file}, what the error says; None: it must load)
+    ("de={file}", "directory", "is a directory; expected a .jsonl"),
+    ("{file}", "corrupt_gzip", "en-de.tsv.gz"),
+    ("={file}", "null_text", "names no language before '='"),
+    ("{file}", "null_text", "passage_de"),
+    ("{file}", "bom", None),
+]
+
+
+@pytest.mark.parametrize("source, case, says", LOADED, ids=[f"{s}-{case}" for s, case, _ in LOADED])
+def test_awkward_files_through_load_parallel(source, case, says, tmp_path):
+    source = source.format(file=awkward_files(tmp_path)[case])
+    if says is None:
+        assert data.load_parallel([source])[0]
+        return
+    with pytest.raises(BadInput, match=re.escape(says)):
+        data.load_parallel([source])
+
+
 @pytest.mark.parametrize("command, case, says", AWKWARD, ids=[f"{c[0]}-{case}" for c, case, _ in AWKWARD])
 def test_awkward_files_through_the_scripts(command, case, says, tiny_models, tmp_path):
     path = awkward_files(tmp_path)[case]
     argv = [part.format(file=path, model=tiny_models["student"]) for part in command]
-    if argv[0] != "data.py":
-        argv += ["--out-dir", str(tmp_path / "out")]
-    result = run_script(*argv)
+    result = run_script(*argv, "--out-dir", str(tmp_path / "out"))
     if says is None:
         assert result.returncode == 0, result.stderr[-2000:]
         return

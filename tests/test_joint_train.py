@@ -413,7 +413,7 @@ def test_ctrl_c_says_where_resume_goes_on_and_resume_matches(tiny_models, stage1
 
 
 # ---------------------------------------------------------------------------
-# The teacher check and the lambda sweep
+# The teacher check and the lambda sweep (a shell loop over --lam)
 
 
 def write_echo_rows(path, n=24):
@@ -451,74 +451,37 @@ def test_teacher_check_advises_only_where_the_student_is_better(tiny_models, sta
     assert "Teacher check" not in (tmp_path / "run" / "README.md").read_text()
 
 
-def test_lambda_sweep_writes_one_run_per_value_and_resumes_each(tiny_models, stage1, tmp_path, capsys):
-    """--lam 0 0.5 trains two runs from the same stage 1 into <out-dir>-lam0 and -lam0.5, each
-    with args.json holding its own lambda and its own log; the teacher check (teacher and
-    student both 1 on rows whose query is the passage) gives no advice. --resume --lam 0 0.5 1
-    resumes the two finished runs, training nothing again, and starts the third.
-    evaluate.py over the sweep and stage 1 draws au.png with the runs in lambda order."""
+def test_lambda_sweep_runs_in_lambda_order_on_the_alignment_uniformity_plot(tiny_models, stage1, tmp_path, capsys):
+    """A sweep as the README's shell loop writes it: one run per --lam into its own folder, each
+    args.json holding its own lambda, each log its own mix of the terms; the teacher check (teacher
+    and student both 1 on rows whose query is the passage) gives no advice. evaluate.py over the
+    sweep and stage 1 draws au.png with the runs in lambda order, whatever order they are given."""
     import evaluate
 
     rows = write_echo_rows(tmp_path / "rows.jsonl")
-    argv = joint_argv(tiny_models, stage1, tmp_path / "run", "--max-steps", "2", "--data", rows)  # the last --data wins
-    histories = joint_train.main([*argv, "--lam", "0", "0.5"])
-    printed = capsys.readouterr().out
-    assert len(histories) == 2 and not (tmp_path / "run").exists()
-    assert printed.count("teacher 1.000, student 1.000") == 2 and "try a stronger teacher" not in printed
-    for lam, folder in ((0.0, "run-lam0"), (0.5, "run-lam0.5")):
+    sweep = {lam: str(tmp_path / f"run-lam{lam}") for lam in ("1", "0", "0.5")}  # out of order
+    for lam, folder in sweep.items():
+        joint_train.main([*joint_argv(tiny_models, stage1, folder, "--max-steps", "2", "--data", rows), "--lam", lam])
+        assert "teacher 1.000, student 1.000" in capsys.readouterr().out
         saved = json.loads((tmp_path / folder / "args.json").read_text())
-        assert saved["lam"] == lam and saved["script"] == "joint_train.py"
-        assert saved["out_dir"] == str(tmp_path / folder)
-        record = [r for r in read_log(tmp_path / folder) if "loss" in r][-1]
-        assert record["loss"] == pytest.approx(lam * record["xlco"] + (1 - lam) * record["distill"], rel=1e-5)
+        assert saved["lam"] == float(lam) and saved["script"] == "joint_train.py"
+        record = [r for r in read_log(folder) if "loss" in r][-1]
+        assert record["loss"] == pytest.approx(float(lam) * record["xlco"] + (1 - float(lam)) * record["distill"],
+                                               rel=1e-5)  # fmt: skip
 
-    joint_train.main([*argv, "--lam", "0", "0.5", "1", "--resume"])
-    assert "resumed from step 2 of 2" in capsys.readouterr().out
-    assert trained_steps(tmp_path / "run-lam0") == [2] and trained_steps(tmp_path / "run-lam1") == [2]
-    assert json.loads((tmp_path / "run-lam1" / "args.json").read_text())["lam"] == 1.0
-
-    sweep = [str(tmp_path / folder) for folder in ("run-lam1", "run-lam0", "run-lam0.5")]  # out of order
-    report = evaluate.main(["--model", stage1["stage1"], *sweep, "--benchmark", rows, "--no-cache",
+    report = evaluate.main(["--model", stage1["stage1"], *sweep.values(), "--benchmark", rows, "--no-cache",
                             "--out-dir", str(tmp_path / "eval")])  # fmt: skip
     assert (tmp_path / "eval" / "au.png").stat().st_size > 1000
     points, trajectory = evaluate.au_points(report[rows]["models"])
-    assert trajectory == [sweep[1], sweep[2], sweep[0]]  # lambda 0, 0.5, 1
+    assert trajectory == [sweep["0"], sweep["0.5"], sweep["1"]]
     labels = {name: label for name, label, _, _ in points}
-    assert labels[sweep[2]].startswith("λ = 0.5, nDCG@10 ") and labels[stage1["stage1"]].startswith("stage 1, nDCG@10")
-
-
-def test_ctrl_c_in_a_sweep_says_how_the_whole_sweep_goes_on(tiny_models, stage1, tmp_path):
-    """Ctrl-C in the first run of a two-value sweep: the run's own checkpoint line, then the
-    sweep command again with --resume, which finishes the first run and starts the second."""
-    argv = [*joint_argv(tiny_models, stage1, tmp_path / "s", "--max-steps", "12", "--save-every", "4",
-                        "--log-every", "1"), "--lam", "0.2", "0.8"]  # fmt: skip
-    status, stderr = interrupt_after_step(["joint_train.py", *argv], tmp_path / "s-lam0.2", 5, signal.SIGINT)
-    assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
-    lines = stderr.strip().splitlines()
-    assert lines[-2].startswith("interrupted; the checkpoint of step ") and "s-lam0.2" in lines[-2], lines[-2:]
-    assert lines[-1].startswith("the whole sweep goes on with `python joint_train.py ") and lines[-1].endswith(
-        " --lam 0.2 0.8 --resume`"
-    ), lines[-1]
-    assert not (tmp_path / "s-lam0.8").exists()
-    joint_train.main([*argv, "--resume"])
-    assert trained_steps(tmp_path / "s-lam0.2") == list(range(1, 13))
-    assert trained_steps(tmp_path / "s-lam0.8") == list(range(1, 13))
-
-
-def test_lambda_sweep_refusals(tiny_models, stage1, tmp_path):
-    """A sweep's values each in [0, 1], each once, and only for MIMO, refused before any run starts."""
-    argv = joint_argv(tiny_models, stage1, tmp_path / "run")
-    with pytest.raises(SystemExit, match=r"^error: argument --lam: expected a number in \[0, 1\], got '1.5'$"):
-        joint_train.get_runs([*argv, "--lam", "0", "1.5"])
-    with pytest.raises(BadInput, match=r"--lam 0.2 0.5 0.2 names one value twice"):
-        joint_train.get_runs([*argv, "--lam", "0.2", "0.5", "0.2"])
-    with pytest.raises(BadInput, match=r"--objective xlco has none"):
-        joint_train.get_runs([*argv, "--lam", "0.2", "0.5", "--objective", "xlco"])
-    assert not list(tmp_path.iterdir())
+    assert labels[sweep["0.5"]].startswith("λ = 0.5, nDCG@10 ") and labels[stage1["stage1"]].startswith(
+        "stage 1, nDCG@10"
+    )
 
 
 def test_lambda_out_of_range_is_one_line_and_status_1(tmp_path):
-    result = run_script("joint_train.py", "--lam", "0", "0.5", "-1", "--out-dir", str(tmp_path / "run"))
+    result = run_script("joint_train.py", "--lam", "-1", "--out-dir", str(tmp_path / "run"))
     assert result.returncode == 1
     assert result.stderr.strip() == "error: argument --lam: expected a number in [0, 1], got '-1'"
     assert not list(tmp_path.iterdir())
