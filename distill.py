@@ -196,9 +196,9 @@ def main(argv=None):
                        f"{run.world} process(es)), more than the {len(train)} training pairs")  # fmt: skip
     if run.main:
         kept = {key[5:]: value for key, value in stats.items() if key.startswith("lang_")}
-        dropped = ", ".join(f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_"))
+        dropped = [f"{value} {key[8:]}" for key, value in stats.items() if key.startswith("dropped_")]
         print(f"data: {len(train)} training and {len(dev)} dev pairs; per language {kept}; read {stats['read']}, "
-              f"dropped {dropped}")  # fmt: skip
+              f"dropped {', '.join(dropped) or 'none'}")  # fmt: skip
 
     # --- models: frozen teacher, trainable student and projection W
     teacher_dtype = amp_dtype if device.type == "cuda" else None  # an 8B teacher in bf16 on the GPU
