@@ -102,8 +102,9 @@ def read_beir_dir(folder, name, need_lang=True, split=DEFAULT_SPLIT):
             f"--split {split}: benchmark '{name}' has no qrels/{split}.tsv or qrels/{split}.jsonl in {folder} "
             f"(splits there: {', '.join(present) or 'none besides the default qrels file'})"
         )
-    qrels, qrels_layout = read_qrels(path := find(candidates, f"relevance judgements for split '{split}'"))
-    qrels_layout = f"{path.relative_to(folder)} ({qrels_layout})"
+    qrels_path = find(candidates, f"relevance judgements for split '{split}'")
+    qrels, qrels_layout = read_qrels(qrels_path)
+    qrels_layout = f"{qrels_path.relative_to(folder)} ({qrels_layout})"
     layout = {"corpus": corpus_layout, "queries": queries_layout, "qrels": qrels_layout, "split": split}
     query_groups, doc_groups = group_by(query_keys, queries), group_by(doc_keys, corpus)
     return finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, layout)
@@ -136,7 +137,8 @@ def read_texts(path, kind, need_lang):
     texts, keys, seen_at = {}, {}, {}
     expected = """a BEIR record with '_id' and 'text', or an MLIR-benchmark record {id: {"text": ..., "lang": ...}}"""
     for where, layout, record in read_records(path, lambda record: "_id" in record or "id" in record, expected):
-        for text_id, fields in [(record.get("_id", record.get("id")), record)] if layout == "beir" else record.items():
+        items = [(record.get("_id", record.get("id")), record)] if layout == "beir" else record.items()
+        for text_id, fields in items:
             if not isinstance(text_id, (str, int)) or isinstance(text_id, bool) or text_id == "":
                 raise BadInput(f"{where}: expected a non-empty string field '_id'")
             text_id = str(text_id)
@@ -157,7 +159,8 @@ def read_texts(path, kind, need_lang):
             if text_id in texts:
                 raise BadInput(f"{where}: {kind} id '{text_id}' appears twice (first at {seen_at[text_id]})")
             texts[text_id], seen_at[text_id] = (text, lang), where
-            keys[text_id] = str(g) if (g := fields.get("group")) is not None else language_free_id(text_id, lang)
+            group = fields.get("group")
+            keys[text_id] = str(group) if group is not None else language_free_id(text_id, lang)
     if not texts:
         raise BadInput(f"{path} holds no {kind} records")
     return texts, keys, LAYOUT_NAMES[layout]
@@ -262,8 +265,10 @@ def finish_benchmark(name, corpus, queries, qrels, query_groups, doc_groups, lay
     layout.setdefault("query_groups", "ids" if kept_groups else "none")
     if "document_groups" not in layout:
         layout["document_groups"] = "ids" if doc_groups else "none"
-        if not doc_groups and kept_groups and (doc_groups := groups_from_judgements(kept_groups, qrels, corpus)):
-            layout["document_groups"] = "judgements of parallel queries"
+        if not doc_groups and kept_groups:
+            doc_groups = groups_from_judgements(kept_groups, qrels, corpus)
+            if doc_groups:
+                layout["document_groups"] = "judgements of parallel queries"
     return Benchmark(name, corpus, queries, qrels, kept_groups, doc_groups, stats, layout)
 
 
@@ -330,7 +335,8 @@ def load_neuclir(track, root=None):
     topics, topics_where = load_neuclir_part(NEUCLIR_TOPICS, None, root, "queries", "eng", ["id", "query"])
     # subtle: the topics are a headerless TSV, so datasets reads numeric ids as integers
     english = {str(query_id): text for query_id, text in zip(topics["id"], topics["query"])}
-    queries = {q: (text, "en") for q in sorted(track_ids) if isinstance(text := english.get(q), str) and text.strip()}
+    queries = {query_id: (english[query_id], "en") for query_id in sorted(track_ids)
+               if isinstance(english.get(query_id), str) and english[query_id].strip()}  # fmt: skip
     stats = {"track_queries": len(track_ids), "dropped_queries_without_english": len(track_ids) - len(queries)}
 
     qrels, skipped = {}, {"judgements_of_other_queries": 0, "judgements_not_relevant": 0, "relevant_outside_corpus": 0}

@@ -104,8 +104,8 @@ class Parser(argparse.ArgumentParser):
         sys.exit(f"error: {message}")
 
 
-# After Ctrl-C, by owner, what the user can do next (a run: the checkpoint --resume continues from); a line or None.
-interrupt_hints = {}
+# After Ctrl-C, what the user can do next: the running Run's interrupted(), which names the checkpoint to resume from.
+interrupt_hint = [lambda: None]
 
 
 def entry_point(main):
@@ -118,9 +118,7 @@ def entry_point(main):
     except OSError as error:  # a full disk or a folder made read-only mid-run: checkpoints stay whole (see save())
         sys.exit(f"error: {error.filename or 'a file'}: {error.strerror or first_line(error)}")
     except KeyboardInterrupt:
-        # the innermost work first: the interrupted run's checkpoint, then the sweep around it
-        lines = [line for line in (hint() for hint in reversed(interrupt_hints.values())) if line]
-        print("\n".join(lines) or "interrupted", file=sys.stderr)
+        print(interrupt_hint[0]() or "interrupted", file=sys.stderr)
         sys.exit(130)
 
 
@@ -297,6 +295,9 @@ def parse_args(parser, presets, script, argv=None):
     return args
 
 
+RETIRED_FLAGS = ("report_to",)  # args.json keys of flags that are gone: --report-to (log.jsonl feeds any tracker)
+
+
 def read_saved_arguments(path, script, parser):
     """A run's args.json as parse defaults; refused in one sentence if damaged or another script's."""
     try:
@@ -307,6 +308,8 @@ def read_saved_arguments(path, script, parser):
     if not isinstance(saved, dict):
         raise BadInput(f"--resume: {path} holds {type(saved).__name__}, expected a JSON object of arguments")
     writer = saved.pop("script", script)
+    for name in RETIRED_FLAGS:  # a run from before a flag was retired resumes without it
+        saved.pop(name, None)
     unknown = sorted(set(saved) - {action.dest for action in parser._actions})
     if writer != script or unknown:
         by = f"by {writer}" if writer != script else f"with flags {script} does not have ({', '.join(unknown)})"
@@ -315,15 +318,13 @@ def read_saved_arguments(path, script, parser):
 
 
 def explicit_flags(parser, argv):
-    """Names of the options given on the command line, as opposed to defaulted: parsed with no defaults at all."""
-    defaults = {action: action.default for action in parser._actions}
+    """Names of the options given on the command line, as opposed to defaulted: a copy of the options, no defaults."""
+    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    try:
-        return set(vars(parser.parse_known_args(argv)[0]))
-    finally:
-        for action, default in defaults.items():
-            action.default = default
+        if action.option_strings and action.dest != "help":
+            nargs = {"action": "store_true"} if action.nargs == 0 else {"nargs": action.nargs}  # store_true and kin
+            shadow.add_argument(*action.option_strings, dest=action.dest, **nargs)
+    return set(vars(shadow.parse_known_args(argv)[0]))
 
 
 # ---------------------------------------------------------------------------
@@ -435,7 +436,8 @@ def claim_out_dir(out_dir, resume, overwrite, script=None, reads=()):
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise BadInput(f"--out-dir '{out_dir}' already holds a run; pass --resume to continue it or --overwrite to "
                        "replace it")  # fmt: skip
-    writer = (marker_of(out_dir) or [None])[0] if overwrite and script else None
+    marker = marker_of(out_dir) if overwrite and script else None
+    writer = marker[0] if marker else None
     if writer not in (None, script):
         raise BadInput(f"--out-dir '{out_dir}' holds a run of {writer}; --overwrite replaces only a run of {script}: "
                        "choose another --out-dir")  # fmt: skip
@@ -539,6 +541,8 @@ def write_checkpoint(out_dir, run, student, W, arguments, state, records):
             save_file({"weight": W.weight.detach().cpu().contiguous()}, tmp / "projection.safetensors")
         if (out_dir / "log.jsonl").is_file():  # what the run appends to between checkpoints
             shutil.copy2(out_dir / "log.jsonl", tmp / "log.jsonl")
+        if (out_dir / "tensorboard").is_dir():  # event files a run wrote while --report-to existed: kept
+            shutil.copytree(out_dir / "tensorboard", tmp / "tensorboard")
         records(tmp)
         (tmp / STATE).parent.mkdir()
         torch.save(state, tmp / STATE)  # last: its presence marks a complete checkpoint
@@ -644,7 +648,7 @@ class Run:
         self.precision = auto if args.precision == "auto" else args.precision
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        interrupt_hints["run"] = self.interrupted  # what Ctrl-C prints (see entry_point)
+        interrupt_hint[0] = self.interrupted  # what Ctrl-C prints (see entry_point)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype))

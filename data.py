@@ -4,8 +4,9 @@ model, everything seeded and deterministic. `datasets` reads each source into me
 - Parallel sentences (stage 1), columns `english`, `non_english`: `.jsonl`, `.tsv` (`.tsv.gz`) or `.parquet` files,
   a hub dataset `owner/name:en-de` or a folder `DIR:en-de` (DIR/en-de/train*.parquet) laid out as sentence-transformers'
   `parallel-sentences-*`. `de=path` tags a source's language, else it is read from `en-xx` in its file or config name.
-- Aligned retrieval rows (stage 2, evaluation; in stage 1 each English version pairs with each other version): one
-  row per query, columns `id`, `query_<lang>`, `passage_<lang>` for each language it holds (as data/demo/).
+- Aligned retrieval rows (stage 2, evaluation): one row per query, columns `id`, `query_<lang>`, `passage_<lang>` for
+  each language it holds (as data/demo/). Read by stage 1, every (English, X) version of every query and passage of a
+  row is a parallel pair.
 `python data.py prepare-mmarco` builds aligned rows from mMARCO files."""
 
 import gzip
@@ -57,8 +58,10 @@ def parse_source(spec):
             raise BadInput(f"'{tag}={spec}' {named}; write LANG={spec}, e.g. de={spec}")
     if not is_local(spec) and ":" in spec:
         spec, config = spec.rsplit(":", 1)
-    match = re.search(r"(?:^|[^a-z])en[-_]([a-z]{2,3})(?:[^a-z]|$)", f"{Path(spec).name} {config or ''}")
-    return lang or (match and match.group(1)), spec, config
+    if lang is None:  # untagged: an en-xx in the file or config name
+        match = re.search(r"(?:^|[^a-z])en[-_]([a-z]{2,3})(?:[^a-z]|$)", f"{Path(spec).name} {config or ''}")
+        lang = match.group(1) if match else None
+    return lang, spec, config
 
 
 def load_source(location, config=None, check=None):
@@ -97,7 +100,8 @@ def load_source(location, config=None, check=None):
                        "dataset id)")  # fmt: skip
     elif path.stat().st_size == 0:
         return None, str(path)
-    options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})  # mixed types fail
+    # json: a column of mixed types is an error, never quietly re-encoded as JSON text
+    options = {"json": {"on_mixed_types": None}, "text": {"encoding": "utf-8-sig"}}.get(kind, {})
     try:
         # subtle: a bare null line that starts a file crashes pyarrow's JSON reader (26): read null lines line by line
         if kind == "json" and not path.name.endswith(".gz"):
@@ -264,8 +268,9 @@ def check_table(dataset, label, min_languages=2, english=False):
         bad[i] |= value is None or isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) in first
         first.setdefault(str(value), i)
     flagged = np.flatnonzero(bad).tolist()
-    for line, record in json_records(label) if flagged and label.endswith(".jsonl") else []:  # to name the line
-        check_row(line, record, seen, min_languages, english)
+    if flagged and label.endswith(".jsonl"):  # read again, to name the line
+        for line, record in json_records(label):
+            check_row(line, record, seen, min_languages, english)
     for i in flagged:  # raises at the first row Python finds bad too
         if ids and first[str(ids[i])] != i:
             twice = f"id '{ids[i]}' is used twice (first at {where(first[str(ids[i])])}); row ids must be unique"

@@ -74,13 +74,22 @@ REFUSED_MODULES = {  # module families that make no single dense vector per text
 }
 MRR_CUTOFFS, MRC_CUTOFFS, PEER_CUTOFFS = (10, 20, 100), (5, 10, 20), (20, 100)  # the MIMO paper's
 COLUMNS = [  # (key in the result files, table header or None for the files only, format, trec_eval measure)
-    *((f"ndcg_at_{k}", {10: "nDCG@10", 20: "nDCG@20"}.get(k), "{:.4f}", f"ndcg_cut_{k}") for k in (10, 20, 100)),
-    *((f"recall_at_{k}", {20: "R@20"}.get(k), "{:.4f}", f"recall_{k}") for k in (10, 20, 100)),
-    *((f"mrr_at_{k}", {10: "MRR@10"}.get(k), "{:.4f}", "recip_rank") for k in MRR_CUTOFFS),
+    ("ndcg_at_10", "nDCG@10", "{:.4f}", "ndcg_cut_10"),
+    ("ndcg_at_20", "nDCG@20", "{:.4f}", "ndcg_cut_20"),
+    ("ndcg_at_100", None, "{:.4f}", "ndcg_cut_100"),
+    ("recall_at_10", None, "{:.4f}", "recall_10"),
+    ("recall_at_20", "R@20", "{:.4f}", "recall_20"),
+    ("recall_at_100", None, "{:.4f}", "recall_100"),
+    ("mrr_at_10", "MRR@10", "{:.4f}", "recip_rank"),
+    ("mrr_at_20", None, "{:.4f}", "recip_rank"),
+    ("mrr_at_100", None, "{:.4f}", "recip_rank"),
     ("map_at_100", "MAP@100", "{:.4f}", "map_cut_100"),
     ("own_at_10", "own@10", "{:.4f}", None),
-    *((f"mrc_at_{k}", {10: "MRC@10"}.get(k), "{:.2f}", None) for k in MRC_CUTOFFS),
-    *((f"peer_at_{k}", {100: "PEER@100"}.get(k), "{:.4f}", None) for k in PEER_CUTOFFS),
+    ("mrc_at_5", None, "{:.2f}", None),
+    ("mrc_at_10", "MRC@10", "{:.2f}", None),
+    ("mrc_at_20", None, "{:.2f}", None),
+    ("peer_at_20", None, "{:.4f}", None),
+    ("peer_at_100", "PEER@100", "{:.4f}", None),
     ("alignment", "align", "{:.4f}", None),
     ("uniformity", "unif", "{:.4f}", None),
 ]
@@ -98,24 +107,26 @@ PAPER_SUITE = [  # (column, --benchmark, headline metric): the MIMO paper's resu
 def build_parser():
     # fmt: off
     parser = Parser(__doc__)
-    parser.add_argument("--model", action="extend", nargs="+", default=None, help="models (several after one flag, "
-                        "or the flag repeated): our run directories, sentence-transformers models or Hugging Face ids; "
-                        "default: runs/stage2, runs/stage2-* (a --lam sweep in lambda order, then the baselines) and "
-                        "runs/stage1 where present, and the demo teacher as the reference row")
-    parser.add_argument("--benchmark", action="append", default=None, help="benchmark (repeatable): a folder (BEIR "
-                        "or MLIR-benchmark layout), a hub dataset owner/name[/folder], a file of aligned rows, or "
-                        "neuclir22 / neuclir23: NeuCLIR's English topics against its Russian and Chinese corpora "
-                        "pooled, as the MIMO paper (=DIR after it: local copies in the hub layout); default: "
-                        "data/demo/test.jsonl")
-    parser.add_argument("--suite", choices=["paper"], default=None, help="every benchmark of the MIMO paper's "
-                        "table, then the table in its shape (a row per model, the headline metric per benchmark): "
-                        "Belebele, XQuAD, MLQA, MultiEuP (MLIR, nDCG@20), NeuCLIR'22 and '23 pooled (nDCG@20), "
-                        "MIRACL-HN v2 on 10 languages through mteb (nDCG@10); from the hub, so it needs a network or "
-                        "the datasets cached")
+    parser.add_argument("--model", action="extend", nargs="+", default=None,
+                        help="models (several after one flag, or the flag repeated): our run directories, "
+                             "sentence-transformers models or Hugging Face ids; default: runs/stage2, runs/stage2-* "
+                             "(a --lam sweep in lambda order, then the baselines) and runs/stage1 where present, and "
+                             "the demo teacher as the reference row")
+    parser.add_argument("--benchmark", action="append", default=None,
+                        help="benchmark (repeatable): a folder (BEIR or MLIR-benchmark layout), a hub dataset "
+                             "owner/name[/folder], a file of aligned rows, or neuclir22 / neuclir23: NeuCLIR's "
+                             "English topics against its Russian and Chinese corpora pooled, as the MIMO paper "
+                             "(=DIR after it: local copies in the hub layout); default: data/demo/test.jsonl")
+    parser.add_argument("--suite", choices=["paper"], default=None,
+                        help="every benchmark of the MIMO paper's table, then the table in its shape (a row per "
+                             "model, the headline metric per benchmark): Belebele, XQuAD, MLQA, MultiEuP (MLIR, "
+                             "nDCG@20), NeuCLIR'22 and '23 pooled (nDCG@20), MIRACL-HN v2 on 10 languages through "
+                             "mteb (nDCG@10); from the hub, so it needs a network or the datasets cached")
     parser.add_argument("--split", default="test",
                         help="which judgements of a benchmark folder: qrels/<split>.tsv or qrels/<split>.jsonl")
-    parser.add_argument("--monolingual", action="store_true", help="multi-monolingual retrieval, as for MIRACL: "
-                        "each query searches only the documents in its language; scores per language and their mean")
+    parser.add_argument("--monolingual", action="store_true",
+                        help="multi-monolingual retrieval, as for MIRACL: each query searches only the documents in "
+                             "its language; scores per language and their mean")
     parser.add_argument("--no-language-metrics", action="store_true",
                         help="skip own@10, MRC, PEER, alignment and uniformity, for a corpus without `lang`")
     parser.add_argument("--parallel", default=None, help="parallel texts for alignment and uniformity (any "
@@ -132,9 +143,9 @@ def build_parser():
     group.add_argument("--trust-remote-code", action="store_true",
                        help="let models run the code their repository ships (custom modules or architectures)")
     group.add_argument("--batch-size", type=Range(int, 1), default=64, help="texts per forward pass when embedding")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="dtype every "
-                       "model's weights are loaded in; auto: as SentenceTransformer(model) loads them (the "
-                       "checkpoint's own dtype), which gives sentence-transformers' own numbers")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="dtype every model's weights are loaded in; auto: as SentenceTransformer(model) loads "
+                            "them (the checkpoint's own dtype), which gives sentence-transformers' own numbers")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto: CUDA if there is a GPU, else Apple's mps, else the CPU")
     group = parser.add_argument_group("retrieval and output")
@@ -147,9 +158,9 @@ def build_parser():
     group.add_argument("--no-cache", action="store_true", help="always embed afresh, and write nothing to --cache-dir")
     group.add_argument("--out-dir", "--output-dir", default="runs/eval",
                        help="folder of the result files (one per model and benchmark), results.json and au.png")
-    group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR", help="write each (model, "
-                       "benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, under DIR, or under "
-                       "--out-dir when DIR is left out")
+    group.add_argument("--save-run", nargs="?", const="", default=None, metavar="DIR",
+                       help="write each (model, benchmark) top 100 as a TREC run file, <benchmark>/<model>.trec, "
+                            "under DIR, or under --out-dir when DIR is left out")
     group.add_argument("--seed", type=Range(int, 0, 2**32 - 1), default=0,
                        help="seed of the uniformity and --parallel samples")
     # fmt: on
@@ -441,9 +452,12 @@ def embed(lazy, texts, task, what, args):
     model = lazy.model
     # the prompt: none with --no-prompts, else the flag's, else encode_query's / encode_document's: the model's "query"
     # (documents: "document", "passage", "corpus"), its default, or none
-    names = ("query",) if task == "query" else ("document", "passage", "corpus")
-    default = next((name for name in names if name in model.prompts), model.default_prompt_name)
-    prompt = (given if args.no_prompts or given is not None else model.prompts.get(default)) or ""
+    if args.no_prompts or given is not None:
+        prompt = given or ""
+    else:
+        names = ("query",) if task == "query" else ("document", "passage", "corpus")
+        name = next((name for name in names if name in model.prompts), model.default_prompt_name)
+        prompt = model.prompts.get(name) or ""
     encode = model.encode_query if task == "query" else model.encode_document
     # the prompt is passed even when empty: "" also stops sentence-transformers' fall-back to a default prompt
     emb = encode(texts, prompt=prompt, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=True)
@@ -544,7 +558,8 @@ def language_metrics_of(benchmark, doc_ids, query_ids, query_emb, doc_emb, doc_u
     if not args.monolingual:
         position = {query_id: i for i, query_id in enumerate(query_ids)}
         query_groups = [[position[query_id] for query_id in ids] for ids in benchmark.query_groups.values()]
-        query_langs, top = [benchmark.queries[query_id][1] for query_id in query_ids], torch.tensor(rankings)  # (Q, k)
+        query_langs = [benchmark.queries[query_id][1] for query_id in query_ids]
+        top = torch.tensor(rankings)  # (Q, <=DEPTH) for MRC
         result.update(mrc_at_10=None, mrc_per_language={}, mrc_queries=0, mrc_pairs=0)
         for k in MRC_CUTOFFS if query_groups else ():
             found = mrc(query_emb, doc_emb, top[:, :k], query_groups, query_langs)

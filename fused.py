@@ -87,7 +87,8 @@ INTERPRETER_SMS = 132  # the interpreter's grid is an H100 SXM's, so CPU tests w
 def configure(forward=None, backward=None):
     """Make later launches use these Tiles (None keeps the current ones); returns the previous (forward, backward)."""
     global FORWARD, BACKWARD
-    previous, FORWARD, BACKWARD = (FORWARD, BACKWARD), forward or FORWARD, backward or BACKWARD
+    previous = FORWARD, BACKWARD
+    FORWARD, BACKWARD = forward or FORWARD, backward or BACKWARD
     return previous
 
 
@@ -157,7 +158,8 @@ def row_lse_kernel(
 def info_nce_bwd_kernel(
     q_ptr, p_ptr,  # (B, D) raw queries, (N, D) raw passages, unit stride along D
     inv_q_ptr, inv_p_ptr,  # (B,), (N,) fp32 1 / ||q_i||, 1 / ||p_j||
-    row_lse_ptr, col_lse_ptr,  # (B,), (B,) fp32 base-2 lse of row i over all N passages, of column j over the B queries
+    row_lse_ptr,  # (B,) fp32 base-2 lse of row i over all N passages
+    col_lse_ptr,  # (B,) fp32 base-2 lse of column j over the B queries; read if SYMMETRIC
     grad_q_ptr, grad_p_ptr,  # (B, D), (N, D) fp32, zeroed, atomically accumulated: sum_j T_ij p_j, sum_i T_ij q_i
     B, N, D, stride_q, stride_p, scale_log2, blocks_per_split,  # scale * log2(e); passage blocks per program
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -211,7 +213,8 @@ def info_nce_bwd_kernel(
 
 
 def dot_precision(x):
-    """tl.dot's input_precision: "ieee" for fp32, as TF32 (the default, 10-bit mantissa) would not equal info_nce."""
+    """tl.dot's input_precision: full fp32 ("ieee") for fp32 inputs, since TF32 (Triton's default,
+    10-bit mantissa) would not equal info_nce; bf16/fp16 keep the default, which only concerns fp32."""
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 

@@ -70,9 +70,15 @@ def similarity(q, p):
 
 
 def info_nce(q, p, scale=20.0, symmetric=False):
-    """InfoNCE with in-batch negatives (van den Oord et al. 2018; L_XLCO across languages), S = scale * cos(q, p):
-    L_q->p = mean_i [logsumexp_j S_ij - S_ii], or symmetric its mean with L_p->q = mean_j<B [logsumexp_i<B S_ij - S_jj].
-    q: (B, D); p: (N, D), N >= B, p[i] q[i]'s positive, rows B.. extra negatives; scale = 1 / tau, 20 is tau 0.05."""
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018; MIMO's L_XLCO when q, p differ in language):
+
+        S = scale * cos(q, p)                                     # (B, N)
+        L_q->p = mean_i [ logsumexp_j S_ij - S_ii ],  L_p->q = mean_j<B [ logsumexp_i<B S_ij - S_jj ]
+        L = L_q->p, or (L_q->p + L_p->q) / 2 with symmetric=True.
+
+    q: (B, D) queries; p: (N, D) passages with N >= B, p[i] the positive of q[i] and rows B.. extra negatives,
+    which have no query of their own, so L_p->q runs over the B positives only. scale = 1 / tau; 20 is tau 0.05.
+    """
     B = q.shape[0]
     scores = scale * similarity(q, p)  # (B, N)
     target = torch.arange(B, device=q.device)
@@ -92,7 +98,7 @@ def lakda_loss(q_a, q_b, p, scale=20.0, alpha=0.5):
 
 
 # --- The objectives of joint_train.py --------------------------------------
-# Each maps a step's embeddings to (loss, terms: its named parts, as logged and plotted): e the student's, (B, Ds) by
+# Each maps a step's embeddings to (loss, terms: its named parts, as logged): e the student's, (B, Ds) by
 # view ("q" queries in X, "p" passages in Y, ...); t the teacher's, (B, Dt) ("q_en", "p_en"); W the projection to the
 # teacher's space (None without one); h joint_train.py's arguments (lam, scale, ...) with h.distance, h.info_nce(q, p)
 # the run's InfoNCE (--loss-impl, --symmetric, --gather-negatives) and h.gather(p) all ranks' rows (this rank's first).
@@ -220,8 +226,10 @@ class _ChunkedInfoNCE(torch.autograd.Function):
 
 
 def info_nce_chunked(q, p, scale=20.0, symmetric=False, chunk_size=1024):
-    """info_nce (q (B, D), p (N, D), N >= B, fp32) in memory O(B chunk_size), not O(B N): --loss-impl's no-Triton path.
-    Each (B, chunk) score block is recomputed once in the backward for both gradients: 4 matmuls to info_nce's 3."""
+    """info_nce (same formula, shapes q (B, D), p (N, D), N >= B, and result, in fp32) with memory O(B * chunk_size)
+    instead of O(B * N), in PyTorch: the CPU and no-Triton path of --loss-impl. The forward streams chunk_size
+    passages at a time, merging each query's log-sum-exp across chunks; the backward recomputes each (B, chunk)
+    score block once for both gradients: 4 matmuls to info_nce's 3."""
     return _ChunkedInfoNCE.apply(q, p, scale, symmetric, chunk_size)
 
 
@@ -268,9 +276,12 @@ SMALL_SCORES = 2**26
 
 
 def auto_info_nce(gpu, batch_size, passages, dim):
-    """--loss-impl auto's INFO_NCE_IMPLS name for B = batch_size, N = passages, D = dim (None: unknown) on GPU `gpu`
-    (None: no kernels): MEASURED_FASTEST's entry at the largest measured B <= batch_size and D nearest dim (dim None: if
-    all agree), torch only up to the largest measured B x B (triton and chunked grow linearly); else by SMALL_SCORES."""
+    """The INFO_NCE_IMPLS name --loss-impl auto takes for B = batch_size queries against N = passages passages
+    of width D = dim (None if not known yet), on the GPU named `gpu` (None where the fused kernels cannot run):
+    1. MEASURED_FASTEST's entry for this GPU at the largest measured B <= batch_size and the measured D nearest
+       dim (dim None: only if all measured D there agree), if triton or chunked (memory linear in B), torch only
+       up to the largest measured B x B scores: the kernel, whose edge grows with B, only where measured;
+    2. otherwise plain info_nce up to SMALL_SCORES scores, info_nce_chunked beyond."""
     measured = {(B, D): name for (on, B, D), name in MEASURED_FASTEST.items() if gpu is not None and on == gpu}
     below = [B for B, _ in measured if B <= batch_size]
     if below:

@@ -80,8 +80,11 @@ class TeacherCache:
 
     def map_shard(self, index, emb_file, new_keys, first_row):
         """(Re)map a writer's file as shard `index` (appended if new) and index its rows first_row.. by new_keys."""
-        shape = (first_row + len(new_keys), self.dim)
-        self.shards[index : index + 1] = [np.memmap(emb_file, dtype=np.float16, mode="r", shape=shape)]
+        shard = np.memmap(emb_file, dtype=np.float16, mode="r", shape=(first_row + len(new_keys), self.dim))
+        if index == len(self.shards):
+            self.shards.append(shard)
+        else:
+            self.shards[index] = shard
         self.rows.update({key: (index, row) for row, key in enumerate(new_keys, first_row)})
 
     @staticmethod
@@ -102,8 +105,10 @@ class TeacherCache:
             os.fsync(f.fileno())
         with open(self.keys_file, "a") as f:
             f.write("".join(key + "\n" for key in keys))
-        first_row = 0 if self.own is None else self.shards[self.own].shape[0]
-        self.own = len(self.shards) if self.own is None else self.own
+        if self.own is None:  # this object's first texts: its own file becomes a new shard
+            self.own, first_row = len(self.shards), 0
+        else:
+            first_row = self.shards[self.own].shape[0]
         self.map_shard(self.own, self.emb_file, keys, first_row)
         return stored
 

@@ -341,6 +341,21 @@ def test_resume_with_a_lower_learning_rate_uses_it(tiny_models, rows, tmp_path):
         assert resumed[step] == pytest.approx(full[step] / 4)
 
 
+def test_a_run_saved_with_a_retired_flag_resumes_and_keeps_its_tensorboard_files(tiny_models, rows, tmp_path):
+    """A run from when --report-to existed has "report_to" in args.json and maybe tensorboard/ event files: --resume
+    reads the arguments without the retired key, and the next checkpoints carry the event files along."""
+    argv = distill_argv(tiny_models, rows, tmp_path / "run", tmp_path / "cache", "--max-steps", "2")
+    distill.main(argv)
+    saved = json.loads((tmp_path / "run" / "args.json").read_text())
+    (tmp_path / "run" / "args.json").write_text(json.dumps({**saved, "report_to": "tensorboard"}))
+    (tmp_path / "run" / "tensorboard").mkdir()
+    (tmp_path / "run" / "tensorboard" / "events.out").write_bytes(b"the user's events")
+    distill.main([*argv, "--resume", "--max-steps", "4"])
+    assert state_step(tmp_path / "run") == 4
+    assert (tmp_path / "run" / "tensorboard" / "events.out").read_bytes() == b"the user's events"
+    assert "report_to" not in json.loads((tmp_path / "run" / "args.json").read_text())
+
+
 def test_an_out_dir_that_is_a_link_is_its_target(tiny_models, rows, tmp_path):
     """Checkpoints swap the folder the link points to, three times here; the link stays a link to it."""
     os.symlink(tmp_path / "real", tmp_path / "link")
@@ -355,7 +370,7 @@ def test_an_out_dir_that_is_a_link_is_its_target(tiny_models, rows, tmp_path):
 def test_only_dev_metrics_are_judged_in_the_log(tmp_path):
     """fp16's scaler skips a step whose gradient overflowed, and its log line says grad_norm inf: that is no reason
     to stop; a dev metric that is not finite is."""
-    run = argparse.Namespace(main=True, out_dir=tmp_path, reporter=None, bar=None, saved_step=None, script="distill.py",
+    run = argparse.Namespace(main=True, out_dir=tmp_path, bar=None, saved_step=None, script="distill.py",
                              args=argparse.Namespace(lr=1e-4))  # fmt: skip
     run.stop = lambda message: checkpoint.Run.stop(run, message)
     run.stop_not_finite = lambda what, step: checkpoint.Run.stop_not_finite(run, what, step)
