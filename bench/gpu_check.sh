@@ -74,7 +74,8 @@ if [ "$smoke" = 1 ]; then
     limit_kernels=240 limit_bench=180 limit_train=300 limit_retrieval=120
     check=(--batch-sizes 96 --dims 40) grid=(--batch-sizes 64 --dims 48 32) retrieval=(--sizes 3000 --queries 50)
     models=(32 2 24 40)
-    steps=4 kill_after=3 mini=4 train=(--dev-size 8 --per-device-batch-size 16 --max-length 32 --save-every 2)
+    # 6 steps: a kill that lands a step or two late (a loaded CPU) still leaves steps after a checkpoint to redo
+    steps=6 kill_after=3 mini=4 train=(--dev-size 8 --per-device-batch-size 16 --max-length 32 --save-every 2)
 fi
 if [ "$cuda" != 1 ]; then
     device=(--device cpu) interpret=(env TRITON_INTERPRET=1) test_device=()  # the kernels through Triton's interpreter

@@ -64,7 +64,8 @@ def test_smoke_run_writes_a_report_with_every_part(tmp_path):
     assert set(eval(table.split("=", 1)[1])) == {("CPU", 64, 32), ("CPU", 64, 48)}
     # training: resume, the kernel against plain PyTorch, the runs loaded as a user would, gradient caching
     assert report.count("PASS  distill.py resume") == 3 and report.count("PASS  joint_train.py resume") == 3
-    assert "resumed at step 3: steps 1..4 logged once each" in report
+    # killed after step 3 (later on a loaded machine), resumed from the checkpoint before it
+    assert len(re.findall(r"resumed at step [35]: steps 1\.\.6 logged once each", report)) == 2
     assert "PASS  joint_train.py loss curves: --loss-impl triton against torch" in report
     assert report.count(" loads: SentenceTransformer embeds as AutoModel with mean pooling") == 5
     assert re.search(r"^\d+ passed.*\n\(gradient caching: ", report, re.M)
