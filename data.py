@@ -9,6 +9,7 @@ model, everything seeded and deterministic. `datasets` reads each source into me
   row is a parallel pair.
 `python data.py prepare-mmarco` builds aligned rows from mMARCO files."""
 
+import functools
 import gzip
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import sys
+import uuid
 import zlib
 from collections import Counter, namedtuple
 from pathlib import Path
@@ -144,19 +146,20 @@ def text_lines(path):
         raise BadInput(f"cannot read '{path}': {error}") from None
 
 
+def unique_keys(where, pairs):
+    """json's object hook: a key given twice would keep only its last value; refused instead."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise BadInput(f"{where}: the key '{twice}' appears twice in one object")
+    return record
+
+
 def json_records(path):
     """Yield (where, record) for each line of a JSON-lines file (gzip if .gz): one JSON object a line."""
-
-    def unique_keys(pairs):  # json's object hook: a key given twice would keep only its last value; refused instead
-        record = dict(pairs)
-        if len(record) < len(pairs):
-            twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
-            raise BadInput(f"{where}: the key '{twice}' appears twice in one object")  # where: the line being read
-        return record
-
     for where, line in text_lines(path):
         try:
-            record = json.loads(line, object_pairs_hook=unique_keys)
+            record = json.loads(line, object_pairs_hook=functools.partial(unique_keys, where))
         except json.JSONDecodeError as error:
             raise BadInput(f"{where}: not valid JSON ({error.msg}); a truncated file ends like this") from None
         except BadInput:
@@ -572,7 +575,8 @@ def main(argv=None):
     complete = [row for row in rows.values() if len(row) == 1 + 2 * len(queries)]
     if not complete:
         raise BadInput(f"no query in {args.triples} has a query and a passage in every language of {sorted(queries)}")
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never half a file under --out
+    # written whole under a fresh name, then renamed: never half a file under --out, nor a user's file overwritten
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
     if out.suffix == ".parquet":
         pq.write_table(pa.Table.from_pylist(complete), tmp)
     else:

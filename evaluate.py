@@ -466,10 +466,7 @@ def embed(lazy, texts, task, what, args):
                 "dimension": emb.shape[1], "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
     if args.no_cache:
         return emb, settings
-    try:
-        ours = json.loads(meta.read_text()).get("written_by") == "evaluate.py"
-    except (OSError, ValueError, AttributeError):
-        ours = False
+    ours = checkpoint.json_object(meta.parent, meta.name).get("written_by") == "evaluate.py"
     if (npy.exists() or meta.exists()) and not ours:
         print(f"  note: {npy.parent} holds files named like this cache entry that evaluate.py did not write; "
               "not cached")  # fmt: skip
@@ -967,7 +964,7 @@ def plan_outputs(tasks, args, out, runs):
             relative = f"{folders[benchmark.name]}/{model_slug}"
             out.require(f"{relative}.json")
             if (out.root / f"{relative}.json").exists():
-                stored = json.loads((out.root / f"{relative}.json").read_text(encoding="utf-8")).get("model_name")
+                stored = checkpoint.json_object(out.root, f"{relative}.json").get("model_name")
                 if stored != name:
                     raise BadInput(f"--out-dir '{out.root}' holds {relative}.json with the results of model "
                                    f"'{stored}', and model '{name}' would need that file name; choose another "

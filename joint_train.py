@@ -26,7 +26,6 @@ trajectory (runs/eval/au.png):
 B in-batch negatives while only M texts hold a graph at a time.
 """
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -175,7 +174,7 @@ def load_models(args, device, amp_dtype, precision):
     if not (stage1 / "args.json").is_file():
         raise BadInput(f"--stage1 '{stage1}' lacks args.json, which names the teacher W was trained against; "
                        "point --stage1 at a run directory written by distill.py")  # fmt: skip
-    stage1_args = json.loads((stage1 / "args.json").read_text())
+    stage1_args = checkpoint.run_arguments(stage1)  # {} if damaged: refused below
     if stage1_args.get("script", "distill.py") != "distill.py" or not stage1_args.get("teacher"):
         raise BadInput(f"--stage1 '{stage1}' holds a run of {stage1_args.get('script', 'another script')}, not a "
                        "stage-1 run of distill.py with its teacher; point --stage1 at one")  # fmt: skip
@@ -202,9 +201,8 @@ def load_models(args, device, amp_dtype, precision):
 
 def base_model(args):
     """The backbone the student began as: stage 1's student, or --student."""
-    if args.init == "stage1" and (Path(args.stage1) / "args.json").is_file():
-        return json.loads((Path(args.stage1) / "args.json").read_text()).get("student", args.stage1)
-    return args.student
+    arguments = checkpoint.run_arguments(args.stage1) if args.init == "stage1" else {}
+    return arguments.get("student", args.stage1) if arguments else args.student
 
 
 TEACHER_VIEWS = {"q_en": ("query", "en"), "p_en": ("passage", "en")}  # the English versions the teacher embeds

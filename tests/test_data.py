@@ -238,6 +238,7 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
         (tmp_path / f"c_{lang}.tsv").write_text(
             f"p1\t{lang} passage one\np2\t{lang} passage two\np3\t{lang} passage three\n"
         )
+    (tmp_path / "rows.jsonl.tmp").write_text("the user's own")  # a name a write-then-rename might have used
     data.main(
         [
             "prepare-mmarco",
@@ -257,6 +258,7 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
     assert [row["id"] for row in rows] == ["q1", "q2"]  # q3 has no German query
     assert rows[0]["passage"] == {"en": "en passage one", "de": "de passage one"}  # the first positive, p1
     assert rows[1]["query"]["de"] == "was two"
+    assert (tmp_path / "rows.jsonl.tmp").read_text() == "the user's own"
     with pytest.raises(BadInput, match="exists"):  # never overwrites
         data.main(
             [
@@ -290,7 +292,7 @@ def test_prepare_mmarco_builds_aligned_rows(tmp_path):
                 str(tmp_path / "new.jsonl"),
             ]
         )
-    assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "new.jsonl.tmp").exists()
+    assert not [path.name for path in tmp_path.iterdir() if "new.jsonl" in path.name]
 
 
 def test_byte_order_mark_at_the_start_of_a_jsonl_file_is_read(tmp_path):

@@ -4,6 +4,7 @@ balanced, and every objective trains for a few steps on tiny models."""
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,6 +370,15 @@ def test_a_stage_2_run_given_as_stage_1_is_one_sentence(tiny_models, stage1, tmp
     joint_train.main(joint_argv(tiny_models, stage1, tmp_path / "mimo", "--max-steps", "1", "--no-teacher-check"))
     with pytest.raises(BadInput, match=r"holds a run of joint_train.py, not a stage-1 run of distill.py"):
         joint_train.main(joint_argv(tiny_models, {**stage1, "stage1": str(tmp_path / "mimo")}, tmp_path / "run"))
+
+
+def test_a_stage_1_with_a_damaged_args_json_is_one_sentence(tiny_models, stage1, tmp_path):
+    """Its args.json cut short (a full disk, a bad copy): refused by name, not a JSONDecodeError."""
+    shutil.copytree(stage1["stage1"], tmp_path / "stage1")
+    (tmp_path / "stage1" / "args.json").write_text('{"script": "distill.py", "teach')
+    with pytest.raises(BadInput, match=r"holds a run of another script, not a stage-1 run of distill.py"):
+        joint_train.main(joint_argv(tiny_models, {**stage1, "stage1": str(tmp_path / "stage1")}, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_mini_batch_larger_than_batch(tiny_models, stage1, tmp_path):
